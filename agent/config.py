@@ -1,0 +1,434 @@
+"""The configuration model: parsed and validated in one pass.
+
+The rest of the agent sees only the frozen objects defined here, never raw
+dicts. Every problem in a file is reported at once, each as
+``FILE:LINE: key.path: what is wrong and what to do``, because a technician
+on a ladder wants one round trip, not ten.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+from agent.errors import ConfigError
+from agent.yamlsource import Located, YamlProblem, load_located
+from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``90``, ``2.5``, ``"10s"``, ``"15m"``, ``"1h"``, ``"1d"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 10s, 15m or 1h, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration like 10s, 15m or 1h, got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+# Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
+Identifier = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def default_state_dir() -> Path:
+    """systemd's StateDirectory= when set, else the FHS place."""
+    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/retrofit-agent").split(":")[0])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class GatewayConfig(_Model):
+    id: Identifier
+    site: Identifier
+
+
+class BufferConfig(_Model):
+    path: Path = Field(default_factory=lambda: default_state_dir() / "buffer.db")
+    max_size_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    # "normal": a power cut may lose the last flush interval (WAL, fsync at
+    # checkpoints: kind to SD cards). "full": fsync on every commit.
+    synchronous: Literal["normal", "full"] = "normal"
+
+
+class TlsConfig(_Model):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_hostname_check: bool = False
+
+
+class MqttConfig(_Model):
+    host: Annotated[str, Field(min_length=1)]
+    port: Port = 1883
+    topic_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = (
+        "buildings"
+    )
+    client_id: Identifier | None = None
+    qos: Literal[1] = 1
+    keepalive: Duration = 60.0
+    batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+    inflight: Annotated[int, Field(ge=1, le=100)] = 20
+    username: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    status_interval: Duration = 60.0
+
+
+class UplinkConfig(_Model):
+    mqtt: MqttConfig
+
+
+class ModbusRtuBus(_Model):
+    id: Identifier
+    type: Literal["modbus-rtu"]
+    port: Annotated[str, Field(min_length=1)]
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout: Duration = 1.0
+
+
+class ModbusTcpBus(_Model):
+    id: Identifier
+    type: Literal["modbus-tcp"]
+    host: Annotated[str, Field(min_length=1)]
+    port: Port = 502
+    # "rtu": an RTU-over-TCP serial server (raw RTU frames inside TCP).
+    framing: Literal["socket", "rtu"] = "socket"
+    timeout: Duration = 3.0
+
+
+BusConfig = Annotated[Union[ModbusRtuBus, ModbusTcpBus], Field(discriminator="type")]
+MODBUS_BUS_TYPES = ("modbus-rtu", "modbus-tcp")
+
+
+class DeviceConfig(_Model):
+    id: Identifier
+    bus: Identifier
+    address: Annotated[int, Field(ge=0, le=255)]
+    profile: Annotated[str, Field(min_length=1)]
+    interval: Duration = 60.0
+    # A subset of the profile's points; all of them when absent.
+    points: tuple[str, ...] | None = None
+
+
+class Config(_Model):
+    gateway: GatewayConfig
+    buffer: BufferConfig = BufferConfig()
+    uplink: UplinkConfig
+    buses: Annotated[tuple[BusConfig, ...], Field(min_length=1)]
+    devices: Annotated[tuple[DeviceConfig, ...], Field(min_length=1)]
+    profile_dirs: tuple[Path, ...] = ()
+
+    def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus:
+        return next(b for b in self.buses if b.id == bus_id)
+
+    def devices_on(self, bus_id: str) -> list[DeviceConfig]:
+        return [d for d in self.devices if d.bus == bus_id]
+
+
+class LoadedConfig(BaseModel):
+    """A valid config plus what was resolved from outside it."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: Path
+    config: Config
+    catalogue: Catalogue
+
+
+CatalogueLoader = Callable[[Sequence[Path]], Catalogue]
+
+
+def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> LoadedConfig:
+    """Read, validate and resolve ``path``; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    try:
+        located = load_located(text)
+    except YamlProblem as problem:
+        raise ConfigError([f"{path}:{problem.line}: {problem.message}"]) from None
+    if not isinstance(located.data, dict):
+        raise ConfigError([f"{path}:1: the config must be a mapping with gateway, uplink, buses, devices"])
+
+    base = path.parent
+    data = dict(located.data)
+    problems: list[tuple[int, str]] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_describe(err, located) for err in exc.errors())
+
+    profile_dirs = [SITE_PROFILE_DIR] + [
+        _resolve(base, Path(p)) for p in _as_list(data.get("profile_dirs")) if isinstance(p, str)
+    ]
+    catalogue = (catalogue_loader or load_catalogue)(profile_dirs)
+    problems.extend((1, p) for p in catalogue.problems)
+    problems.extend(_cross_check(located, catalogue))
+
+    if problems or config is None:
+        unique = sorted(set(problems), key=lambda item: (item[0], item[1]))
+        raise ConfigError([f"{path}:{line}: {message}" for line, message in unique])
+
+    resolved = config.model_copy(
+        update={
+            "buffer": config.buffer.model_copy(update={"path": _resolve(base, config.buffer.path)}),
+            "profile_dirs": tuple(profile_dirs),
+        }
+    )
+    return LoadedConfig(path=path, config=resolved, catalogue=catalogue)
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    """Relative paths in a config are relative to the config file, not the cwd."""
+    return path if path.is_absolute() else (base / path)
+
+
+def _as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _strip_union_tags(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
+    """Drop pydantic's discriminator tags (e.g. 'modbus-rtu') from an error path."""
+    clean: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue
+        clean.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(clean)
+
+
+def _model_at(path: Sequence[str | int], data: Any) -> type[BaseModel] | None:
+    """The model class expected at ``path`` (for suggesting key names)."""
+    model: Any = Config
+    node = data
+    for part in path:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+        model = _inner_model(field.annotation, node)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _inner_model(annotation: Any, node: Any) -> Any:
+    candidates: list[Any] = [annotation]
+    found: list[type[BaseModel]] = []
+    while candidates:
+        item = candidates.pop()
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            found.append(item)
+            continue
+        candidates.extend(getattr(item, "__args__", ()) or ())
+        origin = getattr(item, "__origin__", None)
+        if origin is not None and origin is not item:
+            candidates.append(origin)
+    if len(found) <= 1:
+        return found[0] if found else None
+    kind = node.get("type") if isinstance(node, dict) else None
+    for model in found:
+        literal = model.model_fields.get("type")
+        if literal is not None and kind in getattr(literal.annotation, "__args__", ()):
+            return model
+    return None
+
+
+def _describe(err: Any, located: Located) -> tuple[int, str]:
+    loc = _strip_union_tags(tuple(err["loc"]), located.data)
+    line = located.line_of(loc)
+    kind = err["type"]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1], located.data)
+        allowed = sorted(model.model_fields) if model else []
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return line, f"{_dotted(loc)}: unknown key{hint}; allowed here: {', '.join(allowed)}"
+    if kind == "missing":
+        return line, f"{_dotted(loc)}: required key is missing"
+    if kind == "union_tag_invalid":
+        return line, f"{_dotted(loc)}: unknown bus type {err['input'].get('type')!r}; use one of {', '.join(MODBUS_BUS_TYPES)}"
+    if kind == "union_tag_not_found":
+        return line, f"{_dotted(loc)}: a bus needs a 'type' ({', '.join(MODBUS_BUS_TYPES)})"
+    if kind == "string_pattern_mismatch":
+        message = "use letters, digits, '_', '.' or '-' (it becomes part of MQTT topics)"
+    got = err.get("input")
+    if not isinstance(got, (dict, list)) and kind != "value_error":
+        message += f" (got {got!r})"
+    return line, f"{_dotted(loc)}: {message}"
+
+
+def _cross_check(located: Located, catalogue: Catalogue) -> list[tuple[int, str]]:
+    """References and uniqueness, checked on the raw data so that every
+    problem is found even when other parts of the file are invalid."""
+    data = located.data
+    problems: list[tuple[int, str]] = []
+    buses = [b for b in _as_list(data.get("buses")) if isinstance(b, dict)]
+    devices = _as_list(data.get("devices"))
+    bus_types: dict[str, str] = {}
+    first_bus: dict[str, int] = {}
+    for index, bus in enumerate(_as_list(data.get("buses"))):
+        if not isinstance(bus, dict) or not isinstance(bus.get("id"), str):
+            continue
+        bus_id = bus["id"]
+        if bus_id in first_bus:
+            problems.append(
+                (located.line_of(("buses", index, "id")),
+                 f"buses[{index}].id: duplicate bus id {bus_id!r} (also buses[{first_bus[bus_id]}])")
+            )
+        else:
+            first_bus[bus_id] = index
+            bus_types[bus_id] = str(bus.get("type"))
+    del buses
+
+    first_device: dict[str, int] = {}
+    addresses: dict[tuple[str, object], int] = {}
+    for index, device in enumerate(devices):
+        if not isinstance(device, dict):
+            continue
+        where = ("devices", index)
+        dev_id = device.get("id")
+        if isinstance(dev_id, str):
+            if dev_id in first_device:
+                problems.append(
+                    (located.line_of(where + ("id",)),
+                     f"devices[{index}].id: duplicate device id {dev_id!r} (also devices[{first_device[dev_id]}])")
+                )
+            else:
+                first_device[dev_id] = index
+        bus_id = device.get("bus")
+        if isinstance(bus_id, str) and bus_id not in bus_types:
+            known = ", ".join(sorted(bus_types)) or "none defined"
+            problems.append(
+                (located.line_of(where + ("bus",)),
+                 f"devices[{index}].bus: unknown bus {bus_id!r}; buses defined: {known}")
+            )
+        address = device.get("address")
+        if isinstance(bus_id, str) and address is not None and not isinstance(address, (dict, list)):
+            key = (bus_id, address)
+            if key in addresses:
+                problems.append(
+                    (located.line_of(where + ("address",)),
+                     f"devices[{index}].address: address {address} is already used on bus "
+                     f"{bus_id!r} by devices[{addresses[key]}]; two devices cannot share an address")
+                )
+            else:
+                addresses[key] = index
+            if bus_types.get(bus_id) in MODBUS_BUS_TYPES and isinstance(address, int) and not 1 <= address <= 247:
+                problems.append(
+                    (located.line_of(where + ("address",)),
+                     f"devices[{index}].address: a Modbus unit id is 1..247 (got {address})")
+                )
+        profile_name = device.get("profile")
+        if isinstance(profile_name, str):
+            if profile_name not in catalogue:
+                guess = difflib.get_close_matches(profile_name, catalogue.names(), n=1)
+                hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+                problems.append(
+                    (located.line_of(where + ("profile",)),
+                     f"devices[{index}].profile: unknown profile {profile_name!r}{hint}; "
+                     "`retrofit-agent profiles list` shows the known ones")
+                )
+            else:
+                profile = catalogue.get(profile_name)
+                wanted = device.get("points")
+                if isinstance(wanted, list):
+                    names = {p.name for p in profile.points}
+                    for p_index, name in enumerate(wanted):
+                        if name not in names:
+                            problems.append(
+                                (located.line_of(where + ("points", p_index)),
+                                 f"devices[{index}].points[{p_index}]: profile {profile_name!r} has no point {name!r}")
+                            )
+    return problems
+
+
+def summarise(loaded: LoadedConfig) -> list[str]:
+    """Human summary for `check`: buses, devices, points and intervals."""
+    cfg = loaded.config
+    lines = [
+        f"config {loaded.path}: valid",
+        f"gateway {cfg.gateway.id} at site {cfg.gateway.site}",
+        f"buffer {cfg.buffer.path} (max {cfg.buffer.max_size_mb} MB, synchronous={cfg.buffer.synchronous})",
+        f"uplink mqtt://{cfg.uplink.mqtt.host}:{cfg.uplink.mqtt.port} topic "
+        f"{cfg.uplink.mqtt.topic_prefix}/{cfg.gateway.site}/{cfg.gateway.id}/readings"
+        + (" (TLS)" if cfg.uplink.mqtt.tls else ""),
+    ]
+    by_bus: dict[str, list[DeviceConfig]] = defaultdict(list)
+    for device in cfg.devices:
+        by_bus[device.bus].append(device)
+    for bus in cfg.buses:
+        where = (
+            f"{bus.port} {bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"
+            if isinstance(bus, ModbusRtuBus)
+            else f"{bus.host}:{bus.port}"
+        )
+        lines.append(f"bus {bus.id} ({bus.type}, {where}): {len(by_bus[bus.id])} device(s)")
+        for device in by_bus[bus.id]:
+            profile = loaded.catalogue.get(device.profile)
+            points = device.points or tuple(p.name for p in profile.points)
+            lines.append(
+                f"  device {device.id}: address {device.address}, profile {device.profile}, "
+                f"every {format_duration(device.interval)}, {len(points)} point(s): {', '.join(points)}"
+            )
+    return lines
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -1,0 +1,47 @@
+"""The project's exception hierarchy: a leaf module, imported from anywhere.
+
+Every error names what happened, to which device or key, and what to do.
+Code that catches errors catches these, never bare ``Exception``.
+"""
+
+from __future__ import annotations
+
+
+class RetrofitError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(RetrofitError):
+    """A configuration file is unusable; carries one problem per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class ProfileError(RetrofitError):
+    """A device profile file is malformed or missing."""
+
+
+class DecodeError(RetrofitError):
+    """Bytes or registers from a meter could not be turned into values."""
+
+
+class FrameError(DecodeError):
+    """A link-layer frame is malformed: length, checksum, start or stop byte."""
+
+
+class BusError(RetrofitError):
+    """A transaction on a bus failed: timeout, no answer, garbled reply."""
+
+
+class ExceptionResponse(BusError):
+    """The device answered with a Modbus exception (e.g. 02 illegal address)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class StorageError(RetrofitError):
+    """The local buffer cannot be opened or written."""

@@ -1,0 +1,191 @@
+"""Device profiles: what a meter model holds where, as data.
+
+A profile is one YAML file per product (drivers/profiles/NAME.yaml). It names
+the data sheet it was written from, the defaults shared by its points, each
+point's register, encoding, scale, unit and kind, the device's quirks under
+``workarounds``, and test vectors (raw registers -> expected values) that the
+test suite runs. Bundled profiles ship as package data; a technician adds or
+overrides one with a file in /etc/retrofit-agent/profiles/ or a configured
+``profile_dirs`` entry.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ProfileError
+from drivers.codec import REGISTER_TYPES, WORD_ORDERS, Decoder, make_decoder, register_count
+
+SITE_PROFILE_DIR = Path("/etc/retrofit-agent/profiles")
+
+Table = Literal["holding", "input"]
+Kind = Literal["counter", "gauge"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModbusPoint(_Strict):
+    """One quantity a Modbus meter serves."""
+
+    name: str
+    table: Table
+    address: Annotated[int, Field(ge=0, le=0xFFFF)]
+    type: Literal[REGISTER_TYPES]  # type: ignore[valid-type]
+    order: Literal[WORD_ORDERS] = "ABCD"  # type: ignore[valid-type]
+    scale: Decimal = Decimal(1)
+    offset: Decimal = Decimal(0)
+    unit: str
+    kind: Kind
+    description: str = ""
+
+    @property
+    def count(self) -> int:
+        return register_count(self.type)
+
+    @property
+    def end(self) -> int:
+        """First register address after this point."""
+        return self.address + self.count
+
+    def decoder(self) -> Decoder:
+        return make_decoder(self.type, self.order, self.scale, self.offset)
+
+
+class Workarounds(_Strict):
+    """Device quirks, kept together instead of sprinkled over the profile."""
+
+    max_registers: Annotated[int, Field(ge=1, le=125)] = 125
+    pause_between_requests: Annotated[float, Field(ge=0, le=5)] = 0.0
+    # Register ranges [start, end) that answer with an exception: never read across.
+    holes: tuple[tuple[Table, int, int], ...] = ()
+
+
+class TestVector(_Strict):
+    """Raw registers a real meter served -> the values the profile must give."""
+
+    registers: dict[Table, dict[int, list[Annotated[int, Field(ge=0, le=0xFFFF)]]]]
+    expect: dict[str, float | int]
+
+
+class Profile(_Strict):
+    name: str
+    protocol: Literal["modbus"] = "modbus"
+    manufacturer: str
+    model: str
+    source: str
+    description: str = ""
+    points: tuple[ModbusPoint, ...]
+    workarounds: Workarounds = Workarounds()
+    tests: tuple[TestVector, ...] = ()
+    origin: str = ""
+
+    @field_validator("points")
+    @classmethod
+    def _unique_points(cls, points: tuple[ModbusPoint, ...]) -> tuple[ModbusPoint, ...]:
+        if not points:
+            raise ValueError("a profile needs at least one point")
+        return points
+
+    def point(self, name: str) -> ModbusPoint:
+        for p in self.points:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def _read_yaml(text: str, origin: str) -> Profile:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{origin}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{origin}: a profile is a mapping with name, points, ...")
+    defaults = raw.pop("defaults", {}) or {}
+    points_raw = raw.get("points")
+    if isinstance(points_raw, dict):
+        points = []
+        for name, spec in points_raw.items():
+            if not isinstance(spec, dict):
+                raise ProfileError(f"{origin}: point {name!r} must be a mapping")
+            points.append({**defaults, **spec, "name": name})
+        raw["points"] = points
+    raw.setdefault("origin", origin)
+    try:
+        return Profile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ProfileError(f"{origin}: {problems}") from None
+
+
+def load_profile_file(path: Path) -> Profile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
+    return _read_yaml(text, str(path))
+
+
+@dataclass
+class Catalogue:
+    """Every profile known to this agent, bundled first, site files overriding."""
+
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def get(self, name: str) -> Profile:
+        try:
+            return self.profiles[name]
+        except KeyError:
+            raise ProfileError(
+                f"unknown profile {name!r}; known: {', '.join(sorted(self.profiles))}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.profiles
+
+    def names(self) -> list[str]:
+        return sorted(self.profiles)
+
+
+def bundled_profile_texts() -> Mapping[str, str]:
+    root = importlib.resources.files("drivers") / "profiles"
+    return {
+        entry.name: entry.read_text(encoding="utf-8")
+        for entry in sorted(root.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".yaml")
+    }
+
+
+def load_catalogue(extra_dirs: Iterable[Path] = ()) -> Catalogue:
+    """Bundled profiles, then each directory in order; a later file wins.
+
+    A broken site profile is reported, not fatal for the others: `check`
+    prints the problem and a device that uses it is an error there.
+    """
+    catalogue = Catalogue()
+    for filename, text in bundled_profile_texts().items():
+        profile = _read_yaml(text, f"bundled:{filename}")
+        catalogue.profiles[profile.name] = profile
+    for directory in extra_dirs:
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.yaml")):
+            try:
+                profile = load_profile_file(path)
+            except ProfileError as exc:
+                catalogue.problems.append(str(exc))
+                continue
+            catalogue.profiles[profile.name] = profile
+    return catalogue
