@@ -1,0 +1,304 @@
+"""The uplink: buffered readings -> MQTT batches, removed only once acknowledged.
+
+Each connection is a fresh paho client. When a connection ends, everything
+it had in flight is simply unacknowledged: the next connection starts again
+from the oldest reading still in the buffer (skipping ranges already
+acknowledged but not yet deleted). So paho never holds a queue of its own
+across outages, the buffer stays the one source of truth, and duplicates at
+the platform are limited to batches whose PUBACK never arrived.
+
+Reconnects back off exponentially with jitter (tenacity); each state change
+(connected, lost, refused) is one log event with counts, not a line per try.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from tenacity import RetryError, Retrying, retry_if_exception_type, wait_exponential_jitter
+
+from agent import logs
+from agent.buffer import BufferReader, IdRange
+from agent.config import MqttConfig
+from agent.errors import RetrofitError
+from agent.health import Health
+from agent.payload import STATUS_SCHEMA, encode_readings, topic
+from agent.readings import now_ms
+
+
+class ConnectFailed(RetrofitError):
+    pass
+
+
+class AckedRanges:
+    """Id ranges the broker acknowledged that the writer has not deleted yet."""
+
+    def __init__(self) -> None:
+        self._ranges: list[IdRange] = []
+        self._lock = threading.Lock()
+
+    def add(self, id_range: IdRange) -> None:
+        with self._lock:
+            self._ranges.append(id_range)
+
+    def forget_through(self, oldest_in_buffer: int | None) -> None:
+        """Drop ranges that lie wholly below the oldest id still stored."""
+        with self._lock:
+            if oldest_in_buffer is None:
+                self._ranges.clear()
+            else:
+                self._ranges = [r for r in self._ranges if r[1] >= oldest_in_buffer]
+
+    def covers(self, row_id: int) -> bool:
+        with self._lock:
+            return any(low <= row_id <= high for low, high in self._ranges)
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+
+class Uplink(threading.Thread):
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        gateway: str,
+        site: str,
+        stream: str,
+        buffer_path: Path,
+        on_ack: Callable[[IdRange], None],
+        health: Health,
+        status_extra: Callable[[], dict[str, object]],
+    ) -> None:
+        super().__init__(name="uplink", daemon=True)
+        self.cfg = cfg
+        self.gateway = gateway
+        self.site = site
+        self.stream = stream
+        self.readings_topic = topic(cfg.topic_prefix, site, gateway, "readings")
+        self.status_topic = topic(cfg.topic_prefix, site, gateway, "status")
+        self._buffer_path = buffer_path
+        self._on_ack = on_ack
+        self._health = health
+        self._status_extra = status_extra
+        self._stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._acked = AckedRanges()
+        self._lost = threading.Event()
+        self._connack: queue.SimpleQueue[mqtt.ReasonCode] = queue.SimpleQueue()
+        self._log = logs.get("uplink").bind(broker=f"{cfg.host}:{cfg.port}")
+        self._password = self._read_password()
+        self.last_progress = time.monotonic()
+
+    # -- called from other threads ------------------------------------------
+    def notify(self, _ids: IdRange | None = None) -> None:
+        """New readings were committed, or acked ones deleted."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self._wake.set()
+
+    # -- paho callbacks (paho's network thread) --------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        self._connack.put(reason_code)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        self._lost.set()
+        self._wake.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
+        # Never take a lock here: paho holds its own while calling back.
+        self._acks.put(mid)
+        self._wake.set()
+
+    # -- the thread -------------------------------------------------------------
+    def run(self) -> None:
+        reader = BufferReader(self._buffer_path)
+        try:
+            while not self._stop_event.is_set():
+                try:
+                    client = self._connect_with_backoff()
+                except RetryError:
+                    return  # stopping
+                if client is None:
+                    return
+                try:
+                    self._serve(client, reader)
+                finally:
+                    self._close(client)
+                if not self._stop_event.is_set():
+                    self._health.uplink.reconnects += 1
+        finally:
+            reader.close()
+
+    def _read_password(self) -> str | None:
+        if self.cfg.password_file is None:
+            return None
+        try:
+            return self.cfg.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise RetrofitError(
+                f"uplink.mqtt.password_file: cannot read {self.cfg.password_file}: {exc.strerror}"
+            ) from None
+
+    def _new_client(self) -> mqtt.Client:
+        client_id = self.cfg.client_id or f"retrofit-agent-{self.gateway}"
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        # Our own window bounds what is in flight; paho must never queue more.
+        client.max_inflight_messages_set(self.cfg.inflight + 2)
+        client.max_queued_messages_set(self.cfg.inflight + 2)
+        client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
+        if self.cfg.username:
+            client.username_pw_set(self.cfg.username, self._password)
+        if self.cfg.tls is not None:
+            tls = self.cfg.tls
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            if tls.insecure_skip_hostname_check:
+                client.tls_insecure_set(True)
+        return client
+
+    def _connect_once(self) -> mqtt.Client:
+        client = self._new_client()
+        self._lost.clear()
+        while not self._connack.empty():
+            self._connack.get_nowait()
+        try:
+            client.connect(self.cfg.host, self.cfg.port, keepalive=int(self.cfg.keepalive))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConnectFailed(str(exc) or type(exc).__name__) from None
+        client.loop_start()
+        try:
+            code = self._connack.get(timeout=10)
+        except queue.Empty:
+            self._close(client)
+            raise ConnectFailed("no CONNACK within 10 s") from None
+        if code.is_failure:
+            self._close(client)
+            raise ConnectFailed(f"broker refused the connection: {code}")
+        return client
+
+    def _connect_with_backoff(self) -> mqtt.Client | None:
+        attempts = 0
+        started = time.monotonic()
+
+        def log_failure(state) -> None:  # noqa: ANN001
+            nonlocal attempts
+            attempts += 1
+            error = str(state.outcome.exception()) if state.outcome else "?"
+            self._health.uplink.last_error = error
+            if attempts == 1:
+                self._log.warning("uplink.connect_failed", error=error,
+                                  retry_in_s=round(state.next_action.sleep, 1))
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(ConnectFailed),
+            wait=wait_exponential_jitter(initial=1, max=60, exp_base=2, jitter=1),
+            stop=lambda _state: self._stop_event.is_set(),
+            sleep=self._stop_event.wait,
+            before_sleep=log_failure,
+            reraise=False,
+        )
+        for attempt in retrying:
+            with attempt:
+                if self._stop_event.is_set():
+                    return None
+                client = self._connect_once()
+        self._health.uplink.connected = True
+        self._log.info("uplink.connected", attempts=attempts + 1,
+                       waited_s=round(time.monotonic() - started, 1))
+        return client
+
+    def _close(self, client: mqtt.Client) -> None:
+        client.disconnect()
+        client.loop_stop()
+        self._health.uplink.connected = False
+
+    def _status_payload(self, state: str) -> bytes:
+        body: dict[str, object] = {
+            "schema": STATUS_SCHEMA, "gateway": self.gateway, "site": self.site,
+            "stream": self.stream, "state": state,
+        }
+        if state == "online":
+            body["ts"] = now_ms()
+            body.update(self._status_extra())
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _serve(self, client: mqtt.Client, reader: BufferReader) -> None:
+        """Publish batches while connected; return when the connection ends."""
+        inflight: dict[int, tuple[IdRange, float, int]] = {}
+        oldest = reader.oldest()
+        self._acked.forget_through(oldest[0] if oldest else None)
+        cursor = (oldest[0] - 1) if oldest else 0
+        ack_timeout = max(30.0, 2 * self.cfg.keepalive)
+        client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        next_status = time.monotonic() + self.cfg.status_interval
+        while not self._stop_event.is_set() and not self._lost.is_set():
+            self._wake.clear()
+            self.last_progress = time.monotonic()
+            while not self._acks.empty():
+                entry = inflight.pop(self._acks.get_nowait(), None)
+                if entry is not None:
+                    id_range, _, count = entry
+                    self._acked.add(id_range)
+                    self._on_ack(id_range)
+                    self._health.uplink.batches_acked += 1
+                    self._health.uplink.readings_acked += count
+                    self._health.uplink.last_ack_ms = now_ms()
+            if inflight and time.monotonic() - min(t for _, t, _ in inflight.values()) > ack_timeout:
+                self._log.warning("uplink.ack_timeout", waiting_batches=len(inflight), after_s=ack_timeout)
+                return
+            if time.monotonic() >= next_status:
+                client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+                next_status = time.monotonic() + self.cfg.status_interval
+            if len(inflight) < self.cfg.inflight:
+                rows = [r for r in reader.batch_after(cursor, self.cfg.batch) if not self._acked.covers(r[0])] \
+                    if len(self._acked) else reader.batch_after(cursor, self.cfg.batch)
+                if rows:
+                    payload = encode_readings(self.gateway, self.site, self.stream, rows)
+                    info = client.publish(self.readings_topic, payload, qos=self.cfg.qos)
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        return  # connection gone under us; the next one resends
+                    inflight[info.mid] = ((rows[0][0], rows[-1][0]), time.monotonic(), len(rows))
+                    cursor = rows[-1][0]
+                    continue
+            self._wake.wait(1.0)
+        if self._lost.is_set() and not self._stop_event.is_set():
+            self._log.warning("uplink.lost", unacked_batches=len(inflight))
+        elif self._stop_event.is_set():
+            self._drain_acks(inflight, timeout=1.0)
+            info = client.publish(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=1.0)
+            except (RuntimeError, ValueError):
+                pass  # the connection ended first: the last will says offline
+
+    def _drain_acks(self, inflight: dict[int, tuple[IdRange, float, int]], timeout: float) -> None:
+        """At shutdown, give outstanding PUBACKs a moment so fewer batches are resent."""
+        deadline = time.monotonic() + timeout
+        while inflight and time.monotonic() < deadline and not self._lost.is_set():
+            try:
+                mid = self._acks.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            entry = inflight.pop(mid, None)
+            if entry is not None:
+                self._acked.add(entry[0])
+                self._on_ack(entry[0])

@@ -1,0 +1,190 @@
+"""One worker thread per physical bus: devices on it take turns.
+
+An RS-485 or M-Bus line is half-duplex: one transaction at a time. A worker
+owns its bus's link, keeps each device's schedule, reads the planned
+register blocks, decodes them and hands a poll's readings to the buffer in
+one piece. A device that stops answering costs its own bus one timeout per
+attempt; devices on other buses never wait for it.
+
+Polls are aligned to wall-clock multiples of the interval (a 15-minute
+counter is read at :00, :15, :30, :45, as utility interval data is), shifted
+by a small per-device offset so a bus is not flooded at the boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent import logs
+from agent.errors import BusError, ExceptionResponse
+from agent.health import DeviceHealth, Health
+from agent.readings import Reading, now_ms
+from drivers.codec import Decoder
+from drivers.modbus import RegisterReader
+from drivers.plan import Hole, LinkCost, ReadRequest, gaps_inside, plan_requests
+from drivers.profile import ModbusPoint, Profile
+
+ILLEGAL_DATA_ADDRESS = 2
+QUALITY_INVALID = "invalid"
+
+Emit = Callable[[list[Reading]], None]
+
+
+def next_slot(now: float, interval: float, offset: float) -> float:
+    """The first time after ``now`` that is a multiple of ``interval`` plus ``offset``."""
+    return (math.floor((now - offset) / interval) + 1) * interval + offset
+
+
+def device_offset(device_id: str, interval: float) -> float:
+    """A stable spread within the first 5 % of the interval (at most 2 s)."""
+    spread = min(interval * 0.05, 2.0)
+    return spread * (zlib.crc32(device_id.encode()) % 1000) / 1000
+
+
+@dataclass
+class DevicePoller:
+    """One device's schedule, read plan and decoders."""
+
+    device_id: str
+    unit: int
+    interval: float
+    profile: Profile
+    points: tuple[ModbusPoint, ...]
+    cost: LinkCost
+    health: DeviceHealth
+    offset: float = 0.0
+    next_due: float = 0.0
+    learned_holes: list[Hole] = field(default_factory=list)
+    plan: tuple[ReadRequest, ...] = ()
+    decoders: dict[str, Decoder] = field(default_factory=dict)
+    silent_since: float | None = None
+
+    def __post_init__(self) -> None:
+        self.decoders = {p.name: p.decoder() for p in self.points}
+        self.offset = device_offset(self.device_id, self.interval)
+        self.replan()
+
+    def replan(self) -> None:
+        self.plan = plan_requests(
+            self.points,
+            self.cost,
+            self.profile.workarounds.max_registers,
+            tuple(self.profile.workarounds.holes) + tuple(self.learned_holes),
+        )
+
+
+class BusWorker(threading.Thread):
+    def __init__(self, bus_id: str, link: RegisterReader, devices: list[DevicePoller], emit: Emit,
+                 health: Health, stop: threading.Event) -> None:
+        super().__init__(name=f"bus-{bus_id}", daemon=True)
+        self.bus_id = bus_id
+        self.link = link
+        self.devices = devices
+        self._emit = emit
+        self._health = health
+        self._stop_event = stop
+        self._log = logs.get("bus").bind(bus=bus_id)
+
+    def run(self) -> None:
+        start = time.time()
+        # The first poll of each device happens at once (staggered), so a
+        # technician sees data right after start; then polls align.
+        for index, device in enumerate(self.devices):
+            device.next_due = start + index * 0.01
+        try:
+            while not self._stop_event.is_set():
+                self._health.touch(self.name)
+                device = min(self.devices, key=lambda d: d.next_due)
+                wait = device.next_due - time.time()
+                if wait > 0:
+                    self._stop_event.wait(min(wait, 1.0))
+                    continue
+                self.poll(device)
+                device.next_due = next_slot(time.time(), device.interval, device.offset)
+        finally:
+            self.link.close()
+
+    def poll(self, device: DevicePoller) -> None:
+        """Read every planned block of one device; emit what was read."""
+        readings: list[Reading] = []
+        error: BusError | None = None
+        requests = list(device.plan)
+        split_once = False
+        while requests:
+            request = requests.pop(0)
+            try:
+                registers = self.link.read(request.table, device.unit, request.start, request.count)
+            except ExceptionResponse as exc:
+                if exc.code == ILLEGAL_DATA_ADDRESS and len(request.points) > 1 and not split_once:
+                    # Some register inside the merged block does not exist on
+                    # this device: never read across those gaps again.
+                    gaps = gaps_inside(request)
+                    split_once = True
+                    if gaps:
+                        device.learned_holes.extend(gaps)
+                    else:
+                        device.learned_holes.extend(
+                            (request.table, p.end, p.end) for p in request.points[:-1]
+                        )
+                    device.replan()
+                    self._log.warning("device.plan_split", device=device.device_id, table=request.table,
+                                      start=request.start, count=request.count, requests=len(device.plan))
+                    retry = [r for r in device.plan if r.start < request.end and request.start < r.end
+                             and r.table == request.table]
+                    requests = retry + requests
+                    continue
+                error = exc
+                continue  # the device answers; other blocks may still be fine
+            except BusError as exc:
+                error = exc
+                break  # no answer: the rest would only cost more timeouts
+            stamp = now_ms()
+            readings.extend(self._decode(device, request, registers, stamp))
+        if readings:
+            self._emit(readings)
+        self._record(device, error, got_any=bool(readings))
+
+    def _decode(self, device: DevicePoller, request: ReadRequest, registers: list[int], stamp: int) -> list[Reading]:
+        out = []
+        for point in request.points:
+            at = point.address - request.start
+            value = device.decoders[point.name](registers[at : at + point.count])
+            quality = "ok"
+            if isinstance(value, float) and not math.isfinite(value):
+                value, quality = None, QUALITY_INVALID
+            out.append(Reading(device.device_id, point.name, value, point.unit, stamp, quality))
+        return out
+
+    def _record(self, device: DevicePoller, error: BusError | None, got_any: bool) -> None:
+        """Count the poll; log only when the device's state changes."""
+        health = device.health
+        health.polls += 1
+        if got_any:
+            health.last_ok_ms = now_ms()
+        if error is not None:
+            health.failures += 1
+            health.consecutive_failures += 1
+            health.last_error = str(error)
+        state = "ok" if error is None else ("partial" if got_any else "silent")
+        if state == health.state:
+            return
+        previous, health.state = health.state, state
+        if state == "silent":
+            device.silent_since = time.monotonic()
+            self._log.warning("device.silent", device=device.device_id, error=str(error))
+        elif state == "partial":
+            self._log.warning("device.partial", device=device.device_id, error=str(error))
+        elif previous == "silent":
+            self._log.info("device.back", device=device.device_id,
+                           failed_polls=health.consecutive_failures,
+                           silent_s=round(time.monotonic() - (device.silent_since or 0), 1))
+        else:
+            self._log.info("device.ok", device=device.device_id, requests=len(device.plan))
+        if state == "ok":
+            health.consecutive_failures = 0
+            device.silent_since = None

@@ -1,0 +1,97 @@
+"""`retrofit-sim`: simulated meters for tests, demos and training."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from agent.errors import RetrofitError
+from drivers.profile import SITE_PROFILE_DIR, load_catalogue
+from simulators.meters import SimulatedDevice, model_for
+from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer
+from simulators.pty import PtyPair
+
+
+def _device(spec: str) -> tuple[int, str]:
+    unit, sep, profile = spec.partition("=")
+    if not sep or not unit.isdigit() or not 1 <= int(unit) <= 247 or not profile:
+        raise argparse.ArgumentTypeError(f"expected UNIT=PROFILE with UNIT 1..247, got {spec!r}")
+    return int(unit), profile
+
+
+def _host_port(spec: str) -> tuple[str, int]:
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {spec!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retrofit-sim", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modbus = commands.add_parser("modbus", help="serve simulated Modbus meters over TCP and/or serial")
+    modbus.add_argument("--device", action="append", type=_device, required=True, metavar="UNIT=PROFILE",
+                        help="a simulated device, e.g. 1=eastron-sdm630 (repeatable)")
+    modbus.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="serve Modbus TCP here")
+    modbus.add_argument("--serial", type=Path, metavar="PATH", help="serve Modbus RTU on this serial port")
+    modbus.add_argument("--pty", type=Path, metavar="LINK",
+                        help="make a virtual serial line (socat) and print the end for the agent: LINK")
+    modbus.add_argument("--baudrate", type=int, default=9600)
+    modbus.add_argument("--parity", choices=("N", "E", "O"), default="N")
+    modbus.add_argument("--pace", action="store_true", help="answer at the pace of the baud rate")
+    modbus.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _modbus(args)
+    except RetrofitError as exc:
+        print(f"retrofit-sim: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"retrofit-sim: {exc}", file=sys.stderr)
+        return 1
+
+
+def _modbus(args: argparse.Namespace) -> int:
+    if not (args.tcp or args.serial or args.pty):
+        print("retrofit-sim: give --tcp HOST:PORT, --serial PATH or --pty LINK", file=sys.stderr)
+        return 2
+    catalogue = load_catalogue([SITE_PROFILE_DIR])
+    units = {}
+    for index, (unit, profile_name) in enumerate(args.device):
+        profile = catalogue.get(profile_name)
+        units[unit] = SimulatedDevice(profile, model_for(profile, seed=args.seed + index))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    closers = []
+    if args.tcp:
+        server = ModbusTcpServer(units, *args.tcp).start()
+        closers.append(server.stop)
+        print(f"modbus-tcp on {args.tcp[0]}:{server.port}: units {sorted(units)}", flush=True)
+    serial_port = args.serial
+    if args.pty:
+        pair = PtyPair(args.pty.with_name(args.pty.name + ".meter"), args.pty).start()
+        closers.append(pair.stop)
+        serial_port = pair.meter_end
+    if serial_port:
+        rtu = ModbusRtuServer(units, str(serial_port), args.baudrate, args.parity, pace=args.pace).start()
+        closers.insert(0, rtu.stop)
+        where = args.pty if args.pty else serial_port
+        print(f"modbus-rtu on {where} ({args.baudrate} 8{args.parity}1): units {sorted(units)}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        for close in closers:
+            close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Simulated meters: plausible, consistent values served through a profile.
+
+A meter model produces values by point name; the profile (the same file the
+agent reads) turns them into registers. So a profile mistake shows up as a
+wrong value at the broker, not as two mistakes that cancel out. Counters
+integrate the simulated power, so energy only rises and rises at the rate
+the power says.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from drivers.codec import encode
+from drivers.profile import ModbusPoint, Profile
+from simulators.modbus_server import ILLEGAL_DATA_ADDRESS, Unit
+
+Clock = Callable[[], float]
+
+
+class MeterModel:
+    """Values of one simulated device at a time ``t`` (seconds, monotonic)."""
+
+    def values(self, t: float) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class ThreePhaseMeter(MeterModel):
+    """An SDM630-like meter on a building's main supply."""
+
+    def __init__(self, seed: int = 0, base_power_w: float = 2500.0, energy_kwh: float = 12345.6) -> None:
+        self.seed = seed
+        self.base_power_w = base_power_w
+        self._energy_import = energy_kwh
+        self._energy_export = 7.25
+        self._last_t: float | None = None
+        self._lock = threading.Lock()
+
+    def _phase_current(self, phase: int, t: float) -> float:
+        wobble = math.sin(t / 37.0 + phase * 2.1 + self.seed) * 0.25
+        return max(0.0, self.base_power_w / 3 / 230.0 * (1 + wobble))
+
+    def values(self, t: float) -> dict[str, float]:
+        volts = [230.0 + 3.0 * math.sin(t / 53.0 + k + self.seed) for k in range(3)]
+        amps = [self._phase_current(k, t) for k in range(3)]
+        power = sum(v * a for v, a in zip(volts, amps, strict=True))
+        with self._lock:
+            if self._last_t is not None and t > self._last_t:
+                self._energy_import += power * (t - self._last_t) / 3_600_000
+            self._last_t = t
+            energy = self._energy_import
+        return {
+            "voltage_l1": volts[0], "voltage_l2": volts[1], "voltage_l3": volts[2],
+            "current_l1": amps[0], "current_l2": amps[1], "current_l3": amps[2],
+            "power_active": power,
+            "frequency": 50.0 + 0.03 * math.sin(t / 11.0),
+            "energy_active_import": energy,
+            "energy_active_export": self._energy_export,
+        }
+
+
+class RoomSensor(MeterModel):
+    """An XY-MD02-like temperature and humidity sensor."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def values(self, t: float) -> dict[str, float]:
+        return {
+            "temperature": 21.0 + 1.5 * math.sin(t / 600.0 + self.seed),
+            "humidity": 45.0 + 5.0 * math.sin(t / 900.0 + self.seed / 2),
+        }
+
+
+class GenericModel(MeterModel):
+    """Any profile: gauges drift around a level, counters rise steadily."""
+
+    def __init__(self, profile: Profile, seed: int = 0) -> None:
+        self.profile = profile
+        self.seed = seed
+        self._start: float | None = None
+
+    def values(self, t: float) -> dict[str, float]:
+        if self._start is None:
+            self._start = t
+        out = {}
+        for index, point in enumerate(self.profile.points):
+            if point.kind == "counter":
+                out[point.name] = 1000.0 + index + (t - self._start) * 0.001
+            else:
+                out[point.name] = 100.0 + 10.0 * math.sin(t / 30.0 + index + self.seed)
+        return out
+
+
+def model_for(profile: Profile, seed: int = 0) -> MeterModel:
+    if profile.name.startswith("eastron-sdm630"):
+        return ThreePhaseMeter(seed)
+    if profile.name == "xy-md02":
+        return RoomSensor(seed)
+    return GenericModel(profile, seed)
+
+
+def _quantise(point: ModbusPoint, value: float) -> int | float:
+    """The number a device stores for ``value`` in this point's encoding."""
+    if point.type.startswith("float"):
+        return (value - float(point.offset)) / float(point.scale)
+    return round((value - float(point.offset)) / float(point.scale))
+
+
+class SimulatedDevice(Unit):
+    """Serves a meter model's values through a profile's register map.
+
+    ``served`` keeps the last value of each point as the device put it on
+    the wire (after quantisation), which is the ground truth a test compares
+    the agent's readings against.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        model: MeterModel | None = None,
+        clock: Clock = time.monotonic,
+        holes: tuple[tuple[str, int, int], ...] = (),
+    ) -> None:
+        self.profile = profile
+        self.model = model or model_for(profile)
+        self.clock = clock
+        self.holes = holes
+        self.served: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def registers(self, table: str, start: int, count: int) -> list[int] | int:
+        end = start + count
+        for hole_table, h_start, h_end in self.holes:
+            if hole_table == table and start < h_end and h_start < end:
+                return ILLEGAL_DATA_ADDRESS
+        values = self.model.values(self.clock())
+        words = [0] * count
+        with self._lock:
+            for point in self.profile.points:
+                if point.table != table or point.end <= start or point.address >= end:
+                    continue
+                raw = _quantise(point, values[point.name])
+                encoded = encode(raw, point.type, point.order)
+                for offset, word in enumerate(encoded):
+                    position = point.address + offset - start
+                    if 0 <= position < count:
+                        words[position] = word
+                self.served[point.name] = values[point.name]
+        return words
