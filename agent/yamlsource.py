@@ -41,8 +41,9 @@ class YamlProblem(Exception):
 
 
 def load_located(text: str) -> Located:
-    loader = yaml.SafeLoader(text)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
         lines: dict[Path_, int] = {}
         data = _build(loader, root, (), lines) if root is not None else None
@@ -54,9 +55,11 @@ def load_located(text: str) -> Located:
             reason += " (YAML does not allow tabs for indentation; use spaces)"
         raise YamlProblem(line, reason) from None
     except yaml.YAMLError as exc:
-        raise YamlProblem(1, str(exc)) from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise YamlProblem(1, f"not a YAML text: {reason}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return Located(data, lines)
 
 

@@ -1,0 +1,121 @@
+"""`retrofit-agent check` on a technician's configs: every mistake named, no traceback.
+
+Cases are written as a technician would make them; each expects exit 78
+(EX_CONFIG), the file's line and the key path in the message.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+
+pytestmark = pytest.mark.timeout(60)
+
+GOOD = """\
+gateway: {id: zw-07, site: krakow-zlotego-wieku-7}
+buffer:  {path: state/buffer.db, max_size_mb: 512}
+uplink:
+  mqtt:
+    host: 127.0.0.1
+    port: 1883
+    topic_prefix: buildings
+buses:
+  - {id: rs485-1, type: modbus-rtu, port: /dev/ttyUSB0, baudrate: 9600, parity: N}
+  - {id: plant-room, type: modbus-tcp, host: 127.0.0.1, port: 5020}
+devices:
+  - {id: elec-main, bus: rs485-1, address: 1, profile: eastron-sdm630, interval: 1m}
+  - {id: room-101, bus: plant-room, address: 10, profile: xy-md02, interval: 5m}
+"""
+
+
+def run_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "check", "--config", str(path)],
+        capture_output=True, text=True, cwd=REPO, timeout=30,
+    )
+
+
+def test_valid_config_is_summarised(tmp_path: Path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    result = run_check(path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "bus rs485-1 (modbus-rtu, /dev/ttyUSB0 9600 8N1): 1 device(s)" in out
+    assert "device elec-main: address 1, profile eastron-sdm630, every 1m, 10 point(s)" in out
+    assert "device room-101: address 10, profile xy-md02, every 5m, 2 point(s): temperature, humidity" in out
+    # Relative buffer paths are relative to the config file.
+    assert str(tmp_path / "state" / "buffer.db") in out
+
+
+# (name, replace this text of GOOD, with this, expected line, expected text in the message)
+MISTAKES = [
+    ("typo-key", "    topic_prefix: buildings", "    topic_prefx: buildings", 7, "uplink.mqtt.topic_prefx: unknown key (did you mean 'topic_prefix'?)"),
+    ("typo-device-key", "interval: 5m}", "intervall: 5m}", 13, "devices[1].intervall: unknown key"),
+    ("wrong-type-port", "    port: 1883", "    port: eighteen", 6, "uplink.mqtt.port"),
+    ("port-out-of-range", "    port: 1883", "    port: 70000", 6, "uplink.mqtt.port"),
+    ("tab-indent", "    host: 127.0.0.1", "\thost: 127.0.0.1", 5, "tabs"),
+    ("duplicate-key", "    port: 1883", "    port: 1883\n    port: 1884", 7, "duplicate key 'port'"),
+    ("unknown-bus", "bus: plant-room, address: 10", "bus: plant-rom, address: 10", 13, "devices[1].bus: unknown bus 'plant-rom'"),
+    ("unknown-profile", "profile: xy-md02", "profile: xy-md03", 13, "devices[1].profile: unknown profile 'xy-md03' (did you mean 'xy-md02'?)"),
+    ("bad-duration", "interval: 1m}", "interval: often}", 12, "devices[0].interval: expected a duration"),
+    ("negative-duration", "interval: 1m}", "interval: -5}", 12, "devices[0].interval"),
+    ("duplicate-device-id", "id: room-101", "id: elec-main", 13, "devices[1].id: duplicate device id 'elec-main'"),
+    ("duplicate-address", "bus: plant-room, address: 10", "bus: rs485-1, address: 1", 13, "address 1 is already used on bus 'rs485-1'"),
+    ("bad-parity", "parity: N}", "parity: X}", 9, "buses[0].parity"),
+    ("bad-baudrate", "baudrate: 9600", "baudrate: 9601", 9, "buses[0].baudrate"),
+    ("unknown-bus-type", "type: modbus-tcp", "type: modbus-udp", 10, "buses[1]: unknown bus type 'modbus-udp'"),
+    ("modbus-address-range", "address: 10,", "address: 250,", 13, "devices[1].address: a Modbus unit id is 1..247"),
+    ("missing-section", "gateway: {id: zw-07, site: krakow-zlotego-wieku-7}\n", "", 1, "gateway: required key is missing"),
+    ("space-in-id", "site: krakow-zlotego-wieku-7", "site: krakow zlotego", 1, "gateway.site"),
+    ("unclosed-bracket", "  - {id: rs485-1,", "  - [id: rs485-1,", 9, ""),
+]
+
+
+@pytest.mark.parametrize(("name", "old", "new", "line", "text"), MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_mistake_is_reported_with_line_and_key(tmp_path: Path, name: str, old: str, new: str, line: int,
+                                                text: str) -> None:
+    assert old in GOOD, f"case {name} does not apply to the base config"
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(GOOD.replace(old, new, 1))
+    result = run_check(path)
+    assert result.returncode == 78, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stdout == ""
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"{path}:{line}: "), result.stderr
+    assert text in result.stderr, result.stderr
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = (GOOD.replace("    topic_prefix: buildings", "    topic_prefx: buildings")
+                .replace("profile: xy-md02", "profile: nope")
+                .replace("parity: N}", "parity: Q}"))
+    path = tmp_path / "many.yaml"
+    path.write_text(text)
+    result = run_check(path)
+    assert result.returncode == 78
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, result.stderr
+    assert [int(x.split(":")[1]) for x in lines] == [7, 9, 13]
+
+
+@pytest.mark.parametrize("content", ["", "just a string\n", "- a\n- list\n", "\x00\x01binary"])
+def test_not_a_config_at_all(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(content)
+    result = run_check(path)
+    assert result.returncode == 78
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{path}:")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = run_check(tmp_path / "absent.yaml")
+    assert result.returncode == 78
+    assert result.stderr.strip() == f"{tmp_path / 'absent.yaml'}: no such file"
