@@ -184,7 +184,7 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
     if not isinstance(located.data, dict):
         raise ConfigError([f"{path}:1: the config must be a mapping with gateway, uplink, buses, devices"])
 
-    base = path.parent
+    base = path.absolute().parent
     data = dict(located.data)
     problems: list[tuple[int, str]] = []
     config: Config | None = None
@@ -215,7 +215,7 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
 
 def _resolve(base: Path, path: Path) -> Path:
     """Relative paths in a config are relative to the config file, not the cwd."""
-    return path if path.is_absolute() else (base / path)
+    return path if path.is_absolute() else Path(os.path.normpath(base / path))
 
 
 def _as_list(value: object) -> list[Any]:

@@ -43,12 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     modbus.add_argument("--parity", choices=("N", "E", "O"), default="N")
     modbus.add_argument("--pace", action="store_true", help="answer at the pace of the baud rate")
     modbus.add_argument("--seed", type=int, default=0)
+    demo = commands.add_parser("demo", help="meters + agent + Mosquitto + a live view of the platform side")
+    demo.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "demo":
+            from simulators.demo import run_demo
+
+            return run_demo(args.config, args.duration)
         return _modbus(args)
     except RetrofitError as exc:
         print(f"retrofit-sim: {exc}", file=sys.stderr)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Shared set-up for ./scripts/demo and ./scripts/test: the system packages
+# the tests and the demo need (installed through apt when run as root,
+# otherwise named so a person can install them), then the project's venv.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${RETROFIT_VENV:-$ROOT/.venv}
+export PATH="$PATH:/usr/sbin:/sbin"
+
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "retrofit-agent needs Python 3.11 or newer (found: $(python3 --version 2>&1))" >&2
+  exit 1
+fi
+
+missing=()
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v socat >/dev/null || missing+=(socat)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${missing[*]} with apt-get" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing ${missing[*]}; install with: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV" >&2
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.retrofit-agent-installed"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  echo "setup: installing retrofit-agent and its test tools into $VENV" >&2
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
+  touch "$stamp"
+fi

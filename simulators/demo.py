@@ -1,0 +1,149 @@
+"""`retrofit-sim demo`: simulated meters -> the agent -> Mosquitto -> a live view.
+
+Starts a local Mosquitto, the simulated meters of configs/demo.yaml (Modbus
+TCP and a virtual RS-485 line), the agent as its own process, and a
+subscriber that shows what the platform receives: the latest value of every
+point, and whether the ids arriving are complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.errors import RetrofitError
+from drivers.profile import load_catalogue
+from simulators.meters import SimulatedDevice, model_for
+from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer
+from simulators.pty import PtyPair
+
+BROKER_PORT = 18830
+TCP_PORT = 15020
+PTY_LINK = Path("/tmp/retrofit-demo/ttyV0")
+
+
+@dataclass
+class PlatformView:
+    """What the platform has received, kept by an independent subscriber."""
+
+    latest: dict[tuple[str, str], tuple[object, str, int, str]] = field(default_factory=dict)
+    ids: set[int] = field(default_factory=set)
+    messages: int = 0
+    duplicates: int = 0
+    status: str = "?"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        payload = json.loads(message.payload)
+        with self.lock:
+            if message.topic.endswith("/status"):
+                self.status = payload.get("state", "?")
+                return
+            self.messages += 1
+            for r in payload["readings"]:
+                if r["id"] in self.ids:
+                    self.duplicates += 1
+                self.ids.add(r["id"])
+                self.latest[(r["device"], r["point"])] = (r["value"], r["unit"], r["id"], r["quality"])
+
+    def render(self) -> str:
+        with self.lock:
+            lines = [f"platform view: agent {self.status}, {self.messages} message(s), "
+                     f"{len(self.ids)} reading(s), duplicates {self.duplicates}"]
+            if self.ids:
+                span = max(self.ids) - min(self.ids) + 1
+                lines.append(f"ids {min(self.ids)}..{max(self.ids)}: complete {100.0 * len(self.ids) / span:.1f} %")
+            lines.append(f"{'device':12} {'point':22} {'value':>12} unit  {'id':>7} quality")
+            for (device, point), (value, unit, rid, quality) in sorted(self.latest.items()):
+                lines.append(f"{device:12} {point:22} {value!s:>12} {unit:5} {rid:>7} {quality}")
+            return "\n".join(lines)
+
+
+def _start_broker(workdir: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if binary is None:
+        raise RetrofitError("mosquitto is not installed: sudo apt-get install mosquitto")
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {BROKER_PORT} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    if proc.poll() is not None:
+        raise RetrofitError(f"mosquitto could not listen on 127.0.0.1:{BROKER_PORT} (port in use?)")
+    return proc
+
+
+def _quietly(action: Callable[[], object]) -> Callable[[], None]:
+    """A clean-up step that must not stop the ones after it."""
+    def run() -> None:
+        try:
+            action()
+        except (OSError, subprocess.TimeoutExpired, RetrofitError) as exc:
+            print(f"demo: clean-up: {exc}", file=sys.stderr)
+    return run
+
+
+def run_demo(config: Path, duration: float | None) -> int:
+    catalogue = load_catalogue()
+    sdm630, md02 = catalogue.get("eastron-sdm630"), catalogue.get("xy-md02")
+    workdir = Path(tempfile.mkdtemp(prefix="retrofit-demo-"))
+    with contextlib.ExitStack() as stack:  # clean-ups run in reverse: agent first, broker last
+        stack.callback(shutil.rmtree, workdir, True)
+        broker = _start_broker(workdir)
+        stack.callback(_quietly(lambda: (broker.terminate(), broker.wait(5))))
+        try:
+            tcp = ModbusTcpServer({1: SimulatedDevice(sdm630, model_for(sdm630)),
+                                   10: SimulatedDevice(md02, model_for(md02, seed=1))},
+                                  "127.0.0.1", TCP_PORT).start()
+        except OSError as exc:
+            raise RetrofitError(f"cannot serve Modbus TCP on 127.0.0.1:{TCP_PORT}: {exc.strerror}") from None
+        stack.callback(_quietly(tcp.stop))
+        pair = PtyPair(PTY_LINK.with_name("ttyV0.meter"), PTY_LINK).start()
+        stack.callback(_quietly(pair.stop))
+        rtu = ModbusRtuServer({3: SimulatedDevice(md02, model_for(md02, seed=2))},
+                              str(pair.meter_end), 9600, pace=True).start()
+        stack.callback(_quietly(rtu.stop))
+
+        view = PlatformView()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-platform")
+        client.on_message = view.on_message
+        client.on_connect = lambda c, *_: c.subscribe("buildings/#", qos=1)
+        client.connect("127.0.0.1", BROKER_PORT)
+        client.loop_start()
+        stack.callback(_quietly(lambda: (client.disconnect(), client.loop_stop())))
+
+        log = workdir / "agent.log"
+        with log.open("wb") as out:
+            agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+                                     stdout=out, stderr=subprocess.STDOUT)
+        stack.callback(_quietly(lambda: (agent.send_signal(signal.SIGTERM), agent.wait(10))))
+        print(f"demo: broker 127.0.0.1:{BROKER_PORT}, meters on 127.0.0.1:{TCP_PORT} and {PTY_LINK}; "
+              "Ctrl-C stops", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        started = time.monotonic()
+        interactive = sys.stdout.isatty()
+        try:
+            while not stop.wait(2.0):
+                if agent.poll() is not None:
+                    print(log.read_text()[-3000:], file=sys.stderr)
+                    raise RetrofitError(f"the agent exited with code {agent.returncode}")
+                print(("\x1b[2J\x1b[H" if interactive else "\n") + view.render(), flush=True)
+                if duration is not None and time.monotonic() - started >= duration:
+                    break
+        except KeyboardInterrupt:
+            pass
+        print(f"\nsummary:\n{view.render()}", flush=True)
+    return 0
