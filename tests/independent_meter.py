@@ -28,6 +28,17 @@ def int16_word(value: int) -> int:
     return struct.unpack(">H", struct.pack(">h", value))[0]
 
 
+def _runs(addresses: list[int]) -> list[tuple[int, int]]:
+    """Contiguous [start, end) runs of sorted register addresses."""
+    runs: list[tuple[int, int]] = []
+    for address in addresses:
+        if runs and runs[-1][1] == address:
+            runs[-1] = (runs[-1][0], address + 1)
+        else:
+            runs.append((address, address + 1))
+    return runs
+
+
 class IndependentMeter:
     """pymodbus TCP server on 127.0.0.1 serving given input-register images per unit."""
 
@@ -37,12 +48,14 @@ class IndependentMeter:
         devices = []
         for unit, image in images.items():
             top = max(image) + 1
-            words = [image.get(address, 0) for address in range(top)]
             blocks = (
                 [SimData(0, values=[False] * 8, datatype=DataType.BITS)],
                 [SimData(0, values=[False] * 8, datatype=DataType.BITS)],
                 [SimData(0, values=[0] * top, datatype=DataType.REGISTERS)],
-                [SimData(0, values=words, datatype=DataType.REGISTERS)],
+                # Only the addresses in the image exist: a read touching any
+                # other register is answered with exception 02, as real meters do.
+                [SimData(start, values=[image[a] for a in range(start, end)], datatype=DataType.REGISTERS)
+                 for start, end in _runs(sorted(image))],
             )
             devices.append(SimDevice(unit, simdata=blocks))
         self._devices = devices

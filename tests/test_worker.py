@@ -1,0 +1,127 @@
+"""Bus workers on real sockets: holes in a register map, dead devices, isolation."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.health import DeviceHealth, Health
+from agent.readings import Reading
+from agent.worker import BusWorker, DevicePoller, next_slot
+from drivers.modbus import tcp_link
+from drivers.plan import LinkCost
+from drivers.profile import load_catalogue
+from simulators.meters import SimulatedDevice
+from simulators.modbus_server import ModbusTcpServer
+from tests.independent_meter import IndependentMeter, float32_words
+from tests.support import free_port, wait_until
+from tests.test_e2e import ROOM_VALUES, SDM630_ADDRESSES, SDM630_VALUES, FixedModel
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, list[Reading]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, readings: list[Reading]) -> None:
+        with self.lock:
+            self.batches.append((time.monotonic(), readings))
+
+    def of(self, device: str) -> list[tuple[float, list[Reading]]]:
+        with self.lock:
+            return [(t, b) for t, b in self.batches if b[0].device == device]
+
+
+def poller(device: str, unit: int, profile: str, interval: float, health: Health) -> DevicePoller:
+    p = load_catalogue().get(profile)
+    health.devices[device] = DeviceHealth(bus="b")
+    return DevicePoller(device, unit, interval, p, p.points, LinkCost.tcp(), health.devices[device])
+
+
+def test_a_hole_answering_exception_02_is_split_once_and_remembered(tmp_path: Path) -> None:
+    """An independent meter (pymodbus) whose map has a hole between the current
+    and power registers: the TCP cost model merges everything into one read,
+    the meter refuses it, the worker splits and never reads across it again."""
+    image: dict[int, int] = {}
+    for point, address in SDM630_ADDRESSES.items():
+        image[address], image[address + 1] = float32_words(SDM630_VALUES[point])
+    port = free_port()
+    meter = IndependentMeter({1: image}, port).start()
+    health = Health()
+    device = poller("elec", 1, "eastron-sdm630", 0.2, health)
+    assert len(device.plan) == 1, "the TCP plan reads the whole map in one request"
+    collector = Collector()
+    stop = threading.Event()
+    worker = BusWorker("b", tcp_link("127.0.0.1", port, 1.0), [device], collector, health, stop)
+    worker.start()
+    try:
+        wait_until(lambda: len(collector.of("elec")) >= 4, 15, "four polls")
+    finally:
+        stop.set()
+        worker.join(5)
+        meter.stop()
+    exceptions_seen = health.devices["elec"].failures
+    assert exceptions_seen == 0, "the split is retried within the same poll, so no poll fails"
+    assert len(device.plan) > 1
+    for _, batch in collector.of("elec"):
+        assert {r.point: r.value for r in batch} == SDM630_VALUES
+    # After the first poll, every request stays inside what exists.
+    reads_per_poll = len(device.plan)
+    polls = len(collector.of("elec"))
+    assert len(meter.function_codes) <= 1 + reads_per_poll * (polls + 1)
+
+
+def test_a_dead_device_costs_its_bus_only_its_timeout_and_other_buses_nothing(tmp_path: Path) -> None:
+    catalogue = load_catalogue()
+    # Unit 10 answers; unit 11 is configured but absent (the server stays silent for it).
+    server_a = ModbusTcpServer({10: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))}).start()
+    server_b = ModbusTcpServer({20: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))}).start()
+    health = Health()
+    collector = Collector()
+    stop = threading.Event()
+    timeout = 0.4
+    alive_a = poller("alive-a", 10, "xy-md02", 1.0, health)
+    dead = poller("dead", 11, "xy-md02", 1.0, health)
+    alive_b = poller("alive-b", 20, "xy-md02", 1.0, health)
+    workers = [
+        BusWorker("a", tcp_link("127.0.0.1", server_a.port, timeout), [alive_a, dead], collector, health, stop),
+        BusWorker("b", tcp_link("127.0.0.1", server_b.port, timeout), [alive_b], collector, health, stop),
+    ]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(5.2)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(5)
+        server_a.stop()
+        server_b.stop()
+    assert health.devices["dead"].state == "silent"
+    assert health.devices["dead"].failures >= 4
+    assert collector.of("dead") == []
+    # Both live devices keep their 1 s schedule: one poll per second (+ the first at start).
+    for name in ("alive-a", "alive-b"):
+        times = [t - started for t, _ in collector.of(name)]
+        assert len(times) >= 5, (name, times)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert max(gaps) < 1.0 + timeout + 0.5, (name, gaps)
+        assert health.devices[name].state == "ok"
+
+
+@pytest.mark.parametrize(("now", "interval", "offset", "expected"), [
+    (0.0, 900.0, 0.0, 900.0),
+    (899.9, 900.0, 0.0, 900.0),
+    (900.0, 900.0, 0.0, 1800.0),
+    (1000.0, 900.0, 3.0, 1803.0),
+    (901.0, 900.0, 3.0, 903.0),
+    (10.5, 1.0, 0.25, 11.25),
+])
+def test_polls_align_to_wall_clock_multiples(now: float, interval: float, offset: float, expected: float) -> None:
+    assert next_slot(now, interval, offset) == pytest.approx(expected)
