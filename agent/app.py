@@ -41,7 +41,9 @@ class Agent:
         self.stop_event = threading.Event()
         self.notifier = notifier or Notifier()
         self._log = logs.get("agent")
-        self.buffer = Buffer(self.cfg.buffer.path, self.cfg.buffer.synchronous)
+        self.buffer = Buffer(self.cfg.buffer.path, self.cfg.buffer.synchronous,
+                             max_bytes=int(self.cfg.buffer.max_size_mb * 1024 * 1024),
+                             max_age_s=self.cfg.buffer.max_age)
         self._reader = BufferReader(self.cfg.buffer.path)
         self.uplink = Uplink(
             self.cfg.uplink.mqtt, self.cfg.gateway.id, self.cfg.gateway.site, self.buffer.stream,
@@ -52,6 +54,9 @@ class Agent:
 
     def _ack(self, id_range: tuple[int, int]) -> None:
         self.writer.ack(id_range)
+
+    def _reported(self, first_ids: list[int]) -> None:
+        self.writer.reported(first_ids)
 
     def _worker(self, bus: ModbusRtuBus | ModbusTcpBus) -> BusWorker:
         link, cost = _link_for(bus)
@@ -72,7 +77,10 @@ class Agent:
             "oldest_age_s": round(time.time() - oldest[1] / 1000, 1) if oldest else 0,
             "next_id": self.buffer.next_id,
             "bytes": file_size(self.cfg.buffer.path),
-            "memory_held": 0 if self.writer.failing_since is None else 1,
+            "held_in_memory": self.writer.held_in_memory,
+            "write_failing": self.writer.failing_since is not None,
+            "evicted_total": self.buffer.evicted_total,
+            "dropped_total": self.writer.dropped,
         }
         return figures
 

@@ -2,15 +2,19 @@
 
 One thread (the :class:`BufferWriter`) owns the write connection; readings
 arrive from the bus workers through a bounded queue and are committed one
-transaction per drain, with deletions of acknowledged ranges folded into the
-same transaction. The uplink reads through its own connection (WAL lets a
-reader and the writer work at once).
+transaction per flush interval, with deletions of acknowledged ranges folded
+into the same transaction. The uplink reads through its own connection (WAL
+lets a reader and the writer work at once).
 
 Ids: per stream, strictly increasing, contiguous, never reused. They are
 assigned from a counter stored in the file (``meta.next_id``) in the same
 transaction as the rows, so neither deleting every row nor a restart can
 bring an old id back (SQLite's rowid alone would reuse the largest id once
 it is deleted). The stream id is a UUID made when the file is made.
+
+When the buffer outgrows ``max_size_mb`` (a long outage), the oldest gauge
+readings go first, then the oldest counters; every evicted id run is kept in
+the ``evictions`` table until the platform acknowledged the report.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ CREATE TABLE IF NOT EXISTS series (
     device TEXT NOT NULL,
     point TEXT NOT NULL,
     unit TEXT NOT NULL,
-    UNIQUE (device, point, unit)
+    kind TEXT NOT NULL,
+    UNIQUE (device, point, unit, kind)
 );
 CREATE TABLE IF NOT EXISTS readings (
     id INTEGER PRIMARY KEY,
@@ -47,10 +52,20 @@ CREATE TABLE IF NOT EXISTS readings (
     value,
     quality TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS evictions (
+    first_id INTEGER PRIMARY KEY,
+    last_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    ts INTEGER NOT NULL
+);
 """
 
 Row = tuple[int, str, str, str, int, float | int | str | None, str]  # id, device, point, unit, ts, value, quality
 IdRange = tuple[int, int]  # first id, last id, inclusive
+Eviction = tuple[int, int, int, str, int]  # first id, last id, count, reason, ts (ms)
+
+EVICT_CHUNK = 20_000
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -61,41 +76,81 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
+def _runs(ids: Sequence[int]) -> list[IdRange]:
+    """Sorted ids -> runs of consecutive ids."""
+    runs: list[IdRange] = []
+    for rid in ids:
+        if runs and runs[-1][1] == rid - 1:
+            runs[-1] = (runs[-1][0], rid)
+        else:
+            runs.append((rid, rid))
+    return runs
+
+
 @dataclass(frozen=True)
 class BufferInfo:
     stream: str
     next_id: int
     created: bool
+    moved_aside: str | None = None
 
 
 class Buffer:
     """The write side. Only the writer thread calls its mutating methods."""
 
-    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+    def __init__(self, path: Path, synchronous: str = "normal", max_bytes: int | None = None,
+                 max_age_s: float | None = None) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        moved_aside = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            existed = path.exists() and path.stat().st_size > 0
-            self._conn = _connect(path, synchronous)
-            self._conn.executescript(_SCHEMA)
-            meta = dict(self._conn.execute("SELECT key, value FROM meta"))
+            try:
+                conn, existed = self._open(path, synchronous)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+                    raise
+                moved_aside = _move_aside(path)
+                logs.get("buffer").error("buffer.corrupt_moved_aside", path=str(path),
+                                         moved_to=moved_aside, error=str(exc))
+                conn, existed = self._open(path, synchronous)
+            self._conn = conn
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
             if "stream" not in meta:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [("stream", str(uuid.uuid4())), ("next_id", "1"), ("schema", SCHEMA_VERSION)],
                 )
-                self._conn.execute("COMMIT")
-                meta = dict(self._conn.execute("SELECT key, value FROM meta"))
+                conn.execute("COMMIT")
+                meta = dict(conn.execute("SELECT key, value FROM meta"))
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open buffer {path}: {exc}") from None
-        self.info = BufferInfo(stream=meta["stream"], next_id=int(meta["next_id"]), created=not existed)
+        self.info = BufferInfo(stream=meta["stream"], next_id=int(meta["next_id"]),
+                               created=not existed, moved_aside=moved_aside)
         self._next_id = self.info.next_id
         self._series = self._load_series()
+        self.evicted_total = 0
 
-    def _load_series(self) -> dict[tuple[str, str, str], int]:
-        rows = self._conn.execute("SELECT id, device, point, unit FROM series")
-        return {(d, p, u): i for i, d, p, u in rows}
+    @staticmethod
+    def _open(path: Path, synchronous: str) -> tuple[sqlite3.Connection, bool]:
+        existed = path.exists() and path.stat().st_size > 0
+        conn = _connect(path, synchronous)
+        try:
+            check = conn.execute("PRAGMA quick_check(1)").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {check[0] if check else 'no answer'}")
+            conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn, existed
+
+    def _load_series(self) -> dict[tuple[str, str, str, str], int]:
+        rows = self._conn.execute("SELECT id, device, point, unit, kind FROM series")
+        return {(d, p, u, k): i for i, d, p, u, k in rows}
 
     @property
     def stream(self) -> str:
@@ -105,19 +160,18 @@ class Buffer:
     def next_id(self) -> int:
         return self._next_id
 
-    def _series_id(self, device: str, point: str, unit: str) -> int:
-        key = (device, point, unit)
+    def _series_id(self, reading: Reading) -> int:
+        key = (reading.device, reading.point, reading.unit, reading.kind)
         sid = self._series.get(key)
         if sid is None:
-            cur = self._conn.execute(
-                "INSERT INTO series (device, point, unit) VALUES (?, ?, ?)", key
-            )
+            cur = self._conn.execute("INSERT INTO series (device, point, unit, kind) VALUES (?, ?, ?, ?)", key)
             sid = int(cur.lastrowid or 0)
             self._series[key] = sid
         return sid
 
-    def commit(self, readings: Sequence[Reading], acked: Iterable[IdRange] = ()) -> IdRange | None:
-        """Store readings and forget acknowledged ranges in one transaction.
+    def commit(self, readings: Sequence[Reading], acked: Iterable[IdRange] = (),
+               reported: Iterable[int] = ()) -> IdRange | None:
+        """Store readings, forget acknowledged ranges and eviction reports, in one transaction.
 
         Returns the id range given to the readings. On failure nothing is
         changed (ids included) and StorageError is raised.
@@ -129,17 +183,14 @@ class Buffer:
             try:
                 for low, high in acked:
                     conn.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", (low, high))
+                conn.executemany("DELETE FROM evictions WHERE first_id = ?", [(f,) for f in reported])
                 if readings:
-                    rows = [
-                        (first + n, self._series_id(r.device, r.point, r.unit), r.ts, r.value, r.quality)
-                        for n, r in enumerate(readings)
-                    ]
+                    series = self._series_id
                     conn.executemany(
-                        "INSERT INTO readings (id, series, ts, value, quality) VALUES (?, ?, ?, ?, ?)", rows
+                        "INSERT INTO readings (id, series, ts, value, quality) VALUES (?, ?, ?, ?, ?)",
+                        [(first + n, series(r), r.ts, r.value, r.quality) for n, r in enumerate(readings)],
                     )
-                    conn.execute(
-                        "UPDATE meta SET value = ? WHERE key = 'next_id'", (str(first + len(readings)),)
-                    )
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(first + len(readings)),))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -152,11 +203,81 @@ class Buffer:
         self._next_id = first + len(readings)
         return first, self._next_id - 1
 
+    def used_bytes(self) -> int:
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages - free) * self._page_size
+
+    def enforce_limits(self, now_ms: int) -> list[Eviction]:
+        """Evict what the size cap and the age limit say must go; return the runs evicted."""
+        evicted: list[Eviction] = []
+        try:
+            if self.max_age_s is not None:
+                cutoff = now_ms - int(self.max_age_s * 1000)
+                while True:
+                    rows = self._conn.execute(
+                        "SELECT id, ts FROM readings ORDER BY id LIMIT ?", (EVICT_CHUNK,)).fetchall()
+                    old = [rid for rid, ts in rows if ts < cutoff]
+                    if not old:
+                        break
+                    evicted += self._evict(old, "max_age", now_ms)
+                    if len(old) < len(rows):
+                        break
+            if self.max_bytes is not None:
+                target = int(self.max_bytes * 0.9)
+                used = self.used_bytes()
+                while used > self.max_bytes or (evicted and used > target):
+                    span = self._conn.execute("SELECT max(id) - min(id) + 1 FROM readings").fetchone()[0] or 0
+                    if not span:
+                        break
+                    per_reading = max(1, used // span)
+                    wanted = max(1, min(EVICT_CHUNK, (used - target) // per_reading + 1))
+                    ids = [r[0] for r in self._conn.execute(
+                        "SELECT r.id FROM readings r JOIN series s ON s.id = r.series "
+                        "WHERE s.kind = 'gauge' ORDER BY r.id LIMIT ?", (wanted,))]
+                    if not ids:
+                        ids = [r[0] for r in self._conn.execute(
+                            "SELECT id FROM readings ORDER BY id LIMIT ?", (wanted,))]
+                    if not ids:
+                        break
+                    evicted += self._evict(ids, "max_size", now_ms)
+                    used = self.used_bytes()
+        except sqlite3.Error as exc:
+            raise StorageError(f"buffer {self.path}: eviction failed: {exc}") from None
+        return evicted
+
+    def _evict(self, ids: list[int], reason: str, now_ms: int) -> list[Eviction]:
+        runs = [(low, high, high - low + 1, reason, now_ms) for low, high in _runs(sorted(ids))]
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("DELETE FROM readings WHERE id BETWEEN ? AND ?", [(r[0], r[1]) for r in runs])
+            conn.executemany(
+                "INSERT OR REPLACE INTO evictions (first_id, last_id, count, reason, ts) VALUES (?, ?, ?, ?, ?)",
+                runs)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.evicted_total += len(ids)
+        return runs
+
     def close(self) -> None:
         try:
             self._conn.close()
         except sqlite3.Error:
             pass
+
+
+def _move_aside(path: Path) -> str:
+    """Keep a corrupt buffer for forensics, out of the agent's way."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = f"{path}.corrupt-{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            os.replace(source, f"{target}{suffix}")
+    return target
 
 
 class BufferReader:
@@ -175,14 +296,20 @@ class BufferReader:
             (after_id, limit),
         ).fetchall()
 
+    def evictions_after(self, after_first_id: int, limit: int) -> list[Eviction]:
+        return self._conn.execute(
+            "SELECT first_id, last_id, count, reason, ts FROM evictions WHERE first_id > ? "
+            "ORDER BY first_id LIMIT ?", (after_first_id, limit)).fetchall()
+
     def oldest(self) -> tuple[int, int] | None:
         """(id, ts) of the oldest reading still waiting, or None when empty."""
         row = self._conn.execute("SELECT id, ts FROM readings ORDER BY id LIMIT 1").fetchone()
         return (int(row[0]), int(row[1])) if row else None
 
     def depth(self) -> int:
-        row = self._conn.execute("SELECT max(id) - min(id) + 1, count(*) FROM readings").fetchone()
-        return int(row[1] or 0)
+        """Readings waiting (an upper bound when acknowledged rows sit inside the span)."""
+        row = self._conn.execute("SELECT max(id) - min(id) + 1 FROM readings").fetchone()
+        return int(row[0] or 0)
 
     def close(self) -> None:
         self._conn.close()
@@ -192,27 +319,30 @@ CommitListener = Callable[[IdRange | None], None]
 
 
 class BufferWriter(threading.Thread):
-    """Owns the buffer's write connection; one transaction per drain.
+    """Owns the buffer's write connection; one transaction per flush interval.
 
-    Producers call :meth:`put` (bus workers, with a poll's readings) and
-    :meth:`ack` (the uplink, with an acknowledged id range). When the disk
-    refuses a write, readings are kept in memory up to ``max_pending`` and
-    the commit is retried; the state change is logged once.
+    Producers call :meth:`put` (bus workers, with a poll's readings),
+    :meth:`ack` (the uplink, with an acknowledged id range) and
+    :meth:`reported` (the uplink, with eviction reports the platform
+    acknowledged). When the disk refuses a write, readings are kept in memory
+    up to ``max_pending`` and the commit is retried; the state change is
+    logged once, and once again when writing resumes.
     """
 
-    def __init__(self, buffer: Buffer, on_commit: CommitListener, queue_size: int = 10_000,
-                 max_pending: int = 200_000, retry_s: float = 1.0) -> None:
+    def __init__(self, buffer: Buffer, on_commit: CommitListener, flush_interval: float = 1.0,
+                 queue_size: int = 10_000, max_pending: int = 200_000, retry_s: float = 1.0) -> None:
         super().__init__(name="buffer-writer", daemon=True)
         self.buffer = buffer
         self._on_commit = on_commit
+        self._flush_interval = flush_interval
         self._queue: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=queue_size)
-        self._stop_event = threading.Event()
         self._max_pending = max_pending
         self._retry_s = retry_s
         self._log = logs.get("buffer")
         self.committed = 0
         self.dropped = 0
         self.failing_since: float | None = None
+        self.held_in_memory = 0
         self.last_progress = time.monotonic()
 
     def put(self, readings: list[Reading]) -> None:
@@ -221,48 +351,68 @@ class BufferWriter(threading.Thread):
     def ack(self, id_range: IdRange) -> None:
         self._queue.put(("a", id_range))
 
+    def reported(self, first_ids: list[int]) -> None:
+        self._queue.put(("e", first_ids))
+
     def stop(self) -> None:
-        self._stop_event.set()
         self._queue.put(("stop", None))
 
     def run(self) -> None:
         pending: list[Reading] = []
         acked: list[IdRange] = []
+        reported: list[int] = []
+        oldest_unflushed: float | None = None
         stopping = False
         while True:
             self.last_progress = time.monotonic()
-            timeout = self._retry_s if (pending or acked) else 0.5
-            items: list[tuple[str, object]] = []
+            if oldest_unflushed is None:
+                timeout = 0.5
+            else:
+                wait_for = self._retry_s if self.failing_since is not None else self._flush_interval
+                timeout = max(0.0, oldest_unflushed + wait_for - time.monotonic())
             try:
-                items.append(self._queue.get(timeout=timeout))
-                while len(items) < 5000:
-                    items.append(self._queue.get_nowait())
+                kind, payload = self._queue.get(timeout=timeout)
+                while True:
+                    if kind == "r":
+                        pending.extend(payload)  # type: ignore[arg-type]
+                    elif kind == "a":
+                        acked.append(payload)  # type: ignore[arg-type]
+                    elif kind == "e":
+                        reported.extend(payload)  # type: ignore[arg-type]
+                    else:
+                        stopping = True
+                    if oldest_unflushed is None:
+                        oldest_unflushed = time.monotonic()
+                    if len(pending) >= 20_000:
+                        break
+                    kind, payload = self._queue.get_nowait()
             except queue.Empty:
                 pass
-            for kind, payload in items:
-                if kind == "r":
-                    pending.extend(payload)  # type: ignore[arg-type]
-                elif kind == "a":
-                    acked.append(payload)  # type: ignore[arg-type]
+            due = oldest_unflushed is not None and (
+                stopping or len(pending) >= 20_000
+                or time.monotonic() - oldest_unflushed >= (
+                    self._retry_s if self.failing_since is not None else self._flush_interval))
+            if due:
+                if self._flush(pending, acked, reported):
+                    pending, acked, reported = [], [], []
+                    oldest_unflushed = None
                 else:
-                    stopping = True
-            del items
-            if pending or acked:
-                if self._flush(pending, acked):
-                    pending, acked = [], []
-                elif len(pending) > self._max_pending:
-                    overflow = len(pending) - self._max_pending
-                    pending = pending[overflow:]
-                    self.dropped += overflow
-                    self._log.error("buffer.memory_overflow", dropped=overflow, dropped_total=self.dropped)
-                elif stopping:
-                    self._log.error("buffer.unsaved_at_stop", readings=len(pending))
+                    oldest_unflushed = time.monotonic()
+                    if len(pending) > self._max_pending:
+                        overflow = len(pending) - self._max_pending
+                        pending = pending[overflow:]
+                        self.dropped += overflow
+                        self._log.error("buffer.memory_full_dropping", dropped=overflow, dropped_total=self.dropped)
+                    if stopping:
+                        self._log.error("buffer.unsaved_at_stop", readings=len(pending))
+                self.held_in_memory = len(pending)
             if stopping:
                 return
 
-    def _flush(self, pending: list[Reading], acked: list[IdRange]) -> bool:
+    def _flush(self, pending: list[Reading], acked: list[IdRange], reported: list[int]) -> bool:
         try:
-            ids = self.buffer.commit(pending, acked)
+            ids = self.buffer.commit(pending, acked, reported)
+            evicted = self.buffer.enforce_limits(time.time_ns() // 1_000_000)
         except StorageError as exc:
             if self.failing_since is None:
                 self.failing_since = time.monotonic()
@@ -272,6 +422,10 @@ class BufferWriter(threading.Thread):
             self._log.info("buffer.write_resumed", after_s=round(time.monotonic() - self.failing_since, 1),
                            written=len(pending))
             self.failing_since = None
+        if evicted:
+            self._log.warning("buffer.evicting", readings=sum(e[2] for e in evicted), runs=len(evicted),
+                              reason=evicted[0][3], evicted_total=self.buffer.evicted_total,
+                              first_id=evicted[0][0], last_id=evicted[-1][1])
         self.committed += len(pending)
         self._on_commit(ids)
         return True

@@ -72,10 +72,15 @@ class GatewayConfig(_Model):
 
 class BufferConfig(_Model):
     path: Path = Field(default_factory=lambda: default_state_dir() / "buffer.db")
-    max_size_mb: Annotated[int, Field(ge=1, le=1_000_000)] = 512
+    max_size_mb: Annotated[float, Field(ge=0.1, le=1_000_000)] = 512
     # "normal": a power cut may lose the last flush interval (WAL, fsync at
     # checkpoints: kind to SD cards). "full": fsync on every commit.
     synchronous: Literal["normal", "full"] = "normal"
+    # Readings are committed together at most this long after they were read:
+    # one transaction per interval instead of one per poll spares the SD card.
+    flush_interval: Annotated[float, BeforeValidator(parse_duration), Field(le=60)] = 1.0
+    # Optionally evict readings older than this even when there is room.
+    max_age: Duration | None = None
 
 
 class TlsConfig(_Model):
@@ -100,6 +105,12 @@ class MqttConfig(_Model):
     password_file: Path | None = None
     tls: TlsConfig | None = None
     status_interval: Duration = 60.0
+    # Batches are split below this size (mosquitto's message_size_limit, a
+    # platform broker's maximum packet size).
+    max_message_bytes: Annotated[int, Field(ge=4096, le=268_435_455)] = 262_144
+    # A connection whose oldest unacknowledged message waits longer than this
+    # is dropped and made again (a broker that accepts but never acknowledges).
+    ack_timeout: Duration = 30.0
 
 
 class UplinkConfig(_Model):

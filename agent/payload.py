@@ -10,10 +10,11 @@ import json
 import math
 from collections.abc import Sequence
 
-from agent.buffer import Row
+from agent.buffer import Eviction, Row
 
 READINGS_SCHEMA = "retrofit-agent/readings/1"
 STATUS_SCHEMA = "retrofit-agent/status/1"
+EVENTS_SCHEMA = "retrofit-agent/events/1"
 
 
 def topic(prefix: str, site: str, gateway: str, leaf: str) -> str:
@@ -40,3 +41,13 @@ def encode_readings(gateway: str, site: str, stream: str, rows: Sequence[Row]) -
         for rid, device, point, unit, ts, value, quality in rows
     )
     return f'{head},"readings":[{items}]}}'.encode()
+
+
+def encode_evictions(gateway: str, site: str, stream: str, runs: Sequence[Eviction]) -> bytes:
+    """Readings that were dropped from a full buffer, as id runs of this stream."""
+    return json.dumps(
+        {"schema": EVENTS_SCHEMA, "gateway": gateway, "site": site, "stream": stream,
+         "events": [{"type": "evicted", "first_id": first, "last_id": last, "count": count,
+                     "reason": reason, "ts": ts} for first, last, count, reason, ts in runs]},
+        separators=(",", ":"),
+    ).encode()

@@ -18,6 +18,7 @@ class Reading(NamedTuple):
     unit: str
     ts: int  # UTC epoch milliseconds of the moment the meter answered
     quality: str = QUALITY_OK
+    kind: str = "gauge"  # "counter" or "gauge": eviction spares counters longest
 
 
 def now_ms() -> int:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import json
 import queue
+import random
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -30,8 +32,12 @@ from agent.buffer import BufferReader, IdRange
 from agent.config import MqttConfig
 from agent.errors import RetrofitError
 from agent.health import Health
-from agent.payload import STATUS_SCHEMA, encode_readings, topic
+from agent.payload import STATUS_SCHEMA, encode_evictions, encode_readings, topic
 from agent.readings import now_ms
+
+
+FLAP_WINDOW_S = 10.0
+BACKOFF_MAX_S = 60.0
 
 
 class ConnectFailed(RetrofitError):
@@ -65,6 +71,16 @@ class AckedRanges:
         return len(self._ranges)
 
 
+@dataclass
+class Inflight:
+    """A message awaiting its PUBACK: a readings batch or eviction reports."""
+
+    sent: float
+    ids: IdRange | None = None
+    count: int = 0
+    reported: list[int] = field(default_factory=list)
+
+
 class Uplink(threading.Thread):
     def __init__(
         self,
@@ -76,6 +92,7 @@ class Uplink(threading.Thread):
         on_ack: Callable[[IdRange], None],
         health: Health,
         status_extra: Callable[[], dict[str, object]],
+        on_reported: Callable[[list[int]], None] = lambda _ids: None,
     ) -> None:
         super().__init__(name="uplink", daemon=True)
         self.cfg = cfg
@@ -84,6 +101,8 @@ class Uplink(threading.Thread):
         self.stream = stream
         self.readings_topic = topic(cfg.topic_prefix, site, gateway, "readings")
         self.status_topic = topic(cfg.topic_prefix, site, gateway, "status")
+        self.events_topic = topic(cfg.topic_prefix, site, gateway, "events")
+        self._on_reported = on_reported
         self._buffer_path = buffer_path
         self._on_ack = on_ack
         self._health = health
@@ -123,6 +142,7 @@ class Uplink(threading.Thread):
     # -- the thread -------------------------------------------------------------
     def run(self) -> None:
         reader = BufferReader(self._buffer_path)
+        flaps = 0
         try:
             while not self._stop_event.is_set():
                 try:
@@ -131,12 +151,24 @@ class Uplink(threading.Thread):
                     return  # stopping
                 if client is None:
                     return
+                connected_at = time.monotonic()
                 try:
                     self._serve(client, reader)
                 finally:
                     self._close(client)
-                if not self._stop_event.is_set():
-                    self._health.uplink.reconnects += 1
+                if self._stop_event.is_set():
+                    return
+                self._health.uplink.reconnects += 1
+                # A broker that drops us right after accepting must not get a
+                # reconnect storm: short-lived connections keep the backoff growing.
+                if time.monotonic() - connected_at < FLAP_WINDOW_S:
+                    flaps += 1
+                    delay = min(BACKOFF_MAX_S, 2.0 ** flaps) * random.uniform(0.5, 1.0)
+                    if flaps == 3:
+                        self._log.warning("uplink.flapping", connections=flaps, retry_in_s=round(delay, 1))
+                    self._stop_event.wait(delay)
+                else:
+                    flaps = 0
         finally:
             reader.close()
 
@@ -210,7 +242,7 @@ class Uplink(threading.Thread):
 
         retrying = Retrying(
             retry=retry_if_exception_type(ConnectFailed),
-            wait=wait_exponential_jitter(initial=1, max=60, exp_base=2, jitter=1),
+            wait=wait_exponential_jitter(initial=1, max=BACKOFF_MAX_S, exp_base=2, jitter=1),
             stop=lambda _state: self._stop_event.is_set(),
             sleep=self._stop_event.wait,
             before_sleep=log_failure,
@@ -243,43 +275,56 @@ class Uplink(threading.Thread):
 
     def _serve(self, client: mqtt.Client, reader: BufferReader) -> None:
         """Publish batches while connected; return when the connection ends."""
-        inflight: dict[int, tuple[IdRange, float, int]] = {}
+        inflight: dict[int, Inflight] = {}
         oldest = reader.oldest()
         self._acked.forget_through(oldest[0] if oldest else None)
         cursor = (oldest[0] - 1) if oldest else 0
-        ack_timeout = max(30.0, 2 * self.cfg.keepalive)
+        eviction_cursor = 0
+        ack_timeout = self.cfg.ack_timeout
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
         next_status = time.monotonic() + self.cfg.status_interval
         while not self._stop_event.is_set() and not self._lost.is_set():
             self._wake.clear()
             self.last_progress = time.monotonic()
-            while not self._acks.empty():
-                entry = inflight.pop(self._acks.get_nowait(), None)
-                if entry is not None:
-                    id_range, _, count = entry
-                    self._acked.add(id_range)
-                    self._on_ack(id_range)
-                    self._health.uplink.batches_acked += 1
-                    self._health.uplink.readings_acked += count
-                    self._health.uplink.last_ack_ms = now_ms()
-            if inflight and time.monotonic() - min(t for _, t, _ in inflight.values()) > ack_timeout:
+            self._take_acks(inflight)
+            if inflight and time.monotonic() - min(e.sent for e in inflight.values()) > ack_timeout:
                 self._log.warning("uplink.ack_timeout", waiting_batches=len(inflight), after_s=ack_timeout)
                 return
             if time.monotonic() >= next_status:
                 client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
                 next_status = time.monotonic() + self.cfg.status_interval
-            if len(inflight) < self.cfg.inflight:
-                rows = [r for r in reader.batch_after(cursor, self.cfg.batch) if not self._acked.covers(r[0])] \
-                    if len(self._acked) else reader.batch_after(cursor, self.cfg.batch)
-                if rows:
-                    payload = encode_readings(self.gateway, self.site, self.stream, rows)
-                    info = client.publish(self.readings_topic, payload, qos=self.cfg.qos)
-                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                        return  # connection gone under us; the next one resends
-                    inflight[info.mid] = ((rows[0][0], rows[-1][0]), time.monotonic(), len(rows))
-                    cursor = rows[-1][0]
-                    continue
-            self._wake.wait(1.0)
+            if len(inflight) >= self.cfg.inflight:
+                self._wake.wait(1.0)
+                continue
+            # Eviction reports first: they are few, and the platform needs
+            # them to tell a gap it will never fill from one still on its way.
+            runs = reader.evictions_after(eviction_cursor, 500)
+            if runs:
+                info = client.publish(self.events_topic, encode_evictions(
+                    self.gateway, self.site, self.stream, runs), qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    return
+                inflight[info.mid] = Inflight(time.monotonic(), reported=[r[0] for r in runs])
+                eviction_cursor = runs[-1][0]
+                continue
+            batch = reader.batch_after(cursor, self.cfg.batch)
+            if not batch:
+                self._wake.wait(1.0)
+                continue
+            # Acknowledged but not yet deleted (after a reconnect): never resend.
+            rows = [r for r in batch if not self._acked.covers(r[0])] if len(self._acked) else batch
+            if not rows:
+                cursor = batch[-1][0]
+                continue
+            payload = encode_readings(self.gateway, self.site, self.stream, rows)
+            while len(payload) > self.cfg.max_message_bytes and len(rows) > 1:
+                rows = rows[: len(rows) // 2]
+                payload = encode_readings(self.gateway, self.site, self.stream, rows)
+            info = client.publish(self.readings_topic, payload, qos=self.cfg.qos)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return  # connection gone under us; the next one resends
+            inflight[info.mid] = Inflight(time.monotonic(), ids=(rows[0][0], rows[-1][0]), count=len(rows))
+            cursor = rows[-1][0]
         if self._lost.is_set() and not self._stop_event.is_set():
             self._log.warning("uplink.lost", unacked_batches=len(inflight))
         elif self._stop_event.is_set():
@@ -290,7 +335,25 @@ class Uplink(threading.Thread):
             except (RuntimeError, ValueError):
                 pass  # the connection ended first: the last will says offline
 
-    def _drain_acks(self, inflight: dict[int, tuple[IdRange, float, int]], timeout: float) -> None:
+    def _take_acks(self, inflight: dict[int, Inflight]) -> None:
+        while not self._acks.empty():
+            self._settle(inflight.pop(self._acks.get_nowait(), None))
+
+    def _settle(self, entry: Inflight | None) -> None:
+        """The broker acknowledged a message: its readings or reports may go."""
+        if entry is None:
+            return  # a status message, or a batch of an earlier connection
+        if entry.reported:
+            self._on_reported(entry.reported)
+            return
+        if entry.ids is not None:
+            self._acked.add(entry.ids)
+            self._on_ack(entry.ids)
+            self._health.uplink.batches_acked += 1
+            self._health.uplink.readings_acked += entry.count
+            self._health.uplink.last_ack_ms = now_ms()
+
+    def _drain_acks(self, inflight: dict[int, Inflight], timeout: float) -> None:
         """At shutdown, give outstanding PUBACKs a moment so fewer batches are resent."""
         deadline = time.monotonic() + timeout
         while inflight and time.monotonic() < deadline and not self._lost.is_set():
@@ -298,7 +361,4 @@ class Uplink(threading.Thread):
                 mid = self._acks.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return
-            entry = inflight.pop(mid, None)
-            if entry is not None:
-                self._acked.add(entry[0])
-                self._on_ack(entry[0])
+            self._settle(inflight.pop(mid, None))

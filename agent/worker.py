@@ -157,7 +157,7 @@ class BusWorker(threading.Thread):
             quality = "ok"
             if isinstance(value, float) and not math.isfinite(value):
                 value, quality = None, QUALITY_INVALID
-            out.append(Reading(device.device_id, point.name, value, point.unit, stamp, quality))
+            out.append(Reading(device.device_id, point.name, value, point.unit, stamp, quality, point.kind))
         return out
 
     def _record(self, device: DevicePoller, error: BusError | None, got_any: bool) -> None:
