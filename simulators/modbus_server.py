@@ -49,6 +49,53 @@ def crc16(data: bytes) -> bytes:
     return struct.pack("<H", crc)
 
 
+FAULTS = ("silent", "crc", "garbage", "partial", "busy", "slow")
+
+
+class FaultPlan:
+    """Which request gets which fault: seeded, so a run can be repeated.
+
+    ``rates`` maps a fault name to its probability per request; ``only``
+    limits faults to some unit ids. ``active`` can switch the plan off and on
+    (a device offline for a period).
+    """
+
+    def __init__(self, rates: Mapping[str, float], seed: int = 0, only: set[int] | None = None,
+                 slow_s: float = 0.3) -> None:
+        unknown = set(rates) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}")
+        import random
+
+        self.rates = dict(rates)
+        self.only = only
+        self.slow_s = slow_s
+        self.active = True
+        self.injected: dict[str, int] = {}
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def pick(self, unit: int) -> str | None:
+        if not self.active or (self.only is not None and unit not in self.only):
+            return None
+        with self._lock:
+            roll = self._random.random()
+            for fault, rate in self.rates.items():
+                if roll < rate:
+                    self.injected[fault] = self.injected.get(fault, 0) + 1
+                    return fault
+                roll -= rate
+        return None
+
+    def garble(self, adu: bytes, fault: str) -> bytes:
+        with self._lock:
+            if fault == "crc":
+                return adu[:-1] + bytes([adu[-1] ^ 0x5A])
+            if fault == "partial":
+                return adu[: max(1, len(adu) // 2)]
+            return bytes(self._random.randrange(256) for _ in range(len(adu)))
+
+
 class Unit:
     """What one simulated device on a bus answers; subclasses hold the values."""
 
@@ -96,8 +143,10 @@ def answer_pdu(units: Mapping[int, Unit], unit_id: int, pdu: bytes, stats: Serve
 class ModbusTcpServer:
     """Modbus TCP on a real socket; one thread per connection."""
 
-    def __init__(self, units: Mapping[int, Unit], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, units: Mapping[int, Unit], host: str = "127.0.0.1", port: int = 0,
+                 faults: FaultPlan | None = None) -> None:
         self.units = units
+        self.faults = faults
         self.stats = ServerStats()
         self._sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self._sock.settimeout(0.2)
@@ -146,12 +195,22 @@ class ModbusTcpServer:
                         break
                     unit_id, pdu = buffer[6], buffer[7 : 6 + length]
                     buffer = buffer[6 + length :]
+                    fault = self.faults.pick(unit_id) if self.faults else None
+                    if fault == "silent":
+                        continue
                     reply = answer_pdu(self.units, unit_id, pdu, self.stats)
                     if reply is None:
                         continue
+                    if fault == "busy":
+                        reply = bytes([pdu[0] | 0x80, 6])
+                    adu = struct.pack(">HHHB", tid, pid, len(reply) + 1, unit_id) + reply
+                    if fault == "slow" and self.faults:
+                        time.sleep(self.faults.slow_s)
+                    elif fault in ("crc", "partial", "garbage") and self.faults:
+                        adu = self.faults.garble(adu, fault)
                     if self.response_delay:
                         time.sleep(self.response_delay)
-                    conn.sendall(struct.pack(">HHHB", tid, pid, len(reply) + 1, unit_id) + reply)
+                    conn.sendall(adu)
         except OSError:
             return
         finally:
@@ -184,8 +243,10 @@ class ModbusRtuServer:
         stopbits: int = 1,
         pace: bool = False,
         open_port: Callable[..., serial.Serial] = serial.Serial,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.units = units
+        self.faults = faults
         self.stats = ServerStats()
         self.char_time = (1 + 8 + (0 if parity == "N" else 1) + stopbits) / baudrate
         self.pace = pace
@@ -229,11 +290,20 @@ class ModbusRtuServer:
                 frame, buffer = buffer[:need], buffer[need:]
                 if crc16(frame[:-2]) != frame[-2:]:
                     continue  # a real device stays silent on a bad CRC
+                fault = self.faults.pick(frame[0]) if self.faults else None
+                if fault == "silent":
+                    continue
                 reply = answer_pdu(self.units, frame[0], frame[1:-2], self.stats)
                 if reply is None:
                     continue
+                if fault == "busy":
+                    reply = bytes([frame[1] | 0x80, 6])
                 adu = bytes([frame[0]]) + reply
                 adu += crc16(adu)
+                if fault == "slow":
+                    time.sleep(self.faults.slow_s)
+                elif fault in ("crc", "partial", "garbage"):
+                    adu = self.faults.garble(adu, fault)
                 if self.pace:
                     time.sleep((len(frame) + len(adu)) * self.char_time + 3.5 * self.char_time)
                 try:

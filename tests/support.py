@@ -79,8 +79,10 @@ class Broker:
 
     def start(self) -> Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # As root, mosquitto would drop to its own user and lose access to the test's files.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             f"max_inflight_messages 100\n{self.extra_conf}\n"
         )
         with self.log.open("ab") as log:
