@@ -66,6 +66,10 @@ IdRange = tuple[int, int]  # first id, last id, inclusive
 Eviction = tuple[int, int, int, str, int]  # first id, last id, count, reason, ts (ms)
 
 EVICT_CHUNK = 20_000
+MAX_PER_TRANSACTION = 20_000
+# Deleting acknowledged rows is not worth a second of delay: a crash in that
+# window makes the platform receive those readings twice.
+ACK_DELAY_S = 0.1
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -361,53 +365,47 @@ class BufferWriter(threading.Thread):
         pending: list[Reading] = []
         acked: list[IdRange] = []
         reported: list[int] = []
-        oldest_unflushed: float | None = None
+        deadline: float | None = None  # when the next transaction is due
         stopping = False
-        while True:
+        while not stopping:
             self.last_progress = time.monotonic()
-            if oldest_unflushed is None:
-                timeout = 0.5
-            else:
-                wait_for = self._retry_s if self.failing_since is not None else self._flush_interval
-                timeout = max(0.0, oldest_unflushed + wait_for - time.monotonic())
+            timeout = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 kind, payload = self._queue.get(timeout=timeout)
                 while True:
+                    now = time.monotonic()
                     if kind == "r":
                         pending.extend(payload)  # type: ignore[arg-type]
+                        due = now + self._flush_interval
                     elif kind == "a":
                         acked.append(payload)  # type: ignore[arg-type]
+                        due = now + ACK_DELAY_S
                     elif kind == "e":
                         reported.extend(payload)  # type: ignore[arg-type]
+                        due = now + ACK_DELAY_S
                     else:
-                        stopping = True
-                    if oldest_unflushed is None:
-                        oldest_unflushed = time.monotonic()
-                    if len(pending) >= 20_000:
-                        break
+                        stopping, due = True, now
+                    if len(pending) >= MAX_PER_TRANSACTION:
+                        due = now
+                    deadline = due if deadline is None else min(deadline, due)
                     kind, payload = self._queue.get_nowait()
             except queue.Empty:
                 pass
-            due = oldest_unflushed is not None and (
-                stopping or len(pending) >= 20_000
-                or time.monotonic() - oldest_unflushed >= (
-                    self._retry_s if self.failing_since is not None else self._flush_interval))
-            if due:
-                if self._flush(pending, acked, reported):
-                    pending, acked, reported = [], [], []
-                    oldest_unflushed = None
-                else:
-                    oldest_unflushed = time.monotonic()
-                    if len(pending) > self._max_pending:
-                        overflow = len(pending) - self._max_pending
-                        pending = pending[overflow:]
-                        self.dropped += overflow
-                        self._log.error("buffer.memory_full_dropping", dropped=overflow, dropped_total=self.dropped)
-                    if stopping:
-                        self._log.error("buffer.unsaved_at_stop", readings=len(pending))
-                self.held_in_memory = len(pending)
-            if stopping:
-                return
+            if deadline is None or (time.monotonic() < deadline and not stopping):
+                continue
+            if self._flush(pending, acked, reported):
+                pending, acked, reported = [], [], []
+                deadline = None
+            else:
+                deadline = time.monotonic() + self._retry_s
+                if len(pending) > self._max_pending:
+                    overflow = len(pending) - self._max_pending
+                    pending = pending[overflow:]
+                    self.dropped += overflow
+                    self._log.error("buffer.memory_full_dropping", dropped=overflow, dropped_total=self.dropped)
+                if stopping:
+                    self._log.error("buffer.unsaved_at_stop", readings=len(pending))
+            self.held_in_memory = len(pending)
 
     def _flush(self, pending: list[Reading], acked: list[IdRange], reported: list[int]) -> bool:
         try:
