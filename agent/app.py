@@ -7,22 +7,40 @@ signals, health and sd_notify.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from agent import logs
 from agent.buffer import Buffer, BufferReader, BufferWriter, file_size
+from agent.clock import ClockWatch
 from agent.config import LoadedConfig, ModbusRtuBus, ModbusTcpBus
 from agent.health import DeviceHealth, Health
 from agent.notify import Notifier
+from agent.readings import now_ms
 from agent.uplink import Uplink
 from agent.worker import BusWorker, DevicePoller
 from drivers import modbus
 from drivers.plan import LinkCost
 
 STOP_BUDGET_S = 4.0
+SNAPSHOT_EVERY_S = 2.0
+
+
+def _write_atomically(path: Path | None, figures: dict[str, object]) -> None:
+    """Readers of the status file see the old or the new snapshot, never half."""
+    if path is None:
+        return
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(json.dumps({"ts": now_ms(), **figures}, default=str))
+        os.replace(temporary, path)
+    except OSError:
+        pass  # a full disk is reported by the buffer; the snapshot is best effort
 
 
 def _link_for(bus: ModbusRtuBus | ModbusTcpBus) -> tuple[modbus.RegisterReader, LinkCost]:
@@ -45,6 +63,10 @@ class Agent:
                              max_bytes=int(self.cfg.buffer.max_size_mb * 1024 * 1024),
                              max_age_s=self.cfg.buffer.max_age)
         self._reader = BufferReader(self.cfg.buffer.path)
+        self._reader_lock = threading.Lock()  # the uplink thread asks for figures too
+        self.clock = ClockWatch(self.cfg.health.timesync_flag)
+        self._stalled: list[str] = []
+        self._next_snapshot = 0.0
         self.uplink = Uplink(
             self.cfg.uplink.mqtt, self.cfg.gateway.id, self.cfg.gateway.site, self.buffer.stream,
             self.cfg.buffer.path, on_ack=self._ack, health=self.health, status_extra=self.status_figures,
@@ -70,10 +92,14 @@ class Agent:
         return BusWorker(bus.id, link, pollers, self.writer.put, self.health, self.stop_event)
 
     def status_figures(self) -> dict[str, object]:
-        oldest = self._reader.oldest()
+        """Health figures for the retained status message and the status file."""
+        with self._reader_lock:
+            oldest = self._reader.oldest()
+            depth = self._reader.depth()
         figures = self.health.snapshot()
         figures["buffer"] = {
-            "depth": self._reader.depth(),
+            "path": str(self.cfg.buffer.path),
+            "depth": depth,
             "oldest_age_s": round(time.time() - oldest[1] / 1000, 1) if oldest else 0,
             "next_id": self.buffer.next_id,
             "bytes": file_size(self.cfg.buffer.path),
@@ -82,6 +108,8 @@ class Agent:
             "evicted_total": self.buffer.evicted_total,
             "dropped_total": self.writer.dropped,
         }
+        figures["clock_synchronised"] = self.clock.synchronised()
+        figures["stalled"] = self._stalled
         return figures
 
     def run(self) -> int:
@@ -109,23 +137,43 @@ class Agent:
             self._shutdown()
         return 0
 
-    def _all_progressing(self) -> bool:
+    def _find_stalled(self) -> list[str]:
         now = time.monotonic()
-        limit = 120.0
-        stale = [name for name, seen in self.health.worker_progress.items() if now - seen > limit]
-        if now - self.writer.last_progress > limit:
-            stale.append("buffer-writer")
-        if now - self.uplink.last_progress > limit and self.uplink.is_alive() and self.health.uplink.connected:
-            stale.append("uplink")
-        if stale:
-            self._log.error("agent.worker_stuck", workers=stale)
-        return not stale
+        limit = self.cfg.health.stall_after
+        progress = dict(self.health.worker_progress)
+        progress["buffer-writer"] = self.writer.last_progress
+        progress["uplink"] = self.uplink.last_progress
+        return sorted(name for name, seen in progress.items() if now - seen > limit)
 
     def _heartbeat(self) -> None:
-        if self.notifier.enabled and self._all_progressing():
-            depth = self._reader.depth()
+        """Once a second: feed the watchdog only while every thread progresses."""
+        stalled = self._find_stalled()
+        if stalled != self._stalled:
+            if stalled:
+                self._log.error("agent.worker_stuck", workers=stalled, after_s=self.cfg.health.stall_after)
+            else:
+                self._log.info("agent.workers_progressing", previously_stuck=self._stalled)
+            self._stalled = stalled
+        now = time.monotonic()
+        if now < self._next_snapshot:
+            if not stalled:
+                self.notifier.send("WATCHDOG=1")
+            return
+        self._next_snapshot = now + SNAPSHOT_EVERY_S
+        figures = self.status_figures()
+        _write_atomically(self.cfg.health.status_file, figures)
+        if not stalled:
+            buffer = figures["buffer"]
+            assert isinstance(buffer, dict)
             up = "connected" if self.health.uplink.connected else "disconnected"
-            self.notifier.send("WATCHDOG=1", f"STATUS={len(self.cfg.devices)} device(s), buffer {depth}, uplink {up}")
+            silent = sum(1 for d in self.health.devices.values() if d.state == "silent")
+            self.notifier.send("WATCHDOG=1", f"STATUS={len(self.cfg.devices)} device(s), {silent} silent; "
+                                             f"buffer {buffer['depth']} waiting; uplink {up}")
+
+    def _write_final_snapshot(self) -> None:
+        figures = self.status_figures()
+        figures["state"] = "stopped"
+        _write_atomically(self.cfg.health.status_file, figures)
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + STOP_BUDGET_S
@@ -137,6 +185,7 @@ class Agent:
         self.writer.join(timeout=max(0.1, deadline - time.monotonic() - 1.0))
         self.uplink.stop()
         self.uplink.join(timeout=max(0.1, deadline - time.monotonic()))
+        self._write_final_snapshot()
         self._reader.close()
         self.buffer.close()
         self._log.info("agent.stopped", committed=self.writer.committed,

@@ -37,8 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     profiles.add_argument("name", nargs="?")
     profiles.add_argument("--config", type=Path, help="also load the config's profile_dirs")
 
-    schema = commands.add_parser("schema", help="print the JSON Schema of the config (for editors)")
-    del schema
+    status = commands.add_parser("status", help="show the running daemon's health")
+    status.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    status.add_argument("--json", action="store_true", help="print the raw snapshot")
+
+    commands.add_parser("schema", help="print the JSON Schema of the config (for editors)")
 
     mbus = commands.add_parser("mbus", help="M-Bus tools")
     mbus_commands = mbus.add_subparsers(dest="mbus_command", required=True, metavar="ACTION")
@@ -69,6 +72,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(args.config, args.log_level)
     if args.command == "profiles":
         return _profiles(args.action, args.name, args.config)
+    if args.command == "status":
+        return _status(args.config, args.json)
     if args.command == "schema":
         from agent.config import Config
 
@@ -95,6 +100,28 @@ def _run(path: Path, log_level: str) -> int:
     logs.configure(log_level)
     loaded = load_config(path)
     return Agent(loaded).run()
+
+
+def _status(config: Path, as_json: bool) -> int:
+    from agent.config import load_config
+    from agent.status_view import read_snapshot, render
+
+    path = load_config(config).config.health.status_file
+    assert path is not None
+    try:
+        snapshot = read_snapshot(path)
+    except FileNotFoundError:
+        print(f"retrofit-agent: no status at {path}: the agent has not run with this config yet", file=sys.stderr)
+        return 3
+    except (OSError, ValueError) as exc:
+        print(f"retrofit-agent: cannot read {path}: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    if as_json:
+        print(json.dumps(snapshot, indent=2))
+        return EX_OK
+    text, alive = render(snapshot)
+    print(text)
+    return EX_OK if alive else 3
 
 
 def _profiles(action: str, name: str | None, config: Path | None) -> int:

@@ -83,6 +83,16 @@ class BufferConfig(_Model):
     max_age: Duration | None = None
 
 
+class HealthConfig(_Model):
+    # A worker without progress for this long is stuck: the systemd watchdog
+    # is no longer fed and systemd restarts the service.
+    stall_after: Duration = 60.0
+    # The snapshot `retrofit-agent status` reads; default: beside the buffer.
+    status_file: Path | None = None
+    # Where systemd-timesyncd signals a synchronised clock.
+    timesync_flag: Path = Path("/run/systemd/timesync/synchronized")
+
+
 class TlsConfig(_Model):
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -159,6 +169,7 @@ class Config(_Model):
     buses: Annotated[tuple[BusConfig, ...], Field(min_length=1)]
     devices: Annotated[tuple[DeviceConfig, ...], Field(min_length=1)]
     profile_dirs: tuple[Path, ...] = ()
+    health: HealthConfig = HealthConfig()
 
     def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus:
         return next(b for b in self.buses if b.id == bus_id)
@@ -215,9 +226,13 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
         unique = sorted(set(problems), key=lambda item: (item[0], item[1]))
         raise ConfigError([f"{path}:{line}: {message}" for line, message in unique])
 
+    buffer_path = _resolve(base, config.buffer.path)
+    status_file = _resolve(base, config.health.status_file) if config.health.status_file else (
+        buffer_path.parent / "status.json")
     resolved = config.model_copy(
         update={
-            "buffer": config.buffer.model_copy(update={"path": _resolve(base, config.buffer.path)}),
+            "buffer": config.buffer.model_copy(update={"path": buffer_path}),
+            "health": config.health.model_copy(update={"status_file": status_file}),
             "profile_dirs": tuple(profile_dirs),
         }
     )

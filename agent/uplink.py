@@ -166,7 +166,7 @@ class Uplink(threading.Thread):
                     delay = min(BACKOFF_MAX_S, 2.0 ** flaps) * random.uniform(0.5, 1.0)
                     if flaps == 3:
                         self._log.warning("uplink.flapping", connections=flaps, retry_in_s=round(delay, 1))
-                    self._stop_event.wait(delay)
+                    self._sleep(delay)
                 else:
                     flaps = 0
         finally:
@@ -244,7 +244,7 @@ class Uplink(threading.Thread):
             retry=retry_if_exception_type(ConnectFailed),
             wait=wait_exponential_jitter(initial=1, max=BACKOFF_MAX_S, exp_base=2, jitter=1),
             stop=lambda _state: self._stop_event.is_set(),
-            sleep=self._stop_event.wait,
+            sleep=self._sleep,
             before_sleep=log_failure,
             reraise=False,
         )
@@ -257,6 +257,13 @@ class Uplink(threading.Thread):
         self._log.info("uplink.connected", attempts=attempts + 1,
                        waited_s=round(time.monotonic() - started, 1))
         return client
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off in short steps, so the watchdog sees this thread is alive."""
+        deadline = time.monotonic() + seconds
+        while not self._stop_event.is_set() and time.monotonic() < deadline:
+            self.last_progress = time.monotonic()
+            self._stop_event.wait(min(1.0, max(0.0, deadline - time.monotonic())))
 
     def _close(self, client: mqtt.Client) -> None:
         client.disconnect()

@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent import logs
+from agent import failpoints, logs
 from agent.errors import BusError, ExceptionResponse
 from agent.health import DeviceHealth, Health
 from agent.readings import Reading, now_ms
@@ -99,6 +99,7 @@ class BusWorker(threading.Thread):
         try:
             while not self._stop_event.is_set():
                 self._health.touch(self.name)
+                failpoints.hang_if(f"stall-bus:{self.bus_id}")
                 device = min(self.devices, key=lambda d: d.next_due)
                 wait = device.next_due - time.time()
                 if wait > 0:
