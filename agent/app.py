@@ -71,6 +71,7 @@ class Agent:
             self.cfg.uplink.mqtt, self.cfg.gateway.id, self.cfg.gateway.site, self.buffer.stream,
             self.cfg.buffer.path, on_ack=self._ack, health=self.health, status_extra=self.status_figures,
         )
+        self.uplink.preflight()
         self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify)
         self.workers = [self._worker(bus) for bus in self.cfg.buses if self.cfg.devices_on(bus.id)]
 

@@ -14,6 +14,7 @@ Reconnects back off exponentially with jitter (tenacity); each state change
 from __future__ import annotations
 
 import json
+import os
 import queue
 import random
 import ssl
@@ -30,7 +31,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, wait_exponen
 from agent import logs
 from agent.buffer import BufferReader, IdRange
 from agent.config import MqttConfig
-from agent.errors import RetrofitError
+from agent.errors import ConfigError, RetrofitError
 from agent.health import Health
 from agent.payload import STATUS_SCHEMA, encode_evictions, encode_readings, topic
 from agent.readings import now_ms
@@ -38,6 +39,16 @@ from agent.readings import now_ms
 
 FLAP_WINDOW_S = 10.0
 BACKOFF_MAX_S = 60.0
+
+
+def _credential(explicit: Path | None, name: str) -> Path | None:
+    """A configured file, else systemd's LoadCredential= copy, else nothing."""
+    if explicit is not None:
+        return explicit
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory and (Path(directory) / name).is_file():
+        return Path(directory) / name
+    return None
 
 
 class ConnectFailed(RetrofitError):
@@ -117,6 +128,11 @@ class Uplink(threading.Thread):
         self._password = self._read_password()
         self.last_progress = time.monotonic()
 
+    def preflight(self) -> None:
+        """Load password, certificates and key now, so a bad path is a config
+        error at start (exit 78), not a dead uplink thread later."""
+        self._new_client()
+
     # -- called from other threads ------------------------------------------
     def notify(self, _ids: IdRange | None = None) -> None:
         """New readings were committed, or acked ones deleted."""
@@ -173,14 +189,13 @@ class Uplink(threading.Thread):
             reader.close()
 
     def _read_password(self) -> str | None:
-        if self.cfg.password_file is None:
+        path = _credential(self.cfg.password_file, "mqtt-password")
+        if path is None:
             return None
         try:
-            return self.cfg.password_file.read_text(encoding="utf-8").strip()
+            return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise RetrofitError(
-                f"uplink.mqtt.password_file: cannot read {self.cfg.password_file}: {exc.strerror}"
-            ) from None
+            raise ConfigError([f"uplink.mqtt.password_file: cannot read {path}: {exc.strerror}"]) from None
 
     def _new_client(self) -> mqtt.Client:
         client_id = self.cfg.client_id or f"retrofit-agent-{self.gateway}"
@@ -197,12 +212,16 @@ class Uplink(threading.Thread):
             client.username_pw_set(self.cfg.username, self._password)
         if self.cfg.tls is not None:
             tls = self.cfg.tls
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            key_file = _credential(tls.key_file, "mqtt-client-key") if tls.cert_file else None
+            try:
+                client.tls_set(
+                    ca_certs=str(tls.ca_file) if tls.ca_file else None,  # None: the system store
+                    certfile=str(tls.cert_file) if tls.cert_file else None,
+                    keyfile=str(key_file) if key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError([f"uplink.mqtt.tls: cannot load certificates or key: {exc}"]) from None
             if tls.insecure_skip_hostname_check:
                 client.tls_insecure_set(True)
         return client
@@ -214,7 +233,11 @@ class Uplink(threading.Thread):
             self._connack.get_nowait()
         try:
             client.connect(self.cfg.host, self.cfg.port, keepalive=int(self.cfg.keepalive))
-        except (OSError, ssl.SSLError, ValueError) as exc:
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectFailed(f"TLS: the broker's certificate is not trusted: {exc.verify_message}") from None
+        except ssl.SSLError as exc:
+            raise ConnectFailed(f"TLS handshake failed: {exc.reason or exc}") from None
+        except (OSError, ValueError) as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         client.loop_start()
         try:
