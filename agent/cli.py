@@ -43,11 +43,39 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the JSON Schema of the config (for editors)")
 
+    probe = commands.add_parser("probe", help="read one device once and show values and raw registers")
+    probe.add_argument("--config", type=Path, help="take bus settings and profile from this config")
+    probe.add_argument("--device", help="device id in the config")
+    _bus_arguments(probe)
+    probe.add_argument("--address", type=int, help="unit id (without --config)")
+    probe.add_argument("--profile", help="profile name (without --config)")
+
+    scan = commands.add_parser("scan", help="find the unit ids that answer on a Modbus bus")
+    _bus_arguments(scan)
+    scan.add_argument("--bus", help="a bus id from --config instead of the settings below")
+    scan.add_argument("--config", type=Path)
+    scan.add_argument("--addresses", default="1-247", help="e.g. 1-247 or 1,2,10-20 (default 1-247)")
+    scan.add_argument("--baudrates", default=None,
+                      help="serial: comma list to try (default 9600,19200,2400,4800,38400,115200)")
+    scan.add_argument("--parities", default="N,E", help="serial: comma list to try (default N,E)")
+    scan.add_argument("--table", choices=("holding", "input"), default="holding")
+    scan.add_argument("--register", type=int, default=0, help="register to read (default 0)")
+
     mbus = commands.add_parser("mbus", help="M-Bus tools")
     mbus_commands = mbus.add_subparsers(dest="mbus_command", required=True, metavar="ACTION")
     decode = mbus_commands.add_parser("decode", help="decode a telegram written as hex (file or -)")
     decode.add_argument("file", nargs="?", default="-")
     return parser
+
+
+def _bus_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--serial", metavar="PORT", help="serial port, e.g. /dev/ttyUSB0")
+    parser.add_argument("--baudrate", type=int, default=9600)
+    parser.add_argument("--parity", choices=("N", "E", "O"), default="N")
+    parser.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--host", help="Modbus TCP host")
+    parser.add_argument("--port", type=int, default=502, help="Modbus TCP port")
+    parser.add_argument("--timeout", type=float, default=0.5, help="seconds per request")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +100,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run(args.config, args.log_level)
     if args.command == "profiles":
         return _profiles(args.action, args.name, args.config)
+    if args.command == "probe":
+        return _probe(args)
+    if args.command == "scan":
+        return _scan(args)
     if args.command == "status":
         return _status(args.config, args.json)
     if args.command == "schema":
@@ -87,8 +119,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _check(path: Path) -> int:
     from agent.config import load_config, summarise
 
+    from agent.commission import load_warnings
+
     loaded = load_config(path)
     print("\n".join(summarise(loaded)))
+    print("\n".join(load_warnings(loaded.config, loaded.catalogue)))
     return EX_OK
 
 
@@ -100,6 +135,97 @@ def _run(path: Path, log_level: str) -> int:
     logs.configure(log_level)
     loaded = load_config(path)
     return Agent(loaded).run()
+
+
+def _adhoc_bus(args: argparse.Namespace):  # noqa: ANN202
+    from agent.config import ModbusRtuBus, ModbusTcpBus
+
+    if args.serial:
+        return ModbusRtuBus(id="probe", type="modbus-rtu", port=args.serial, baudrate=args.baudrate,
+                            parity=args.parity, stopbits=args.stopbits, timeout=args.timeout)
+    if args.host:
+        return ModbusTcpBus(id="probe", type="modbus-tcp", host=args.host, port=args.port, timeout=args.timeout)
+    raise ConfigError(["give --config with --device, or --serial PORT / --host HOST"])
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from agent.commission import format_probe, link_cost, open_link, probe
+    from drivers.profile import SITE_PROFILE_DIR, load_catalogue
+
+    if args.config:
+        from agent.config import load_config
+
+        loaded = load_config(args.config)
+        device = next((d for d in loaded.config.devices if d.id == args.device), None)
+        if device is None:
+            known = ", ".join(d.id for d in loaded.config.devices)
+            raise ConfigError([f"{args.config}: no device {args.device!r}; devices: {known}"])
+        bus, unit, profile = loaded.config.bus(device.bus), device.address, loaded.catalogue.get(device.profile)
+        points = device.points
+    else:
+        if args.address is None or not args.profile:
+            raise ConfigError(["without --config, give --address and --profile"])
+        bus, unit = _adhoc_bus(args), args.address
+        profile, points = load_catalogue([SITE_PROFILE_DIR]).get(args.profile), None
+    link = open_link(bus)
+    try:
+        rows = probe(link, unit, profile, link_cost(bus), points)
+    finally:
+        link.close()
+    print(f"{profile.name} at unit {unit} on {bus.id}:")
+    print(format_probe(rows))
+    return EX_OK if all(not r.error for r in rows) else EX_FAILURE
+
+
+def _parse_units(text: str) -> list[int]:
+    units: list[int] = []
+    for part in text.split(","):
+        low, sep, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high) if sep else int(low)
+        except ValueError:
+            raise ConfigError([f"--addresses: cannot read {part!r}; use e.g. 1-247 or 1,5,10-20"]) from None
+        if not (1 <= first <= last <= 247):
+            raise ConfigError([f"--addresses: {part!r} is outside 1..247"])
+        units.extend(range(first, last + 1))
+    return units
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from agent.commission import open_link, scan_units
+    from agent.config import ModbusRtuBus, ModbusTcpBus
+
+    units = _parse_units(args.addresses)
+    if args.config and args.bus:
+        from agent.config import load_config
+
+        loaded = load_config(args.config)
+        bus = next((b for b in loaded.config.buses if b.id == args.bus), None)
+        if bus is None:
+            raise ConfigError([f"{args.config}: no bus {args.bus!r}"])
+        settings = [bus]
+    else:
+        bus = _adhoc_bus(args)
+        settings = [bus]
+        if isinstance(bus, ModbusRtuBus):
+            rates = [int(r) for r in (args.baudrates or "9600,19200,2400,4800,38400,115200").split(",")]
+            parities = [p.strip().upper() for p in args.parities.split(",")]
+            settings = [bus.model_copy(update={"baudrate": r, "parity": p}) for r in rates for p in parities]
+    found = 0
+    for candidate in settings:
+        where = (f"{candidate.port} {candidate.baudrate} 8{candidate.parity}{candidate.stopbits}"
+                 if isinstance(candidate, ModbusRtuBus) else
+                 f"tcp://{candidate.host}:{candidate.port}" if isinstance(candidate, ModbusTcpBus) else "?")
+        print(f"scanning {where}, units {units[0]}..{units[-1]} ...", flush=True)
+        link = open_link(candidate)
+        try:
+            for unit, answer in scan_units(link, units, args.table, args.register):
+                found += 1
+                print(f"  unit {unit:3} answers ({answer}) at {where}", flush=True)
+        finally:
+            link.close()
+    print(f"{found} device(s) found")
+    return EX_OK if found else EX_FAILURE
 
 
 def _status(config: Path, as_json: bool) -> int:

@@ -10,6 +10,7 @@ and the only function codes it can send are 03 and 04.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Protocol
 
 from pymodbus import FramerType
@@ -59,7 +60,7 @@ class PymodbusLink:
         )
         try:
             if not self._client.connected and not self._client.connect():
-                raise BusError(f"cannot open {self._describe}")
+                raise BusError(f"cannot open {self._describe}{self._why_not_open()}")
             response = read(start, count=count, device_id=unit)
         except ModbusException as exc:
             # A timeout may leave a late reply in the pipe that would be taken
@@ -84,6 +85,17 @@ class PymodbusLink:
 
     def close(self) -> None:
         self._client.close()
+
+    def _why_not_open(self) -> str:
+        """pymodbus only says 'not connected'; give the technician the reason."""
+        if not self._serial:
+            return ": connection refused or unreachable"
+        port = self._client.comm_params.host
+        if not os.path.exists(port):
+            return ": the port does not exist (USB adapter unplugged?)"
+        if not os.access(port, os.R_OK | os.W_OK):
+            return ": no permission (is the user in the dialout group?)"
+        return ": the port refused these settings"
 
 
 def _short(exc: Exception) -> str:

@@ -1,0 +1,137 @@
+"""Commissioning tools for a technician on site: probe, scan, bus load.
+
+All of them only read: function codes 03 and 04, never a write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from agent.config import Config, DeviceConfig, ModbusRtuBus, ModbusTcpBus
+from agent.errors import BusError, ExceptionResponse
+from drivers import modbus
+from drivers.plan import LinkCost, plan_requests
+from drivers.profile import Catalogue, Profile
+
+
+def link_cost(bus: ModbusRtuBus | ModbusTcpBus) -> LinkCost:
+    if isinstance(bus, ModbusRtuBus):
+        return LinkCost.rtu(bus.baudrate, bus.parity, bus.stopbits)
+    return LinkCost.tcp()
+
+
+def open_link(bus: ModbusRtuBus | ModbusTcpBus) -> modbus.PymodbusLink:
+    if isinstance(bus, ModbusRtuBus):
+        return modbus.serial_link(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize, bus.timeout)
+    return modbus.tcp_link(bus.host, bus.port, bus.timeout, rtu_framing=bus.framing == "rtu")
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    point: str
+    value: object
+    unit: str
+    raw: tuple[int, ...]
+    error: str = ""
+
+
+def probe(link: modbus.RegisterReader, unit: int, profile: Profile, cost: LinkCost,
+          points: Iterable[str] | None = None) -> list[ProbeRow]:
+    """Read every point of one device once, keeping the raw registers."""
+    wanted = set(points) if points is not None else None
+    chosen = [p for p in profile.points if wanted is None or p.name in wanted]
+    rows: list[ProbeRow] = []
+    for request in plan_requests(chosen, cost, profile.workarounds.max_registers, profile.workarounds.holes):
+        try:
+            registers = link.read(request.table, unit, request.start, request.count)
+        except BusError as exc:
+            rows.extend(ProbeRow(p.name, None, p.unit, (), str(exc)) for p in request.points)
+            continue
+        for point in request.points:
+            raw = tuple(registers[point.address - request.start: point.end - request.start])
+            rows.append(ProbeRow(point.name, point.decoder()(list(raw)), point.unit, raw))
+    order = {p.name: i for i, p in enumerate(chosen)}
+    return sorted(rows, key=lambda r: order[r.point])
+
+
+def format_probe(rows: list[ProbeRow]) -> str:
+    lines = [f"{'point':26} {'value':>14} {'unit':6} raw registers"]
+    for row in rows:
+        raw = " ".join(f"{w:04X}" for w in row.raw)
+        value = "-" if row.value is None else str(row.value)
+        lines.append(f"{row.point:26} {value:>14} {row.unit:6} {raw or row.error}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Found:
+    unit: int
+    baudrate: int | None
+    parity: str | None
+    answer: str  # "registers" or "exception NN"
+
+
+def scan_units(link: modbus.RegisterReader, units: Iterable[int], table: str, register: int) -> Iterator[tuple[int, str]]:
+    """Unit ids that answer at all: with registers, or with an exception (which
+    proves a device is there even if the register does not exist)."""
+    for unit in units:
+        try:
+            link.read(table, unit, register, 1)  # type: ignore[arg-type]
+            yield unit, "registers"
+        except ExceptionResponse as exc:
+            yield unit, f"exception {exc.code:02d}"
+        except BusError:
+            continue
+
+
+@dataclass(frozen=True)
+class BusLoad:
+    bus: str
+    busy_fraction: float  # wire time per second of schedule
+    requests_per_hour: float
+    worst_poll_s: float
+
+
+def bus_loads(config: Config, catalogue: Catalogue) -> list[BusLoad]:
+    """Wire time each bus needs per second of schedule, from the request plans."""
+    loads = []
+    for bus in config.buses:
+        cost = link_cost(bus)
+        busy = 0.0
+        per_hour = 0.0
+        worst = 0.0
+        for device in config.devices_on(bus.id):
+            plan = _plan_for(device, catalogue, cost)
+            poll = sum(cost.request_time(r.count) for r in plan)
+            busy += poll / device.interval
+            per_hour += len(plan) * 3600 / device.interval
+            worst = max(worst, poll)
+        loads.append(BusLoad(bus.id, busy, per_hour, worst))
+    return loads
+
+
+def _plan_for(device: DeviceConfig, catalogue: Catalogue, cost: LinkCost):  # noqa: ANN202
+    profile = catalogue.get(device.profile)
+    points = [p for p in profile.points if device.points is None or p.name in device.points]
+    return plan_requests(points, cost, profile.workarounds.max_registers, profile.workarounds.holes)
+
+
+def load_warnings(config: Config, catalogue: Catalogue) -> list[str]:
+    lines = []
+    for load in bus_loads(config, catalogue):
+        percent = 100 * load.busy_fraction
+        note = f"bus {load.bus}: {percent:.1f} % busy on the wire ({load.requests_per_hour:.0f} requests/h)"
+        if load.busy_fraction >= 1.0:
+            lines.append(f"warning: {note}: it cannot keep its schedule; lengthen intervals or split the bus")
+        elif load.busy_fraction >= 0.7:
+            lines.append(f"warning: {note}: little room left for retries and a silent meter's timeouts")
+        else:
+            lines.append(note)
+    return lines
+
+
+def sleep_between(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
