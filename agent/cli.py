@@ -8,6 +8,7 @@ loop on a typo. A person never sees a Python traceback for bad input.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -107,9 +108,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         return _status(args.config, args.json)
     if args.command == "schema":
-        from agent.config import Config
+        from agent.config import config_schema
 
-        print(json.dumps(Config.model_json_schema(), indent=2))
+        print(json.dumps(config_schema(), indent=2))
         return EX_OK
     if args.command == "mbus":
         return _mbus_decode(args.file)
@@ -132,6 +133,9 @@ def _run(path: Path, log_level: str) -> int:
     from agent.app import Agent
     from agent.config import load_config
 
+    # The watchdog's SIGABRT (and a crash) dump every thread's stack to the
+    # journal before systemd restarts the service.
+    faulthandler.enable(all_threads=True)
     logs.configure(log_level)
     loaded = load_config(path)
     return Agent(loaded).run()

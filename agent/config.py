@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
 )
 
 from agent.errors import ConfigError
@@ -48,7 +49,12 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+_DURATION_SCHEMA = {
+    "anyOf": [{"type": "number", "exclusiveMinimum": 0},
+              {"type": "string", "pattern": _DURATION.pattern}],
+    "description": "seconds, or a number with ms, s, m, h or d (10s, 15m, 1h)",
+}
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
 # Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
 Identifier = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -78,7 +84,8 @@ class BufferConfig(_Model):
     synchronous: Literal["normal", "full"] = "normal"
     # Readings are committed together at most this long after they were read:
     # one transaction per interval instead of one per poll spares the SD card.
-    flush_interval: Annotated[float, BeforeValidator(parse_duration), Field(le=60)] = 1.0
+    flush_interval: Annotated[float, BeforeValidator(parse_duration), Field(le=60),
+                              WithJsonSchema(_DURATION_SCHEMA)] = 1.0
     # Optionally evict readings older than this even when there is room.
     max_age: Duration | None = None
 
@@ -458,3 +465,11 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON Schema of the config file, for editors (yaml-language-server)."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "retrofit-agent configuration"
+    return schema

@@ -6,6 +6,7 @@ Cases are written as a technician would make them; each expects exit 78
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,14 @@ def test_missing_file(tmp_path: Path) -> None:
     result = run_check(tmp_path / "absent.yaml")
     assert result.returncode == 78
     assert result.stderr.strip() == f"{tmp_path / 'absent.yaml'}: no such file"
+
+
+def test_the_published_schema_is_current() -> None:
+    """configs/example.yaml points editors at docs/config.schema.json."""
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "schema"], capture_output=True, text=True,
+                            cwd=REPO, timeout=30)
+    assert result.returncode == 0
+    published = (REPO / "docs" / "config.schema.json").read_text()
+    assert json.loads(result.stdout) == json.loads(published), \
+        "regenerate: retrofit-agent schema > docs/config.schema.json"
+    assert "$schema=../docs/config.schema.json" in (REPO / "configs" / "example.yaml").read_text()
