@@ -17,7 +17,8 @@ from types import FrameType
 
 from agent import logs
 from agent.buffer import Buffer, BufferReader, BufferWriter, file_size
-from agent.clock import ClockWatch
+from agent.clock import ClockState, ClockWatch
+from agent.integrity import CounterGuard
 from agent.config import LoadedConfig, ModbusRtuBus, ModbusTcpBus
 from agent.health import DeviceHealth, Health
 from agent.notify import Notifier
@@ -64,7 +65,7 @@ class Agent:
                              max_age_s=self.cfg.buffer.max_age)
         self._reader = BufferReader(self.cfg.buffer.path)
         self._reader_lock = threading.Lock()  # the uplink thread asks for figures too
-        self.clock = ClockWatch(self.cfg.health.timesync_flag)
+        self.clock = ClockWatch(self.cfg.health.timesync_flag, use_timedatectl=self.cfg.health.use_timedatectl)
         self._stalled: list[str] = []
         self._next_snapshot = 0.0
         self.uplink = Uplink(
@@ -72,6 +73,8 @@ class Agent:
             self.cfg.buffer.path, on_ack=self._ack, health=self.health, status_extra=self.status_figures,
         )
         self.uplink.preflight()
+        self._counter_state = self.buffer.counter_state()
+        self.clock_state = ClockState(trusted=self.clock.synchronised() is not False)
         self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify)
         self.workers = [self._worker(bus) for bus in self.cfg.buses if self.cfg.devices_on(bus.id)]
 
@@ -89,8 +92,10 @@ class Agent:
             points = tuple(p for p in profile.points if device.points is None or p.name in device.points)
             self.health.devices[device.id] = DeviceHealth(bus=bus.id)
             pollers.append(DevicePoller(device.id, device.address, device.interval, profile, points,
-                                        cost, self.health.devices[device.id]))
-        return BusWorker(bus.id, link, pollers, self.writer.put, self.health, self.stop_event)
+                                        cost, self.health.devices[device.id],
+                                        max_rates=dict(device.max_rate or {})))
+        return BusWorker(bus.id, link, pollers, self.writer, self.health, self.stop_event, self.clock_state,
+                         CounterGuard(last=self._counter_state))
 
     def status_figures(self) -> dict[str, object]:
         """Health figures for the retained status message and the status file."""
@@ -110,6 +115,7 @@ class Agent:
             "dropped_total": self.writer.dropped,
         }
         figures["clock_synchronised"] = self.clock.synchronised()
+        figures["clock_trusted"] = self.clock_state.trusted
         figures["stalled"] = self._stalled
         return figures
 
@@ -146,8 +152,18 @@ class Agent:
         progress["uplink"] = self.uplink.last_progress
         return sorted(name for name, seen in progress.items() if now - seen > limit)
 
+    def _watch_clock(self) -> None:
+        """Trust the wall clock once it is synchronised; then re-stamp, once."""
+        if self.clock_state.trusted or self.clock.synchronised() is False:
+            return
+        offset = time.time_ns() // 1_000_000 - ClockState.mono_ms()
+        self.clock_state.trusted = True
+        self.writer.restamp(offset)
+        self._log.info("clock.synchronised", wall_minus_monotonic_ms=offset)
+
     def _heartbeat(self) -> None:
         """Once a second: feed the watchdog only while every thread progresses."""
+        self._watch_clock()
         stalled = self._find_stalled()
         if stalled != self._stalled:
             if stalled:

@@ -13,12 +13,13 @@ bring an old id back (SQLite's rowid alone would reuse the largest id once
 it is deleted). The stream id is a UUID made when the file is made.
 
 When the buffer outgrows ``max_size_mb`` (a long outage), the oldest gauge
-readings go first, then the oldest counters; every evicted id run is kept in
-the ``evictions`` table until the platform acknowledged the report.
+readings go first, then the oldest counters; each eviction is recorded as a
+report in the ``events`` table and kept until the broker acknowledged it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import sqlite3
@@ -43,27 +44,37 @@ CREATE TABLE IF NOT EXISTS series (
     point TEXT NOT NULL,
     unit TEXT NOT NULL,
     kind TEXT NOT NULL,
-    UNIQUE (device, point, unit, kind)
+    meter TEXT NOT NULL DEFAULT '',
+    UNIQUE (device, point, unit, kind, meter)
 );
 CREATE TABLE IF NOT EXISTS readings (
     id INTEGER PRIMARY KEY,
     series INTEGER NOT NULL,
     ts INTEGER NOT NULL,
     value,
-    quality TEXT NOT NULL
+    quality TEXT NOT NULL,
+    mono INTEGER  -- monotonic ms, kept only while the wall clock is not trusted
 );
-CREATE TABLE IF NOT EXISTS evictions (
-    first_id INTEGER PRIMARY KEY,
-    last_id INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    ts INTEGER NOT NULL
-);
+-- Reports for the platform (evictions, meter swaps, clock corrections), kept
+-- until the broker acknowledged them.
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
+-- The last accepted value of every counter, so integrity checks survive restarts.
+CREATE TABLE IF NOT EXISTS counters (
+    device TEXT NOT NULL, point TEXT NOT NULL, value NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (device, point)) WITHOUT ROWID;
+-- The identification number each device last reported (meter swaps).
+CREATE TABLE IF NOT EXISTS meters (device TEXT PRIMARY KEY, meter TEXT NOT NULL) WITHOUT ROWID;
+-- Sent readings that were stamped before the clock was trusted: their
+-- monotonic time, so a later correction can be reported to the platform.
+CREATE TABLE IF NOT EXISTS unsynced_sent (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, mono INTEGER NOT NULL, boot TEXT NOT NULL);
 """
 
-Row = tuple[int, str, str, str, int, float | int | str | None, str]  # id, device, point, unit, ts, value, quality
+# id, device, point, unit, ts, value, quality, meter
+Row = tuple[int, str, str, str, int, float | int | str | None, str, str]
 IdRange = tuple[int, int]  # first id, last id, inclusive
-Eviction = tuple[int, int, int, str, int]  # first id, last id, count, reason, ts (ms)
+Event = dict[str, object]
+StoredEvent = tuple[int, str]  # seq, JSON body
+CounterState = dict[tuple[str, str], tuple[float | int, int]]  # (device, point) -> (value, ts)
 
 EVICT_CHUNK = 20_000
 MAX_PER_TRANSACTION = 20_000
@@ -78,6 +89,17 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
+
+
+def _delta_runs(rows: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(id, delta) in id order -> runs of consecutive ids sharing one delta."""
+    runs: list[tuple[int, int, int]] = []
+    for rid, delta in rows:
+        if runs and runs[-1][1] == rid - 1 and runs[-1][2] == delta:
+            runs[-1] = (runs[-1][0], rid, delta)
+        else:
+            runs.append((rid, rid, delta))
+    return runs
 
 
 def _runs(ids: Sequence[int]) -> list[IdRange]:
@@ -137,6 +159,8 @@ class Buffer:
         self._next_id = self.info.next_id
         self._series = self._load_series()
         self.evicted_total = 0
+        self.boot_id = boot_id()
+        self._unsynced_pending = self._forget_other_boots(meta.get("mono_boot"))
 
     @staticmethod
     def _open(path: Path, synchronous: str) -> tuple[sqlite3.Connection, bool]:
@@ -152,9 +176,9 @@ class Buffer:
             raise
         return conn, existed
 
-    def _load_series(self) -> dict[tuple[str, str, str, str], int]:
-        rows = self._conn.execute("SELECT id, device, point, unit, kind FROM series")
-        return {(d, p, u, k): i for i, d, p, u, k in rows}
+    def _load_series(self) -> dict[tuple[str, str, str, str, str], int]:
+        rows = self._conn.execute("SELECT id, device, point, unit, kind, meter FROM series")
+        return {(d, p, u, k, m): i for i, d, p, u, k, m in rows}
 
     @property
     def stream(self) -> str:
@@ -165,17 +189,20 @@ class Buffer:
         return self._next_id
 
     def _series_id(self, reading: Reading) -> int:
-        key = (reading.device, reading.point, reading.unit, reading.kind)
+        key = (reading.device, reading.point, reading.unit, reading.kind, reading.meter)
         sid = self._series.get(key)
         if sid is None:
-            cur = self._conn.execute("INSERT INTO series (device, point, unit, kind) VALUES (?, ?, ?, ?)", key)
+            cur = self._conn.execute(
+                "INSERT INTO series (device, point, unit, kind, meter) VALUES (?, ?, ?, ?, ?)", key)
             sid = int(cur.lastrowid or 0)
             self._series[key] = sid
         return sid
 
     def commit(self, readings: Sequence[Reading], acked: Iterable[IdRange] = (),
-               reported: Iterable[int] = ()) -> IdRange | None:
-        """Store readings, forget acknowledged ranges and eviction reports, in one transaction.
+               reported: Iterable[int] = (), events: Sequence[Event] = (),
+               counters: CounterState | None = None, meters: dict[str, str] | None = None) -> IdRange | None:
+        """One transaction: store readings and events, forget what the broker
+        acknowledged, remember counter and meter state.
 
         Returns the id range given to the readings. On failure nothing is
         changed (ids included) and StorageError is raised.
@@ -186,15 +213,29 @@ class Buffer:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for low, high in acked:
+                    if self._unsynced_pending:
+                        conn.execute(
+                            "INSERT OR IGNORE INTO unsynced_sent (id, ts, mono, boot) SELECT r.id, r.ts, r.mono, ? "
+                            "FROM readings r WHERE r.id BETWEEN ? AND ? AND r.mono IS NOT NULL",
+                            (self.boot_id, low, high))
                     conn.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", (low, high))
-                conn.executemany("DELETE FROM evictions WHERE first_id = ?", [(f,) for f in reported])
+                conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq in reported])
+                conn.executemany("INSERT INTO events (body) VALUES (?)",
+                                 [(json.dumps(e, separators=(",", ":")),) for e in events])
                 if readings:
                     series = self._series_id
                     conn.executemany(
-                        "INSERT INTO readings (id, series, ts, value, quality) VALUES (?, ?, ?, ?, ?)",
-                        [(first + n, series(r), r.ts, r.value, r.quality) for n, r in enumerate(readings)],
+                        "INSERT INTO readings (id, series, ts, value, quality, mono) VALUES (?, ?, ?, ?, ?, ?)",
+                        [(first + n, series(r), r.ts, r.value, r.quality, r.mono) for n, r in enumerate(readings)],
                     )
                     conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(first + len(readings)),))
+                    if any(r.mono is not None for r in readings):
+                        self._unsynced_pending = True
+                if counters:
+                    conn.executemany("INSERT OR REPLACE INTO counters (device, point, value, ts) VALUES (?, ?, ?, ?)",
+                                     [(d, p, v, t) for (d, p), (v, t) in counters.items()])
+                if meters:
+                    conn.executemany("INSERT OR REPLACE INTO meters (device, meter) VALUES (?, ?)", meters.items())
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -207,14 +248,71 @@ class Buffer:
         self._next_id = first + len(readings)
         return first, self._next_id - 1
 
+    def _forget_other_boots(self, stored_boot: str | None) -> bool:
+        """Monotonic times of an earlier boot cannot be corrected any more:
+        those readings keep their clock_unsynced flag for good."""
+        conn = self._conn
+        pending = conn.execute("SELECT 1 FROM readings WHERE mono IS NOT NULL LIMIT 1").fetchone() is not None
+        if stored_boot == self.boot_id:
+            return pending
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE readings SET mono = NULL WHERE mono IS NOT NULL")
+        conn.execute("DELETE FROM unsynced_sent")
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('mono_boot', ?)", (self.boot_id,))
+        conn.execute("COMMIT")
+        return False
+
+    def counter_state(self) -> CounterState:
+        rows = self._conn.execute("SELECT device, point, value, ts FROM counters")
+        return {(d, p): (v, t) for d, p, v, t in rows}
+
+    def meter_ids(self) -> dict[str, str]:
+        return dict(self._conn.execute("SELECT device, meter FROM meters").fetchall())
+
+    def restamp(self, boot_id: str, wall_minus_mono_ms: int, now_ms: int) -> tuple[int, list[Event]]:
+        """The clock is trusted now: give readings of this boot stamped before
+        their true time (monotonic + offset), exactly once.
+
+        Readings still here are corrected in place and flagged ``restamped``;
+        readings already sent are reported as ``clock_corrected`` events (id
+        runs with the correction to add to their ts). Returns how many were
+        corrected in place and the events recorded.
+        """
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = conn.execute(
+                    "UPDATE readings SET ts = mono + ?, "
+                    "quality = replace(quality, 'clock_unsynced', 'restamped'), mono = NULL "
+                    "WHERE mono IS NOT NULL", (wall_minus_mono_ms,))
+                fixed = cur.rowcount
+                sent = conn.execute("SELECT id, ts, mono FROM unsynced_sent WHERE boot = ? ORDER BY id",
+                                    (boot_id,)).fetchall()
+                events: list[Event] = []
+                for first, last, delta in _delta_runs((rid, mono + wall_minus_mono_ms - ts) for rid, ts, mono in sent):
+                    events.append({"type": "clock_corrected", "first_id": first, "last_id": last,
+                                   "add_ms": delta, "ts": now_ms})
+                conn.execute("DELETE FROM unsynced_sent")
+                conn.executemany("INSERT INTO events (body) VALUES (?)",
+                                 [(json.dumps(e, separators=(",", ":")),) for e in events])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"buffer {self.path}: restamp failed: {exc}") from None
+        self._unsynced_pending = False
+        return fixed, events
+
     def used_bytes(self) -> int:
         pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
         free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int(pages - free) * self._page_size
 
-    def enforce_limits(self, now_ms: int) -> list[Eviction]:
+    def enforce_limits(self, now_ms: int) -> list[Event]:
         """Evict what the size cap and the age limit say must go; return the runs evicted."""
-        evicted: list[Eviction] = []
+        evicted: list[Event] = []
         try:
             if self.max_age_s is not None:
                 cutoff = now_ms - int(self.max_age_s * 1000)
@@ -239,38 +337,51 @@ class Buffer:
                     ids = [r[0] for r in self._conn.execute(
                         "SELECT r.id FROM readings r JOIN series s ON s.id = r.series "
                         "WHERE s.kind = 'gauge' ORDER BY r.id LIMIT ?", (wanted,))]
+                    kinds: tuple[str, ...] = ("gauge",)
                     if not ids:
                         ids = [r[0] for r in self._conn.execute(
                             "SELECT id FROM readings ORDER BY id LIMIT ?", (wanted,))]
+                        kinds = ("counter", "gauge")
                     if not ids:
                         break
-                    evicted += self._evict(ids, "max_size", now_ms)
+                    evicted += self._evict(ids, "max_size", now_ms, kinds)
                     used = self.used_bytes()
         except sqlite3.Error as exc:
             raise StorageError(f"buffer {self.path}: eviction failed: {exc}") from None
         return evicted
 
-    def _evict(self, ids: list[int], reason: str, now_ms: int) -> list[Eviction]:
-        runs = [(low, high, high - low + 1, reason, now_ms) for low, high in _runs(sorted(ids))]
+    def _evict(self, ids: list[int], reason: str, now_ms: int, kinds: tuple[str, ...] = ("counter", "gauge")
+               ) -> list[Event]:
+        """Delete these readings and record one report: every reading of these
+        kinds with an id from first_id to last_id is gone (count of them)."""
+        ids = sorted(ids)
+        report: Event = {"type": "evicted", "first_id": ids[0], "last_id": ids[-1], "count": len(ids),
+                         "kinds": list(kinds), "reason": reason, "ts": now_ms}
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("DELETE FROM readings WHERE id BETWEEN ? AND ?", [(r[0], r[1]) for r in runs])
-            conn.executemany(
-                "INSERT OR REPLACE INTO evictions (first_id, last_id, count, reason, ts) VALUES (?, ?, ?, ?, ?)",
-                runs)
+            conn.executemany("DELETE FROM readings WHERE id BETWEEN ? AND ?", _runs(ids))
+            conn.execute("INSERT INTO events (body) VALUES (?)", (json.dumps(report, separators=(",", ":")),))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         self.evicted_total += len(ids)
-        return runs
+        return [report]
 
     def close(self) -> None:
         try:
             self._conn.close()
         except sqlite3.Error:
             pass
+
+
+def boot_id() -> str:
+    """The kernel's id of this boot: monotonic times compare only within one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
 
 
 def _move_aside(path: Path) -> str:
@@ -294,16 +405,15 @@ class BufferReader:
 
     def batch_after(self, after_id: int, limit: int) -> list[Row]:
         return self._conn.execute(
-            "SELECT r.id, s.device, s.point, s.unit, r.ts, r.value, r.quality "
+            "SELECT r.id, s.device, s.point, s.unit, r.ts, r.value, r.quality, s.meter "
             "FROM readings r JOIN series s ON s.id = r.series "
             "WHERE r.id > ? ORDER BY r.id LIMIT ?",
             (after_id, limit),
         ).fetchall()
 
-    def evictions_after(self, after_first_id: int, limit: int) -> list[Eviction]:
+    def events_after(self, after_seq: int, limit: int) -> list[StoredEvent]:
         return self._conn.execute(
-            "SELECT first_id, last_id, count, reason, ts FROM evictions WHERE first_id > ? "
-            "ORDER BY first_id LIMIT ?", (after_first_id, limit)).fetchall()
+            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
 
     def oldest(self) -> tuple[int, int] | None:
         """(id, ts) of the oldest reading still waiting, or None when empty."""
@@ -348,9 +458,14 @@ class BufferWriter(threading.Thread):
         self.failing_since: float | None = None
         self.held_in_memory = 0
         self.last_progress = time.monotonic()
+        self._offset: int | None = None  # wall - monotonic once the clock is trusted
 
-    def put(self, readings: list[Reading]) -> None:
-        self._queue.put(("r", readings))
+    def put(self, readings: list[Reading], counters: CounterState | None = None) -> None:
+        self._queue.put(("r", (readings, counters)))
+
+    def restamp(self, wall_minus_mono_ms: int) -> None:
+        """The wall clock is trusted from now on (see Buffer.restamp)."""
+        self._queue.put(("t", wall_minus_mono_ms))
 
     def ack(self, id_range: IdRange) -> None:
         self._queue.put(("a", id_range))
@@ -365,6 +480,8 @@ class BufferWriter(threading.Thread):
         pending: list[Reading] = []
         acked: list[IdRange] = []
         reported: list[int] = []
+        counters: CounterState = {}
+        restamp_offset: int | None = None
         deadline: float | None = None  # when the next transaction is due
         stopping = False
         while not stopping:
@@ -375,8 +492,14 @@ class BufferWriter(threading.Thread):
                 while True:
                     now = time.monotonic()
                     if kind == "r":
-                        pending.extend(payload)  # type: ignore[arg-type]
+                        batch, counter_changes = payload  # type: ignore[misc]
+                        pending.extend(self._fix_stamps(batch))
+                        if counter_changes:
+                            counters.update(counter_changes)
                         due = now + self._flush_interval
+                    elif kind == "t":
+                        restamp_offset = int(payload)  # type: ignore[call-overload]
+                        due = now
                     elif kind == "a":
                         acked.append(payload)  # type: ignore[arg-type]
                         due = now + ACK_DELAY_S
@@ -393,8 +516,8 @@ class BufferWriter(threading.Thread):
                 pass
             if deadline is None or (time.monotonic() < deadline and not stopping):
                 continue
-            if self._flush(pending, acked, reported):
-                pending, acked, reported = [], [], []
+            if self._flush(pending, acked, reported, counters, restamp_offset):
+                pending, acked, reported, counters, restamp_offset = [], [], [], {}, None
                 deadline = None
             else:
                 deadline = time.monotonic() + self._retry_s
@@ -407,9 +530,25 @@ class BufferWriter(threading.Thread):
                     self._log.error("buffer.unsaved_at_stop", readings=len(pending))
             self.held_in_memory = len(pending)
 
-    def _flush(self, pending: list[Reading], acked: list[IdRange], reported: list[int]) -> bool:
+    def _fix_stamps(self, readings: list[Reading]) -> list[Reading]:
+        """Readings stamped just before the clock became trusted get the
+        corrected time at once (they arrive after the restamp)."""
+        if self._offset is None or all(r.mono is None for r in readings):
+            return readings
+        offset = self._offset
+        return [r if r.mono is None else r._replace(ts=r.mono + offset, mono=None,
+                                                     quality=r.quality.replace("clock_unsynced", "restamped"))
+                for r in readings]
+
+    def _flush(self, pending: list[Reading], acked: list[IdRange], reported: list[int],
+               counters: CounterState, restamp_offset: int | None) -> bool:
         try:
-            ids = self.buffer.commit(pending, acked, reported)
+            ids = self.buffer.commit(pending, acked, reported, counters=counters)
+            if restamp_offset is not None:
+                fixed, corrections = self.buffer.restamp(self.buffer.boot_id, restamp_offset,
+                                                         time.time_ns() // 1_000_000)
+                self._offset = restamp_offset
+                self._log.info("clock.restamped", in_buffer=fixed, already_sent_runs=len(corrections))
             evicted = self.buffer.enforce_limits(time.time_ns() // 1_000_000)
         except StorageError as exc:
             if self.failing_since is None:
@@ -421,9 +560,10 @@ class BufferWriter(threading.Thread):
                            written=len(pending))
             self.failing_since = None
         if evicted:
-            self._log.warning("buffer.evicting", readings=sum(e[2] for e in evicted), runs=len(evicted),
-                              reason=evicted[0][3], evicted_total=self.buffer.evicted_total,
-                              first_id=evicted[0][0], last_id=evicted[-1][1])
+            self._log.warning("buffer.evicting", readings=sum(int(e["count"]) for e in evicted),  # type: ignore[call-overload]
+                              runs=len(evicted), reason=evicted[0]["reason"],
+                              evicted_total=self.buffer.evicted_total,
+                              first_id=evicted[0]["first_id"], last_id=evicted[-1]["last_id"])
         self.committed += len(pending)
         self._on_commit(ids)
         return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         return EX_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `retrofit-agent check | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EX_OK
 
 
 def _dispatch(args: argparse.Namespace) -> int:

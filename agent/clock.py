@@ -13,7 +13,32 @@ import subprocess
 import time
 from pathlib import Path
 
+from agent import failpoints
+
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+
+
+class ClockState:
+    """The clock the bus workers stamp readings with, and whether to trust it.
+
+    ``trusted`` is set by the main thread from :class:`ClockWatch`. Before
+    that, readings carry the monotonic time too, so they can be re-stamped
+    once the wall clock is right. The ``clock-skew-s`` failpoint makes the
+    wall clock wrong until trusted, as a Raspberry Pi's is after boot.
+    """
+
+    def __init__(self, trusted: bool = True) -> None:
+        self.trusted = trusted
+        skew = failpoints.value("clock-skew-s")
+        self._skew_ms = int(float(skew) * 1000) if skew else 0
+
+    def wall_ms(self) -> int:
+        wall = time.time_ns() // 1_000_000
+        return wall if self.trusted else wall + self._skew_ms
+
+    @staticmethod
+    def mono_ms() -> int:
+        return time.monotonic_ns() // 1_000_000
 
 
 class ClockWatch:
@@ -40,9 +65,12 @@ class ClockWatch:
             try:
                 result = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
                                         capture_output=True, text=True, timeout=2)
+                if result.returncode == 0 and result.stdout.strip() in ("yes", "no"):
+                    return result.stdout.strip() == "yes"
             except (OSError, subprocess.TimeoutExpired):
-                return None
-            if result.returncode == 0 and result.stdout.strip() in ("yes", "no"):
-                return result.stdout.strip() == "yes"
-            return None
-        return False if self.flag_path is not None else None
+                pass
+        # timesyncd keeps its directory while it has not synchronised yet; on a
+        # system without it nothing can tell, and nothing is flagged.
+        if self.flag_path is not None and self.flag_path.parent.is_dir():
+            return False
+        return None

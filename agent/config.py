@@ -96,8 +96,10 @@ class HealthConfig(_Model):
     stall_after: Duration = 60.0
     # The snapshot `retrofit-agent status` reads; default: beside the buffer.
     status_file: Path | None = None
-    # Where systemd-timesyncd signals a synchronised clock.
+    # Where systemd-timesyncd signals a synchronised clock; `timedatectl` is
+    # asked too unless switched off.
     timesync_flag: Path = Path("/run/systemd/timesync/synchronized")
+    use_timedatectl: bool = True
 
 
 class TlsConfig(_Model):
@@ -167,6 +169,9 @@ class DeviceConfig(_Model):
     interval: Duration = 60.0
     # A subset of the profile's points; all of them when absent.
     points: tuple[str, ...] | None = None
+    # The most a counter can rise per hour, in its unit (e.g. a 63 A
+    # three-phase supply: energy_active_import: 45). A larger rise is flagged.
+    max_rate: dict[str, Annotated[float, Field(gt=0)]] | None = None
 
 
 class Config(_Model):

@@ -3,7 +3,8 @@
 Some faults cannot be produced from outside on this machine: a USB-serial
 driver that hangs a write forever, for instance. Tests that must prove the
 watchdog notices a stuck worker set RETROFIT_FAILPOINTS (comma-separated
-names, e.g. ``stall-bus:rs485-1``). Unset in production: then every check
+names, e.g. ``stall-bus:rs485-1``, or ``name=value`` such as
+``clock-skew-s=-86400`` for a wall clock a day behind until NTP arrives). Unset in production: then every check
 is a set lookup on an empty set.
 """
 
@@ -15,6 +16,15 @@ import threading
 ACTIVE: frozenset[str] = frozenset(
     name.strip() for name in os.environ.get("RETROFIT_FAILPOINTS", "").split(",") if name.strip()
 )
+
+
+def value(name: str) -> str | None:
+    """The value of a ``name=value`` failpoint, if set."""
+    for entry in ACTIVE:
+        key, sep, val = entry.partition("=")
+        if sep and key == name:
+            return val
+    return None
 
 
 def hang_if(name: str) -> None:

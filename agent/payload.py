@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Sequence
 
-from agent.buffer import Eviction, Row
+from agent.buffer import Row
 
 READINGS_SCHEMA = "retrofit-agent/readings/1"
 STATUS_SCHEMA = "retrofit-agent/status/1"
@@ -35,19 +35,16 @@ def encode_readings(gateway: str, site: str, stream: str, rows: Sequence[Row]) -
     items = ",".join(
         json.dumps(
             {"id": rid, "device": device, "point": point, "value": _json_value(value),
-             "unit": unit, "ts": ts, "quality": quality},
+             "unit": unit, "ts": ts, "quality": quality, **({"meter": meter} if meter else {})},
             separators=(",", ":"),
         )
-        for rid, device, point, unit, ts, value, quality in rows
+        for rid, device, point, unit, ts, value, quality, meter in rows
     )
     return f'{head},"readings":[{items}]}}'.encode()
 
 
-def encode_evictions(gateway: str, site: str, stream: str, runs: Sequence[Eviction]) -> bytes:
-    """Readings that were dropped from a full buffer, as id runs of this stream."""
-    return json.dumps(
-        {"schema": EVENTS_SCHEMA, "gateway": gateway, "site": site, "stream": stream,
-         "events": [{"type": "evicted", "first_id": first, "last_id": last, "count": count,
-                     "reason": reason, "ts": ts} for first, last, count, reason, ts in runs]},
-        separators=(",", ":"),
-    ).encode()
+def encode_events(gateway: str, site: str, stream: str, bodies: Sequence[str]) -> bytes:
+    """Reports for the platform (evicted runs, meter swaps, clock corrections)."""
+    head = json.dumps({"schema": EVENTS_SCHEMA, "gateway": gateway, "site": site, "stream": stream},
+                      separators=(",", ":"))[:-1]
+    return f'{head},"events":[{",".join(bodies)}]}}'.encode()

@@ -17,8 +17,19 @@ class Reading(NamedTuple):
     value: float | int | str | None
     unit: str
     ts: int  # UTC epoch milliseconds of the moment the meter answered
-    quality: str = QUALITY_OK
+    quality: str = QUALITY_OK  # "ok", or flags joined by "+" (docs/payload.md)
     kind: str = "gauge"  # "counter" or "gauge": eviction spares counters longest
+    meter: str = ""  # the meter's identification number, when it has one
+    mono: int | None = None  # monotonic ms, only while the wall clock is not trusted
+
+
+def with_flag(quality: str, flag: str) -> str:
+    """Add a flag to a quality: flags combine, sorted, joined by '+'."""
+    if quality == QUALITY_OK:
+        return flag
+    flags = set(quality.split("+"))
+    flags.add(flag)
+    return "+".join(sorted(flags))
 
 
 def now_ms() -> int:

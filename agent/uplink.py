@@ -33,7 +33,7 @@ from agent.buffer import BufferReader, IdRange
 from agent.config import MqttConfig
 from agent.errors import ConfigError, RetrofitError
 from agent.health import Health
-from agent.payload import STATUS_SCHEMA, encode_evictions, encode_readings, topic
+from agent.payload import STATUS_SCHEMA, encode_events, encode_readings, topic
 from agent.readings import now_ms
 
 
@@ -46,8 +46,15 @@ def _credential(explicit: Path | None, name: str) -> Path | None:
     if explicit is not None:
         return explicit
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if directory and (Path(directory) / name).is_file():
-        return Path(directory) / name
+    if directory:
+        candidate = Path(directory) / name
+        # The unit gives every credential a one-newline fallback (systemd
+        # refuses empty ones): blank means "not configured".
+        try:
+            if candidate.is_file() and candidate.read_bytes().strip():
+                return candidate
+        except OSError:
+            return None
     return None
 
 
@@ -309,7 +316,7 @@ class Uplink(threading.Thread):
         oldest = reader.oldest()
         self._acked.forget_through(oldest[0] if oldest else None)
         cursor = (oldest[0] - 1) if oldest else 0
-        eviction_cursor = 0
+        event_cursor = 0
         ack_timeout = self.cfg.ack_timeout
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
         next_status = time.monotonic() + self.cfg.status_interval
@@ -326,16 +333,16 @@ class Uplink(threading.Thread):
             if len(inflight) >= self.cfg.inflight:
                 self._wake.wait(1.0)
                 continue
-            # Eviction reports first: they are few, and the platform needs
-            # them to tell a gap it will never fill from one still on its way.
-            runs = reader.evictions_after(eviction_cursor, 500)
-            if runs:
-                info = client.publish(self.events_topic, encode_evictions(
-                    self.gateway, self.site, self.stream, runs), qos=1)
+            # Events first (evictions, meter swaps, clock corrections): they are
+            # few, and the platform needs them to read the readings right.
+            events = reader.events_after(event_cursor, 500)
+            if events:
+                info = client.publish(self.events_topic, encode_events(
+                    self.gateway, self.site, self.stream, [body for _, body in events]), qos=1)
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     return
-                inflight[info.mid] = Inflight(time.monotonic(), reported=[r[0] for r in runs])
-                eviction_cursor = runs[-1][0]
+                inflight[info.mid] = Inflight(time.monotonic(), reported=[seq for seq, _ in events])
+                event_cursor = events[-1][0]
                 continue
             batch = reader.batch_after(cursor, self.cfg.batch)
             if not batch:

@@ -17,13 +17,15 @@ import math
 import threading
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from agent import failpoints, logs
 from agent.errors import BusError, ExceptionResponse
 from agent.health import DeviceHealth, Health
-from agent.readings import Reading, now_ms
+from agent.clock import ClockState
+from agent.integrity import CounterGuard, CounterLimits, Key, State
+from agent.readings import Reading, now_ms, with_flag
 from drivers.codec import Decoder
 from drivers.modbus import RegisterReader
 from drivers.plan import Hole, LinkCost, ReadRequest, gaps_inside, plan_requests
@@ -32,7 +34,10 @@ from drivers.profile import ModbusPoint, Profile
 ILLEGAL_DATA_ADDRESS = 2
 QUALITY_INVALID = "invalid"
 
-Emit = Callable[[list[Reading]], None]
+class Sink(Protocol):
+    """Where a poll's readings go (the buffer writer)."""
+
+    def put(self, readings: list[Reading], counters: dict[Key, State] | None = None) -> None: ...
 
 
 def next_slot(now: float, interval: float, offset: float) -> float:
@@ -63,9 +68,13 @@ class DevicePoller:
     plan: tuple[ReadRequest, ...] = ()
     decoders: dict[str, Decoder] = field(default_factory=dict)
     silent_since: float | None = None
+    max_rates: dict[str, float] = field(default_factory=dict)
+    limits: dict[str, CounterLimits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.decoders = {p.name: p.decoder() for p in self.points}
+        self.limits = {p.name: counter_limits(p, self.max_rates.get(p.name)) for p in self.points
+                       if p.kind == "counter"}
         self.offset = device_offset(self.device_id, self.interval)
         self.replan()
 
@@ -78,14 +87,31 @@ class DevicePoller:
         )
 
 
+_INT_BITS = {"int16": 15, "uint16": 16, "int32": 31, "uint32": 32, "int64": 63, "uint64": 64}
+
+
+def counter_limits(point: ModbusPoint, max_rate: float | None) -> CounterLimits:
+    """A counter's physical limits: the width it wraps at, its resolution, its rate."""
+    bits = _INT_BITS.get(point.type)
+    scale = float(point.scale)
+    return CounterLimits(
+        max_rate_per_h=max_rate if max_rate is not None else getattr(point, "max_rate", None),
+        rollover_at=(2 ** bits) * scale if bits else None,
+        slack=abs(scale) if bits else 0.0,
+    )
+
+
 class BusWorker(threading.Thread):
-    def __init__(self, bus_id: str, link: RegisterReader, devices: list[DevicePoller], emit: Emit,
-                 health: Health, stop: threading.Event) -> None:
+    def __init__(self, bus_id: str, link: RegisterReader, devices: list[DevicePoller], sink: Sink,
+                 health: Health, stop: threading.Event, clock: ClockState | None = None,
+                 guard: CounterGuard | None = None) -> None:
         super().__init__(name=f"bus-{bus_id}", daemon=True)
         self.bus_id = bus_id
         self.link = link
         self.devices = devices
-        self._emit = emit
+        self._sink = sink
+        self._clock = clock or ClockState()
+        self._guard = guard or CounterGuard()
         self._health = health
         self._stop_event = stop
         self._log = logs.get("bus").bind(bus=bus_id)
@@ -144,13 +170,15 @@ class BusWorker(threading.Thread):
             except BusError as exc:
                 error = exc
                 break  # no answer: the rest would only cost more timeouts
-            stamp = now_ms()
-            readings.extend(self._decode(device, request, registers, stamp))
+            readings.extend(self._decode(device, request, registers))
         if readings:
-            self._emit(readings)
+            self._sink.put(readings, self._guard.take_changes() or None)
         self._record(device, error, got_any=bool(readings))
 
-    def _decode(self, device: DevicePoller, request: ReadRequest, registers: list[int], stamp: int) -> list[Reading]:
+    def _decode(self, device: DevicePoller, request: ReadRequest, registers: list[int]) -> list[Reading]:
+        """Values of one block, stamped with the moment the answer came, checked, flagged."""
+        stamp = self._clock.wall_ms()
+        mono = None if self._clock.trusted else self._clock.mono_ms()
         out = []
         for point in request.points:
             at = point.address - request.start
@@ -158,7 +186,16 @@ class BusWorker(threading.Thread):
             quality = "ok"
             if isinstance(value, float) and not math.isfinite(value):
                 value, quality = None, QUALITY_INVALID
-            out.append(Reading(device.device_id, point.name, value, point.unit, stamp, quality, point.kind))
+            elif point.kind == "counter":
+                flag = self._guard.check((device.device_id, point.name), value, stamp, device.limits[point.name])
+                if flag:
+                    quality = flag
+                    self._log.warning("counter.suspicious", device=device.device_id, point=point.name,
+                                      flag=flag, value=value)
+            if mono is not None:
+                quality = with_flag(quality, "clock_unsynced")
+            out.append(Reading(device.device_id, point.name, value, point.unit, stamp, quality, point.kind,
+                               "", mono))
         return out
 
     def _record(self, device: DevicePoller, error: BusError | None, got_any: bool) -> None:

@@ -195,6 +195,15 @@ install_files() {
   fi
 }
 
+# The config's JSON Schema beside the config, refreshed on every install so
+# editors validate against the installed version ($schema=config.schema.json).
+install_schema() {
+  if [ -f "$ROOT/configs/config.schema.json" ]; then
+    run install -d -m 0755 "$DESTDIR$CONF_DIR"
+    run install -m 0644 "$ROOT/configs/config.schema.json" "$DESTDIR$CONF_DIR/config.schema.json"
+  fi
+}
+
 create_user_and_dirs() {
   if [ -n "$DESTDIR" ]; then
     # No users in a staging tree: create the directories tmpfiles.d would,
@@ -290,6 +299,7 @@ install_all() {
     die "upgrade not applied: fix $CONF_DIR/config.yaml, then run this again"
   fi
   install_files
+  install_schema
   switch_venv "$venv"
 
   systemctl_or_skip daemon-reload

@@ -71,8 +71,8 @@ def test_rows_carry_what_was_read(tmp_path: Path) -> None:
                    Reading("room", "temperature", None, "Cel", 1235, "invalid")])
     reader = BufferReader(path)
     assert reader.batch_after(0, 10) == [
-        (1, "elec", "voltage_l1", "V", 1234, 230.1, "ok"),
-        (2, "room", "temperature", "Cel", 1235, None, "invalid"),
+        (1, "elec", "voltage_l1", "V", 1234, 230.1, "ok", ""),
+        (2, "room", "temperature", "Cel", 1235, None, "invalid", ""),
     ]
     assert reader.oldest() == (1, 1234)
     assert reader.depth() == 2

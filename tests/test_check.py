@@ -123,11 +123,11 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_the_published_schema_is_current() -> None:
-    """configs/example.yaml points editors at docs/config.schema.json."""
+    """configs/example.yaml points editors at configs/config.schema.json (installed beside it)."""
     result = subprocess.run([sys.executable, "-m", "agent.cli", "schema"], capture_output=True, text=True,
                             cwd=REPO, timeout=30)
     assert result.returncode == 0
-    published = (REPO / "docs" / "config.schema.json").read_text()
+    published = (REPO / "configs" / "config.schema.json").read_text()
     assert json.loads(result.stdout) == json.loads(published), \
-        "regenerate: retrofit-agent schema > docs/config.schema.json"
-    assert "$schema=../docs/config.schema.json" in (REPO / "configs" / "example.yaml").read_text()
+        "regenerate: retrofit-agent schema > configs/config.schema.json"
+    assert "$schema=config.schema.json" in (REPO / "configs" / "example.yaml").read_text()

@@ -110,9 +110,9 @@ def test_long_outage_with_a_small_buffer_evicts_gauges_and_reports_every_run(tmp
 
         def all_accounted() -> bool:
             total = _next_id(buffer) - 1
-            got = set(subscriber.unique_readings()) | _evicted_ids(subscriber)
-            return total > 0 and set(range(1, total - 200)) <= got
-        wait_until(all_accounted, 60, "every id delivered or reported evicted")
+            missing = set(range(1, total - 200)) - set(subscriber.unique_readings())
+            return total > 0 and _explained(missing, _evictions(subscriber))
+        wait_until(all_accounted, 60, "every id delivered or explained by an eviction report")
     finally:
         code = agent.stop()
         if subscriber:
@@ -120,19 +120,19 @@ def test_long_outage_with_a_small_buffer_evicts_gauges_and_reports_every_run(tmp
         broker.stop()
         server.stop()
     assert code == 0
-    evicted = _evicted_ids(subscriber)
+    reports = _evictions(subscriber)
     received = set(subscriber.unique_readings())
-    assert evicted, "the cap must have forced evictions"
-    # An evicted reading may still arrive if it was in flight when evicted; the
-    # broker was down throughout, so here none can have been.
-    assert not evicted & received
+    missing = set(range(1, max(received) + 1)) - received
+    assert reports, "the cap must have forced evictions"
+    assert all(r["kinds"] == ["gauge"] for r in reports), "gauges go first"
+    assert sum(r["count"] for r in reports) == len(missing), "each missing reading is counted in a report"
     # Each SDM630 poll commits 10 consecutive ids; the last two are the energy counters.
-    counters_evicted = sorted(i for i in evicted if (i - 1) % 10 >= 8)
-    assert counters_evicted == [], f"counters were evicted while gauges remained: {counters_evicted[:10]}"
+    counters_missing = sorted(i for i in missing if (i - 1) % 10 >= 8)
+    assert counters_missing == [], f"counters were evicted while gauges remained: {counters_missing[:10]}"
     events = [e for e in agent.events() if e.get("event") == "buffer.evicting"]
     assert all(e["reason"] == "max_size" for e in events)
     steady = rss[len(rss) // 3:]
-    print(f"RSS during the outage: min {min(steady)} kB, max {max(steady)} kB; evicted {len(evicted)} readings")
+    print(f"RSS during the outage: min {min(steady)} kB, max {max(steady)} kB; evicted {len(missing)} readings")
     assert max(steady) - min(steady) < 20_000, "memory must stay flat however long the outage"
 
 
@@ -148,13 +148,14 @@ def _next_id(buffer: Path) -> int:
         return int(conn.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()[0])
 
 
-def _evicted_ids(subscriber: Subscriber) -> set[int]:
-    ids: set[int] = set()
-    for message in subscriber.payloads("/events"):
-        for event in message["events"]:
-            assert event["type"] == "evicted"
-            ids.update(range(event["first_id"], event["last_id"] + 1))
-    return ids
+def _evictions(subscriber: Subscriber) -> list[dict]:
+    return [e for message in subscriber.payloads("/events") for e in message["events"] if e["type"] == "evicted"]
+
+
+def _explained(missing: set[int], reports: list[dict]) -> bool:
+    """Every missing id lies in a reported range, and the counts add up."""
+    inside = all(any(r["first_id"] <= i <= r["last_id"] for r in reports) for i in missing)
+    return inside and sum(r["count"] for r in reports) >= len(missing)
 
 
 def _fill(path: Path) -> None:

@@ -28,7 +28,7 @@ class Collector:
         self.batches: list[tuple[float, list[Reading]]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, readings: list[Reading]) -> None:
+    def put(self, readings: list[Reading], counters: object = None) -> None:
         with self.lock:
             self.batches.append((time.monotonic(), readings))
 
