@@ -271,28 +271,32 @@ class Buffer:
 
     def restamp(self, boot_id: str, wall_minus_mono_ms: int, now_ms: int) -> tuple[int, list[Event]]:
         """The clock is trusted now: give readings of this boot stamped before
-        their true time (monotonic + offset), exactly once.
+        it their true time (monotonic + offset).
 
-        Readings still here are corrected in place and flagged ``restamped``;
-        readings already sent are reported as ``clock_corrected`` events (id
-        runs with the correction to add to their ts). Returns how many were
-        corrected in place and the events recorded.
+        Readings still here are corrected in place and flagged ``restamped``.
+        Every reading stamped untrusted in this boot, sent or not, is also
+        covered by a ``clock_corrected`` event (id runs and the milliseconds
+        to add), because a reading may have been published just before and
+        be acknowledged later: the platform applies a correction only to a
+        reading that arrived flagged ``clock_unsynced``, so each reading is
+        corrected exactly once whichever version reached it.
         """
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                rows = conn.execute(
+                    "SELECT id, ts, mono FROM unsynced_sent WHERE boot = ? "
+                    "UNION ALL SELECT id, ts, mono FROM readings WHERE mono IS NOT NULL ORDER BY 1",
+                    (boot_id,)).fetchall()
                 cur = conn.execute(
-                    "UPDATE readings SET ts = mono + ?, "
-                    "quality = replace(quality, 'clock_unsynced', 'restamped'), mono = NULL "
-                    "WHERE mono IS NOT NULL", (wall_minus_mono_ms,))
+                    "UPDATE readings SET ts = mono + ?, quality = replace(quality, 'clock_unsynced', 'restamped'), "
+                    "mono = NULL WHERE mono IS NOT NULL", (wall_minus_mono_ms,))
                 fixed = cur.rowcount
-                sent = conn.execute("SELECT id, ts, mono FROM unsynced_sent WHERE boot = ? ORDER BY id",
-                                    (boot_id,)).fetchall()
-                events: list[Event] = []
-                for first, last, delta in _delta_runs((rid, mono + wall_minus_mono_ms - ts) for rid, ts, mono in sent):
-                    events.append({"type": "clock_corrected", "first_id": first, "last_id": last,
-                                   "add_ms": delta, "ts": now_ms})
+                events: list[Event] = [
+                    {"type": "clock_corrected", "first_id": first, "last_id": last, "add_ms": delta, "ts": now_ms}
+                    for first, last, delta in _delta_runs(
+                        (rid, mono + wall_minus_mono_ms - ts) for rid, ts, mono in rows)]
                 conn.execute("DELETE FROM unsynced_sent")
                 conn.executemany("INSERT INTO events (body) VALUES (?)",
                                  [(json.dumps(e, separators=(",", ":")),) for e in events])

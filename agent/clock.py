@@ -50,27 +50,32 @@ class ClockWatch:
         self._cached: tuple[float, bool | None] | None = None
 
     def synchronised(self) -> bool | None:
-        """True or False when known; None when nothing on this system can tell."""
-        now = time.monotonic()
-        if self._cached is not None and now - self._cached[0] < self.cache_s:
-            return self._cached[1]
-        answer = self._ask()
-        self._cached = (now, answer)
-        return answer
+        """True or False when known; None when nothing on this system can tell.
 
-    def _ask(self) -> bool | None:
+        The flag file is looked at on every call (a stat); timedatectl, a
+        subprocess, at most every ``cache_s``.
+        """
         if self.flag_path is not None and self.flag_path.exists():
             return True
         if self.use_timedatectl:
-            try:
-                result = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
-                                        capture_output=True, text=True, timeout=2)
-                if result.returncode == 0 and result.stdout.strip() in ("yes", "no"):
-                    return result.stdout.strip() == "yes"
-            except (OSError, subprocess.TimeoutExpired):
-                pass
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self.cache_s:
+                self._cached = (now, self._ask_timedatectl())
+            if self._cached[1] is not None:
+                return self._cached[1]
         # timesyncd keeps its directory while it has not synchronised yet; on a
         # system without it nothing can tell, and nothing is flagged.
         if self.flag_path is not None and self.flag_path.parent.is_dir():
             return False
+        return None
+
+    @staticmethod
+    def _ask_timedatectl() -> bool | None:
+        try:
+            result = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
+                                    capture_output=True, text=True, timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if result.returncode == 0 and result.stdout.strip() in ("yes", "no"):
+            return result.stdout.strip() == "yes"
         return None

@@ -92,8 +92,18 @@ class Broker:
             raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
         return self
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open, nothing is acknowledged."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
             self._proc.terminate()
             try:
                 self._proc.wait(timeout=5)
