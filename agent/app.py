@@ -93,7 +93,8 @@ class Agent:
             self.health.devices[device.id] = DeviceHealth(bus=bus.id)
             pollers.append(DevicePoller(device.id, device.address, device.interval, profile, points,
                                         cost, self.health.devices[device.id],
-                                        max_rates=dict(device.max_rate or {})))
+                                        max_rates=dict(device.max_rate or {}),
+                                        intervals=dict(device.intervals or {})))
         return BusWorker(bus.id, link, pollers, self.writer, self.health, self.stop_event, self.clock_state,
                          CounterGuard(last=self._counter_state))
 

@@ -9,8 +9,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from agent.config import Config, DeviceConfig, ModbusRtuBus, ModbusTcpBus
+from agent.config import Config, ModbusRtuBus, ModbusTcpBus
 from agent.errors import BusError, ExceptionResponse
+from agent.worker import group_by_interval
 from drivers import modbus
 from drivers.plan import LinkCost, plan_requests
 from drivers.profile import Catalogue, Profile
@@ -103,19 +104,16 @@ def bus_loads(config: Config, catalogue: Catalogue) -> list[BusLoad]:
         per_hour = 0.0
         worst = 0.0
         for device in config.devices_on(bus.id):
-            plan = _plan_for(device, catalogue, cost)
-            poll = sum(cost.request_time(r.count) for r in plan)
-            busy += poll / device.interval
-            per_hour += len(plan) * 3600 / device.interval
-            worst = max(worst, poll)
+            profile = catalogue.get(device.profile)
+            points = tuple(p for p in profile.points if device.points is None or p.name in device.points)
+            for interval, members in group_by_interval(points, device.interval, device.intervals).items():
+                plan = plan_requests(members, cost, profile.workarounds.max_registers, profile.workarounds.holes)
+                poll = sum(cost.request_time(r.count) for r in plan)
+                busy += poll / interval
+                per_hour += len(plan) * 3600 / interval
+                worst = max(worst, poll)
         loads.append(BusLoad(bus.id, busy, per_hour, worst))
     return loads
-
-
-def _plan_for(device: DeviceConfig, catalogue: Catalogue, cost: LinkCost):  # noqa: ANN202
-    profile = catalogue.get(device.profile)
-    points = [p for p in profile.points if device.points is None or p.name in device.points]
-    return plan_requests(points, cost, profile.workarounds.max_registers, profile.workarounds.holes)
 
 
 def load_warnings(config: Config, catalogue: Catalogue) -> list[str]:

@@ -172,6 +172,9 @@ class DeviceConfig(_Model):
     # The most a counter can rise per hour, in its unit (e.g. a 63 A
     # three-phase supply: energy_active_import: 45). A larger rise is flagged.
     max_rate: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    # Points read at their own interval, e.g. {energy_active_import: 15m,
+    # power_active: 10s}; the others at the device's interval.
+    intervals: dict[str, Duration] | None = None
 
 
 class Config(_Model):
@@ -423,8 +426,16 @@ def _cross_check(located: Located, catalogue: Catalogue) -> list[tuple[int, str]
             else:
                 profile = catalogue.get(profile_name)
                 wanted = device.get("points")
+                names = {p.name for p in profile.points}
+                for key in ("max_rate", "intervals"):
+                    per_point = device.get(key)
+                    if isinstance(per_point, dict):
+                        for name in per_point:
+                            if name not in names:
+                                problems.append(
+                                    (located.line_of(where + (key, name)),
+                                     f"devices[{index}].{key}.{name}: profile {profile_name!r} has no point {name!r}"))
                 if isinstance(wanted, list):
-                    names = {p.name for p in profile.points}
                     for p_index, name in enumerate(wanted):
                         if name not in names:
                             problems.append(

@@ -51,9 +51,32 @@ def device_offset(device_id: str, interval: float) -> float:
     return spread * (zlib.crc32(device_id.encode()) % 1000) / 1000
 
 
+def group_by_interval(points: tuple[ModbusPoint, ...], device_interval: float,
+                      overrides: dict[str, float] | None = None) -> dict[float, tuple[ModbusPoint, ...]]:
+    """Points by the interval they are read at: the device's own, a profile
+    point's ``interval``, or the device config's per-point override."""
+    groups: dict[float, list[ModbusPoint]] = {}
+    for point in points:
+        interval = (overrides or {}).get(point.name) or getattr(point, "interval", None) or device_interval
+        groups.setdefault(float(interval), []).append(point)
+    return {interval: tuple(members) for interval, members in sorted(groups.items())}
+
+
+@dataclass
+class PollGroup:
+    """Points of one device read together at one interval (counters every
+    15 minutes and power every 10 s on the same meter are two groups)."""
+
+    interval: float
+    points: tuple[ModbusPoint, ...]
+    offset: float
+    next_due: float = 0.0
+    plan: tuple[ReadRequest, ...] = ()
+
+
 @dataclass
 class DevicePoller:
-    """One device's schedule, read plan and decoders."""
+    """One device's schedule, read plans and decoders."""
 
     device_id: str
     unit: int
@@ -62,29 +85,31 @@ class DevicePoller:
     points: tuple[ModbusPoint, ...]
     cost: LinkCost
     health: DeviceHealth
-    offset: float = 0.0
-    next_due: float = 0.0
     learned_holes: list[Hole] = field(default_factory=list)
-    plan: tuple[ReadRequest, ...] = ()
     decoders: dict[str, Decoder] = field(default_factory=dict)
     silent_since: float | None = None
     max_rates: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, float] = field(default_factory=dict)
     limits: dict[str, CounterLimits] = field(default_factory=dict)
+    groups: list[PollGroup] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.decoders = {p.name: p.decoder() for p in self.points}
         self.limits = {p.name: counter_limits(p, self.max_rates.get(p.name)) for p in self.points
                        if p.kind == "counter"}
-        self.offset = device_offset(self.device_id, self.interval)
+        self.groups = [PollGroup(interval, members, device_offset(self.device_id, interval))
+                       for interval, members in group_by_interval(self.points, self.interval, self.intervals).items()]
         self.replan()
 
+    @property
+    def plan(self) -> tuple[ReadRequest, ...]:
+        """Every request of every group (for logs and tests)."""
+        return tuple(r for group in self.groups for r in group.plan)
+
     def replan(self) -> None:
-        self.plan = plan_requests(
-            self.points,
-            self.cost,
-            self.profile.workarounds.max_registers,
-            tuple(self.profile.workarounds.holes) + tuple(self.learned_holes),
-        )
+        holes = tuple(self.profile.workarounds.holes) + tuple(self.learned_holes)
+        for group in self.groups:
+            group.plan = plan_requests(group.points, self.cost, self.profile.workarounds.max_registers, holes)
 
 
 _INT_BITS = {"int16": 15, "uint16": 16, "int32": 31, "uint32": 32, "int64": 63, "uint64": 64}
@@ -118,29 +143,31 @@ class BusWorker(threading.Thread):
 
     def run(self) -> None:
         start = time.time()
-        # The first poll of each device happens at once (staggered), so a
+        schedule = [(device, group) for device in self.devices for group in device.groups]
+        # The first poll of each group happens at once (staggered), so a
         # technician sees data right after start; then polls align.
-        for index, device in enumerate(self.devices):
-            device.next_due = start + index * 0.01
+        for index, (_, group) in enumerate(schedule):
+            group.next_due = start + index * 0.01
         try:
             while not self._stop_event.is_set():
                 self._health.touch(self.name)
                 failpoints.hang_if(f"stall-bus:{self.bus_id}")
-                device = min(self.devices, key=lambda d: d.next_due)
-                wait = device.next_due - time.time()
+                device, group = min(schedule, key=lambda entry: entry[1].next_due)
+                wait = group.next_due - time.time()
                 if wait > 0:
                     self._stop_event.wait(min(wait, 1.0))
                     continue
-                self.poll(device)
-                device.next_due = next_slot(time.time(), device.interval, device.offset)
+                self.poll(device, group)
+                group.next_due = next_slot(time.time(), group.interval, group.offset)
         finally:
             self.link.close()
 
-    def poll(self, device: DevicePoller) -> None:
-        """Read every planned block of one device; emit what was read."""
+    def poll(self, device: DevicePoller, group: PollGroup | None = None) -> None:
+        """Read every planned block of one group of a device; hand over what was read."""
         readings: list[Reading] = []
         error: BusError | None = None
-        requests = list(device.plan)
+        group = group or device.groups[0]
+        requests = list(group.plan)
         split_once = False
         while requests:
             request = requests.pop(0)
@@ -161,7 +188,7 @@ class BusWorker(threading.Thread):
                     device.replan()
                     self._log.warning("device.plan_split", device=device.device_id, table=request.table,
                                       start=request.start, count=request.count, requests=len(device.plan))
-                    retry = [r for r in device.plan if r.start < request.end and request.start < r.end
+                    retry = [r for r in group.plan if r.start < request.end and request.start < r.end
                              and r.table == request.table]
                     requests = retry + requests
                     continue

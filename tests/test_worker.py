@@ -125,3 +125,32 @@ def test_a_dead_device_costs_its_bus_only_its_timeout_and_other_buses_nothing(tm
 ])
 def test_polls_align_to_wall_clock_multiples(now: float, interval: float, offset: float, expected: float) -> None:
     assert next_slot(now, interval, offset) == pytest.approx(expected)
+
+
+def test_points_are_read_at_their_own_interval_aligned_to_the_clock() -> None:
+    catalogue = load_catalogue()
+    server = ModbusTcpServer({1: SimulatedDevice(catalogue.get("eastron-sdm630"), FixedModel(SDM630_VALUES))}).start()
+    health = Health()
+    health.devices["elec"] = DeviceHealth(bus="b")
+    profile = catalogue.get("eastron-sdm630")
+    device = DevicePoller("elec", 1, 0.5, profile, profile.points, LinkCost.tcp(), health.devices["elec"],
+                          intervals={"energy_active_import": 2.0, "energy_active_export": 2.0})
+    assert [g.interval for g in device.groups] == [0.5, 2.0]
+    collector = Collector()
+    stop = threading.Event()
+    worker = BusWorker("b", tcp_link("127.0.0.1", server.port, 1.0), [device], collector, health, stop)
+    worker.start()
+    time.sleep(6.2)
+    stop.set()
+    worker.join(5)
+    server.stop()
+    readings = [r for _, batch in collector.of("elec") for r in batch]
+    energy = [r for r in readings if r.point == "energy_active_import"]
+    voltage = [r for r in readings if r.point == "voltage_l1"]
+    assert 3 <= len(energy) <= 5, len(energy)  # the first at start, then at each 2 s boundary
+    assert len(voltage) >= 3 * len(energy) - 2
+    group = device.groups[1]
+    # After the first poll, every counter read sits on a 2 s boundary (plus the device's small offset).
+    for reading in energy[1:]:
+        phase = (reading.ts / 1000 - group.offset) % 2.0
+        assert min(phase, 2.0 - phase) < 0.25, phase
