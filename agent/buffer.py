@@ -69,8 +69,8 @@ CREATE TABLE IF NOT EXISTS meters (device TEXT PRIMARY KEY, meter TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS unsynced_sent (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, mono INTEGER NOT NULL, boot TEXT NOT NULL);
 """
 
-# id, device, point, unit, ts, value, quality, meter
-Row = tuple[int, str, str, str, int, float | int | str | None, str, str]
+Row = tuple[int, int, int, float | int | str | None, str]  # id, series, ts, value, quality
+Series = tuple[str, str, str, str, str]  # device, point, unit, kind, meter
 IdRange = tuple[int, int]  # first id, last id, inclusive
 Event = dict[str, object]
 StoredEvent = tuple[int, str]  # seq, JSON body
@@ -406,14 +406,25 @@ class BufferReader:
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                      check_same_thread=False, timeout=10)
         self._conn.execute("PRAGMA busy_timeout=10000")
+        self._series: dict[int, Series] = {}
 
     def batch_after(self, after_id: int, limit: int) -> list[Row]:
-        return self._conn.execute(
-            "SELECT r.id, s.device, s.point, s.unit, r.ts, r.value, r.quality, s.meter "
-            "FROM readings r JOIN series s ON s.id = r.series "
-            "WHERE r.id > ? ORDER BY r.id LIMIT ?",
+        """The next readings in id order; their series are in :meth:`series`."""
+        rows = self._conn.execute(
+            "SELECT id, series, ts, value, quality FROM readings WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         ).fetchall()
+        if rows and any(row[1] not in self._series for row in rows):
+            self._load_series()
+        return rows
+
+    def series(self) -> dict[int, Series]:
+        """Series id -> (device, point, unit, kind, meter); a small table, cached."""
+        return self._series
+
+    def _load_series(self) -> None:
+        self._series = {sid: (d, p, u, k, m) for sid, d, p, u, k, m in self._conn.execute(
+            "SELECT id, device, point, unit, kind, meter FROM series")}
 
     def events_after(self, after_seq: int, limit: int) -> list[StoredEvent]:
         return self._conn.execute(

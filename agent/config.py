@@ -127,6 +127,11 @@ class MqttConfig(_Model):
     # Batches are split below this size (mosquitto's message_size_limit, a
     # platform broker's maximum packet size).
     max_message_bytes: Annotated[int, Field(ge=4096, le=268_435_455)] = 262_144
+    # flat: one self-describing object per reading (readings/1). compact:
+    # grouped readings, series described once in a retained meta message
+    # (readings-compact/1), optionally zlib-compressed; for metered links.
+    encoding: Literal["flat", "compact"] = "flat"
+    compression: Literal["none", "zlib"] = "none"
     # A connection whose oldest unacknowledged message waits longer than this
     # is dropped and made again (a broker that accepts but never acknowledges).
     ack_timeout: Duration = 30.0

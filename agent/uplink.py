@@ -33,7 +33,7 @@ from agent.buffer import BufferReader, IdRange
 from agent.config import MqttConfig
 from agent.errors import ConfigError, RetrofitError
 from agent.health import Health
-from agent.payload import STATUS_SCHEMA, encode_events, encode_readings, topic
+from agent.payload import STATUS_SCHEMA, CompactEncoder, FlatEncoder, encode_events, encode_meta, topic
 from agent.readings import now_ms
 
 
@@ -120,6 +120,10 @@ class Uplink(threading.Thread):
         self.readings_topic = topic(cfg.topic_prefix, site, gateway, "readings")
         self.status_topic = topic(cfg.topic_prefix, site, gateway, "status")
         self.events_topic = topic(cfg.topic_prefix, site, gateway, "events")
+        self.meta_topic = topic(cfg.topic_prefix, site, gateway, "meta")
+        self._encoder: FlatEncoder | CompactEncoder = (
+            CompactEncoder(stream, compress=cfg.compression == "zlib") if cfg.encoding == "compact"
+            else FlatEncoder(gateway, site, stream))
         self._on_reported = on_reported
         self._buffer_path = buffer_path
         self._on_ack = on_ack
@@ -317,6 +321,7 @@ class Uplink(threading.Thread):
         self._acked.forget_through(oldest[0] if oldest else None)
         cursor = (oldest[0] - 1) if oldest else 0
         event_cursor = 0
+        meta_published = -1
         ack_timeout = self.cfg.ack_timeout
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
         next_status = time.monotonic() + self.cfg.status_interval
@@ -353,10 +358,16 @@ class Uplink(threading.Thread):
             if not rows:
                 cursor = batch[-1][0]
                 continue
-            payload = encode_readings(self.gateway, self.site, self.stream, rows)
+            series = reader.series()
+            if self.cfg.encoding == "compact" and len(series) != meta_published:
+                # New series: describe them (retained) before any reading uses them.
+                client.publish(self.meta_topic, encode_meta(self.gateway, self.site, self.stream, series),
+                               qos=1, retain=True)
+                meta_published = len(series)
+            payload = self._encoder.encode(rows, series)
             while len(payload) > self.cfg.max_message_bytes and len(rows) > 1:
                 rows = rows[: len(rows) // 2]
-                payload = encode_readings(self.gateway, self.site, self.stream, rows)
+                payload = self._encoder.encode(rows, series)
             info = client.publish(self.readings_topic, payload, qos=self.cfg.qos)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return  # connection gone under us; the next one resends
