@@ -15,7 +15,7 @@ from typing import Protocol
 
 from pymodbus import FramerType
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from agent.errors import BusError, ExceptionResponse
 from drivers.profile import Table
@@ -47,10 +47,12 @@ class RegisterReader(Protocol):
 class PymodbusLink:
     """A read-only Modbus link over a pymodbus sync client (TCP or serial)."""
 
-    def __init__(self, client: ModbusTcpClient | ModbusSerialClient, describe: str, serial: bool) -> None:
+    def __init__(self, client: ModbusTcpClient | ModbusSerialClient, describe: str, serial: bool,
+                 timeout: float) -> None:
         self._client = client
         self._describe = describe
         self._serial = serial
+        self._timeout = timeout
 
     def read(self, table: Table, unit: int, start: int, count: int) -> list[int]:
         read = (
@@ -62,9 +64,12 @@ class PymodbusLink:
             if not self._client.connected and not self._client.connect():
                 raise BusError(f"cannot open {self._describe}{self._why_not_open()}")
             response = read(start, count=count, device_id=unit)
-        except ModbusException as exc:
+        except ModbusIOException:
             # A timeout may leave a late reply in the pipe that would be taken
             # for the answer to the next request: start from a clean line.
+            self._client.close()
+            raise BusError(f"no answer from unit {unit} within {self._timeout:g} s on {self._describe}") from None
+        except ModbusException as exc:
             self._client.close()
             raise BusError(f"no valid answer from unit {unit} on {self._describe}: {_short(exc)}") from None
         except OSError as exc:
@@ -112,7 +117,7 @@ def tcp_link(host: str, port: int, timeout: float, rtu_framing: bool = False) ->
         retries=0,
         reconnect_delay=0,
     )
-    return PymodbusLink(client, f"tcp://{host}:{port}", serial=False)
+    return PymodbusLink(client, f"tcp://{host}:{port}", serial=False, timeout=timeout)
 
 
 def serial_link(
@@ -129,4 +134,4 @@ def serial_link(
         retries=0,
         reconnect_delay=0,
     )
-    return PymodbusLink(client, f"{port} ({baudrate} {bytesize}{parity}{stopbits})", serial=True)
+    return PymodbusLink(client, f"{port} ({baudrate} {bytesize}{parity}{stopbits})", serial=True, timeout=timeout)
