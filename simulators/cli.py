@@ -46,12 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="meters + agent + Mosquitto + a live view of the platform side")
     demo.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    # `building` and `platform` live in their own modules (issue 8).
+    from simulators import building, platform
+
+    building.add_cli(commands)
+    platform.add_cli(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "handler", None) is not None:
+            return int(args.handler(args))
         if args.command == "demo":
             from simulators.demo import run_demo
 

@@ -1,0 +1,989 @@
+"""`retrofit-sim building`: a whole simulated building from one YAML file.
+
+Heat meters, electricity meters and room sensors on several buses (Modbus
+TCP servers and virtual RS-485 lines), all driven by one physics model
+(simulators/physics.py) in simulated time that runs ``acceleration`` times
+faster than the wall clock: a demo shows days in minutes while the agent
+stamps its readings with the real clock. Faults come on a schedule (in
+simulated time) or at random with a seed. Everything each device served is
+written to a ground-truth file, and the building's true figures (degree
+days, energy per day, the retrofit and its exact effect) to a metadata file
+the simulated platform compares its measurements with.
+
+In-process use (the demo, tests):
+
+    handle = run_building(Path("configs/sim-building.yaml"), stop_event)
+    handle.meta_path, handle.truth_path, handle.endpoints
+    handle.agent_config(broker_port=18830, buffer=Path(".sim/buffer.db"))
+    handle.stop()
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+
+from agent.config import parse_duration
+from agent.errors import RetrofitError
+from drivers.codec import encode, make_decoder
+from drivers.profile import ModbusPoint, Profile, load_catalogue
+from simulators import physics
+from simulators.groundtruth import GroundTruthWriter
+from simulators.modbus_server import FAULTS, FaultPlan, ModbusRtuServer, ModbusTcpServer, Unit
+from simulators.pty import PtyPair
+
+Clock = Callable[[], float]
+SCHEMA = "retrofit-sim/building/1"
+
+# ---------------------------------------------------------------- config model
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_sim_duration(value: object) -> float:
+    """Like the agent's durations, and compound ones too: ``1d12h``, ``2h30m``."""
+    if isinstance(value, str) and value.strip() and _PART.sub("", value.replace(" ", "")) == "":
+        parts = _PART.findall(value.replace(" ", ""))
+        if len(parts) > 1:
+            return sum(parse_duration(number + unit) for number, unit in parts)
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(parse_sim_duration)]
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+FaultName = Literal["silent", "crc", "garbage", "partial", "busy", "slow"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class WeatherSpec(_Model):
+    mean: float = -1.0  # degC, the level of the period
+    daily_sd: Annotated[float, Field(ge=0, le=15)] = 3.0  # day-to-day anomaly
+    diurnal_amplitude: Annotated[float, Field(ge=0, le=15)] = 4.0
+    trend_per_day: float = 0.0
+
+
+class RetrofitSpec(_Model):
+    at: dt.datetime
+    # The heat-loss coefficient H falls by this share: 0.35 -> H x 0.65.
+    heat_loss_reduction: Annotated[float, Field(gt=0, lt=1)]
+
+
+class BuildingSpec(_Model):
+    name: Identifier = "sim-building"
+    seed: int = 0
+    start: dt.datetime
+    acceleration: Annotated[float, Field(ge=1, le=1_000_000)] = 1.0
+    step: Duration = 60.0
+    base_temperature: float = 15.5
+    weather: WeatherSpec = WeatherSpec()
+    retrofit: RetrofitSpec | None = None
+
+
+class RandomFaults(_Model):
+    """Per-request faults on a bus (FaultPlan): probability of each fault."""
+
+    rates: dict[FaultName, Annotated[float, Field(ge=0, le=1)]]
+    slow: Duration = 0.3
+    devices: tuple[str, ...] | None = None  # only these device ids; all when absent
+
+
+class TcpBusSpec(_Model):
+    id: Identifier
+    type: Literal["modbus-tcp"]
+    host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)]
+    faults: RandomFaults | None = None
+
+
+class RtuBusSpec(_Model):
+    id: Identifier
+    type: Literal["modbus-rtu"]
+    # The agent's end of a virtual RS-485 line (socat pty); the meters get PTY.meter.
+    pty: Path
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    pace: bool = True  # answer at the speed of the line
+    faults: RandomFaults | None = None
+
+
+BusSpec = Annotated[Union[TcpBusSpec, RtuBusSpec], Field(discriminator="type")]
+
+
+class _DeviceBase(_Model):
+    id: Identifier
+    bus: Identifier
+    address: Annotated[int, Field(ge=1, le=247)]
+    profile: str
+    interval: Duration | None = None  # the agent's poll interval in configs made from this file
+    serial: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+
+
+class HeatMeterSpec(_DeviceBase):
+    model: Literal["heat"]
+    heat_loss: Annotated[float, Field(gt=0)]  # H before the retrofit, W/K
+    dhw_kwh_per_day: Annotated[float, Field(ge=0)] = 0.0
+    energy_start: Annotated[float, Field(ge=0)] = 0.0  # kWh on the register at the start
+    volume_start: Annotated[float, Field(ge=0)] = 0.0  # m3
+
+
+class ElectricityMeterSpec(_DeviceBase):
+    model: Literal["electricity"]
+    annual_kwh: Annotated[float, Field(gt=0)]
+    energy_start: Annotated[float, Field(ge=0)] = 0.0
+
+
+class RoomSensorSpec(_DeviceBase):
+    model: Literal["room"]
+    setpoint: float = 21.0
+    night_setback: Annotated[float, Field(ge=0)] = 2.0
+    time_constant: Annotated[float, Field(gt=0)] = 5.0  # hours
+
+
+DeviceSpec = Annotated[Union[HeatMeterSpec, ElectricityMeterSpec, RoomSensorSpec],
+                       Field(discriminator="model")]
+
+
+class ScheduledFault(_Model):
+    """A fault at a simulated moment: ``at`` is an offset from the start (36h)
+    or a date-time; ``for`` a simulated duration."""
+
+    at: dt.datetime | Duration
+    fault: Literal["offline", "bus_down", "noisy", "counter_reset", "meter_swap", "rollover"]
+    device: str | None = None
+    bus: str | None = None
+    point: str | None = None
+    for_: Annotated[Duration | None, Field(alias="for")] = None
+    rates: dict[FaultName, Annotated[float, Field(ge=0, le=1)]] | None = None
+
+
+class BuildingConfig(_Model):
+    building: BuildingSpec
+    output: Path = Path("sim-output")
+    buses: Annotated[tuple[BusSpec, ...], Field(min_length=1)]
+    devices: Annotated[tuple[DeviceSpec, ...], Field(min_length=1)]
+    faults: tuple[ScheduledFault, ...] = ()
+
+
+def _utc_epoch(moment: dt.datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def iso(epoch_s: float) -> str:
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def load_building_config(path: Path) -> BuildingConfig:
+    """Read and validate a building file; relative paths are relative to it."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RetrofitError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise RetrofitError(f"{path}: not valid YAML: {exc}") from None
+    return parse_building_config(raw, path.absolute().parent, str(path))
+
+
+def parse_building_config(raw: object, base: Path, origin: str = "building config") -> BuildingConfig:
+    try:
+        config = BuildingConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise RetrofitError(f"{origin}: {problems}") from None
+    resolve = (lambda p: p if p.is_absolute() else base / p)
+    buses = tuple(b.model_copy(update={"pty": resolve(b.pty)}) if isinstance(b, RtuBusSpec) else b
+                  for b in config.buses)
+    config = config.model_copy(update={"output": resolve(config.output), "buses": buses})
+    _cross_check(config, origin)
+    return config
+
+
+def _cross_check(config: BuildingConfig, origin: str) -> None:
+    problems = []
+    bus_ids = [b.id for b in config.buses]
+    device_ids = [d.id for d in config.devices]
+    for ids, what in ((bus_ids, "bus"), (device_ids, "device")):
+        for duplicate in sorted({i for i in ids if ids.count(i) > 1}):
+            problems.append(f"duplicate {what} id {duplicate!r}")
+    seen: set[tuple[str, int]] = set()
+    for device in config.devices:
+        if device.bus not in bus_ids:
+            problems.append(f"device {device.id}: unknown bus {device.bus!r}; buses: {', '.join(bus_ids)}")
+        if (device.bus, device.address) in seen:
+            problems.append(f"device {device.id}: address {device.address} is used twice on bus {device.bus}")
+        seen.add((device.bus, device.address))
+    step = config.building.step
+    if not (step >= 1 and 3600 % step == 0):
+        problems.append(f"building.step: {step:g} s must divide an hour (60s, 5m, 15m ...)")
+    elif _utc_epoch(config.building.start) % step:
+        problems.append("building.start: must be a multiple of building.step after midnight")
+    for index, fault in enumerate(config.faults):
+        where = f"faults[{index}] ({fault.fault})"
+        needs_device = fault.fault in ("offline", "counter_reset", "meter_swap", "rollover")
+        if needs_device and fault.device not in device_ids:
+            problems.append(f"{where}: device: give one of {', '.join(device_ids)}")
+        if fault.fault in ("bus_down", "noisy") and fault.bus not in bus_ids:
+            problems.append(f"{where}: bus: give one of {', '.join(bus_ids)}")
+        if fault.fault in ("offline", "bus_down", "noisy") and fault.for_ is None:
+            problems.append(f"{where}: for: how long (simulated), e.g. 6h")
+        if fault.fault == "noisy" and not fault.rates:
+            problems.append(f"{where}: rates: e.g. {{crc: 0.2, silent: 0.1}}")
+        if fault.fault == "rollover" and fault.point is None:
+            problems.append(f"{where}: point: the counter that wraps")
+    if problems:
+        raise RetrofitError(f"{origin}: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------- physics of the whole building
+
+@dataclass
+class DayTruth:
+    start: float
+    hdd: float = 0.0
+    outdoor_sum: float = 0.0
+    steps: int = 0
+    energy_j: dict[str, int] = field(default_factory=dict)
+    space_j: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"date": iso(self.start)[:10], "start": self.start, "hdd": round(self.hdd, 6),
+                "outdoor_mean": round(self.outdoor_sum / max(1, self.steps), 3),
+                "energy_kwh": {d: round(j / physics.J_PER_KWH, 6) for d, j in self.energy_j.items()},
+                "space_heat_kwh": {d: round(j / physics.J_PER_KWH, 6) for d, j in self.space_j.items()}}
+
+
+class BuildingPhysics:
+    """The building's state in simulated time, advanced in fixed steps.
+
+    A pure function of (config, simulated time): the gauges served at time
+    ``t`` are those of the step containing ``t``; the counters are the exact
+    integral of the steps before it.
+    """
+
+    def __init__(self, config: BuildingConfig) -> None:
+        spec = config.building
+        self.config = config
+        self.seed = spec.seed
+        self.dt = int(spec.step)
+        self.start = _utc_epoch(spec.start)
+        self.base_c = spec.base_temperature
+        self.weather = physics.Weather(spec.seed, spec.weather.mean, spec.weather.daily_sd,
+                                       spec.weather.diurnal_amplitude, spec.weather.trend_per_day, self.start)
+        self.retrofit = (physics.Retrofit(_utc_epoch(spec.retrofit.at), 1 - spec.retrofit.heat_loss_reduction)
+                         if spec.retrofit else None)
+        self.heat: dict[str, tuple[physics.HeatZone, physics.HeatState]] = {}
+        self.elec: dict[str, tuple[physics.ElectricityUse, physics.ElectricityState]] = {}
+        self.rooms: dict[str, tuple[physics.Room, physics.RoomState]] = {}
+        self._stream = {d.id: index + 1 for index, d in enumerate(config.devices)}
+        for device in config.devices:
+            if isinstance(device, HeatMeterSpec):
+                zone = physics.HeatZone(device.heat_loss, device.dhw_kwh_per_day, self.base_c)
+                self.heat[device.id] = (zone, physics.HeatState())
+            elif isinstance(device, ElectricityMeterSpec):
+                self.elec[device.id] = (physics.ElectricityUse(device.annual_kwh), physics.ElectricityState())
+            else:
+                room = physics.Room(device.setpoint, device.night_setback, device.time_constant)
+                self.rooms[device.id] = (room, physics.RoomState(device.setpoint - 1.0))
+        self.t = self.start
+        self.step_index = 0
+        self.outdoor_c = 0.0
+        self.days: list[DayTruth] = []
+        midnight = math.floor(self.start / physics.DAY_S) * physics.DAY_S
+        self._day = DayTruth(midnight) if midnight == self.start else None
+        self._marks: dict[float, dict[str, Fraction]] = {}
+        self._wanted_marks: set[float] = set()
+        self._gauges()
+
+    def factor(self, t: float) -> float:
+        return self.retrofit.factor if self.retrofit and t >= self.retrofit.at else 1.0
+
+    def heat_loss(self, device_id: str, t: float) -> float:
+        return self.heat[device_id][0].heat_loss_w_per_k * self.factor(t)
+
+    def snap(self, t: float) -> float:
+        """The first step boundary at or after ``t``."""
+        return self.start + math.ceil((t - self.start) / self.dt) * self.dt
+
+    def want_mark(self, t: float) -> None:
+        """Remember the counters at step boundary ``t`` when the simulation gets there."""
+        self._wanted_marks.add(t)
+        if t == self.t:
+            self._marks[t] = self.counters()
+
+    def mark(self, t: float) -> dict[str, Fraction]:
+        return self._marks[t]
+
+    def _gauges(self) -> None:
+        t, k = self.t, self.step_index
+        hour, weekend = physics.hour_and_weekend(t)
+        self.outdoor_c = self.weather.outdoor(t)
+        factor = self.factor(t)
+        for index, (device_id, (zone, state)) in enumerate(self.heat.items()):
+            noise = physics.unit_noise(self.seed, self._stream[device_id], k)
+            physics.heat_step(zone, zone.heat_loss_w_per_k * factor, self.outdoor_c, hour, weekend, noise, state)
+        for device_id, (use, estate) in self.elec.items():
+            noise = physics.unit_noise(self.seed, self._stream[device_id], k)
+            physics.electricity_step(use, hour, weekend, noise, k, estate)
+        for device_id, (room, rstate) in self.rooms.items():
+            noise = physics.unit_noise(self.seed, self._stream[device_id], k)
+            physics.room_step(room, self.outdoor_c, self.base_c, factor, hour, weekend, noise, self.dt, rstate)
+
+    def advance_to(self, t: float) -> None:
+        dt_s = self.dt
+        while self.t + dt_s <= t:
+            day = self._day
+            if day is not None:
+                day.hdd += max(0.0, self.base_c - self.outdoor_c) * dt_s / physics.DAY_S
+                day.outdoor_sum += self.outdoor_c
+                day.steps += 1
+            for device_id, (_, state) in self.heat.items():
+                state.energy_j += state.power_w * dt_s
+                state.space_j += state.space_w * dt_s
+                state.volume_lsph += state.flow_lph * dt_s
+                if day is not None:
+                    day.energy_j[device_id] = day.energy_j.get(device_id, 0) + state.power_w * dt_s
+                    day.space_j[device_id] = day.space_j.get(device_id, 0) + state.space_w * dt_s
+            for device_id, (_, estate) in self.elec.items():
+                estate.energy_j += estate.power_w * dt_s
+                if day is not None:
+                    day.energy_j[device_id] = day.energy_j.get(device_id, 0) + estate.power_w * dt_s
+            self.t += dt_s
+            self.step_index += 1
+            if self.t % physics.DAY_S == 0:
+                if day is not None:
+                    self.days.append(day)
+                self._day = DayTruth(self.t)
+            if self.t in self._wanted_marks:
+                self._marks[self.t] = self.counters()
+            self._gauges()
+
+    def counters(self) -> dict[str, Fraction]:
+        """Every counter's exact value (kWh, m3) since the start, keyed device/point."""
+        out: dict[str, Fraction] = {}
+        for device_id, (_, state) in self.heat.items():
+            out[f"{device_id}/energy_heat"] = Fraction(state.energy_j, physics.J_PER_KWH)
+            out[f"{device_id}/volume"] = Fraction(state.volume_lsph, 3_600_000)
+        for device_id, (_, estate) in self.elec.items():
+            out[f"{device_id}/energy_active_import"] = Fraction(estate.energy_j, physics.J_PER_KWH)
+            out[f"{device_id}/energy_active_export"] = Fraction(0)
+        return out
+
+    def values(self, device_id: str) -> dict[str, float | Fraction]:
+        """The physical quantities of one device now (counters since the start)."""
+        if device_id in self.heat:
+            _, s = self.heat[device_id]
+            return {"energy_heat": Fraction(s.energy_j, physics.J_PER_KWH),
+                    "volume": Fraction(s.volume_lsph, 3_600_000),
+                    "power_heat": s.power_w, "flow": s.flow_lph / 1000,
+                    "temperature_supply": s.supply_c, "temperature_return": s.return_c,
+                    "temperature_difference": s.supply_c - s.return_c}
+        if device_id in self.elec:
+            _, e = self.elec[device_id]
+            currents = [e.power_w / 3 / v for v in e.voltages]
+            return {"voltage_l1": e.voltages[0], "voltage_l2": e.voltages[1], "voltage_l3": e.voltages[2],
+                    "current_l1": currents[0], "current_l2": currents[1], "current_l3": currents[2],
+                    "power_active": e.power_w, "frequency": e.frequency,
+                    "energy_active_import": Fraction(e.energy_j, physics.J_PER_KWH),
+                    "energy_active_export": Fraction(0)}
+        _, r = self.rooms[device_id]
+        return {"temperature": r.temperature_c, "humidity": r.humidity}
+
+
+# ---------------------------------------------------------------- counters as a meter shows them
+
+_UINT_BITS = {"uint16": 16, "uint32": 32, "uint64": 64}
+_INT_BITS = {"int16": 16, "int32": 32, "int64": 64}
+
+
+@dataclass
+class CounterRegister:
+    """What a meter's counter register shows: a start value plus the energy
+    since the segment began, wrapping at the register width. A reset or a
+    meter swap starts a new segment at 0."""
+
+    point: ModbusPoint
+    # (from simulated t, physical value at that t, register value at that t)
+    segments: list[tuple[float, Fraction, Fraction]]
+
+    def value(self, t: float, physical: Fraction) -> Fraction:
+        start, base, shown = self.segments[0]
+        for segment in self.segments:
+            if segment[0] <= t:
+                start, base, shown = segment
+        return shown + physical - base
+
+
+def _raw(point: ModbusPoint, value: float | Fraction, counter: bool) -> int | float:
+    """The number a device stores for ``value``: counters truncate (a meter
+    shows completed units), gauges round; integers wrap or clip to the type."""
+    if point.type.startswith("float"):
+        return (float(value) - float(point.offset)) / float(point.scale)
+    scaled = (Fraction(value) - Fraction(point.offset)) / Fraction(point.scale)
+    raw = math.floor(scaled) if counter else round(scaled)
+    bits = _UINT_BITS.get(point.type)
+    if bits:
+        return raw % (1 << bits) if counter else min(max(raw, 0), (1 << bits) - 1)
+    bits = _INT_BITS[point.type]
+    return min(max(raw, -(1 << (bits - 1))), (1 << (bits - 1)) - 1)
+
+
+class BuildingDevice(Unit):
+    """One device of the building served through its profile's register map."""
+
+    def __init__(self, building: Building, spec: _DeviceBase, profile: Profile) -> None:
+        self.building = building
+        self.spec = spec
+        self.profile = profile
+        self.decoders = {p.name: p.decoder() for p in profile.points}
+        self.serial = spec.serial if spec.serial is not None else _stable_serial(building.seed, spec.id)
+        start_values = {"energy_heat": getattr(spec, "energy_start", 0.0), "volume": getattr(spec, "volume_start", 0.0),
+                        "energy_active_import": getattr(spec, "energy_start", 0.0), "energy_active_export": 0.0}
+        self.counters = {
+            p.name: CounterRegister(p, [(building.physics.start, Fraction(0),
+                                         Fraction(start_values.get(p.name, 0.0)).limit_denominator(1000))])
+            for p in profile.points if p.kind == "counter"
+        }
+        self.swaps: list[tuple[float, int]] = []  # (from simulated t, new serial)
+        self.unmodelled = sorted(set(self.decoders) - set(building.physics.values(spec.id)) - {"serial_number"}
+                                 - set(self.counters))
+
+    def served_values(self, t: float) -> dict[str, int | float]:
+        """The decoded value of every point at simulated time ``t`` (the
+        building lock is held): what an honest agent will forward."""
+        physical = self.building.physics.values(self.spec.id)
+        out: dict[str, int | float] = {}
+        for point in self.profile.points:
+            raw = self._raw_at(point, t, physical)
+            out[point.name] = self.decoders[point.name](encode(raw, point.type, point.order))
+        return out
+
+    def _raw_at(self, point: ModbusPoint, t: float, physical: Mapping[str, float | Fraction]) -> int | float:
+        counter = self.counters.get(point.name)
+        if counter is not None:
+            return _raw(point, counter.value(t, Fraction(physical.get(point.name, 0))), True)
+        if point.name == "serial_number":
+            serial = self.serial
+            for since, new in self.swaps:
+                if since <= t:
+                    serial = new
+            return _raw(point, Fraction(serial), False)
+        return _raw(point, physical.get(point.name, 0.0), False)
+
+    def registers(self, table: str, start: int, count: int) -> list[int] | int:
+        end = start + count
+        words = [0] * count
+        with self.building.lock:
+            wall = self.building.clock()
+            t = self.building.sim_time(wall)
+            self.building.advance(t)
+            physical = self.building.physics.values(self.spec.id)
+            served: dict[str, int | float] = {}
+            for point in self.profile.points:
+                if point.table != table or point.end <= start or point.address >= end:
+                    continue
+                raw = self._raw_at(point, t, physical)
+                encoded = encode(raw, point.type, point.order)
+                for offset, word in enumerate(encoded):
+                    position = point.address + offset - start
+                    if 0 <= position < count:
+                        words[position] = word
+                if point.address >= start and point.end <= end:
+                    served[point.name] = self.decoders[point.name](encoded)
+            if served and self.building.truth is not None:
+                self.building.truth.served(int(wall * 1000), t, self.spec.id, served)
+        return words
+
+
+def _stable_serial(seed: int, device_id: str) -> int:
+    noise = physics.unit_noise(seed, sum(device_id.encode()) * 131 + len(device_id), 7)
+    return 10_000_000 + int((noise + 0.5) * 89_999_999)
+
+
+# ---------------------------------------------------------------- the building
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+    what: str  # device or bus id
+
+    def covers(self, t: float) -> bool:
+        return self.start <= t < self.end
+
+
+class Building:
+    """Physics + devices + faults + ground truth; the servers live in BuildingHandle."""
+
+    def __init__(self, config: BuildingConfig, clock: Clock = time.time, profile_dirs: tuple[Path, ...] = ()) -> None:
+        self.config = config
+        self.seed = config.building.seed
+        self.acceleration = config.building.acceleration
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.physics = BuildingPhysics(config)
+        self.wall_start = clock()
+        self.truth: GroundTruthWriter | None = None
+        catalogue = load_catalogue(profile_dirs)
+        self.devices: dict[str, BuildingDevice] = {}
+        for spec in config.devices:
+            profile = catalogue.get(spec.profile)
+            self._check_profile(spec, profile)
+            self.devices[spec.id] = BuildingDevice(self, spec, profile)
+        self.offline: list[Window] = []
+        self.bus_down: list[Window] = []
+        self.noisy: list[tuple[Window, dict[str, float]]] = []
+        self.events: list[dict[str, Any]] = []
+        self._pending = 0  # counter segments waiting for the physical value at their fault
+        self._schedule_faults()
+
+    @staticmethod
+    def _check_profile(spec: _DeviceBase, profile: Profile) -> None:
+        names = {p.name for p in profile.points}
+        needed = {"heat": {"energy_heat"}, "electricity": {"energy_active_import"}, "room": {"temperature"}}
+        missing = needed[spec.model] - names  # type: ignore[attr-defined]
+        if missing:
+            raise RetrofitError(f"device {spec.id}: profile {profile.name} has no point(s) {sorted(missing)} "
+                                f"that a {spec.model} model serves")  # type: ignore[attr-defined]
+
+    # simulated time <-> wall time
+    def sim_time(self, wall: float) -> float:
+        return self.physics.start + (wall - self.wall_start) * self.acceleration
+
+    def wall_time(self, sim: float) -> float:
+        return self.wall_start + (sim - self.physics.start) / self.acceleration
+
+    def restart_clock(self) -> None:
+        """Simulated time starts now (called when the servers are up)."""
+        self.wall_start = self.clock()
+
+    def _at(self, fault: ScheduledFault) -> float:
+        at = fault.at if isinstance(fault.at, float | int) else None
+        moment = self.physics.start + at if at is not None else _utc_epoch(fault.at)  # type: ignore[arg-type]
+        return self.physics.snap(moment)
+
+    def _schedule_faults(self) -> None:
+        for fault in self.config.faults:
+            at = self._at(fault)
+            end = at + (fault.for_ or 0)
+            entry: dict[str, Any] = {"fault": fault.fault, "sim": at, "sim_iso": iso(at)}
+            if fault.fault == "offline":
+                self.offline.append(Window(at, end, fault.device or ""))
+            elif fault.fault == "bus_down":
+                self.bus_down.append(Window(at, end, fault.bus or ""))
+            elif fault.fault == "noisy":
+                self.noisy.append((Window(at, end, fault.bus or ""), dict(fault.rates or {})))
+            else:
+                self._counter_fault(fault, at, entry)
+            if fault.for_:
+                entry.update(until=end, until_iso=iso(end))
+            entry.update({k: v for k, v in (("device", fault.device), ("bus", fault.bus), ("point", fault.point)) if v})
+            self.events.append(entry)
+        self.events.sort(key=lambda e: e["sim"])
+
+    def _counter_fault(self, fault: ScheduledFault, at: float, entry: dict[str, Any]) -> None:
+        device = self.devices[fault.device or ""]
+        points = [fault.point] if fault.point else list(device.counters)
+        for name in points:
+            if name not in device.counters:
+                raise RetrofitError(f"fault {fault.fault} at {iso(at)}: device {device.spec.id} has no counter {name!r}; "
+                                    f"counters: {', '.join(device.counters)}")
+        if fault.fault == "rollover":
+            point = device.counters[points[0]].point
+            bits = _UINT_BITS.get(point.type)
+            if bits is None:
+                raise RetrofitError(f"fault rollover: {device.spec.id}.{point.name} is {point.type}; only an "
+                                    "unsigned integer register wraps")
+            # Start the counter just so far below the wrap that it wraps at ``at``.
+            probe = BuildingPhysics(self.config)
+            probe.advance_to(at)
+            energy_at = probe.counters()[f"{device.spec.id}/{point.name}"]
+            width = Fraction(1 << bits) * Fraction(point.scale)
+            register = device.counters[point.name]
+            register.segments[0] = (register.segments[0][0], Fraction(0), width - energy_at)
+            entry["wraps_at"] = float(width)
+            return
+        self.physics.want_mark(at)
+        key = fault.device or ""
+        if fault.fault == "meter_swap":
+            old_serial = device.swaps[-1][1] if device.swaps else device.serial
+            new_serial = _stable_serial(self.seed + len(device.swaps) + 1, key)
+            device.swaps.append((at, new_serial))
+            entry.update(old_serial=old_serial, new_serial=new_serial)
+        for name in points:
+            register = device.counters[name]
+            register.segments.append((at, _Pending(f"{key}/{name}"), Fraction(0)))  # type: ignore[arg-type]
+            register.segments.sort(key=lambda segment: segment[0])
+            self._pending += 1
+
+    def advance(self, t: float) -> None:
+        """Simulate up to ``t`` (the lock is held). Counter segments that start
+        at a fault take the physical value there once the simulation got there."""
+        self.physics.advance_to(t)
+        if not self._pending:
+            return
+        for device in self.devices.values():
+            for register in device.counters.values():
+                for index, (start, base, shown) in enumerate(register.segments):
+                    if isinstance(base, _Pending) and start <= self.physics.t:
+                        register.segments[index] = (start, self.physics.mark(start)[base.key], shown)
+                        self._pending -= 1
+
+    def is_offline(self, device_id: str, bus_id: str, t: float) -> bool:
+        return any(w.what == device_id and w.covers(t) for w in self.offline) or self.is_bus_down(bus_id, t)
+
+    def is_bus_down(self, bus_id: str, t: float) -> bool:
+        return any(w.what == bus_id and w.covers(t) for w in self.bus_down)
+
+    def now(self) -> float:
+        with self.lock:
+            t = self.sim_time(self.clock())
+            self.advance(t)
+            return t
+
+    def meta(self) -> dict[str, Any]:
+        """The building's true figures, for the platform to compare with."""
+        spec = self.config.building
+        ph = self.physics
+        with self.lock:
+            days = [d.as_json() for d in ph.days]
+            t = ph.t
+        return {
+            "schema": SCHEMA, "name": spec.name, "seed": spec.seed, "acceleration": spec.acceleration,
+            "step_s": ph.dt, "base_temperature": ph.base_c,
+            "sim_start": ph.start, "sim_start_iso": iso(ph.start), "wall_start_ms": int(self.wall_start * 1000),
+            "sim_now": t, "sim_now_iso": iso(t),
+            "retrofit": ({"at": ph.retrofit.at, "at_iso": iso(ph.retrofit.at), "heat_loss_factor": ph.retrofit.factor}
+                         if ph.retrofit else None),
+            "devices": {
+                d.spec.id: {"model": d.spec.model, "profile": d.profile.name, "bus": d.spec.bus,  # type: ignore[attr-defined]
+                            "address": d.spec.address, "serial": d.serial,
+                            **({"heat_loss_w_per_k": d.spec.heat_loss,  # type: ignore[attr-defined]
+                                "heat_loss_after_w_per_k": d.spec.heat_loss * (ph.retrofit.factor if ph.retrofit else 1),  # type: ignore[attr-defined]
+                                "dhw_kwh_per_day": d.spec.dhw_kwh_per_day}  # type: ignore[attr-defined]
+                               if isinstance(d.spec, HeatMeterSpec) else {}),
+                            **({"unmodelled_points": d.unmodelled} if d.unmodelled else {})}
+                for d in self.devices.values()},
+            "days": days,
+            "events": [{**e, "wall_ms": int(self.wall_time(e["sim"]) * 1000)} for e in self.events],
+            "ground_truth": "groundtruth.jsonl",
+        }
+
+
+@dataclass(frozen=True)
+class _Pending:
+    key: str
+
+
+class BusUnits(Mapping[int, Unit]):
+    """The devices a bus answers for: a device that is offline (or a bus that
+    is down) is simply absent, so the server stays silent as a dead meter does."""
+
+    def __init__(self, building: Building, bus_id: str, devices: dict[int, BuildingDevice]) -> None:
+        self.building = building
+        self.bus_id = bus_id
+        self.devices = devices
+
+    def __getitem__(self, unit: int) -> Unit:
+        device = self.devices[unit]
+        t = self.building.now()
+        if self.building.is_offline(device.spec.id, self.bus_id, t):
+            raise KeyError(unit)
+        return device
+
+    def get(self, unit: int, default: Unit | None = None) -> Unit | None:  # type: ignore[override]
+        try:
+            return self[unit]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.devices)
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+
+# ---------------------------------------------------------------- running it
+
+@dataclass
+class _BusRuntime:
+    spec: TcpBusSpec | RtuBusSpec
+    units: BusUnits
+    base_faults: FaultPlan | None
+    server: ModbusTcpServer | ModbusRtuServer | None = None
+    pair: PtyPair | None = None
+    down: bool = False
+    noisy: bool = False
+
+
+class BuildingHandle:
+    """A running building: servers, ptys, the ticker that applies scheduled
+    faults and keeps the metadata file current. ``stop()`` ends it all."""
+
+    TICK_S = 0.02
+
+    def __init__(self, config: BuildingConfig, clock: Clock = time.time, profile_dirs: tuple[Path, ...] = ()) -> None:
+        self.config = config
+        self.building = Building(config, clock, profile_dirs)
+        self.output = config.output
+        self.meta_path = self.output / "meta.json"
+        self.truth_path = self.output / "groundtruth.jsonl"
+        self.endpoints: dict[str, str] = {}
+        self._buses: dict[str, _BusRuntime] = {}
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._days_written = -1
+        self._next_meta = 0.0
+        self.fault_log: list[str] = []
+        self._logged: set[tuple[str, int]] = set()
+
+    def start(self) -> BuildingHandle:
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.building.truth = GroundTruthWriter(self.truth_path)
+        try:
+            for index, spec in enumerate(self.config.buses):
+                self._start_bus(index, spec)
+        except (OSError, RetrofitError):
+            self.stop()
+            raise
+        self.building.restart_clock()
+        self.write_meta()
+        self._ticker = threading.Thread(target=self._tick_loop, name="sim-building", daemon=True)
+        self._ticker.start()
+        return self
+
+    def _start_bus(self, index: int, spec: TcpBusSpec | RtuBusSpec) -> None:
+        devices = {d.spec.address: d for d in self.building.devices.values() if d.spec.bus == spec.id}
+        units = BusUnits(self.building, spec.id, devices)
+        plan = self._plan(spec.faults, index, devices) if spec.faults else None
+        runtime = _BusRuntime(spec, units, plan)
+        self._buses[spec.id] = runtime
+        if isinstance(spec, TcpBusSpec):
+            runtime.server = self._tcp_server(runtime)
+            self.endpoints[spec.id] = f"{spec.host}:{runtime.server.port}"
+        else:
+            runtime.pair = PtyPair(spec.pty.with_name(spec.pty.name + ".meter"), spec.pty).start()
+            runtime.server = ModbusRtuServer(units, str(runtime.pair.meter_end), spec.baudrate, spec.parity,
+                                             pace=spec.pace, faults=plan).start()
+            self.endpoints[spec.id] = str(spec.pty)
+
+    def _plan(self, faults: RandomFaults, index: int, devices: dict[int, BuildingDevice]) -> FaultPlan:
+        only = ({a for a, d in devices.items() if d.spec.id in faults.devices} if faults.devices else None)
+        return FaultPlan(faults.rates, seed=self.building.seed * 1000 + index, only=only, slow_s=faults.slow)
+
+    def _tcp_server(self, runtime: _BusRuntime) -> ModbusTcpServer:
+        spec = runtime.spec
+        assert isinstance(spec, TcpBusSpec)
+        try:
+            return ModbusTcpServer(runtime.units, spec.host, spec.port, faults=runtime.base_faults).start()
+        except OSError as exc:
+            raise RetrofitError(f"bus {spec.id}: cannot serve Modbus TCP on {spec.host}:{spec.port}: "
+                                f"{exc.strerror}") from None
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.TICK_S):
+            try:
+                self.tick()
+            except (OSError, RetrofitError) as exc:
+                self.fault_log.append(f"tick: {exc}")
+
+    def tick(self) -> None:
+        t = self.building.now()
+        for bus_id, runtime in self._buses.items():
+            self._bus_state(bus_id, runtime, t)
+        self._log_events(t)
+        now = time.monotonic()
+        if len(self.building.physics.days) != self._days_written or now >= self._next_meta:
+            self.write_meta()
+            self._next_meta = now + 1.0
+        if self.building.truth is not None:
+            self.building.truth.flush()
+
+    def _bus_state(self, bus_id: str, runtime: _BusRuntime, t: float) -> None:
+        building = self.building
+        down = building.is_bus_down(bus_id, t)
+        if down != runtime.down:
+            runtime.down = down
+            if isinstance(runtime.spec, TcpBusSpec):
+                # A TCP gateway that is gone refuses connections; one that comes back listens again.
+                if down and runtime.server is not None:
+                    runtime.server.stop()
+                    runtime.server = None
+                elif not down:
+                    runtime.server = self._tcp_server(runtime)
+        noisy = [rates for window, rates in building.noisy if window.what == bus_id and window.covers(t)]
+        if bool(noisy) != runtime.noisy:
+            runtime.noisy = bool(noisy)
+            plan = (FaultPlan(noisy[0], seed=building.seed * 7919 + int(t) % 100_000) if noisy
+                    else runtime.base_faults)
+            if runtime.server is not None:
+                runtime.server.faults = plan
+
+    def _log_events(self, t: float) -> None:
+        """Each scheduled fault once when it begins and once when it ends."""
+        for index, event in enumerate(self.building.events):
+            fields = {k: event[k] for k in ("device", "bus", "point", "old_serial", "new_serial") if k in event}
+            if event["sim"] <= t and ("start", index) not in self._logged:
+                self._logged.add(("start", index))
+                self._log(event["sim"], event["fault"], **fields)
+            if "until" in event and event["until"] <= t and ("end", index) not in self._logged:
+                self._logged.add(("end", index))
+                self._log(event["until"], f"{event['fault']}_end", **fields)
+
+    def _log(self, t: float, event: str, **fields: object) -> None:
+        if self.building.truth is not None:
+            self.building.truth.event(int(self.building.clock() * 1000), t, event, **fields)
+        self.fault_log.append(f"{iso(t)} {event} " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    def write_meta(self) -> None:
+        meta = self.building.meta()
+        meta["endpoints"] = self.endpoints
+        meta["injected"] = {bus_id: dict(r.base_faults.injected) for bus_id, r in self._buses.items()
+                            if r.base_faults is not None}
+        self._days_written = len(meta["days"])
+        temporary = self.meta_path.with_name(".meta.json.tmp")
+        temporary.write_text(json.dumps(meta, indent=1))
+        os.replace(temporary, self.meta_path)
+
+    def agent_config(self, broker_port: int, buffer: Path, gateway: str = "sim-gw",
+                     site: str | None = None, **mqtt_extra: object) -> dict[str, Any]:
+        return agent_config(self.config, broker_port, buffer, gateway, site, endpoints=self.endpoints,
+                            **mqtt_extra)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None and self._ticker is not threading.current_thread():
+            self._ticker.join(timeout=2)
+        for runtime in self._buses.values():
+            if runtime.server is not None:
+                runtime.server.stop()
+                runtime.server = None
+            if runtime.pair is not None:
+                runtime.pair.stop()
+                runtime.pair = None
+        if self.building.truth is not None:
+            self.write_meta()
+            self.building.truth.close()
+
+
+def agent_config(config: BuildingConfig, broker_port: int, buffer: Path, gateway: str = "sim-gw",
+                 site: str | None = None, endpoints: Mapping[str, str] | None = None,
+                 **mqtt_extra: object) -> dict[str, Any]:
+    """The agent config that reads this building (what configs/building-agent.yaml holds)."""
+    default_interval = {"heat": 1.0, "electricity": 1.0, "room": 2.0}
+    buses = []
+    for bus in config.buses:
+        if isinstance(bus, TcpBusSpec):
+            port = int((endpoints or {}).get(bus.id, f":{bus.port}").rpartition(":")[2])
+            buses.append({"id": bus.id, "type": "modbus-tcp", "host": bus.host, "port": port, "timeout": "1s"})
+        else:
+            buses.append({"id": bus.id, "type": "modbus-rtu", "port": str(bus.pty), "baudrate": bus.baudrate,
+                          "parity": bus.parity, "timeout": "0.5s"})
+    devices = [{"id": d.id, "bus": d.bus, "address": d.address, "profile": d.profile,
+                "interval": d.interval or default_interval[d.model]} for d in config.devices]
+    return {
+        "gateway": {"id": gateway, "site": site or config.building.name},
+        "buffer": {"path": str(buffer)},
+        "uplink": {"mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": "buildings",
+                            "status_interval": "10s", **mqtt_extra}},
+        "buses": buses,
+        "devices": devices,
+    }
+
+
+def run_building(config: Path | BuildingConfig, stop_event: threading.Event | None = None, *,
+                 clock: Clock = time.time, profile_dirs: tuple[Path, ...] = ()) -> BuildingHandle:
+    """Start a building (servers, ptys, fault schedule) and return its handle.
+
+    When ``stop_event`` is given, the building stops itself once it is set.
+    """
+    loaded = load_building_config(config) if isinstance(config, Path) else config
+    handle = BuildingHandle(loaded, clock, profile_dirs).start()
+    if stop_event is not None:
+        def watch() -> None:
+            stop_event.wait()
+            handle.stop()
+        threading.Thread(target=watch, name="sim-building-stop", daemon=True).start()
+    return handle
+
+
+def describe(handle: BuildingHandle) -> list[str]:
+    config = handle.config
+    spec = config.building
+    lines = [f"building {spec.name}: seed {spec.seed}, x{spec.acceleration:g} "
+             f"(1 simulated day = {physics.DAY_S / spec.acceleration:.1f} s), start {iso(_utc_epoch(spec.start))}"]
+    if spec.retrofit:
+        lines.append(f"retrofit at {iso(_utc_epoch(spec.retrofit.at))}: heat-loss coefficient "
+                     f"-{spec.retrofit.heat_loss_reduction:.0%}")
+    for bus in config.buses:
+        where = handle.endpoints.get(bus.id, "?")
+        speed = f", {bus.baudrate} 8{bus.parity}1" if isinstance(bus, RtuBusSpec) else ""
+        units = ", ".join(f"{d.address}={d.id}({d.profile})" for d in config.devices if d.bus == bus.id)
+        lines.append(f"bus {bus.id} ({bus.type} {where}{speed}): {units}")
+    lines.append(f"ground truth: {handle.truth_path}; metadata: {handle.meta_path}")
+    return lines
+
+
+def main_building(config_path: Path, duration: float | None, agent_config_out: Path | None = None,
+                  broker_port: int = 18830) -> int:
+    """`retrofit-sim building`: run until Ctrl-C (or ``duration``), one line per simulated day."""
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    handle = run_building(config_path)
+    try:
+        for line in describe(handle):
+            print(line, flush=True)
+        if agent_config_out is not None:
+            agent_config_out.write_text(yaml.safe_dump(
+                handle.agent_config(broker_port, handle.output / "agent-buffer.db"), sort_keys=False))
+            print(f"agent config: {agent_config_out}", flush=True)
+        started = time.monotonic()
+        shown = 0
+        while not stop.wait(0.5):
+            days = handle.building.physics.days
+            for day in days[shown:]:
+                figures = day.as_json()
+                heat = sum(figures["energy_kwh"].get(d, 0) for d in handle.building.physics.heat)
+                print(f"{figures['date']}: outdoor {figures['outdoor_mean']:5.1f} degC, HDD {figures['hdd']:5.2f}, "
+                      f"heat {heat:8.1f} kWh", flush=True)
+            shown = len(days)
+            for entry in handle.fault_log[len(getattr(handle, '_printed', [])):]:
+                print(f"fault: {entry}", flush=True)
+            handle._printed = list(handle.fault_log)  # type: ignore[attr-defined]
+            if duration is not None and time.monotonic() - started >= duration:
+                break
+    finally:
+        handle.stop()
+    return 0
+
+
+def add_cli(commands: Any) -> None:
+    """`retrofit-sim building` (hooked into simulators/cli.py)."""
+    parser = commands.add_parser("building", help="a simulated building: meters on several buses, physics, faults")
+    parser.add_argument("--config", type=Path, required=True, help="building file, e.g. configs/sim-building.yaml")
+    parser.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    parser.add_argument("--agent-config", type=Path, metavar="FILE",
+                        help="also write the agent config that reads this building")
+    parser.add_argument("--broker-port", type=int, default=18830, help="broker port for --agent-config")
+    parser.set_defaults(handler=lambda args: main_building(args.config, args.duration, args.agent_config,
+                                                           args.broker_port))
