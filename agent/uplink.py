@@ -85,8 +85,10 @@ class AckedRanges:
         with self._lock:
             return any(low <= row_id <= high for low, high in self._ranges)
 
-    def __len__(self) -> int:
-        return len(self._ranges)
+    def highest(self) -> int:
+        """The highest acknowledged id still remembered (0 when none)."""
+        with self._lock:
+            return max((high for _, high in self._ranges), default=0)
 
 
 @dataclass
@@ -335,6 +337,8 @@ class Uplink(threading.Thread):
             if time.monotonic() >= next_status:
                 client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
                 next_status = time.monotonic() + self.cfg.status_interval
+                oldest = reader.oldest()
+                self._acked.forget_through(oldest[0] if oldest else None)  # deleted by now
             if len(inflight) >= self.cfg.inflight:
                 self._wake.wait(1.0)
                 continue
@@ -353,8 +357,10 @@ class Uplink(threading.Thread):
             if not batch:
                 self._wake.wait(1.0)
                 continue
-            # Acknowledged but not yet deleted (after a reconnect): never resend.
-            rows = [r for r in batch if not self._acked.covers(r[0])] if len(self._acked) else batch
+            # Acknowledged but not yet deleted (only possible right after a
+            # reconnect, below the highest acknowledged id): never resend.
+            rows = batch if batch[0][0] > self._acked.highest() else [
+                r for r in batch if not self._acked.covers(r[0])]
             if not rows:
                 cursor = batch[-1][0]
                 continue
