@@ -1,0 +1,301 @@
+"""The simulated building: reproducible, physically consistent, faults as configured.
+
+Most of these run the building on a fake wall clock, so simulated time is
+exactly where the test puts it; one test serves it on real sockets and ptys.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.config import load_config
+from agent.errors import RetrofitError
+from simulators import physics
+from simulators.building import (
+    Building,
+    BuildingPhysics,
+    agent_config,
+    load_building_config,
+    parse_building_config,
+    run_building,
+)
+from simulators.groundtruth import GroundTruth, GroundTruthWriter
+from tests.support import REPO, free_port, require_binary, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+DAY = 86_400
+H_A, DHW_A, REDUCTION = 1800.0, 90.0, 0.35
+
+
+def building_dict(seed: int = 11, faults: list[dict[str, Any]] | None = None, tcp_port: int = 1502,
+                  pty: str = "ttyB1") -> dict[str, Any]:
+    return {
+        "building": {"name": "test-block", "seed": seed, "start": "2025-01-12T21:00:00Z", "acceleration": 8640,
+                     "step": "60s", "base_temperature": 15.5,
+                     "retrofit": {"at": "2025-01-15T00:00:00Z", "heat_loss_reduction": REDUCTION}},
+        "output": "out",
+        "buses": [{"id": "plant", "type": "modbus-tcp", "port": tcp_port},
+                  {"id": "line", "type": "modbus-rtu", "pty": pty, "baudrate": 9600}],
+        "devices": [
+            {"id": "heat-a", "bus": "plant", "address": 20, "profile": "sim-heat-meter", "model": "heat",
+             "heat_loss": H_A, "dhw_kwh_per_day": DHW_A, "energy_start": 1000.5},
+            {"id": "elec", "bus": "plant", "address": 1, "profile": "eastron-sdm630", "model": "electricity",
+             "annual_kwh": 50000, "energy_start": 2000},
+            {"id": "room", "bus": "line", "address": 11, "profile": "xy-md02", "model": "room"},
+        ],
+        "faults": faults or [],
+    }
+
+
+def config_of(tmp_path: Path, **kwargs: Any) -> Any:
+    return parse_building_config(building_dict(**kwargs), tmp_path)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def at_sim(building: Building, clock: FakeClock, sim: float) -> None:
+    """Move the fake wall clock to the moment simulated time is ``sim``."""
+    clock.now = building.wall_time(sim)
+
+
+def served(building: Building, clock: FakeClock, device: str, sim: float) -> dict[str, Any]:
+    at_sim(building, clock, sim)
+    t = building.now()
+    return building.devices[device].served_values(t)
+
+
+# ---------------------------------------------------------------- reproducibility
+
+def test_same_seed_same_building_other_seed_other_building(tmp_path: Path) -> None:
+    samples = [3600 * k + 1800 for k in range(0, 24 * 4, 5)]
+
+    def trace(seed: int) -> list[Any]:
+        ph = BuildingPhysics(config_of(tmp_path, seed=seed))
+        out = []
+        for offset in samples:
+            ph.advance_to(ph.start + offset)
+            out.append((ph.counters(), {d: ph.values(d) for d in ("heat-a", "elec", "room")}))
+        return out + [[d.as_json() for d in ph.days]]
+
+    assert trace(11) == trace(11)
+    assert trace(11) != trace(12)
+
+
+def test_same_seed_same_ground_truth_file(tmp_path: Path) -> None:
+    """Polled at the same (fake) wall times, two buildings write byte-identical ground truth."""
+    def record(where: Path) -> bytes:
+        clock = FakeClock()
+        building = Building(config_of(tmp_path, seed=5, faults=[
+            {"at": "20h", "fault": "counter_reset", "device": "elec"},
+            {"at": "30h", "fault": "meter_swap", "device": "heat-a"}]), clock)
+        building.truth = GroundTruthWriter(where)
+        for step in range(200):
+            clock.now = building.wall_start + step * 0.7
+            for device in building.devices.values():
+                device.registers("holding", 0, 18)
+                device.registers("input", 0, 0x4C)
+        building.truth.close()
+        return where.read_bytes()
+
+    first, second = record(tmp_path / "a.jsonl"), record(tmp_path / "b.jsonl")
+    assert first == second and len(first) > 10_000
+
+
+# ---------------------------------------------------------------- physics
+
+def test_counters_integrate_power_exactly_and_only_rise(tmp_path: Path) -> None:
+    ph = BuildingPhysics(config_of(tmp_path))
+    zone_state = ph.heat["heat-a"][1]
+    elec_state = ph.elec["elec"][1]
+    for _ in range(3 * 24 * 60):
+        e0, v0, p, q = zone_state.energy_j, zone_state.volume_lsph, zone_state.power_w, zone_state.flow_lph
+        ee0, ep = elec_state.energy_j, elec_state.power_w
+        ph.advance_to(ph.t + ph.dt)
+        assert zone_state.energy_j - e0 == p * ph.dt  # joules, exact
+        assert zone_state.volume_lsph - v0 == q * ph.dt
+        assert elec_state.energy_j - ee0 == ep * ph.dt
+        assert p >= 0 and q >= 0 and ep >= 0
+
+
+def test_served_counters_follow_served_power(tmp_path: Path) -> None:
+    """What the meter shows: the energy register grows by the power it shows,
+    to one register step, and never falls."""
+    clock = FakeClock()
+    building = Building(config_of(tmp_path), clock)
+    start = building.physics.start
+    previous = served(building, clock, "heat-a", start + 30)  # mid-step: clear of float rounding at the edges
+    integral_wh = Fraction(0)
+    steps = 0
+    for k in range(1, 2 * 24 * 60):
+        now = served(building, clock, "heat-a", start + k * 60 + 30)
+        integral_wh += Fraction(previous["power_heat"]) * 60 / 3600
+        steps += 1
+        assert now["energy_heat"] >= previous["energy_heat"]
+        assert now["volume"] >= previous["volume"]
+        previous = now
+    shown_wh = (Fraction(str(previous["energy_heat"])) - Fraction("1000.5")) * 1000
+    assert abs(shown_wh - integral_wh) <= 1  # one register step (1 Wh)
+
+
+def test_supply_above_return_and_power_matches_flow_and_delta_t(tmp_path: Path) -> None:
+    clock = FakeClock()
+    building = Building(config_of(tmp_path), clock)
+    checked = 0
+    for k in range(0, 4 * 24 * 4):
+        v = served(building, clock, "heat-a", building.physics.start + k * 900)
+        if v["power_heat"] <= 0:
+            continue
+        checked += 1
+        assert v["temperature_supply"] > v["temperature_return"]
+        assert math.isclose(v["temperature_difference"], v["temperature_supply"] - v["temperature_return"],
+                            abs_tol=0.011)
+        from_flow = physics.RHO_C_J_PER_M3_K * v["flow"] / 3600 * v["temperature_difference"]
+        assert math.isclose(from_flow, v["power_heat"], rel_tol=0.005), v
+    assert checked > 300
+
+
+def test_retrofit_lowers_heat_loss_by_the_configured_share(tmp_path: Path) -> None:
+    ph = BuildingPhysics(config_of(tmp_path))
+    retrofit = ph.retrofit
+    assert retrofit is not None
+    assert ph.heat_loss("heat-a", retrofit.at - 60) == H_A
+    assert math.isclose(ph.heat_loss("heat-a", retrofit.at), H_A * (1 - REDUCTION))
+    ph.advance_to(ph.start + 6 * DAY)
+    for day in ph.days:
+        figures = day.as_json()
+        h = H_A * (1 - REDUCTION) if day.start >= retrofit.at else H_A
+        # Space heat per degree day is H x 24 h, exactly the degree-day model (W rounding aside).
+        assert math.isclose(figures["space_heat_kwh"]["heat-a"], h * 24 / 1000 * figures["hdd"], rel_tol=1e-3)
+        assert math.isclose(figures["energy_kwh"]["heat-a"] - figures["space_heat_kwh"]["heat-a"], DHW_A,
+                            rel_tol=1e-3)
+
+
+def test_rooms_follow_heating_and_occupancy(tmp_path: Path) -> None:
+    clock = FakeClock()
+    building = Building(config_of(tmp_path), clock)
+    start = building.physics.start + 3 * 3600  # midnight
+    day = [served(building, clock, "room", start + DAY + h * 3600)["temperature"] for h in range(24)]
+    assert all(17.0 <= t <= 23.5 for t in day), day
+    assert max(day[18:22]) > min(day[3:6]) + 0.5  # warmer in the occupied evening than after the night setback
+
+
+# ---------------------------------------------------------------- counter faults
+
+def test_rollover_wraps_at_the_scheduled_moment(tmp_path: Path) -> None:
+    clock = FakeClock()
+    building = Building(config_of(tmp_path, faults=[
+        {"at": "30h", "fault": "rollover", "device": "heat-a", "point": "energy_heat"}]), clock)
+    at = building.physics.start + 30 * 3600
+    width = 2**32 * 0.001
+    before = served(building, clock, "heat-a", at - 60)["energy_heat"]
+    after = served(building, clock, "heat-a", at + 60)["energy_heat"]
+    assert width - 50 < before < width
+    assert 0 <= after < 50
+    assert building.events[0]["fault"] == "rollover"
+
+
+def test_counter_reset_and_meter_swap(tmp_path: Path) -> None:
+    clock = FakeClock()
+    building = Building(config_of(tmp_path, faults=[
+        {"at": "10h", "fault": "counter_reset", "device": "elec", "point": "energy_active_import"},
+        {"at": "2025-01-13T12:00:00Z", "fault": "meter_swap", "device": "heat-a"}]), clock)
+    start = building.physics.start
+    elec_before = served(building, clock, "elec", start + 10 * 3600 - 60)["energy_active_import"]
+    elec_after = served(building, clock, "elec", start + 10 * 3600 + 120)["energy_active_import"]
+    assert elec_before > 2000 and 0 < elec_after < 2
+    swap = building.physics.snap(building.physics.start + 15 * 3600)
+    old = served(building, clock, "heat-a", swap - 60)
+    new = served(building, clock, "heat-a", swap + 60)
+    assert old["energy_heat"] > 1000 and 0 <= new["energy_heat"] < 5 and new["volume"] < 1
+    assert old["serial_number"] != new["serial_number"]
+    swap_event = next(e for e in building.events if e["fault"] == "meter_swap")
+    assert swap_event["new_serial"] == new["serial_number"]
+
+
+def test_config_errors_name_the_problem(tmp_path: Path) -> None:
+    broken = building_dict(faults=[{"at": "1h", "fault": "offline", "device": "nope"}])
+    broken["devices"][1]["bus"] = "attic"
+    with pytest.raises(RetrofitError) as error:
+        parse_building_config(broken, tmp_path, "b.yaml")
+    message = str(error.value)
+    assert "unknown bus 'attic'" in message and "faults[0] (offline): device" in message
+    assert "for: how long" in message
+    bad_type = copy.deepcopy(building_dict())
+    bad_type["devices"][0]["model"] = "fridge"
+    with pytest.raises(RetrofitError, match="b.yaml: devices.0"):
+        parse_building_config(bad_type, tmp_path, "b.yaml")
+
+
+# ---------------------------------------------------------------- the example files
+
+def test_example_building_and_its_agent_config_agree() -> None:
+    building = load_building_config(REPO / "configs" / "sim-building.yaml")
+    committed = yaml.safe_load((REPO / "configs" / "building-agent.yaml").read_text())
+    made = agent_config(building, committed["uplink"]["mqtt"]["port"], Path(committed["buffer"]["path"]),
+                        committed["gateway"]["id"])
+    assert committed["buses"] == made["buses"]
+    assert committed["devices"] == made["devices"]
+    assert committed["gateway"] == made["gateway"]
+    loaded = load_config(REPO / "configs" / "building-agent.yaml")  # the agent accepts it
+    assert len(loaded.config.devices) == len(building.devices)
+
+
+# ---------------------------------------------------------------- served on real parts
+
+def test_building_serves_on_tcp_and_a_pty_and_records_what_it_served(tmp_path: Path) -> None:
+    require_binary("socat")
+    from drivers import modbus
+
+    config = config_of(tmp_path, tcp_port=free_port(), pty=str(tmp_path / "ttyB1"), faults=[
+        {"at": "5h", "fault": "bus_down", "bus": "plant", "for": "3h"}])
+    handle = run_building(config)
+    try:
+        tcp = modbus.tcp_link("127.0.0.1", int(handle.endpoints["plant"].rpartition(":")[2]), 1.0)
+        rtu = modbus.serial_link(str(tmp_path / "ttyB1"), 9600, "N", 1, 8, 0.5)
+        heat = tcp.read("holding", 20, 0, 11)
+        room = rtu.read("input", 11, 1, 2)
+        assert len(heat) == 11 and len(room) == 2
+        tcp.close()
+        rtu.close()
+        # The bus goes down 5 simulated hours in (2 s) and comes back 3 hours later.
+        wait_until(lambda: any("bus_down_end" in line for line in handle.fault_log), 10, "the bus to come back")
+    finally:
+        handle.stop()
+    truth = GroundTruth.load(handle.truth_path)
+    assert truth.served_between("heat-a", "energy_heat", 0, 2**62)
+    assert truth.served_between("room", "temperature", 0, 2**62)
+    assert [e["event"] for e in truth.events] == ["bus_down", "bus_down_end"]
+    meta = json.loads(handle.meta_path.read_text())
+    assert meta["retrofit"]["heat_loss_factor"] == pytest.approx(1 - REDUCTION)
+    assert meta["devices"]["heat-a"]["heat_loss_after_w_per_k"] == pytest.approx(H_A * (1 - REDUCTION))
+
+
+def test_cli_building_runs_and_writes_an_agent_config(tmp_path: Path) -> None:
+    require_binary("socat")
+    raw = building_dict(tcp_port=free_port(), pty=str(tmp_path / "ttyB1"))
+    raw["building"]["acceleration"] = 43200  # a simulated day in 2 s
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(raw))
+    result = subprocess.run(
+        [sys.executable, "-m", "simulators.cli", "building", "--config", str(tmp_path / "b.yaml"),
+         "--duration", "5", "--agent-config", str(tmp_path / "agent.yaml")],
+        capture_output=True, text=True, timeout=40, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert "2025-01-13: outdoor" in result.stdout  # a simulated day went by and was reported
+    assert load_config(tmp_path / "agent.yaml").config.devices[0].id == "heat-a"
