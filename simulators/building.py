@@ -753,6 +753,8 @@ class BuildingHandle:
         self._next_meta = 0.0
         self.fault_log: list[str] = []
         self._logged: set[tuple[str, int]] = set()
+        self._stop_lock = threading.Lock()
+        self._stopped = False
 
     def start(self) -> BuildingHandle:
         self.output.mkdir(parents=True, exist_ok=True)
@@ -868,6 +870,11 @@ class BuildingHandle:
                             **mqtt_extra)
 
     def stop(self) -> None:
+        """Idempotent: a stop event watcher and the owner may both call it."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
         self._stop.set()
         if self._ticker is not None and self._ticker is not threading.current_thread():
             self._ticker.join(timeout=2)
