@@ -38,11 +38,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from agent.config import parse_duration
 from agent.errors import RetrofitError
-from drivers.codec import encode, make_decoder
+from drivers.codec import encode
 from drivers.profile import ModbusPoint, Profile, load_catalogue
 from simulators import physics
 from simulators.groundtruth import GroundTruthWriter
-from simulators.modbus_server import FAULTS, FaultPlan, ModbusRtuServer, ModbusTcpServer, Unit
+from simulators.modbus_server import FaultPlan, ModbusRtuServer, ModbusTcpServer, Unit
 from simulators.pty import PtyPair
 
 Clock = Callable[[], float]
@@ -965,18 +965,19 @@ def main_building(config_path: Path, duration: float | None, agent_config_out: P
                 handle.agent_config(broker_port, handle.output / "agent-buffer.db"), sort_keys=False))
             print(f"agent config: {agent_config_out}", flush=True)
         started = time.monotonic()
-        shown = 0
+        days_shown = faults_shown = 0
         while not stop.wait(0.5):
             days = handle.building.physics.days
-            for day in days[shown:]:
+            for day in days[days_shown:]:
                 figures = day.as_json()
                 heat = sum(figures["energy_kwh"].get(d, 0) for d in handle.building.physics.heat)
                 print(f"{figures['date']}: outdoor {figures['outdoor_mean']:5.1f} degC, HDD {figures['hdd']:5.2f}, "
                       f"heat {heat:8.1f} kWh", flush=True)
-            shown = len(days)
-            for entry in handle.fault_log[len(getattr(handle, '_printed', [])):]:
+            days_shown = len(days)
+            faults = list(handle.fault_log)
+            for entry in faults[faults_shown:]:
                 print(f"fault: {entry}", flush=True)
-            handle._printed = list(handle.fault_log)  # type: ignore[attr-defined]
+            faults_shown = len(faults)
             if duration is not None and time.monotonic() - started >= duration:
                 break
     finally:
