@@ -74,6 +74,7 @@ class Agent:
         )
         self.uplink.preflight()
         self._counter_state = self.buffer.counter_state()
+        self._meters = self.buffer.meter_ids()
         self.clock_state = ClockState(trusted=self.clock.synchronised() is not False)
         self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify)
         self.workers = [self._worker(bus) for bus in self.cfg.buses if self.cfg.devices_on(bus.id)]
@@ -94,7 +95,8 @@ class Agent:
             pollers.append(DevicePoller(device.id, device.address, device.interval, profile, points,
                                         cost, self.health.devices[device.id],
                                         max_rates=dict(device.max_rate or {}),
-                                        intervals=dict(device.intervals or {})))
+                                        intervals=dict(device.intervals or {}),
+                                        meter=self._meters.get(device.id, "")))
         return BusWorker(bus.id, link, pollers, self.writer, self.health, self.stop_event, self.clock_state,
                          CounterGuard(last=self._counter_state))
 

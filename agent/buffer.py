@@ -475,8 +475,10 @@ class BufferWriter(threading.Thread):
         self.last_progress = time.monotonic()
         self._offset: int | None = None  # wall - monotonic once the clock is trusted
 
-    def put(self, readings: list[Reading], counters: CounterState | None = None) -> None:
-        self._queue.put(("r", (readings, counters)))
+    def put(self, readings: list[Reading], counters: CounterState | None = None,
+            meters: dict[str, str] | None = None, events: list[Event] | None = None) -> None:
+        """A poll's readings, with the state and reports it produced."""
+        self._queue.put(("r", (readings, counters, meters, events)))
 
     def restamp(self, wall_minus_mono_ms: int) -> None:
         """The wall clock is trusted from now on (see Buffer.restamp)."""
@@ -496,6 +498,8 @@ class BufferWriter(threading.Thread):
         acked: list[IdRange] = []
         reported: list[int] = []
         counters: CounterState = {}
+        meters: dict[str, str] = {}
+        events: list[Event] = []
         restamp_offset: int | None = None
         deadline: float | None = None  # when the next transaction is due
         stopping = False
@@ -507,10 +511,14 @@ class BufferWriter(threading.Thread):
                 while True:
                     now = time.monotonic()
                     if kind == "r":
-                        batch, counter_changes = payload  # type: ignore[misc]
+                        batch, counter_changes, meter_changes, new_events = payload  # type: ignore[misc]
                         pending.extend(self._fix_stamps(batch))
                         if counter_changes:
                             counters.update(counter_changes)
+                        if meter_changes:
+                            meters.update(meter_changes)
+                        if new_events:
+                            events.extend(new_events)
                         due = now + self._flush_interval
                     elif kind == "t":
                         restamp_offset = int(payload)  # type: ignore[call-overload]
@@ -531,8 +539,8 @@ class BufferWriter(threading.Thread):
                 pass
             if deadline is None or (time.monotonic() < deadline and not stopping):
                 continue
-            if self._flush(pending, acked, reported, counters, restamp_offset):
-                pending, acked, reported, counters, restamp_offset = [], [], [], {}, None
+            if self._flush(pending, acked, reported, counters, meters, events, restamp_offset):
+                pending, acked, reported, counters, meters, events, restamp_offset = [], [], [], {}, {}, [], None
                 deadline = None
             else:
                 deadline = time.monotonic() + self._retry_s
@@ -555,10 +563,10 @@ class BufferWriter(threading.Thread):
                                                      quality=r.quality.replace("clock_unsynced", "restamped"))
                 for r in readings]
 
-    def _flush(self, pending: list[Reading], acked: list[IdRange], reported: list[int],
-               counters: CounterState, restamp_offset: int | None) -> bool:
+    def _flush(self, pending: list[Reading], acked: list[IdRange], reported: list[int], counters: CounterState,
+               meters: dict[str, str], events: list[Event], restamp_offset: int | None) -> bool:
         try:
-            ids = self.buffer.commit(pending, acked, reported, counters=counters)
+            ids = self.buffer.commit(pending, acked, reported, events, counters, meters)
             if restamp_offset is not None:
                 fixed, corrections = self.buffer.restamp(self.buffer.boot_id, restamp_offset,
                                                          time.time_ns() // 1_000_000)

@@ -26,7 +26,7 @@ from agent.health import DeviceHealth, Health
 from agent.clock import ClockState
 from agent.integrity import CounterGuard, CounterLimits, Key, State
 from agent.readings import Reading, now_ms, with_flag
-from drivers.codec import Decoder
+from drivers.codec import Decoder, make_decoder
 from drivers.modbus import RegisterReader
 from drivers.plan import Hole, LinkCost, ReadRequest, gaps_inside, plan_requests
 from drivers.profile import ModbusPoint, Profile
@@ -37,7 +37,11 @@ QUALITY_INVALID = "invalid"
 class Sink(Protocol):
     """Where a poll's readings go (the buffer writer)."""
 
-    def put(self, readings: list[Reading], counters: dict[Key, State] | None = None) -> None: ...
+    def put(self, readings: list[Reading], counters: dict[Key, State] | None = None,
+            meters: dict[str, str] | None = None, events: list[dict[str, object]] | None = None) -> None: ...
+
+
+IDENTITY_EVERY_S = 3600.0
 
 
 def next_slot(now: float, interval: float, offset: float) -> float:
@@ -92,6 +96,9 @@ class DevicePoller:
     intervals: dict[str, float] = field(default_factory=dict)
     limits: dict[str, CounterLimits] = field(default_factory=dict)
     groups: list[PollGroup] = field(default_factory=list)
+    meter: str = ""  # the identification number last read (or stored in the buffer)
+    identity_due: float = 0.0  # monotonic time of the next identity read
+    swapped: set[str] = field(default_factory=set)  # counters whose next reading starts a new series
 
     def __post_init__(self) -> None:
         self.decoders = {p.name: p.decoder() for p in self.points}
@@ -162,11 +169,39 @@ class BusWorker(threading.Thread):
         finally:
             self.link.close()
 
+    def _check_identity(self, device: DevicePoller) -> tuple[dict[str, str] | None, list[dict[str, object]]]:
+        """Read the meter's serial number (at start, hourly, after silence);
+        a new one is a meter swap: one event, and its counters start anew."""
+        register = device.profile.identity
+        if register is None or time.monotonic() < device.identity_due:
+            return None, []
+        try:
+            words = self.link.read(register.table, device.unit, register.address, register.count)
+        except ExceptionResponse:
+            device.identity_due = time.monotonic() + IDENTITY_EVERY_S  # this unit has no serial there
+            return None, []
+        except BusError:
+            return None, []  # no answer: asked again at the next poll
+        device.identity_due = time.monotonic() + IDENTITY_EVERY_S
+        meter = str(make_decoder(register.type, register.order)(words))
+        if meter == device.meter:
+            return None, []
+        events: list[dict[str, object]] = []
+        if device.meter:
+            events.append({"type": "meter_swap", "device": device.device_id, "old_meter": device.meter,
+                           "new_meter": meter, "ts": self._clock.wall_ms()})
+            self._guard.forget_device(device.device_id)
+            device.swapped = set(device.limits)
+            self._log.warning("device.meter_swap", device=device.device_id, old_meter=device.meter, new_meter=meter)
+        device.meter = meter
+        return {device.device_id: meter}, events
+
     def poll(self, device: DevicePoller, group: PollGroup | None = None) -> None:
         """Read every planned block of one group of a device; hand over what was read."""
         readings: list[Reading] = []
         error: BusError | None = None
         group = group or device.groups[0]
+        meters, events = self._check_identity(device)
         requests = list(group.plan)
         split_once = False
         while requests:
@@ -199,7 +234,9 @@ class BusWorker(threading.Thread):
                 break  # no answer: the rest would only cost more timeouts
             readings.extend(self._decode(device, request, registers))
         if readings:
-            self._sink.put(readings, self._guard.take_changes() or None)
+            self._sink.put(readings, self._guard.take_changes() or None, meters, events)
+        elif meters or events:
+            self._sink.put([], None, meters, events)
         self._record(device, error, got_any=bool(readings))
 
     def _decode(self, device: DevicePoller, request: ReadRequest, registers: list[int]) -> list[Reading]:
@@ -215,6 +252,9 @@ class BusWorker(threading.Thread):
                 value, quality = None, QUALITY_INVALID
             elif point.kind == "counter":
                 flag = self._guard.check((device.device_id, point.name), value, stamp, device.limits[point.name])
+                if point.name in device.swapped:
+                    device.swapped.discard(point.name)
+                    flag = "meter_swap"
                 if flag:
                     quality = flag
                     self._log.warning("counter.suspicious", device=device.device_id, point=point.name,
@@ -222,7 +262,7 @@ class BusWorker(threading.Thread):
             if mono is not None:
                 quality = with_flag(quality, "clock_unsynced")
             out.append(Reading(device.device_id, point.name, value, point.unit, stamp, quality, point.kind,
-                               "", mono))
+                               device.meter, mono))
         return out
 
     def _record(self, device: DevicePoller, error: BusError | None, got_any: bool) -> None:
@@ -245,6 +285,7 @@ class BusWorker(threading.Thread):
         elif state == "partial":
             self._log.warning("device.partial", device=device.device_id, error=str(error))
         elif previous == "silent":
+            device.identity_due = 0.0  # a meter that was away may be another meter now
             self._log.info("device.back", device=device.device_id,
                            failed_polls=health.consecutive_failures,
                            silent_s=round(time.monotonic() - (device.silent_since or 0), 1))

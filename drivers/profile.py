@@ -61,6 +61,19 @@ class ModbusPoint(_Strict):
         return make_decoder(self.type, self.order, self.scale, self.offset)
 
 
+class IdentityRegister(_Strict):
+    """Where a meter keeps its serial number, to notice a meter swap."""
+
+    table: Table = "holding"
+    address: Annotated[int, Field(ge=0, le=0xFFFF)]
+    type: Literal["uint16", "uint32", "uint64"] = "uint32"
+    order: Literal[WORD_ORDERS] = "ABCD"  # type: ignore[valid-type]
+
+    @property
+    def count(self) -> int:
+        return register_count(self.type)
+
+
 class Workarounds(_Strict):
     """Device quirks, kept together instead of sprinkled over the profile."""
 
@@ -86,6 +99,7 @@ class Profile(_Strict):
     description: str = ""
     points: tuple[ModbusPoint, ...]
     workarounds: Workarounds = Workarounds()
+    identity: IdentityRegister | None = None
     tests: tuple[TestVector, ...] = ()
     origin: str = ""
 

@@ -124,11 +124,13 @@ class SimulatedDevice(Unit):
         model: MeterModel | None = None,
         clock: Clock = time.monotonic,
         holes: tuple[tuple[str, int, int], ...] = (),
+        serial: int = 12345678,
     ) -> None:
         self.profile = profile
         self.model = model or model_for(profile)
         self.clock = clock
         self.holes = holes
+        self.serial = serial  # served at the profile's identity register; change it to swap the meter
         self.served: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -137,6 +139,10 @@ class SimulatedDevice(Unit):
         for hole_table, h_start, h_end in self.holes:
             if hole_table == table and start < h_end and h_start < end:
                 return ILLEGAL_DATA_ADDRESS
+        identity = self.profile.identity
+        if identity is not None and identity.table == table and identity.address == start \
+                and identity.count == count:
+            return encode(self.serial, identity.type, identity.order)
         values = self.model.values(self.clock())
         words = [0] * count
         with self._lock:
