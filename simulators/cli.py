@@ -44,7 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     modbus.add_argument("--pace", action="store_true", help="answer at the pace of the baud rate")
     modbus.add_argument("--seed", type=int, default=0)
     demo = commands.add_parser("demo", help="meters + agent + Mosquitto + a live view of the platform side")
-    demo.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    demo.add_argument("--simple", action="store_true", help="three meters instead of the building")
+    demo.add_argument("--config", type=Path, help="the agent's config (default: configs/building-agent.yaml, "
+                                                  "or configs/demo.yaml with --simple)")
+    demo.add_argument("--building", type=Path, default=configs / "sim-building.yaml")
+    demo.add_argument("--out", type=Path, default=configs.parent / ".demo",
+                      help="where the summary, the plot and the buffer go (default: .demo/)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     # `building` and `platform` live in their own modules (issue 8).
     from simulators import building, platform
@@ -60,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "handler", None) is not None:
             return int(args.handler(args))
         if args.command == "demo":
-            from simulators.demo import run_demo
+            from simulators.demo import run_building_demo, run_demo
 
-            return run_demo(args.config, args.duration)
+            configs = Path(__file__).resolve().parents[1] / "configs"
+            if args.simple:
+                return run_demo(args.config or configs / "demo.yaml", args.duration)
+            return run_building_demo(args.building, args.config or configs / "building-agent.yaml",
+                                     args.duration, args.out)
         return _modbus(args)
     except RetrofitError as exc:
         print(f"retrofit-sim: {exc}", file=sys.stderr)

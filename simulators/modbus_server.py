@@ -293,6 +293,11 @@ class ModbusRtuServer:
                 fault = self.faults.pick(frame[0]) if self.faults else None
                 if fault == "silent":
                     continue
+                if self.pace and frame[0] in self.units:
+                    # Wait out the wire time first, then read the meter: the
+                    # values are those of the moment the answer arrives.
+                    answer_chars = 5 + 2 * int.from_bytes(frame[4:6], "big") if frame[1] in (3, 4) else 5
+                    time.sleep((len(frame) + answer_chars + 3.5) * self.char_time)
                 reply = answer_pdu(self.units, frame[0], frame[1:-2], self.stats)
                 if reply is None:
                     continue
@@ -304,8 +309,6 @@ class ModbusRtuServer:
                     time.sleep(self.faults.slow_s)
                 elif fault in ("crc", "partial", "garbage"):
                     adu = self.faults.garble(adu, fault)
-                if self.pace:
-                    time.sleep((len(frame) + len(adu)) * self.char_time + 3.5 * self.char_time)
                 try:
                     self._serial.write(adu)
                 except (serial.SerialException, OSError):
