@@ -354,3 +354,62 @@ def test_a_broker_that_never_acknowledges_is_dropped_and_retried(tmp_path: Path)
         kept = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
     assert kept == _next_id(buffer) - 1, "nothing unacknowledged may leave the buffer"
     assert free_port()  # the machine still has ports: no leaked listener storm
+
+
+def test_an_unplugged_serial_adapter_and_a_closed_socket_recover_within_an_interval(
+        tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    """The pty pair vanishes (a USB adapter pulled) and comes back under the
+    same name; a TCP meter's socket closes and its server returns on the
+    same port. Each device goes silent once, comes back once, and polling on
+    the other bus never stops."""
+    require_binary("socat")
+    catalogue = load_catalogue()
+    room = catalogue.get("xy-md02")
+    line = PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent").start()
+    rtu = ModbusRtuServer({3: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))},
+                          str(line.meter_end)).start()
+    tcp = ModbusTcpServer({10: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))}).start()
+    tcp_port = tcp.port
+    config = write_config(
+        tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+        buses=[{"id": "rs485", "type": "modbus-rtu", "port": str(line.agent_end), "timeout": "0.3s"},
+               {"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": tcp_port, "timeout": "0.5s"}],
+        devices=[{"id": "serial-room", "bus": "rs485", "address": 3, "profile": "xy-md02", "interval": "0.5s"},
+                 {"id": "tcp-room", "bus": "gw", "address": 10, "profile": "xy-md02", "interval": "0.5s"}],
+    )
+    agent = AgentProcess(config, tmp_path / "agent.log").start()
+
+    def count(device: str) -> int:
+        return sum(1 for r in subscriber.unique_readings().values() if r["device"] == device)
+
+    def events(name: str) -> list[str]:
+        return [e["device"] for e in agent.events() if e.get("event") == name]
+    try:
+        wait_until(lambda: count("serial-room") >= 4 and count("tcp-room") >= 4, 20, "both devices read")
+        rtu.stop()
+        line.stop()  # the adapter is pulled: its device node disappears
+        wait_until(lambda: "serial-room" in events("device.silent"), 10, "the serial device silent")
+        tcp_before = count("tcp-room")
+        time.sleep(2.0)
+        assert count("tcp-room") >= tcp_before + 4, "the other bus kept polling"
+        line = PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent").start()  # plugged back in
+        rtu = ModbusRtuServer({3: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))},
+                              str(line.meter_end)).start()
+        wait_until(lambda: "serial-room" in events("device.back"), 10, "the serial device back")
+
+        tcp.stop()  # the meter's socket closes
+        wait_until(lambda: "tcp-room" in events("device.silent"), 10, "the TCP device silent")
+        tcp = ModbusTcpServer({10: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))},
+                              port=tcp_port).start()
+        wait_until(lambda: "tcp-room" in events("device.back"), 10, "the TCP device back")
+    finally:
+        code = agent.stop()
+        rtu.stop()
+        line.stop()
+        tcp.stop()
+    assert code == 0
+    assert events("device.silent").count("serial-room") == 1
+    assert events("device.back").count("serial-room") == 1
+    assert events("device.silent").count("tcp-room") == 1
+    ids = set(subscriber.unique_readings())
+    assert ids == set(range(1, max(ids) + 1))
