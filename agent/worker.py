@@ -170,8 +170,10 @@ class BusWorker(threading.Thread):
             self.link.close()
 
     def _check_identity(self, device: DevicePoller) -> tuple[dict[str, str] | None, list[dict[str, object]]]:
-        """Read the meter's serial number (at start, hourly, after silence);
-        a new one is a meter swap: one event, and its counters start anew."""
+        """Read the meter's serial number (at start, hourly, and first thing
+        when a silent device answers again: a swap takes the meter offline);
+        a new one is a meter swap: one event, and its counters start anew.
+        Raises BusError when the device does not answer."""
         register = device.profile.identity
         if register is None or time.monotonic() < device.identity_due:
             return None, []
@@ -180,8 +182,6 @@ class BusWorker(threading.Thread):
         except ExceptionResponse:
             device.identity_due = time.monotonic() + IDENTITY_EVERY_S  # this unit has no serial there
             return None, []
-        except BusError:
-            return None, []  # no answer: asked again at the next poll
         device.identity_due = time.monotonic() + IDENTITY_EVERY_S
         meter = str(make_decoder(register.type, register.order)(words))
         if meter == device.meter:
@@ -201,7 +201,11 @@ class BusWorker(threading.Thread):
         readings: list[Reading] = []
         error: BusError | None = None
         group = group or device.groups[0]
-        meters, events = self._check_identity(device)
+        try:
+            meters, events = self._check_identity(device)
+        except BusError as exc:
+            self._record(device, exc, got_any=False)  # silent: one timeout, as for any first request
+            return
         requests = list(group.plan)
         split_once = False
         while requests:
@@ -281,11 +285,11 @@ class BusWorker(threading.Thread):
         previous, health.state = health.state, state
         if state == "silent":
             device.silent_since = time.monotonic()
+            device.identity_due = 0.0  # a meter that was away may be another meter when it answers
             self._log.warning("device.silent", device=device.device_id, error=str(error))
         elif state == "partial":
             self._log.warning("device.partial", device=device.device_id, error=str(error))
         elif previous == "silent":
-            device.identity_due = 0.0  # a meter that was away may be another meter now
             self._log.info("device.back", device=device.device_id,
                            failed_polls=health.consecutive_failures,
                            silent_s=round(time.monotonic() - (device.silent_since or 0), 1))

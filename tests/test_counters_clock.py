@@ -199,3 +199,51 @@ def test_readings_before_ntp_are_restamped_exactly_once(tmp_path: Path) -> None:
         assert abs(reading["ts"] - room.served_at[reading["value"]]) < 1000
     later = [r for r in temperatures.values() if r["quality"] == "ok"]
     assert later and all(abs(r["ts"] - room.served_at[r["value"]]) < 1000 for r in later)
+
+
+def test_a_meter_swap_is_one_event_with_old_and_new_ids(tmp_path: Path, broker: Broker,
+                                                        subscriber: Subscriber) -> None:
+    """The SDM630's serial-number register changes (and its counters restart
+    near zero): exactly one meter_swap event, the next counter readings start
+    a new series flagged meter_swap, and readings carry the new meter id."""
+    profile = load_catalogue().get("eastron-sdm630")
+    values = {p.name: 100.0 for p in profile.points}
+    values.update(energy_active_import=12345.6, energy_active_export=7.25)
+
+    class Swappable(MeterModel):
+        def values(self, t: float) -> dict[str, float]:
+            return dict(values)
+
+    device = SimulatedDevice(profile, Swappable(), serial=11112222)
+    server = ModbusTcpServer({1: device}).start()
+    config = write_config(
+        tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+        buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
+        devices=[{"id": "elec", "bus": "gw", "address": 1, "profile": "eastron-sdm630", "interval": "0.3s"}],
+    )
+    agent = AgentProcess(config, tmp_path / "agent.log").start()
+    try:
+        wait_until(lambda: len(subscriber.unique_readings()) >= 30, 20, "readings from the first meter")
+        # The technician swaps the meter: it is away for a moment, the new one starts near zero.
+        server.stop()
+        wait_until(lambda: any(e.get("event") == "device.silent" for e in agent.events()), 10, "silence")
+        device.serial = 33334444
+        values.update(energy_active_import=0.5, energy_active_export=0.0)
+        server = ModbusTcpServer({1: device}, port=server.port).start()
+        wait_until(lambda: any(r.get("meter") == "33334444" for r in subscriber.unique_readings().values())
+                   and subscriber.payloads("/events"), 20, "readings of the new meter and the event")
+        time.sleep(1.0)
+    finally:
+        assert agent.stop() == 0
+        server.stop()
+    swaps = [e for m in subscriber.payloads("/events") for e in m["events"] if e["type"] == "meter_swap"]
+    assert swaps == [{"type": "meter_swap", "device": "elec", "old_meter": "11112222", "new_meter": "33334444",
+                      "ts": swaps[0]["ts"]}]
+    readings = [r for _, r in sorted(subscriber.unique_readings().items())]
+    energy = [r for r in readings if r["point"] == "energy_active_import"]
+    before = [r for r in energy if r["meter"] == "11112222"]
+    after = [r for r in energy if r["meter"] == "33334444"]
+    assert before and after
+    assert [r["quality"] for r in before] == ["ok"] * len(before), [r["quality"] for r in before]
+    assert after[0]["quality"] == "meter_swap" and after[0]["value"] == 0.5
+    assert all(r["quality"] == "ok" for r in after[1:]), "one flag, then the new series is normal"
