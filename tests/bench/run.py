@@ -568,7 +568,7 @@ class Bench:
             return None
         binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         self.py_spy.mkdir(parents=True, exist_ok=True)
-        return spawn([binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+        return spawn([binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "1000",
                       "--nonblocking", "--threads", "--format", "raw",
                       "-o", str(self.py_spy / f"{name}.collapsed")], stdout=subprocess.DEVNULL)
 
@@ -713,7 +713,9 @@ class Bench:
             "readings_per_s": round(delivered / seconds) if seconds > 0 else None,
             # Live readings queue behind the backlog (ids are sent in order): most are
             # committed during the drain and delivered after it.
-            "live_readings_committed": (next_id - total - 1) if next_id else None,
+            # (the status file is written every 2 s: for a short drain the ids
+            # already delivered may say more than the file)
+            "live_readings_committed": max((next_id - total - 1) if next_id else 0, snapshot["unique"] - delivered),
             "live_readings_delivered": snapshot["unique"] - delivered,
             "cpu_us_per_reading": round((s1.cpu_ticks - s0.cpu_ticks) / CLK_TCK * 1e6 / max(1, delivered), 2),
             "rss_mb_start": round(rss_kb[0] / 1024, 1) if rss_kb else None,  # at agent.started
