@@ -81,6 +81,7 @@ MAX_PER_TRANSACTION = 20_000
 # Deleting acknowledged rows is not worth a second of delay: a crash in that
 # window makes the platform receive those readings twice.
 ACK_DELAY_S = 0.1
+COUNTER_PERSIST_S = 60.0
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -474,6 +475,7 @@ class BufferWriter(threading.Thread):
         self.held_in_memory = 0
         self.last_progress = time.monotonic()
         self._offset: int | None = None  # wall - monotonic once the clock is trusted
+        self._counters_due = 0.0
 
     def put(self, readings: list[Reading], counters: CounterState | None = None,
             meters: dict[str, str] | None = None, events: list[Event] | None = None) -> None:
@@ -539,8 +541,14 @@ class BufferWriter(threading.Thread):
                 pass
             if deadline is None or (time.monotonic() < deadline and not stopping):
                 continue
-            if self._flush(pending, acked, reported, counters, meters, events, restamp_offset):
-                pending, acked, reported, counters, meters, events, restamp_offset = [], [], [], {}, {}, [], None
+            # Counter baselines change with every poll; writing them once a
+            # minute is enough (an older baseline only widens the first check).
+            persist = counters if (stopping or time.monotonic() >= self._counters_due) else {}
+            if self._flush(pending, acked, reported, persist, meters, events, restamp_offset):
+                if persist:
+                    counters = {}
+                    self._counters_due = time.monotonic() + COUNTER_PERSIST_S
+                pending, acked, reported, meters, events, restamp_offset = [], [], [], {}, [], None
                 deadline = None
             else:
                 deadline = time.monotonic() + self._retry_s

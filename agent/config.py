@@ -62,6 +62,11 @@ Identifier = Annotated[
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+# systemd's RuntimeDirectory= (a tmpfs): the status snapshot, rewritten every
+# few seconds, belongs there rather than on the SD card.
+RUNTIME_DIR = Path("/run/retrofit-agent")
+
+
 def default_state_dir() -> Path:
     """systemd's StateDirectory= when set, else the FHS place."""
     return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/retrofit-agent").split(":")[0])
@@ -94,7 +99,8 @@ class HealthConfig(_Model):
     # A worker without progress for this long is stuck: the systemd watchdog
     # is no longer fed and systemd restarts the service.
     stall_after: Duration = 60.0
-    # The snapshot `retrofit-agent status` reads; default: beside the buffer.
+    # The snapshot `retrofit-agent status` reads; default: /run/retrofit-agent/
+    # when that exists (the service's RuntimeDirectory, in RAM), else beside the buffer.
     status_file: Path | None = None
     # Where systemd-timesyncd signals a synchronised clock; `timedatectl` is
     # asked too unless switched off.
@@ -248,7 +254,7 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
 
     buffer_path = _resolve(base, config.buffer.path)
     status_file = _resolve(base, config.health.status_file) if config.health.status_file else (
-        buffer_path.parent / "status.json")
+        RUNTIME_DIR / "status.json" if RUNTIME_DIR.is_dir() else buffer_path.parent / "status.json")
     resolved = config.model_copy(
         update={
             "buffer": config.buffer.model_copy(update={"path": buffer_path}),
