@@ -19,13 +19,14 @@ from agent import logs
 from agent.buffer import Buffer, BufferReader, BufferWriter, file_size
 from agent.clock import ClockState, ClockWatch
 from agent.integrity import CounterGuard
-from agent.config import LoadedConfig, ModbusRtuBus, ModbusTcpBus
+from agent.config import LoadedConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
 from agent.health import DeviceHealth, Health
 from agent.notify import Notifier
 from agent.readings import now_ms
 from agent.uplink import Uplink
-from agent.worker import BusWorker, DevicePoller
+from agent.worker import BusWorker, DevicePoller, MbusBusWorker, MbusDevicePoller
 from drivers import modbus
+from drivers.mbus_link import MbusLink
 from drivers.plan import LinkCost
 
 STOP_BUDGET_S = 4.0
@@ -85,7 +86,19 @@ class Agent:
     def _reported(self, first_ids: list[int]) -> None:
         self.writer.reported(first_ids)
 
-    def _worker(self, bus: ModbusRtuBus | ModbusTcpBus) -> BusWorker:
+    def _worker(self, bus: ModbusRtuBus | ModbusTcpBus | MbusBus) -> BusWorker:
+        guard = CounterGuard(last=self._counter_state)
+        if isinstance(bus, MbusBus):
+            mbus_pollers = []
+            for device in self.cfg.devices_on(bus.id):
+                self.health.devices[device.id] = DeviceHealth(bus=bus.id)
+                mbus_pollers.append(MbusDevicePoller(
+                    device.id, device.address, device.interval, self.loaded.catalogue.get(device.profile),
+                    self.health.devices[device.id], max_rates=dict(device.max_rate or {}),
+                    meter=self._meters.get(device.id, "")))
+            link = MbusLink(bus.port, bus.baudrate, bus.parity, bus.timeout, bus.retries)
+            return MbusBusWorker(bus.id, link, mbus_pollers, self.writer, self.health, self.stop_event,
+                                 self.clock_state, guard)
         link, cost = _link_for(bus)
         pollers = []
         for device in self.cfg.devices_on(bus.id):
@@ -97,8 +110,7 @@ class Agent:
                                         max_rates=dict(device.max_rate or {}),
                                         intervals=dict(device.intervals or {}),
                                         meter=self._meters.get(device.id, "")))
-        return BusWorker(bus.id, link, pollers, self.writer, self.health, self.stop_event, self.clock_state,
-                         CounterGuard(last=self._counter_state))
+        return BusWorker(bus.id, link, pollers, self.writer, self.health, self.stop_event, self.clock_state, guard)
 
     def status_figures(self) -> dict[str, object]:
         """Health figures for the retained status message and the status file."""

@@ -99,6 +99,8 @@ def bus_loads(config: Config, catalogue: Catalogue) -> list[BusLoad]:
     """Wire time each bus needs per second of schedule, from the request plans."""
     loads = []
     for bus in config.buses:
+        if bus.type == "mbus":
+            continue  # an M-Bus readout's length depends on the meter, not on a plan
         cost = link_cost(bus)
         busy = 0.0
         per_hour = 0.0

@@ -168,14 +168,33 @@ class ModbusTcpBus(_Model):
     timeout: Duration = 3.0
 
 
-BusConfig = Annotated[Union[ModbusRtuBus, ModbusTcpBus], Field(discriminator="type")]
+class MbusBus(_Model):
+    id: Identifier
+    type: Literal["mbus"]
+    # A serial port (/dev/ttyAMA0, a USB level converter) or a transparent
+    # TCP-to-serial gateway as socket://host:port.
+    port: Annotated[str, Field(min_length=1)]
+    baudrate: Literal[300, 600, 1200, 2400, 4800, 9600, 19200, 38400] = 2400
+    parity: Literal["N", "E", "O"] = "E"  # M-Bus is 8E1; a pty (tests) only takes N
+    # Per telegram; the default follows EN 13757-2 (330 bit times + 50 ms).
+    timeout: Duration | None = None
+    retries: Annotated[int, Field(ge=0, le=5)] = 2
+
+
+BusConfig = Annotated[Union[ModbusRtuBus, ModbusTcpBus, MbusBus], Field(discriminator="type")]
 MODBUS_BUS_TYPES = ("modbus-rtu", "modbus-tcp")
+BUS_TYPES = ("modbus-rtu", "modbus-tcp", "mbus")
+
+
+SecondaryAddress = Annotated[str, StringConstraints(pattern=r"^[0-9]{8}$")]
 
 
 class DeviceConfig(_Model):
     id: Identifier
     bus: Identifier
-    address: Annotated[int, Field(ge=0, le=255)]
+    # Modbus: unit id 1..247. M-Bus: primary address 1..250, or the meter's
+    # 8-digit identification number (secondary address) as a quoted string.
+    address: Annotated[int, Field(ge=0, le=255)] | SecondaryAddress
     profile: Annotated[str, Field(min_length=1)]
     interval: Duration = 60.0
     # A subset of the profile's points; all of them when absent.
@@ -197,7 +216,7 @@ class Config(_Model):
     profile_dirs: tuple[Path, ...] = ()
     health: HealthConfig = HealthConfig()
 
-    def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus:
+    def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus | MbusBus:
         return next(b for b in self.buses if b.id == bus_id)
 
     def devices_on(self, bus_id: str) -> list[DeviceConfig]:
@@ -352,9 +371,9 @@ def _describe(err: Any, located: Located) -> tuple[int, str]:
     if kind == "missing":
         return line, f"{_dotted(loc)}: required key is missing"
     if kind == "union_tag_invalid":
-        return line, f"{_dotted(loc)}: unknown bus type {err['input'].get('type')!r}; use one of {', '.join(MODBUS_BUS_TYPES)}"
+        return line, f"{_dotted(loc)}: unknown bus type {err['input'].get('type')!r}; use one of {', '.join(BUS_TYPES)}"
     if kind == "union_tag_not_found":
-        return line, f"{_dotted(loc)}: a bus needs a 'type' ({', '.join(MODBUS_BUS_TYPES)})"
+        return line, f"{_dotted(loc)}: a bus needs a 'type' ({', '.join(BUS_TYPES)})"
     if kind == "string_pattern_mismatch":
         message = "use letters, digits, '_', '.' or '-' (it becomes part of MQTT topics)"
     got = err.get("input")
@@ -419,10 +438,16 @@ def _cross_check(located: Located, catalogue: Catalogue) -> list[tuple[int, str]
                 )
             else:
                 addresses[key] = index
-            if bus_types.get(bus_id) in MODBUS_BUS_TYPES and isinstance(address, int) and not 1 <= address <= 247:
+            if bus_types.get(bus_id) in MODBUS_BUS_TYPES and not (isinstance(address, int) and 1 <= address <= 247):
                 problems.append(
                     (located.line_of(where + ("address",)),
-                     f"devices[{index}].address: a Modbus unit id is 1..247 (got {address})")
+                     f"devices[{index}].address: a Modbus unit id is 1..247 (got {address!r})")
+                )
+            if bus_types.get(bus_id) == "mbus" and isinstance(address, int) and not 1 <= address <= 250:
+                problems.append(
+                    (located.line_of(where + ("address",)),
+                     f"devices[{index}].address: an M-Bus primary address is 1..250, or give the "
+                     f"8-digit secondary address in quotes (got {address})")
                 )
         profile_name = device.get("profile")
         if isinstance(profile_name, str):
@@ -436,6 +461,12 @@ def _cross_check(located: Located, catalogue: Catalogue) -> list[tuple[int, str]
                 )
             else:
                 profile = catalogue.get(profile_name)
+                protocol = "mbus" if bus_types.get(bus_id) == "mbus" else "modbus"
+                if isinstance(bus_id, str) and bus_id in bus_types and profile.protocol != protocol:
+                    problems.append(
+                        (located.line_of(where + ("profile",)),
+                         f"devices[{index}].profile: {profile_name!r} is a {profile.protocol} profile, "
+                         f"but bus {bus_id!r} is {bus_types[bus_id]}"))
                 wanted = device.get("points")
                 names = {p.name for p in profile.points}
                 for key in ("max_rate", "intervals"):
@@ -474,12 +505,18 @@ def summarise(loaded: LoadedConfig) -> list[str]:
         where = (
             f"{bus.port} {bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"
             if isinstance(bus, ModbusRtuBus)
+            else f"{bus.port} {bus.baudrate} 8{bus.parity}1" if isinstance(bus, MbusBus)
             else f"{bus.host}:{bus.port}"
         )
         lines.append(f"bus {bus.id} ({bus.type}, {where}): {len(by_bus[bus.id])} device(s)")
         for device in by_bus[bus.id]:
             profile = loaded.catalogue.get(device.profile)
-            points = device.points or tuple(p.name for p in profile.points)
+            points = device.points or tuple(p.name for p in profile.points) or ("every record",)
+            min_interval = getattr(profile, "min_interval", None)
+            if min_interval and device.interval < min_interval:
+                lines.append(f"  warning: device {device.id} every {format_duration(device.interval)}: "
+                             f"{profile.name} meters allow a read every {format_duration(min_interval)} at most "
+                             "(battery); the meter may stop answering or drain its battery")
             lines.append(
                 f"  device {device.id}: address {device.address}, profile {device.profile}, "
                 f"every {format_duration(device.interval)}, {len(points)} point(s): {', '.join(points)}"

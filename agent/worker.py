@@ -29,7 +29,9 @@ from agent.readings import Reading, now_ms, with_flag
 from drivers.codec import Decoder, make_decoder
 from drivers.modbus import RegisterReader
 from drivers.plan import Hole, LinkCost, ReadRequest, gaps_inside, plan_requests
-from drivers.profile import ModbusPoint, Profile
+from drivers.mbus_link import MbusLink
+from drivers.mbus_points import point_values
+from drivers.profile import MbusProfile, ModbusPoint, Profile
 
 ILLEGAL_DATA_ADDRESS = 2
 QUALITY_INVALID = "invalid"
@@ -183,18 +185,7 @@ class BusWorker(threading.Thread):
             device.identity_due = time.monotonic() + IDENTITY_EVERY_S  # this unit has no serial there
             return None, []
         device.identity_due = time.monotonic() + IDENTITY_EVERY_S
-        meter = str(make_decoder(register.type, register.order)(words))
-        if meter == device.meter:
-            return None, []
-        events: list[dict[str, object]] = []
-        if device.meter:
-            events.append({"type": "meter_swap", "device": device.device_id, "old_meter": device.meter,
-                           "new_meter": meter, "ts": self._clock.wall_ms()})
-            self._guard.forget_device(device.device_id)
-            device.swapped = set(device.limits)
-            self._log.warning("device.meter_swap", device=device.device_id, old_meter=device.meter, new_meter=meter)
-        device.meter = meter
-        return {device.device_id: meter}, events
+        return self._swap_if_new(device, str(make_decoder(register.type, register.order)(words)))
 
     def poll(self, device: DevicePoller, group: PollGroup | None = None) -> None:
         """Read every planned block of one group of a device; hand over what was read."""
@@ -251,23 +242,43 @@ class BusWorker(threading.Thread):
         for point in request.points:
             at = point.address - request.start
             value = device.decoders[point.name](registers[at : at + point.count])
-            quality = "ok"
-            if isinstance(value, float) and not math.isfinite(value):
-                value, quality = None, QUALITY_INVALID
-            elif point.kind == "counter":
-                flag = self._guard.check((device.device_id, point.name), value, stamp, device.limits[point.name])
-                if point.name in device.swapped:
-                    device.swapped.discard(point.name)
-                    flag = "meter_swap"
-                if flag:
-                    quality = flag
-                    self._log.warning("counter.suspicious", device=device.device_id, point=point.name,
-                                      flag=flag, value=value)
-            if mono is not None:
-                quality = with_flag(quality, "clock_unsynced")
-            out.append(Reading(device.device_id, point.name, value, point.unit, stamp, quality, point.kind,
-                               device.meter, mono))
+            out.append(self._reading(device, point.name, value, point.unit, point.kind, stamp, mono))
         return out
+
+    def _reading(self, device: DevicePoller | MbusDevicePoller, point: str, value: float | int | None, unit: str,
+                 kind: str, stamp: int, mono: int | None) -> Reading:
+        """One reading, its counter checked and its quality flags set; the raw value is kept."""
+        quality = "ok"
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            value, quality = None, QUALITY_INVALID
+        elif kind == "counter":
+            limits = device.limits.get(point) or CounterLimits()
+            flag = self._guard.check((device.device_id, point), value, stamp, limits)
+            if point in device.swapped:
+                device.swapped.discard(point)
+                flag = "meter_swap"
+            if flag:
+                quality = flag
+                self._log.warning("counter.suspicious", device=device.device_id, point=point, flag=flag, value=value)
+        if mono is not None:
+            quality = with_flag(quality, "clock_unsynced")
+        return Reading(device.device_id, point, value, unit, stamp, quality, kind, device.meter, mono)
+
+    def _swap_if_new(self, device: DevicePoller | MbusDevicePoller, meter: str
+                     ) -> tuple[dict[str, str] | None, list[dict[str, object]]]:
+        """A meter id that differs from the last one known is a meter swap:
+        one event, and the device's counters start a new series."""
+        if not meter or meter == device.meter:
+            return None, []
+        events: list[dict[str, object]] = []
+        if device.meter:
+            events.append({"type": "meter_swap", "device": device.device_id, "old_meter": device.meter,
+                           "new_meter": meter, "ts": self._clock.wall_ms()})
+            self._guard.forget_device(device.device_id)
+            device.swapped = set(device.limits) | {p for p in getattr(device, "counter_points", ())}
+            self._log.warning("device.meter_swap", device=device.device_id, old_meter=device.meter, new_meter=meter)
+        device.meter = meter
+        return {device.device_id: meter}, events
 
     def _record(self, device: DevicePoller, error: BusError | None, got_any: bool) -> None:
         """Count the poll; log only when the device's state changes."""
@@ -298,3 +309,57 @@ class BusWorker(threading.Thread):
         if state == "ok":
             health.consecutive_failures = 0
             device.silent_since = None
+
+
+@dataclass
+class MbusDevicePoller:
+    """One M-Bus meter: address (primary or secondary), profile, schedule."""
+
+    device_id: str
+    address: int | str
+    interval: float
+    profile: MbusProfile
+    health: DeviceHealth
+    max_rates: dict[str, float] = field(default_factory=dict)
+    meter: str = ""
+    silent_since: float | None = None
+    identity_due: float = 0.0
+    swapped: set[str] = field(default_factory=set)
+    groups: list[PollGroup] = field(default_factory=list)
+    limits: dict[str, CounterLimits] = field(default_factory=dict)
+    plan: tuple[ReadRequest, ...] = ()
+    counter_points: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.groups = [PollGroup(self.interval, (), device_offset(self.device_id, self.interval))]
+        self.limits = {p.name: CounterLimits(max_rate_per_h=self.max_rates.get(p.name))
+                       for p in self.profile.points if p.kind == "counter"}
+        self.counter_points = set(self.limits)
+
+
+class MbusBusWorker(BusWorker):
+    """The same schedule and health as a Modbus bus; a readout is one
+    M-Bus transaction per telegram, and the meter's identification number
+    from the telegram header is its identity."""
+
+    def __init__(self, bus_id: str, link: MbusLink, devices: list[MbusDevicePoller], sink: Sink,  # type: ignore[override]
+                 health: Health, stop: threading.Event, clock: ClockState | None = None,
+                 guard: CounterGuard | None = None) -> None:
+        super().__init__(bus_id, link, devices, sink, health, stop, clock, guard)  # type: ignore[arg-type]
+        self.mbus = link
+
+    def poll(self, device: MbusDevicePoller, group: PollGroup | None = None) -> None:  # type: ignore[override]
+        try:
+            telegrams = self.mbus.read(device.address)
+        except BusError as exc:
+            self._record(device, exc, got_any=False)  # type: ignore[arg-type]
+            return
+        stamp = self._clock.wall_ms()
+        mono = None if self._clock.trusted else self._clock.mono_ms()
+        records = [r for telegram in telegrams for r in telegram.records]
+        meters, events = self._swap_if_new(device, telegrams[0].header.identification or "")
+        readings = [self._reading(device, name, value, unit, kind, stamp, mono)
+                    for name, value, unit, kind in point_values(device.profile, records)]
+        if readings or meters or events:
+            self._sink.put(readings, self._guard.take_changes() or None, meters, events)
+        self._record(device, None, got_any=True)  # type: ignore[arg-type]

@@ -117,7 +117,46 @@ class Profile(_Strict):
         raise KeyError(name)
 
 
-def _read_yaml(text: str, origin: str) -> Profile:
+class MbusPoint(_Strict):
+    """One quantity of an M-Bus meter: which record it is, in which unit it is sent."""
+
+    name: str
+    quantity: str  # as the decoder names it: energy, volume, power, volume_flow, flow_temperature, ...
+    storage: Annotated[int, Field(ge=0)] = 0  # 0: the current value; 1..: stored (due-date) values
+    tariff: Annotated[int, Field(ge=0)] = 0
+    subunit: Annotated[int, Field(ge=0)] = 0
+    function: Literal["instantaneous", "maximum", "minimum", "error_state"] = "instantaneous"
+    unit: str  # the unit sent to the platform (the record is converted to it)
+    kind: Kind
+    description: str = ""
+
+
+class MbusProfile(_Strict):
+    """Maps the records of an M-Bus telegram to points; the meter's
+    identification number comes from the telegram header."""
+
+    name: str
+    protocol: Literal["mbus"]
+    manufacturer: str
+    model: str
+    source: str
+    description: str = ""
+    points: tuple[MbusPoint, ...] = ()
+    # Every record becomes a point named after its quantity (and storage,
+    # tariff, subunit when not 0), in its base unit: for meters without a profile.
+    all_records: bool = False
+    # Battery meters allow few reads: `check` warns below this interval.
+    min_interval: Annotated[float, Field(gt=0)] | None = None
+    origin: str = ""
+
+    workarounds: Workarounds = Workarounds()
+    identity: None = None
+
+
+AnyProfile = Profile | MbusProfile
+
+
+def _read_yaml(text: str, origin: str) -> AnyProfile:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -135,6 +174,8 @@ def _read_yaml(text: str, origin: str) -> Profile:
         raw["points"] = points
     raw.setdefault("origin", origin)
     try:
+        if raw.get("protocol") == "mbus":
+            return MbusProfile.model_validate(raw)
         return Profile.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
@@ -143,7 +184,7 @@ def _read_yaml(text: str, origin: str) -> Profile:
         raise ProfileError(f"{origin}: {problems}") from None
 
 
-def load_profile_file(path: Path) -> Profile:
+def load_profile_file(path: Path) -> AnyProfile:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -155,10 +196,10 @@ def load_profile_file(path: Path) -> Profile:
 class Catalogue:
     """Every profile known to this agent, bundled first, site files overriding."""
 
-    profiles: dict[str, Profile] = field(default_factory=dict)
+    profiles: dict[str, AnyProfile] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
-    def get(self, name: str) -> Profile:
+    def get(self, name: str) -> AnyProfile:
         try:
             return self.profiles[name]
         except KeyError:

@@ -1,0 +1,65 @@
+"""Three simulated M-Bus heat meters on one serial line (a socat pty), one of
+them addressed by its secondary address: their values reach the broker in
+kWh, m3, m3/h and Cel, equal to what the meters served."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from simulators.mbus_meter import HeatMeterState, MbusLineServer, SimulatedMbusMeter
+from simulators.pty import PtyPair
+from tests.support import AgentProcess, Broker, Subscriber, require_binary, wait_until, write_config
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_three_heat_meters_one_by_secondary_address(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    require_binary("socat")
+    meters = [
+        SimulatedMbusMeter(5, "12345678", state=HeatMeterState(power_w=12_000, supply_c=70.0, return_c=45.0)),
+        SimulatedMbusMeter(6, "23456789", manufacturer="KAM", state=HeatMeterState(power_w=4_500, supply_c=55.5,
+                                                                                   return_c=38.2)),
+        SimulatedMbusMeter(7, "34567890", manufacturer="LUG", state=HeatMeterState(power_w=0, supply_c=21.0,
+                                                                                   return_c=21.0 - 0.5)),
+    ]
+    with PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent") as line:
+        server = MbusLineServer(meters, str(line.meter_end), baudrate=2400).start()
+        config = write_config(
+            tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+            # A pty takes no parity; a real M-Bus level converter runs 8E1 (the default).
+            buses=[{"id": "mbus-1", "type": "mbus", "port": str(line.agent_end), "baudrate": 2400, "parity": "N"}],
+            devices=[
+                {"id": "heat-5", "bus": "mbus-1", "address": 5, "profile": "mbus-heat", "interval": "1s"},
+                {"id": "heat-6", "bus": "mbus-1", "address": "23456789", "profile": "mbus-heat", "interval": "1s"},
+                {"id": "heat-7", "bus": "mbus-1", "address": 7, "profile": "mbus-heat", "interval": "1s"},
+            ],
+        )
+        agent = AgentProcess(config, tmp_path / "agent.log").start()
+        try:
+            wait_until(lambda: {r["device"] for r in subscriber.unique_readings().values()}
+                       == {"heat-5", "heat-6", "heat-7"} and len(subscriber.unique_readings()) >= 60, 30,
+                       "readings of all three meters")
+        finally:
+            assert agent.stop() == 0
+            server.stop()
+    readings = subscriber.unique_readings()
+    ids = sorted(readings)
+    assert ids == list(range(1, ids[-1] + 1))
+    units = {"energy_heat": "kWh", "volume": "m3", "power_heat": "W", "flow": "m3/h", "temperature_supply": "Cel",
+             "temperature_return": "Cel", "temperature_difference": "K", "energy_heat_due_date": "kWh"}
+    by_device = {"heat-5": meters[0], "heat-6": meters[1], "heat-7": meters[2]}
+    for reading in readings.values():
+        assert reading["unit"] == units[reading["point"]]
+        served = {Decimal(str(s[reading["point"]])) for s in by_device[reading["device"]].served}
+        assert Decimal(str(reading["value"])) in served, reading
+        assert reading["meter"] == by_device[reading["device"]].identification
+    supply_6 = [r["value"] for r in readings.values() if r["device"] == "heat-6" and r["point"] == "temperature_supply"]
+    assert supply_6 and set(supply_6) == {55.5}
+    assert all(r["quality"] == "ok" for r in readings.values())
+    selections = [f for f in server.requests if f[0] == 0x68 and f[6] == 0x52]
+    assert selections, "heat-6 is read through a secondary-address selection"
+    writes = [f for f in server.requests if f[0] == 0x68 and f[6] not in (0x52,)]
+    assert writes == [], "nothing but selections is ever sent as user data"
