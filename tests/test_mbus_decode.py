@@ -19,6 +19,7 @@ import pytest
 from agent.errors import DecodeError, FrameError
 from drivers.mbus import (
     DataCoding,
+    DataRecord,
     LongFrame,
     RecordFunction,
     decode_records,
@@ -33,6 +34,8 @@ from tests.mbus_support.libmbus_reference import (
     load_reference,
     missing_testdata_message,
     record_problems,
+)
+from tests.mbus_support.libmbus_reference import (
     testdata_dir as reference_dir,
 )
 
@@ -66,9 +69,7 @@ def test_reference_frame_matches_libmbus(path: Path | None) -> None:
     reference = load_reference(reference_path)
     problems = header_problems(telegram, reference)
     if len(telegram.records) != len(reference.records):
-        problems.append(
-            f"{len(telegram.records)} records, reference has {len(reference.records)}"
-        )
+        problems.append(f"{len(telegram.records)} records, reference has {len(reference.records)}")
     fixed = telegram.header.ci in (0x73, 0x77)
     for ours, theirs in zip(telegram.records, reference.records, strict=False):
         problems += record_problems(ours, theirs, fixed)
@@ -165,7 +166,7 @@ def test_fixed_data_structure() -> None:
 # --- Records: DIF/DIFE ---------------------------------------------------------------
 
 
-def _one(record_bytes: bytes):  # noqa: ANN202 - a DataRecord
+def _one(record_bytes: bytes) -> DataRecord:
     block = decode_records(record_bytes)
     assert len(block.records) == 1
     return block.records[0]
@@ -276,9 +277,7 @@ VIF_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("raw", "quantity", "value", "unit", "base_value", "base_unit"), VIF_CASES
-)
+@pytest.mark.parametrize(("raw", "quantity", "value", "unit", "base_value", "base_unit"), VIF_CASES)
 def test_vif_scaling(
     raw: str, quantity: str, value: Decimal, unit: str, base_value: Decimal, base_unit: str
 ) -> None:
@@ -526,7 +525,15 @@ def test_telegram_to_json_is_serialisable() -> None:
     assert records[1]["value"] == "2015-07-09T12:43:00"
     assert records[2]["value"] == "AB"
     assert set(records[0]) >= {
-        "index", "function", "storage", "tariff", "subunit", "quantity", "value", "unit", "raw"
+        "index",
+        "function",
+        "storage",
+        "tariff",
+        "subunit",
+        "quantity",
+        "value",
+        "unit",
+        "raw",
     }
 
 

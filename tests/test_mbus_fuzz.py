@@ -27,9 +27,7 @@ from drivers.mbus import (
 from tests.mbus_support.libmbus_reference import missing_testdata_message
 from tests.mbus_support.libmbus_reference import testdata_dir as reference_dir
 
-SETTINGS = settings(
-    max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _reference_frames() -> list[bytes]:

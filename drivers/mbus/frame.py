@@ -99,9 +99,7 @@ class LongFrame:
         body = bytes([self.control, self.address, self.ci]) + bytes(self.data)
         length = len(body)
         return (
-            bytes([LONG_START, length, length, LONG_START])
-            + body
-            + bytes([checksum(body), STOP])
+            bytes([LONG_START, length, length, LONG_START]) + body + bytes([checksum(body), STOP])
         )
 
 
@@ -148,22 +146,16 @@ def _expected_length(received: bytes) -> int | None:
     if start == SHORT_START:
         return 5
     if start != LONG_START:
-        raise FrameError(
-            f"unexpected start byte 0x{start:02X}: expected 0x68, 0x10 or 0xE5"
-        )
+        raise FrameError(f"unexpected start byte 0x{start:02X}: expected 0x68, 0x10 or 0xE5")
     if len(received) < 2:
         return None
     length = received[1]
     if length < 3:
         raise FrameError(f"long frame L field is {length}: it must be at least 3 (C, A, CI)")
     if len(received) >= 3 and received[2] != length:
-        raise FrameError(
-            f"long frame length fields differ: 0x{length:02X} and 0x{received[2]:02X}"
-        )
+        raise FrameError(f"long frame length fields differ: 0x{length:02X} and 0x{received[2]:02X}")
     if len(received) >= 4 and received[3] != LONG_START:
-        raise FrameError(
-            f"long frame second start byte is 0x{received[3]:02X}, expected 0x68"
-        )
+        raise FrameError(f"long frame second start byte is 0x{received[3]:02X}, expected 0x68")
     return length + 6
 
 
@@ -213,9 +205,10 @@ def split_frame(received: bytes) -> tuple[Frame, bytes] | None:
 
 
 def _check_address(address: int) -> None:
-    valid = (
-        UNCONFIGURED_ADDRESS <= address <= LAST_PRIMARY_ADDRESS
-        or address in (NETWORK_LAYER_ADDRESS, BROADCAST_WITH_REPLY, BROADCAST_NO_REPLY)
+    valid = UNCONFIGURED_ADDRESS <= address <= LAST_PRIMARY_ADDRESS or address in (
+        NETWORK_LAYER_ADDRESS,
+        BROADCAST_WITH_REPLY,
+        BROADCAST_NO_REPLY,
     )
     if not valid:
         raise FrameError(

@@ -217,9 +217,7 @@ def _read_header(reader: _Reader, dif: int, msb_first: bool) -> _Header:
     while extension:
         dife = reader.byte("DIFE")
         if dife_count == MAX_DIFES:
-            raise DecodeError(
-                f"record {reader.record_index}: more than {MAX_DIFES} DIFEs"
-            )
+            raise DecodeError(f"record {reader.record_index}: more than {MAX_DIFES} DIFEs")
         storage |= (dife & 0x0F) << (1 + 4 * dife_count)
         tariff |= ((dife >> 4) & 0x03) << (2 * dife_count)
         subunit |= ((dife >> 6) & 0x01) << dife_count
@@ -227,20 +225,15 @@ def _read_header(reader: _Reader, dif: int, msb_first: bool) -> _Header:
         extension = dife & EXTENSION_BIT
     vif = reader.byte("VIF")
     plain_text_unit = None
-    if vif & 0x7F == VIF_PLAIN_TEXT:
-        length = reader.byte("plain-text VIF length")
-        chars = reader.take(length, "plain-text VIF")
-        plain_text_unit = (chars if msb_first else chars[::-1]).decode("latin-1")
     vifes: list[int] = []
-    extension = vif & EXTENSION_BIT
-    while extension:
-        vife = reader.byte("VIFE")
-        if len(vifes) == MAX_VIFES:
-            raise DecodeError(
-                f"record {reader.record_index}: more than {MAX_VIFES} VIFEs"
-            )
-        vifes.append(vife)
-        extension = vife & EXTENSION_BIT
+    if vif & 0x7F == VIF_PLAIN_TEXT:
+        if vif & EXTENSION_BIT and _vifes_come_first(reader.data, reader.pos):
+            vifes = _read_vifes(reader)
+        plain_text_unit = _read_plain_text(reader, msb_first)
+        if vif & EXTENSION_BIT and not vifes:
+            vifes = _read_vifes(reader)
+    elif vif & EXTENSION_BIT:
+        vifes = _read_vifes(reader)
     return _Header(
         function=_FUNCTIONS[(dif >> 4) & 0x03],
         storage=storage,
@@ -251,6 +244,47 @@ def _read_header(reader: _Reader, dif: int, msb_first: bool) -> _Header:
         vifes=tuple(vifes),
         plain_text_unit=plain_text_unit,
     )
+
+
+def _read_vifes(reader: _Reader) -> list[int]:
+    vifes: list[int] = []
+    while True:
+        vife = reader.byte("VIFE")
+        if len(vifes) == MAX_VIFES:
+            raise DecodeError(f"record {reader.record_index}: more than {MAX_VIFES} VIFEs")
+        vifes.append(vife)
+        if not vife & EXTENSION_BIT:
+            return vifes
+
+
+def _read_plain_text(reader: _Reader, msb_first: bool) -> str:
+    length = reader.byte("plain-text VIF length")
+    chars = reader.take(length, "plain-text VIF")
+    return (chars if msb_first else chars[::-1]).decode("latin-1")
+
+
+def _printable_text_at(data: bytes, pos: int) -> bool:
+    """Is there a length byte at ``pos`` followed by that much printable ASCII?"""
+    if pos >= len(data):
+        return False
+    end = pos + 1 + data[pos]
+    return end <= len(data) and all(0x20 <= byte < 0x7F for byte in data[pos + 1 : end])
+
+
+def _vifes_come_first(data: bytes, pos: int) -> bool:
+    """Where does a plain-text VIF (0xFC) put its VIFEs: before or after the text?
+
+    EN 13757-3 places the VIFEs right after the VIF and the length byte and
+    text after them; some meters (Elvaco CMa10/11) send the text first and
+    the VIFEs after it. The two layouts are told apart by which one yields a
+    length byte followed by printable ASCII; the standard's order wins a tie.
+    """
+    end = pos
+    while end < len(data) and data[end] & EXTENSION_BIT and end - pos < MAX_VIFES:
+        end += 1
+    standard = _printable_text_at(data, end + 1)
+    text_first = _printable_text_at(data, pos)
+    return standard or not text_first
 
 
 @dataclass(frozen=True)
@@ -390,9 +424,7 @@ def _read_record(
     )
 
 
-def _value(
-    coding: DataCoding, field: bytes, meaning: _Meaning
-) -> tuple[RecordValue, str | None]:
+def _value(coding: DataCoding, field: bytes, meaning: _Meaning) -> tuple[RecordValue, str | None]:
     """The record's value, or None with the reason it is invalid."""
     kind = meaning.value.kind if not meaning.unknown else ValueKind.NUMBER
     if coding in (DataCoding.NONE, DataCoding.SELECTION):

@@ -145,9 +145,7 @@ def decode_telegram(frame: bytes) -> Telegram:
     """
     parsed = parse_frame(frame)
     if not isinstance(parsed, LongFrame):
-        raise DecodeError(
-            f"expected a long frame with user data, got a {type(parsed).__name__}"
-        )
+        raise DecodeError(f"expected a long frame with user data, got a {type(parsed).__name__}")
     return decode_user_data(parsed.ci, parsed.data)
 
 

@@ -15,7 +15,10 @@ debatable, the mapping lives here in tables, never in the decoder:
   such as ``2000-00-00`` or ``1900-01-00T00:00:00Z``; we return no value
   and flag the record invalid;
 * libmbus converts month/year durations to seconds with an average month;
-  we keep them in months/years (no exact base value), value not compared.
+  we keep them in months/years (no exact base value), value not compared;
+* libmbus turns BCD digits A..F into numbers (DD B4 EB DD -> 1311041.3 W);
+  such a field is an error display of the meter, we flag the record
+  invalid and give no value, so the value is not compared.
 """
 
 from __future__ import annotations
@@ -271,9 +274,9 @@ def _fix_mojibake(text: str | None) -> str | None:
 def load_reference(path: Path) -> Reference:
     root = ET.parse(path).getroot()
     slave = root.find("SlaveInformation")
-    header = {} if slave is None else {
-        child.tag: _fix_mojibake(child.text) or "" for child in slave
-    }
+    header = (
+        {} if slave is None else {child.tag: _fix_mojibake(child.text) or "" for child in slave}
+    )
     records = []
     for element in root.findall("DataRecord"):
         fields = {child.tag: _fix_mojibake(child.text) for child in element}
@@ -339,7 +342,9 @@ def record_problems(ours: DataRecord, ref: ReferenceRecord, fixed: bool) -> list
         return problems
     if ref.unit == "-" and ref.quantity not in QUANTITIES:
         # Plain-text VIF: libmbus puts the text where the quantity goes.
-        if ours.quantity != "plain_text" or ours.unit != ref.quantity:
+        # A "per second" VIFE extends our unit ("ABC/s"); libmbus ignores it.
+        text_unit = ours.unit if ours.unit == ref.quantity else ours.unit.rsplit("/", 1)[0]
+        if ours.quantity != "plain_text" or text_unit != ref.quantity:
             problems.append(
                 f"{where}: plain-text unit {ref.quantity!r}, ours {ours.quantity}/{ours.unit!r}"
             )
@@ -362,6 +367,8 @@ def _value_problems(ours: DataRecord, ref: ReferenceRecord, where: str) -> list[
         return []
     if ours.unit in ("month", "a"):
         return []
+    if ours.invalid and any(note.startswith("BCD field") for note in ours.notes):
+        return []
     text = ref.value
     if ref.quantity in ("Time point (date)", "Time point (date & time)") or isinstance(
         ours.value, date
@@ -371,6 +378,14 @@ def _value_problems(ours: DataRecord, ref: ReferenceRecord, where: str) -> list[
         if (text or "").rstrip() != ours.value.rstrip():
             return [f"{where}: text {ours.value!r}, reference {text!r}"]
         return []
+    if ours.coding is DataCoding.LVAR_BINARY and _is_hex_words(text):
+        # libmbus prints long binary numbers as bytes, most significant first.
+        words = (text or "").split()
+        number = int("".join(words), 16)
+        mine_int = int(ours.value) % (1 << (8 * len(words)))  # type: ignore[arg-type]
+        if ours.base_value is not None and ours.base_value != ours.value:
+            return [f"{where}: scaled binary {ours.value}, reference bytes {text}"]
+        return [] if mine_int == number else [f"{where}: {ours.value!r}, reference {text}"]
     try:
         expected = Decimal(text or "")
     except InvalidOperation:
@@ -391,6 +406,13 @@ def _value_problems(ours: DataRecord, ref: ReferenceRecord, where: str) -> list[
     if abs(mine - expected) > tolerance:
         return [f"{where}: value {mine} {ours.base_unit}, reference {text} {ref.unit}"]
     return []
+
+
+def _is_hex_words(text: str | None) -> bool:
+    words = (text or "").split()
+    return len(words) > 1 and all(
+        len(word) == 2 and all(c in "0123456789ABCDEFabcdef" for c in word) for word in words
+    )
 
 
 def _data_length(record: DataRecord) -> int:
@@ -437,7 +459,5 @@ def _fixed_value_problems(ours: DataRecord, ref: ReferenceRecord, where: str) ->
     base_unit, factor = known
     expected = Decimal(ref.value or "0") * scale * factor
     if ours.base_unit != base_unit or ours.base_value != expected:
-        return [
-            f"{where}: {ours.base_value} {ours.base_unit}, reference {ref.value} {ref.unit}"
-        ]
+        return [f"{where}: {ours.base_value} {ours.base_unit}, reference {ref.value} {ref.unit}"]
     return []
