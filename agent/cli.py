@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--parities", default="N,E", help="serial: comma list to try (default N,E)")
     scan.add_argument("--table", choices=("holding", "input"), default="holding")
     scan.add_argument("--register", type=int, default=0, help="register to read (default 0)")
+    scan.add_argument("--mbus", action="store_true", help="the --serial port (or socket://host:port) is an M-Bus line")
+    scan.add_argument("--secondary", action="store_true", help="M-Bus: search by secondary address (wildcards)")
 
     mbus = commands.add_parser("mbus", help="M-Bus tools")
     mbus_commands = mbus.add_subparsers(dest="mbus_command", required=True, metavar="ACTION")
@@ -72,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _bus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serial", metavar="PORT", help="serial port, e.g. /dev/ttyUSB0")
-    parser.add_argument("--baudrate", type=int, default=9600)
-    parser.add_argument("--parity", choices=("N", "E", "O"), default="N")
+    parser.add_argument("--baudrate", type=int, help="default 9600 (Modbus), 2400 (M-Bus)")
+    parser.add_argument("--parity", choices=("N", "E", "O"), help="default N (Modbus), E (M-Bus)")
     parser.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
     parser.add_argument("--host", help="Modbus TCP host")
     parser.add_argument("--port", type=int, default=502, help="Modbus TCP port")
@@ -150,8 +152,8 @@ def _adhoc_bus(args: argparse.Namespace):  # noqa: ANN202
     from agent.config import ModbusRtuBus, ModbusTcpBus
 
     if args.serial:
-        return ModbusRtuBus(id="probe", type="modbus-rtu", port=args.serial, baudrate=args.baudrate,
-                            parity=args.parity, stopbits=args.stopbits, timeout=args.timeout)
+        return ModbusRtuBus(id="probe", type="modbus-rtu", port=args.serial, baudrate=args.baudrate or 9600,
+                            parity=args.parity or "N", stopbits=args.stopbits, timeout=args.timeout)
     if args.host:
         return ModbusTcpBus(id="probe", type="modbus-tcp", host=args.host, port=args.port, timeout=args.timeout)
     raise ConfigError(["give --config with --device, or --serial PORT / --host HOST"])
@@ -186,7 +188,7 @@ def _probe(args: argparse.Namespace) -> int:
     return EX_OK if all(not r.error for r in rows) else EX_FAILURE
 
 
-def _parse_units(text: str) -> list[int]:
+def _parse_units(text: str, highest: int = 247) -> list[int]:
     units: list[int] = []
     for part in text.split(","):
         low, sep, high = part.strip().partition("-")
@@ -194,16 +196,53 @@ def _parse_units(text: str) -> list[int]:
             first, last = int(low), int(high) if sep else int(low)
         except ValueError:
             raise ConfigError([f"--addresses: cannot read {part!r}; use e.g. 1-247 or 1,5,10-20"]) from None
-        if not (1 <= first <= last <= 247):
-            raise ConfigError([f"--addresses: {part!r} is outside 1..247"])
+        if not (1 <= first <= last <= highest):
+            raise ConfigError([f"--addresses: {part!r} is outside 1..{highest}"])
         units.extend(range(first, last + 1))
     return units
+
+
+def _scan_mbus(args: argparse.Namespace) -> int:
+    from agent.commission import describe_meter, mbus_scan_primary, mbus_scan_secondary
+    from drivers.mbus_link import MbusLink
+
+    port, baudrate, parity = args.serial, args.baudrate or 2400, args.parity or "E"
+    if args.config and args.bus:
+        from agent.config import MbusBus, load_config
+
+        bus = next((b for b in load_config(args.config).config.buses if b.id == args.bus), None)
+        if not isinstance(bus, MbusBus):
+            raise ConfigError([f"{args.config}: no M-Bus bus {args.bus!r}"])
+        port, baudrate, parity = bus.port, bus.baudrate, bus.parity
+    if not port:
+        raise ConfigError(["M-Bus scan: give --serial PORT (or socket://host:port), or --config with --bus"])
+    link = MbusLink(port, baudrate, parity, retries=0)
+    found = 0
+    try:
+        if args.secondary:
+            print(f"searching {port} ({baudrate} 8{parity}1) by secondary address ...", flush=True)
+            for header in mbus_scan_secondary(link):
+                found += 1
+                print(f"  {describe_meter(header)}", flush=True)
+        else:
+            addresses = [a for a in _parse_units(args.addresses.replace("247", "250"), 250)]
+            print(f"scanning {port} ({baudrate} 8{parity}1), primary addresses {addresses[0]}..{addresses[-1]} ...",
+                  flush=True)
+            for address, header in mbus_scan_primary(link, addresses):
+                found += 1
+                print(f"  address {address:3}: {describe_meter(header)}", flush=True)
+    finally:
+        link.close()
+    print(f"{found} meter(s) found")
+    return EX_OK if found else EX_FAILURE
 
 
 def _scan(args: argparse.Namespace) -> int:
     from agent.commission import open_link, scan_units
     from agent.config import ModbusRtuBus, ModbusTcpBus
 
+    if args.mbus:
+        return _scan_mbus(args)
     units = _parse_units(args.addresses)
     if args.config and args.bus:
         from agent.config import load_config

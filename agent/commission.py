@@ -13,6 +13,8 @@ from agent.config import Config, ModbusRtuBus, ModbusTcpBus
 from agent.errors import BusError, ExceptionResponse
 from agent.worker import group_by_interval
 from drivers import modbus
+from drivers.mbus import TelegramHeader
+from drivers.mbus_link import MbusLink
 from drivers.plan import LinkCost, plan_requests
 from drivers.profile import Catalogue, Profile
 
@@ -135,3 +137,34 @@ def load_warnings(config: Config, catalogue: Catalogue) -> list[str]:
 def sleep_between(seconds: float) -> None:
     if seconds > 0:
         time.sleep(seconds)
+
+
+def mbus_scan_primary(link: MbusLink, addresses: Iterable[int]) -> Iterator[tuple[int, TelegramHeader]]:
+    """Meters answering at primary addresses, with their telegram headers."""
+    for address in addresses:
+        telegram = link.probe_primary(address)
+        if telegram is not None:
+            yield address, telegram.header
+
+
+def mbus_scan_secondary(link: MbusLink, prefix: str = "") -> Iterator[TelegramHeader]:
+    """Every meter by secondary address: select with wildcards; where several
+    meters answer at once, refine the pattern by one more digit."""
+    if len(prefix) == 8:
+        outcome, telegram = link.probe_secondary(prefix)
+        if outcome == "one" and telegram is not None:
+            yield telegram.header
+        return
+    outcome, telegram = link.probe_secondary(prefix + "F" * (8 - len(prefix)))
+    if outcome == "none":
+        return
+    if outcome == "one" and telegram is not None:
+        yield telegram.header
+        return
+    for digit in "0123456789":
+        yield from mbus_scan_secondary(link, prefix + digit)
+
+
+def describe_meter(header: TelegramHeader) -> str:
+    return (f"id {header.identification}, manufacturer {header.manufacturer}, medium {header.medium}, "
+            f"version {header.version}")

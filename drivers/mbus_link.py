@@ -70,7 +70,10 @@ class MbusLink:
         """One frame, or BusError after the answer timeout; the frame's own
         length drives how much is read, so a whole frame costs no waiting."""
         received = b""
-        deadline = time.monotonic() + self.timeout + 261 * self.char_time
+        started = time.monotonic()
+        # Silence is decided after the answer timeout; once the first byte is
+        # in, the frame itself may take up to 261 characters more.
+        deadline = started + self.timeout
         while True:
             try:
                 need = bytes_needed(received)
@@ -82,6 +85,8 @@ class MbusLink:
                 raise BusError(f"no answer on {self.port} within {self.timeout:.2f} s"
                                if not received else f"incomplete frame on {self.port} ({len(received)} bytes)")
             chunk = line.read(need)
+            if chunk and not received:
+                deadline = time.monotonic() + self.timeout + 261 * self.char_time
             received += chunk
 
     def _transact(self, request: bytes) -> bytes:
@@ -118,6 +123,38 @@ class MbusLink:
         """Select a meter by its 8-digit secondary address (F = wildcard nibble)."""
         self._expect_ack(build_select_secondary(identification), f"selection of {identification}")
         self._fcb[NETWORK_LAYER_ADDRESS] = True
+
+    def probe_primary(self, address: int) -> Telegram | None:
+        """The first telegram of the meter at a primary address, or None when nobody answers."""
+        try:
+            self.reset(address)
+            return self._first_telegram(address)
+        except BusError:
+            return None
+
+    def probe_secondary(self, pattern: str) -> tuple[str, Telegram | None]:
+        """Select by a (wildcard) pattern and read: ("none", None) when no meter
+        acknowledges, ("one", telegram) for a clean answer, ("collision", None)
+        when several meters answered at once."""
+        try:
+            self.select(pattern)
+        except BusError as exc:
+            return ("collision", None) if "garbled" in str(exc) else ("none", None)
+        try:
+            return "one", self._first_telegram(NETWORK_LAYER_ADDRESS)
+        except BusError:
+            return "collision", None
+
+    def _first_telegram(self, primary: int) -> Telegram:
+        answer = self._transact(build_req_ud2(primary, True))
+        self._fcb[primary] = False
+        try:
+            frame = parse_frame(answer)
+            if not isinstance(frame, LongFrame):
+                raise DecodeError(f"expected RSP_UD, got {type(frame).__name__}")
+            return decode_user_data(frame.ci, frame.data)
+        except DecodeError as exc:
+            raise BusError(f"garbled answer: {exc}") from None
 
     def read(self, address: int | str) -> list[Telegram]:
         """A whole readout: every telegram until the meter says no more follow."""

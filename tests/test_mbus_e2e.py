@@ -63,3 +63,32 @@ def test_three_heat_meters_one_by_secondary_address(tmp_path: Path, broker: Brok
     assert selections, "heat-6 is read through a secondary-address selection"
     writes = [f for f in server.requests if f[0] == 0x68 and f[6] not in (0x52,)]
     assert writes == [], "nothing but selections is ever sent as user data"
+
+
+def _scan(*args: str) -> str:
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "scan", "--mbus", *args], capture_output=True,
+                            text=True, cwd=REPO, timeout=80)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_scan_finds_every_meter_by_primary_and_by_secondary_address(tmp_path: Path) -> None:
+    require_binary("socat")
+    # Two ids share their first six digits, so the wildcard search must resolve a collision.
+    meters = [SimulatedMbusMeter(5, "12345678"), SimulatedMbusMeter(6, "12345699", manufacturer="KAM"),
+              SimulatedMbusMeter(17, "87654321", manufacturer="LUG")]
+    with PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent") as line:
+        server = MbusLineServer(meters, str(line.meter_end)).start()
+        try:
+            primary = _scan("--serial", str(line.agent_end), "--parity", "N", "--addresses", "1-20")
+            secondary = _scan("--serial", str(line.agent_end), "--parity", "N", "--secondary")
+        finally:
+            server.stop()
+    assert [line.split()[1] for line in primary.splitlines() if line.startswith("  address")] == ["5:", "6:", "17:"]
+    assert "id 12345699, manufacturer KAM, medium heat_outlet" in primary  # medium 0x04: heat (outlet)
+    found = sorted(line.split()[1].rstrip(",") for line in secondary.splitlines() if line.startswith("  id"))
+    assert found == ["12345678", "12345699", "87654321"]
