@@ -92,3 +92,29 @@ def test_scan_finds_every_meter_by_primary_and_by_secondary_address(tmp_path: Pa
     assert "id 12345699, manufacturer KAM, medium heat_outlet" in primary  # medium 0x04: heat (outlet)
     found = sorted(line.split()[1].rstrip(",") for line in secondary.splitlines() if line.startswith("  id"))
     assert found == ["12345678", "12345699", "87654321"]
+
+
+def test_mbus_decode_command_on_a_captured_frame_and_on_junk(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+    frame = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "mbus" / "frames" / "engelmann_sensostar2c.hex"
+    if not frame.exists():
+        pytest.fail(f"the reference telegrams are missing: {frame}")
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(frame)], capture_output=True,
+                            text=True, cwd=REPO, timeout=30)
+    assert result.returncode == 0, result.stderr
+    decoded = json.loads(result.stdout)
+    assert decoded["header"]["identification"] == "10380010"
+    energy = next(r for r in decoded["records"] if r["quantity"] == "energy" and r["storage"] == 0)
+    # The meter's own unit is kept by the decoder (the profile converts to kWh).
+    assert (energy["value"], energy["unit"], energy["base_unit"]) == ("0.8", "MWh", "Wh")
+    assert float(energy["base_value"]) == 800_000
+    junk = tmp_path / "junk.hex"
+    junk.write_text("68 03 03 68 zz\n")
+    bad = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(junk)], capture_output=True,
+                         text=True, cwd=REPO, timeout=30)
+    assert bad.returncode == 1
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
