@@ -218,8 +218,16 @@ class ModbusTcpServer:
             conn.close()
 
     def stop(self) -> None:
+        """Close the listener for good before returning, so the port can be
+        bound again at once (a meter that comes back on the same port)."""
         self._stop.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept loop
+        except OSError:
+            pass
         self._sock.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
         for conn in list(self._conns):
             try:
                 conn.shutdown(socket.SHUT_RDWR)
