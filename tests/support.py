@@ -202,6 +202,8 @@ def write_config(path: Path, *, broker_port: int, buffer: Path, buses: list[dict
                             **(mqtt_extra or {})}},
         "buses": buses,
         "devices": devices,
+        # Never the machine's /run/retrofit-agent/: a developer may run the service there.
+        "health": {"status_file": str(path.parent / f"{path.stem}.status.json")},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -162,7 +162,7 @@ def test_readings_before_ntp_are_restamped_exactly_once(tmp_path: Path) -> None:
         devices=[{"id": "room", "bus": "gw", "address": 10, "profile": "xy-md02", "interval": "0.5s"}],
     )
     data = yaml.safe_load(config.read_text())
-    data["health"] = {"timesync_flag": str(flag), "use_timedatectl": False}
+    data["health"].update(timesync_flag=str(flag), use_timedatectl=False)
     data["uplink"]["mqtt"]["inflight"] = 1
     config.write_text(yaml.safe_dump(data))
     # The gateway's clock is a day behind until NTP arrives (a Pi without RTC after boot).

@@ -86,7 +86,8 @@ def test_watchdog_starves_when_a_worker_is_stuck(tmp_path: Path, broker: Broker)
     worker is made to hang at a failpoint (agent/failpoints.py); everything
     else is real."""
     notify = NotifySocket(tmp_path / "notify.sock")
-    server, config = _room_setup(tmp_path, broker.port, health={"stall_after": "3s"})
+    server, config = _room_setup(tmp_path, broker.port, health={"stall_after": "3s",
+                                                              "status_file": str(tmp_path / "status.json")})
     agent = AgentProcess(config, tmp_path / "agent.log", env={
         "NOTIFY_SOCKET": str(notify.path), "RETROFIT_FAILPOINTS": "stall-bus:gw"}).start()
     try:
