@@ -52,6 +52,9 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
+from tests.support import free_port  # noqa: E402
+from tests.support import wait_until as wait_for  # noqa: E402
+
 PROFILE_DIR = HERE / "profiles"
 PREFIX = "bench"
 SITE = "bench-site"
@@ -97,23 +100,6 @@ def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | N
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class LineReader(threading.Thread):
