@@ -178,6 +178,9 @@ def _probe(args: argparse.Namespace) -> int:
             raise ConfigError(["without --config, give --address and --profile"])
         bus, unit = _adhoc_bus(args), args.address
         profile, points = load_catalogue([SITE_PROFILE_DIR]).get(args.profile), None
+    if profile.protocol == "mbus":
+        raise ConfigError([f"probe reads Modbus devices; {profile.name} is an M-Bus profile: use "
+                           "`retrofit-agent scan --mbus` or `retrofit-agent mbus decode` on a captured telegram"])
     link = open_link(bus)
     try:
         rows = probe(link, unit, profile, link_cost(bus), points)
@@ -321,6 +324,14 @@ def _profiles(action: str, name: str | None, config: Path | None) -> int:
     print(f"{profile.name}: {profile.manufacturer} {profile.model}")
     print(f"source: {profile.source}")
     print(f"from: {profile.origin}")
+    if profile.protocol == "mbus":
+        print(f"{'point':26} {'quantity':24} {'storage':>7} {'tariff':>6} {'subunit':>7} {'unit':5} kind")
+        for mp in profile.points:
+            print(f"{mp.name:26} {mp.quantity:24} {mp.storage:>7} {mp.tariff:>6} {mp.subunit:>7} {mp.unit:5} "
+                  f"{mp.kind}  {mp.description}")
+        if profile.all_records:
+            print("(every record of the telegram becomes a point, in its base unit)")
+        return EX_OK
     print(f"{'point':26} {'table':8} {'address':>7} {'type':8} {'order':5} {'scale':>7} {'unit':5} kind")
     for p in profile.points:
         print(f"{p.name:26} {p.table:8} {p.address:>#7x} {p.type:8} {p.order:5} {p.scale!s:>7} "
