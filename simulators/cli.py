@@ -43,6 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     modbus.add_argument("--parity", choices=("N", "E", "O"), default="N")
     modbus.add_argument("--pace", action="store_true", help="answer at the pace of the baud rate")
     modbus.add_argument("--seed", type=int, default=0)
+    mbus = commands.add_parser("mbus", help="serve simulated M-Bus heat meters on a serial line")
+    mbus.add_argument("--meter", action="append", required=True, metavar="PRIMARY=ID[:FILE.hex]",
+                      help="a heat meter: primary address, 8-digit identification number, and optionally "
+                           "recorded telegrams to replay (hex, one frame per line)")
+    where = mbus.add_mutually_exclusive_group(required=True)
+    where.add_argument("--serial", type=Path, metavar="PATH", help="serve on this serial port")
+    where.add_argument("--pty", type=Path, metavar="LINK", help="make a virtual serial line and print the agent's end")
+    mbus.add_argument("--baudrate", type=int, default=2400)
     demo = commands.add_parser("demo", help="meters + agent + Mosquitto + a live view of the platform side")
     configs = Path(__file__).resolve().parents[1] / "configs"
     demo.add_argument("--simple", action="store_true", help="three meters instead of the building")
@@ -65,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "handler", None) is not None:
             return int(args.handler(args))
+        if args.command == "mbus":
+            return _mbus(args)
         if args.command == "demo":
             from simulators.demo import run_building_demo, run_demo
 
@@ -80,6 +90,46 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"retrofit-sim: {exc}", file=sys.stderr)
         return 1
+
+
+def _mbus_meter(spec: str):  # noqa: ANN202
+    from drivers.mbus import parse_hex
+    from simulators.mbus_meter import SimulatedMbusMeter
+
+    primary, sep, rest = spec.partition("=")
+    identification, _, replay_file = rest.partition(":")
+    if not sep or not primary.isdigit() or not 1 <= int(primary) <= 250 or len(identification) != 8 \
+            or not identification.isdigit():
+        raise RetrofitError(f"--meter {spec!r}: expected PRIMARY=ID (1..250 and 8 digits), e.g. 5=12345678")
+    replay = None
+    if replay_file:
+        lines = [line for line in Path(replay_file).read_text().splitlines() if line.strip()]
+        replay = [parse_hex(line) for line in lines]
+    return SimulatedMbusMeter(int(primary), identification, replay=replay)
+
+
+def _mbus(args: argparse.Namespace) -> int:
+    from simulators.mbus_meter import MbusLineServer
+
+    meters = [_mbus_meter(spec) for spec in args.meter]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    pair = None
+    port = args.serial
+    if args.pty:
+        pair = PtyPair(args.pty.with_name(args.pty.name + ".meter"), args.pty).start()
+        port = pair.meter_end
+    server = MbusLineServer(meters, str(port), args.baudrate).start()
+    print(f"mbus on {args.pty or port} ({args.baudrate} baud; a pty takes parity N): "
+          + ", ".join(f"{m.primary}={m.identification}" for m in meters), flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+        if pair:
+            pair.stop()
+    return 0
 
 
 def _modbus(args: argparse.Namespace) -> int:

@@ -118,3 +118,39 @@ def test_mbus_decode_command_on_a_captured_frame_and_on_junk(tmp_path: Path) -> 
                          text=True, cwd=REPO, timeout=30)
     assert bad.returncode == 1
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_replayed_real_telegrams_through_retrofit_sim(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    """`retrofit-sim mbus` replays a real meter's telegram (Engelmann
+    SensoStar 2C, 0.8 MWh) on a virtual line; the agent sends 800 kWh."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+    require_binary("socat")
+    frame = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "mbus" / "frames" / "engelmann_sensostar2c.hex"
+    if not frame.exists():
+        pytest.fail(f"the reference telegrams are missing: {frame}")
+    link = tmp_path / "ttyM"
+    sim = subprocess.Popen([sys.executable, "-m", "simulators.cli", "mbus", "--pty", str(link),
+                            "--meter", f"3=10380010:{frame}"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert sim.stdout is not None and "mbus on" in sim.stdout.readline()
+        config = write_config(
+            tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+            buses=[{"id": "mbus-1", "type": "mbus", "port": str(link), "parity": "N"}],
+            devices=[{"id": "heat", "bus": "mbus-1", "address": 3, "profile": "mbus-heat", "interval": "1s"}],
+        )
+        agent = AgentProcess(config, tmp_path / "agent.log").start()
+        try:
+            wait_until(lambda: len(subscriber.unique_readings()) >= 8, 20, "the replayed meter's readings")
+        finally:
+            assert agent.stop() == 0
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    values = {r["point"]: (r["value"], r["unit"]) for r in subscriber.unique_readings().values()}
+    assert values["energy_heat"] == (800, "kWh")
+    assert values["volume"] == (12.9, "m3")
+    assert values["temperature_supply"] == (95, "Cel")
+    assert {r["meter"] for r in subscriber.unique_readings().values()} == {"10380010"}
