@@ -79,6 +79,7 @@ class Agent:
         self.clock_state = ClockState(trusted=self.clock.synchronised() is not False)
         self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify)
         self.workers = [self._worker(bus) for bus in self.cfg.buses if self.cfg.devices_on(bus.id)]
+        self.uplink.resolutions = self._resolutions()
 
     def _ack(self, id_range: tuple[int, int]) -> None:
         self.writer.ack(id_range)
@@ -111,6 +112,19 @@ class Agent:
                                         intervals=dict(device.intervals or {}),
                                         meter=self._meters.get(device.id, "")))
         return BusWorker(bus.id, link, pollers, self.writer, self.health, self.stop_event, self.clock_state, guard)
+
+    def _resolutions(self) -> dict[tuple[str, str], dict[str, float | str]]:
+        """Each Modbus point's resolution: its scale for integers; for floats,
+        the width (the step is relative to the value: 2**-23 for float32)."""
+        out: dict[tuple[str, str], dict[str, float | str]] = {}
+        for device in self.cfg.devices:
+            profile = self.loaded.catalogue.get(device.profile)
+            if profile.protocol != "modbus":
+                continue
+            for point in profile.points:
+                out[(device.id, point.name)] = (
+                    {"float": point.type} if point.type.startswith("float") else {"step": float(point.scale)})
+        return out
 
     def status_figures(self) -> dict[str, object]:
         """Health figures for the retained status message and the status file."""

@@ -102,13 +102,25 @@ class CompactEncoder:
         return zlib.compress(raw, 6) if self._compress else raw
 
 
-def encode_meta(gateway: str, site: str, stream: str, series: Mapping[int, Series]) -> bytes:
-    """The retained description of every series number used by the compact schema."""
-    return _dumps({
-        "schema": META_SCHEMA, "gateway": gateway, "site": site, "stream": stream,
-        "series": {str(sid): {"device": d, "point": p, "unit": u, "kind": k, **({"meter": m} if m else {})}
-                   for sid, (d, p, u, k, m) in sorted(series.items())},
-    }).encode()
+Resolution = dict[str, float | str]  # {"step": 0.1} or {"float": "float32"}
+
+
+def encode_meta(gateway: str, site: str, stream: str, series: Mapping[int, Series],
+                resolutions: Mapping[tuple[str, str], Resolution] | None = None) -> bytes:
+    """The retained description of every series: its device, point, unit,
+    kind, meter and resolution (so the platform can tell noise from
+    consumption). The compact schema's series numbers refer to it."""
+    described = {}
+    for sid, (d, p, u, k, m) in sorted(series.items()):
+        entry: dict[str, Any] = {"device": d, "point": p, "unit": u, "kind": k}
+        if m:
+            entry["meter"] = m
+        resolution = (resolutions or {}).get((d, p))
+        if resolution:
+            entry["resolution"] = resolution
+        described[str(sid)] = entry
+    return _dumps({"schema": META_SCHEMA, "gateway": gateway, "site": site, "stream": stream,
+                   "series": described}).encode()
 
 
 def decode_compact(payload: bytes, meta: Mapping[str, Any]) -> list[dict[str, Any]]:

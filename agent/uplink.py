@@ -127,6 +127,7 @@ class Uplink(threading.Thread):
             CompactEncoder(stream, compress=cfg.compression == "zlib") if cfg.encoding == "compact"
             else FlatEncoder(gateway, site, stream))
         self._on_reported = on_reported
+        self.resolutions: dict[tuple[str, str], dict[str, float | str]] = {}
         self._buffer_path = buffer_path
         self._on_ack = on_ack
         self._health = health
@@ -365,10 +366,10 @@ class Uplink(threading.Thread):
                 cursor = batch[-1][0]
                 continue
             series = reader.series()
-            if self.cfg.encoding == "compact" and len(series) != meta_published:
+            if len(series) != meta_published:
                 # New series: describe them (retained) before any reading uses them.
-                client.publish(self.meta_topic, encode_meta(self.gateway, self.site, self.stream, series),
-                               qos=1, retain=True)
+                client.publish(self.meta_topic, encode_meta(self.gateway, self.site, self.stream, series,
+                                                            self.resolutions), qos=1, retain=True)
                 meta_published = len(series)
             payload = self._encoder.encode(rows, series)
             while len(payload) > self.cfg.max_message_bytes and len(rows) > 1:

@@ -95,6 +95,10 @@ def test_tcp_meters_arrive_with_values_units_and_contiguous_ids(tmp_path: Path, 
         assert abs(reading["ts"] - time.time() * 1000) < 60_000
     points = {(r["device"], r["point"]) for r in readings.values()}
     assert points == {("elec-main", p) for p in SDM630_UNITS} | {("room-101", p) for p in ROOM_UNITS}
+    meta = subscriber.payloads("/meta")[-1]["series"].values()
+    resolution = {(m["device"], m["point"]): m.get("resolution") for m in meta}
+    assert resolution[("room-101", "temperature")] == {"step": 0.1}  # int16 x 0.1
+    assert resolution[("elec-main", "energy_active_import")] == {"float": "float32"}
     batch = subscriber.payloads("/readings")[0]
     assert batch["schema"] == "retrofit-agent/readings/1"
     assert (batch["gateway"], batch["site"]) == ("gw-test", "test-site")
