@@ -1,0 +1,67 @@
+"""Every bundled profile's test vectors, and proof that the vectors catch a
+wrong type, word order or scale."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from drivers.profile import ModbusPoint, Profile, load_catalogue
+
+CATALOGUE = load_catalogue()
+MODBUS = [p for p in (CATALOGUE.get(n) for n in CATALOGUE.names()) if isinstance(p, Profile)]
+
+
+def run_vectors(profile: Profile) -> list[str]:
+    """Mismatches between the profile's decoding and its test vectors."""
+    problems = []
+    for index, vector in enumerate(profile.tests):
+        for name, expected in vector.expect.items():
+            point = profile.point(name)
+            block = vector.registers[point.table]
+            start = max(a for a in block if a <= point.address)
+            words = block[start][point.address - start: point.address - start + point.count]
+            got = point.decoder()(words)
+            if got != pytest.approx(expected, rel=1e-9, abs=1e-12):
+                problems.append(f"vector {index}: {name} = {got}, expected {expected}")
+    return problems
+
+
+@pytest.mark.parametrize("profile", MODBUS, ids=[p.name for p in MODBUS])
+def test_profile_vectors(profile: Profile) -> None:
+    assert profile.tests, f"{profile.name} carries no test vectors"
+    assert run_vectors(profile) == []
+    assert {n for v in profile.tests for n in v.expect} <= {p.name for p in profile.points}
+
+
+def _mutated(profile: Profile, name: str, **change: object) -> Profile:
+    points = tuple(p.model_copy(update=change) if p.name == name else p for p in profile.points)
+    return profile.model_copy(update={"points": points})
+
+
+@pytest.mark.parametrize(("profile_name", "point", "change"), [
+    ("eastron-sdm630", "voltage_l1", {"order": "CDAB"}),
+    ("eastron-sdm630", "energy_active_import", {"type": "uint32"}),
+    ("xy-md02", "temperature", {"scale": Decimal(1)}),
+    ("xy-md02", "humidity", {"type": "uint16", "scale": Decimal("0.01")}),
+])
+def test_a_wrong_type_order_or_scale_is_caught_by_the_vectors(profile_name: str, point: str,
+                                                              change: dict[str, object]) -> None:
+    profile = CATALOGUE.get(profile_name)
+    assert isinstance(profile, Profile)
+    assert run_vectors(_mutated(profile, point, **change)) != []
+
+
+def test_a_site_profile_overrides_and_a_broken_one_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "xy-md02.yaml").write_text(
+        "name: xy-md02\nmanufacturer: site\nmodel: patched\nsource: site file\n"
+        "points:\n  temperature: {table: holding, address: 0, type: int16, scale: 0.1, unit: Cel, kind: gauge}\n")
+    (tmp_path / "broken.yaml").write_text("name: broken\npoints: [\n")
+    catalogue = load_catalogue([tmp_path])
+    site = catalogue.get("xy-md02")
+    assert isinstance(site, Profile) and site.model == "patched"
+    assert isinstance(site.points[0], ModbusPoint) and site.points[0].table == "holding"
+    assert len(catalogue.problems) == 1 and "broken.yaml" in catalogue.problems[0]
+    assert "eastron-sdm630" in catalogue
