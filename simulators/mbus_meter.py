@@ -154,7 +154,11 @@ class MbusLineServer:
         buffer = b""
         while not self._stop.is_set():
             try:
-                chunk = self._serial.read(256)
+                # One byte (or silence after the timeout), then whatever else
+                # has arrived: a request is answered as soon as it is whole.
+                chunk = self._serial.read(1)
+                if chunk:
+                    chunk += self._serial.read(self._serial.in_waiting)
             except (serial.SerialException, OSError, TypeError):
                 return
             if not chunk:

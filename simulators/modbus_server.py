@@ -280,7 +280,11 @@ class ModbusRtuServer:
         buffer = b""
         while not self._stop.is_set():
             try:
-                chunk = self._serial.read(256)
+                # One byte (or silence after the timeout), then whatever else
+                # has arrived: a request is answered as soon as it is whole.
+                chunk = self._serial.read(1)
+                if chunk:
+                    chunk += self._serial.read(self._serial.in_waiting)
             except (serial.SerialException, OSError, TypeError):
                 return  # port closed under us: the test is ending or a fault is simulated
             if not chunk:
