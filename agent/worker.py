@@ -199,8 +199,13 @@ class BusWorker(threading.Thread):
             return
         requests = list(group.plan)
         split_once = False
+        pause = device.profile.workarounds.pause_between_requests
+        first = True
         while requests:
             request = requests.pop(0)
+            if pause and not first:
+                time.sleep(pause)  # a device that needs a breath between requests (workarounds)
+            first = False
             try:
                 registers = self.link.read(request.table, device.unit, request.start, request.count)
             except ExceptionResponse as exc:
