@@ -20,6 +20,7 @@ import serial
 from agent.errors import DecodeError
 from drivers.mbus import bytes_needed, checksum, parse_frame
 from drivers.mbus.frame import ACK, LongFrame, ShortFrame
+from simulators.modbus_server import read_burst
 
 C_RSP_UD = 0x08
 CI_RSP_VARIABLE = 0x72
@@ -154,11 +155,7 @@ class MbusLineServer:
         buffer = b""
         while not self._stop.is_set():
             try:
-                # One byte (or silence after the timeout), then whatever else
-                # has arrived: a request is answered as soon as it is whole.
-                chunk = self._serial.read(1)
-                if chunk:
-                    chunk += self._serial.read(self._serial.in_waiting)
+                chunk = read_burst(self._serial)
             except (serial.SerialException, OSError, TypeError):
                 return
             if not chunk:

@@ -235,6 +235,15 @@ class ModbusTcpServer:
                 pass
 
 
+def read_burst(port: serial.SerialBase) -> bytes:
+    """One byte (or b"" after the port's timeout of silence), then whatever else
+    has arrived: a simulated device answers as soon as a request is whole."""
+    chunk = port.read(1)
+    if chunk:
+        chunk += port.read(port.in_waiting)
+    return chunk
+
+
 class ModbusRtuServer:
     """Modbus RTU on a serial port (a socat pty in tests, a USB adapter on a bench).
 
@@ -280,11 +289,7 @@ class ModbusRtuServer:
         buffer = b""
         while not self._stop.is_set():
             try:
-                # One byte (or silence after the timeout), then whatever else
-                # has arrived: a request is answered as soon as it is whole.
-                chunk = self._serial.read(1)
-                if chunk:
-                    chunk += self._serial.read(self._serial.in_waiting)
+                chunk = read_burst(self._serial)
             except (serial.SerialException, OSError, TypeError):
                 return  # port closed under us: the test is ending or a fault is simulated
             if not chunk:
