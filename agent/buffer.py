@@ -15,6 +15,13 @@ it is deleted). The stream id is a UUID made when the file is made.
 When the buffer outgrows ``max_size_mb`` (a long outage), the oldest gauge
 readings go first, then the oldest counters; each eviction is recorded as a
 report in the ``events`` table and kept until the broker acknowledged it.
+
+Acknowledged readings are not deleted at once: the highest id below which
+everything is acknowledged (``meta.acked_through``) is written with the next
+transaction, on the page that already holds ``next_id``, and readers skip
+what lies below it. The rows themselves go in one sweep about once a minute,
+so an SD card sees one small write per flush instead of a delete transaction
+after every PUBACK.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +86,20 @@ CounterState = dict[tuple[str, str], tuple[float | int, int]]  # (device, point)
 
 EVICT_CHUNK = 20_000
 MAX_PER_TRANSACTION = 20_000
-# Deleting acknowledged rows is not worth a second of delay: a crash in that
-# window makes the platform receive those readings twice.
+# Reports the broker acknowledged are forgotten promptly: they are rare, and
+# a crash before would send them twice.
 ACK_DELAY_S = 0.1
+# An acknowledged id range waits for the next transaction of readings (at most
+# this long) instead of costing a transaction of its own. A crash in between
+# sends those readings once more, with the same ids: the platform drops the
+# duplicates. At one poll per 10 s this halves the writes to the SD card.
+ACK_HOLD_S = 30.0
 COUNTER_PERSIST_S = 60.0
+# Acknowledged rows are swept out once this many have gathered, or this often.
+PURGE_ROWS = 50_000
+PURGE_S = 60.0
+# Readers see only what lies above the acknowledged watermark.
+_PENDING = "id > coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'acked_through'), 0)"
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -152,16 +170,27 @@ class Buffer:
                 )
                 conn.execute("COMMIT")
                 meta = dict(conn.execute("SELECT key, value FROM meta"))
+            if "acked_through" not in meta:  # made by an agent that deleted at once
+                conn.execute("INSERT INTO meta (key, value) VALUES ('acked_through', '0')")
+                meta["acked_through"] = "0"
             self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open buffer {path}: {exc}") from None
         self.info = BufferInfo(stream=meta["stream"], next_id=int(meta["next_id"]),
                                created=not existed, moved_aside=moved_aside)
         self._next_id = self.info.next_id
+        self._acked_through = int(meta["acked_through"])
+        self._purged_through = 0
+        self._purged_at = time.monotonic()
         self._series = self._load_series()
         self.evicted_total = 0
         self.boot_id = boot_id()
         self._unsynced_pending = self._forget_other_boots(meta.get("mono_boot"))
+        try:
+            with self._transaction():
+                self._purge()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open buffer {path}: {exc}") from None
 
     @staticmethod
     def _open(path: Path, synchronous: str) -> tuple[sqlite3.Connection, bool]:
@@ -210,16 +239,10 @@ class Buffer:
         """
         first = self._next_id
         conn = self._conn
+        purged, purged_at = self._purged_through, self._purged_at
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for low, high in acked:
-                    if self._unsynced_pending:
-                        conn.execute(
-                            "INSERT OR IGNORE INTO unsynced_sent (id, ts, mono, boot) SELECT r.id, r.ts, r.mono, ? "
-                            "FROM readings r WHERE r.id BETWEEN ? AND ? AND r.mono IS NOT NULL",
-                            (self.boot_id, low, high))
-                    conn.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", (low, high))
+            with self._transaction():
+                watermark = self._advance_watermark(acked)
                 conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq in reported])
                 conn.executemany("INSERT INTO events (body) VALUES (?)",
                                  [(json.dumps(e, separators=(",", ":")),) for e in events])
@@ -237,17 +260,66 @@ class Buffer:
                                      [(d, p, v, t) for (d, p), (v, t) in counters.items()])
                 if meters:
                     conn.executemany("INSERT OR REPLACE INTO meters (device, meter) VALUES (?, ?)", meters.items())
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                self._series = self._load_series()  # rows of the failed transaction are gone
-                raise
+                if watermark - purged >= PURGE_ROWS or (
+                        watermark > purged and time.monotonic() - purged_at >= PURGE_S):
+                    self._purge(watermark)
         except sqlite3.Error as exc:
+            self._series = self._load_series()  # rows of the failed transaction are gone
+            self._purged_through, self._purged_at = purged, purged_at
             raise StorageError(f"buffer {self.path}: {exc}") from None
+        self._acked_through = watermark
         if not readings:
             return None
         self._next_id = first + len(readings)
         return first, self._next_id - 1
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _advance_watermark(self, acked: Iterable[IdRange]) -> int:
+        """Move ``acked_through`` over the acknowledged ranges that continue it.
+
+        A range starting above the watermark continues it when no stored
+        reading lies in between (evicted ids leave gaps); one acknowledged out
+        of order is deleted at once instead. Returns the new watermark.
+        """
+        watermark = self._acked_through
+        for low, high in sorted(acked):
+            if high <= watermark:
+                continue
+            if low <= watermark + 1 or self._conn.execute(
+                    "SELECT 1 FROM readings WHERE id > ? AND id < ? LIMIT 1", (watermark, low)).fetchone() is None:
+                watermark = high
+            else:
+                self._delete(low, high)
+        if watermark != self._acked_through:
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'acked_through'", (str(watermark),))
+        return watermark
+
+    def _delete(self, low: int, high: int) -> None:
+        """Delete sent readings; remember the untrusted stamps among them."""
+        if self._unsynced_pending:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO unsynced_sent (id, ts, mono, boot) SELECT r.id, r.ts, r.mono, ? "
+                "FROM readings r WHERE r.id BETWEEN ? AND ? AND r.mono IS NOT NULL",
+                (self.boot_id, low, high))
+        self._conn.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", (low, high))
+
+    def _purge(self, watermark: int | None = None) -> None:
+        """Sweep out the acknowledged readings below the watermark (inside a transaction)."""
+        watermark = self._acked_through if watermark is None else watermark
+        self._delete(self._purged_through + 1, watermark)
+        self._purged_through = watermark
+        self._purged_at = time.monotonic()
 
     def _forget_other_boots(self, stored_boot: str | None) -> bool:
         """Monotonic times of an earlier boot cannot be corrected any more:
@@ -256,11 +328,10 @@ class Buffer:
         pending = conn.execute("SELECT 1 FROM readings WHERE mono IS NOT NULL LIMIT 1").fetchone() is not None
         if stored_boot == self.boot_id:
             return pending
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE readings SET mono = NULL WHERE mono IS NOT NULL")
-        conn.execute("DELETE FROM unsynced_sent")
-        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('mono_boot', ?)", (self.boot_id,))
-        conn.execute("COMMIT")
+        with self._transaction():
+            conn.execute("UPDATE readings SET mono = NULL WHERE mono IS NOT NULL")
+            conn.execute("DELETE FROM unsynced_sent")
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('mono_boot', ?)", (self.boot_id,))
         return False
 
     def counter_state(self) -> CounterState:
@@ -284,8 +355,7 @@ class Buffer:
         """
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 rows = conn.execute(
                     "SELECT id, ts, mono FROM unsynced_sent WHERE boot = ? "
                     "UNION ALL SELECT id, ts, mono FROM readings WHERE mono IS NOT NULL ORDER BY 1",
@@ -301,10 +371,6 @@ class Buffer:
                 conn.execute("DELETE FROM unsynced_sent")
                 conn.executemany("INSERT INTO events (body) VALUES (?)",
                                  [(json.dumps(e, separators=(",", ":")),) for e in events])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise StorageError(f"buffer {self.path}: restamp failed: {exc}") from None
         self._unsynced_pending = False
@@ -318,12 +384,16 @@ class Buffer:
     def enforce_limits(self, now_ms: int) -> list[Event]:
         """Evict what the size cap and the age limit say must go; return the runs evicted."""
         evicted: list[Event] = []
+        acked = self._acked_through
         try:
+            if self.max_bytes is not None and acked > self._purged_through and self.used_bytes() > self.max_bytes:
+                with self._transaction():
+                    self._purge()  # what was sent goes before anything is evicted
             if self.max_age_s is not None:
                 cutoff = now_ms - int(self.max_age_s * 1000)
                 while True:
                     rows = self._conn.execute(
-                        "SELECT id, ts FROM readings ORDER BY id LIMIT ?", (EVICT_CHUNK,)).fetchall()
+                        "SELECT id, ts FROM readings WHERE id > ? ORDER BY id LIMIT ?", (acked, EVICT_CHUNK)).fetchall()
                     old = [rid for rid, ts in rows if ts < cutoff]
                     if not old:
                         break
@@ -334,18 +404,19 @@ class Buffer:
                 target = int(self.max_bytes * 0.9)
                 used = self.used_bytes()
                 while used > self.max_bytes or (evicted and used > target):
-                    span = self._conn.execute("SELECT max(id) - min(id) + 1 FROM readings").fetchone()[0] or 0
+                    span = self._conn.execute(
+                        "SELECT max(id) - min(id) + 1 FROM readings WHERE id > ?", (acked,)).fetchone()[0] or 0
                     if not span:
                         break
                     per_reading = max(1, used // span)
                     wanted = max(1, min(EVICT_CHUNK, (used - target) // per_reading + 1))
                     ids = [r[0] for r in self._conn.execute(
                         "SELECT r.id FROM readings r JOIN series s ON s.id = r.series "
-                        "WHERE s.kind = 'gauge' ORDER BY r.id LIMIT ?", (wanted,))]
+                        "WHERE s.kind = 'gauge' AND r.id > ? ORDER BY r.id LIMIT ?", (acked, wanted))]
                     kinds: tuple[str, ...] = ("gauge",)
                     if not ids:
                         ids = [r[0] for r in self._conn.execute(
-                            "SELECT id FROM readings ORDER BY id LIMIT ?", (wanted,))]
+                            "SELECT id FROM readings WHERE id > ? ORDER BY id LIMIT ?", (acked, wanted))]
                         kinds = ("counter", "gauge")
                     if not ids:
                         break
@@ -362,15 +433,9 @@ class Buffer:
         ids = sorted(ids)
         report: Event = {"type": "evicted", "first_id": ids[0], "last_id": ids[-1], "count": len(ids),
                          "kinds": list(kinds), "reason": reason, "ts": now_ms}
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("DELETE FROM readings WHERE id BETWEEN ? AND ?", _runs(ids))
-            conn.execute("INSERT INTO events (body) VALUES (?)", (json.dumps(report, separators=(",", ":")),))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with self._transaction():
+            self._conn.executemany("DELETE FROM readings WHERE id BETWEEN ? AND ?", _runs(ids))
+            self._conn.execute("INSERT INTO events (body) VALUES (?)", (json.dumps(report, separators=(",", ":")),))
         self.evicted_total += len(ids)
         return [report]
 
@@ -412,7 +477,7 @@ class BufferReader:
     def batch_after(self, after_id: int, limit: int) -> list[Row]:
         """The next readings in id order; their series are in :meth:`series`."""
         rows = self._conn.execute(
-            "SELECT id, series, ts, value, quality FROM readings WHERE id > ? ORDER BY id LIMIT ?",
+            f"SELECT id, series, ts, value, quality FROM readings WHERE id > ? AND {_PENDING} ORDER BY id LIMIT ?",
             (after_id, limit),
         ).fetchall()
         if rows and any(row[1] not in self._series for row in rows):
@@ -433,12 +498,12 @@ class BufferReader:
 
     def oldest(self) -> tuple[int, int] | None:
         """(id, ts) of the oldest reading still waiting, or None when empty."""
-        row = self._conn.execute("SELECT id, ts FROM readings ORDER BY id LIMIT 1").fetchone()
+        row = self._conn.execute(f"SELECT id, ts FROM readings WHERE {_PENDING} ORDER BY id LIMIT 1").fetchone()
         return (int(row[0]), int(row[1])) if row else None
 
     def depth(self) -> int:
         """Readings waiting (an upper bound when acknowledged rows sit inside the span)."""
-        row = self._conn.execute("SELECT max(id) - min(id) + 1 FROM readings").fetchone()
+        row = self._conn.execute(f"SELECT max(id) - min(id) + 1 FROM readings WHERE {_PENDING}").fetchone()
         return int(row[0] or 0)
 
     def close(self) -> None:
@@ -527,7 +592,7 @@ class BufferWriter(threading.Thread):
                         due = now
                     elif kind == "a":
                         acked.append(payload)  # type: ignore[arg-type]
-                        due = now + ACK_DELAY_S
+                        due = now + ACK_HOLD_S
                     elif kind == "e":
                         reported.extend(payload)  # type: ignore[arg-type]
                         due = now + ACK_DELAY_S

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import buffer as buffer_module
 from agent.buffer import Buffer, BufferReader, BufferWriter
 from agent.errors import StorageError
 from agent.readings import Reading
@@ -38,6 +39,57 @@ def test_ids_are_contiguous_and_survive_emptying_and_reopening(tmp_path: Path) -
     reader = BufferReader(path)
     assert [row[0] for row in reader.batch_after(0, 100)] == [7, 8]
     reader.close()
+
+
+def _stored_ids(path: Path) -> list[int]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM readings ORDER BY id")]
+
+
+def test_acknowledged_readings_are_hidden_at_once_and_swept_out_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A smaller sweep threshold than the default, so the test needs few rows
+    # (a constant of the code under test, not a stand-in for SQLite).
+    monkeypatch.setattr(buffer_module, "PURGE_ROWS", 6)
+    path = tmp_path / "b.db"
+    buffer = Buffer(path)
+    reader = BufferReader(path)
+    buffer.commit(readings(10))
+    buffer.commit([], acked=[(1, 3)])
+    assert [row[0] for row in reader.batch_after(0, 100)] == list(range(4, 11))
+    assert reader.oldest() is not None and reader.oldest()[0] == 4
+    assert reader.depth() == 7
+    assert _stored_ids(path) == list(range(1, 11)), "the rows stay until the sweep: no delete per ack"
+
+    buffer.commit([], acked=[(7, 8)])  # out of order: 4..6 still wait, so 7..8 go at once
+    assert [row[0] for row in reader.batch_after(0, 100)] == [4, 5, 6, 9, 10]
+    assert 7 not in _stored_ids(path)
+
+    buffer.commit(readings(1), acked=[(4, 6)])  # continues the watermark over the gap to 9
+    assert [row[0] for row in reader.batch_after(0, 100)] == [9, 10, 11]
+    assert _stored_ids(path) == [9, 10, 11], "six acknowledged rows were swept out"
+    buffer.close()
+
+    reopened = Buffer(path)
+    assert [row[0] for row in reader.batch_after(0, 100)] == [9, 10, 11]
+    reopened.commit([], acked=[(9, 9)])
+    reopened.close()
+    assert [row[0] for row in reader.batch_after(0, 100)] == [10, 11], "the watermark survives a restart"
+    Buffer(path).close()
+    assert _stored_ids(path) == [10, 11], "opening the buffer sweeps out what was acknowledged"
+    reader.close()
+
+
+def test_a_full_buffer_sweeps_out_sent_readings_before_evicting_any(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    buffer = Buffer(path, max_bytes=10**9)
+    buffer.commit(readings(20_000, "sent") + readings(20_000, "waiting"))
+    buffer.commit([], acked=[(1, 20_000)])
+    buffer.max_bytes = buffer.used_bytes() - 1  # just over the cap, with half of it already sent
+    assert buffer.enforce_limits(now_ms=1_700_000_100_000) == []
+    assert buffer.evicted_total == 0
+    assert _stored_ids(path) == list(range(20_001, 40_001))
+    buffer.close()
 
 
 def test_a_new_file_is_a_new_stream(tmp_path: Path) -> None:
