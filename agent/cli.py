@@ -8,6 +8,7 @@ loop on a typo. A person never sees a Python traceback for bad input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import json
 import os
@@ -261,7 +262,7 @@ def _scan(args: argparse.Namespace) -> int:
         if isinstance(bus, ModbusRtuBus):
             rates = [int(r) for r in (args.baudrates or "9600,19200,2400,4800,38400,115200").split(",")]
             parities = [p.strip().upper() for p in args.parities.split(",")]
-            settings = [bus.model_copy(update={"baudrate": r, "parity": p}) for r in rates for p in parities]
+            settings = [dataclasses.replace(bus, baudrate=r, parity=p) for r in rates for p in parities]
     found = 0
     for candidate in settings:
         where = (f"{candidate.port} {candidate.baudrate} 8{candidate.parity}{candidate.stopbits}"

@@ -14,19 +14,11 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    WithJsonSchema,
-)
-
 from agent.errors import ConfigError
+from agent.records import Invalid, Parse, Problem, Rule, dotted, field_names, hints, is_record, json_schema, validate
 from agent.yamlsource import Located, YamlProblem, load_located
 from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
 
@@ -54,12 +46,12 @@ _DURATION_SCHEMA = {
               {"type": "string", "pattern": _DURATION.pattern}],
     "description": "seconds, or a number with ms, s, m, h or d (10s, 15m, 1h)",
 }
-Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
+Duration = Annotated[float, Parse(parse_duration, _DURATION_SCHEMA)]
 # Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
-Identifier = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-]
-Port = Annotated[int, Field(ge=1, le=65535)]
+Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+                                 explain="use letters, digits, '_', '.' or '-' (it becomes part of MQTT topics)")]
+Port = Annotated[int, Rule(ge=1, le=65535)]
+NonEmpty = Annotated[str, Rule(min_length=1)]
 
 
 # systemd's RuntimeDirectory= (a tmpfs): the status snapshot, rewritten every
@@ -72,30 +64,31 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/retrofit-agent").split(":")[0])
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+_record = dataclass(frozen=True, kw_only=True)
 
 
-class GatewayConfig(_Model):
+@_record
+class GatewayConfig:
     id: Identifier
     site: Identifier
 
 
-class BufferConfig(_Model):
-    path: Path = Field(default_factory=lambda: default_state_dir() / "buffer.db")
-    max_size_mb: Annotated[float, Field(ge=0.1, le=1_000_000)] = 512
+@_record
+class BufferConfig:
+    path: Path = field(default_factory=lambda: default_state_dir() / "buffer.db")
+    max_size_mb: Annotated[float, Rule(ge=0.1, le=1_000_000)] = 512
     # "normal": a power cut may lose the last flush interval (WAL, fsync at
     # checkpoints: kind to SD cards). "full": fsync on every commit.
     synchronous: Literal["normal", "full"] = "normal"
     # Readings are committed together at most this long after they were read:
     # one transaction per interval instead of one per poll spares the SD card.
-    flush_interval: Annotated[float, BeforeValidator(parse_duration), Field(le=60),
-                              WithJsonSchema(_DURATION_SCHEMA)] = 1.0
+    flush_interval: Annotated[float, Parse(parse_duration, _DURATION_SCHEMA), Rule(le=60)] = 1.0
     # Optionally evict readings older than this even when there is room.
     max_age: Duration | None = None
 
 
-class HealthConfig(_Model):
+@_record
+class HealthConfig:
     # A worker without progress for this long is stuck: the systemd watchdog
     # is no longer fed and systemd restarts the service.
     stall_after: Duration = 60.0
@@ -108,31 +101,33 @@ class HealthConfig(_Model):
     use_timedatectl: bool = True
 
 
-class TlsConfig(_Model):
+@_record
+class TlsConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     insecure_skip_hostname_check: bool = False
 
 
-class MqttConfig(_Model):
-    host: Annotated[str, Field(min_length=1)]
+@_record
+class MqttConfig:
+    host: NonEmpty
     port: Port = 1883
-    topic_prefix: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")] = (
+    topic_prefix: Annotated[str, Rule(pattern=r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")] = (
         "buildings"
     )
     client_id: Identifier | None = None
     qos: Literal[1] = 1
     keepalive: Duration = 60.0
-    batch: Annotated[int, Field(ge=1, le=10_000)] = 500
-    inflight: Annotated[int, Field(ge=1, le=100)] = 20
+    batch: Annotated[int, Rule(ge=1, le=10_000)] = 500
+    inflight: Annotated[int, Rule(ge=1, le=100)] = 20
     username: str | None = None
     password_file: Path | None = None
     tls: TlsConfig | None = None
     status_interval: Duration = 60.0
     # Batches are split below this size (mosquitto's message_size_limit, a
     # platform broker's maximum packet size).
-    max_message_bytes: Annotated[int, Field(ge=4096, le=268_435_455)] = 262_144
+    max_message_bytes: Annotated[int, Rule(ge=4096, le=268_435_455)] = 262_144
     # flat: one self-describing object per reading (readings/1). compact:
     # grouped readings, series described once in a retained meta message
     # (readings-compact/1), optionally zlib-compressed; for metered links.
@@ -143,14 +138,16 @@ class MqttConfig(_Model):
     ack_timeout: Duration = 30.0
 
 
-class UplinkConfig(_Model):
+@_record
+class UplinkConfig:
     mqtt: MqttConfig
 
 
-class ModbusRtuBus(_Model):
+@_record
+class ModbusRtuBus:
     id: Identifier
     type: Literal["modbus-rtu"]
-    port: Annotated[str, Field(min_length=1)]
+    port: NonEmpty
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
@@ -158,63 +155,67 @@ class ModbusRtuBus(_Model):
     timeout: Duration = 1.0
 
 
-class ModbusTcpBus(_Model):
+@_record
+class ModbusTcpBus:
     id: Identifier
     type: Literal["modbus-tcp"]
-    host: Annotated[str, Field(min_length=1)]
+    host: NonEmpty
     port: Port = 502
     # "rtu": an RTU-over-TCP serial server (raw RTU frames inside TCP).
     framing: Literal["socket", "rtu"] = "socket"
     timeout: Duration = 3.0
 
 
-class MbusBus(_Model):
+@_record
+class MbusBus:
     id: Identifier
     type: Literal["mbus"]
     # A serial port (/dev/ttyAMA0, a USB level converter) or a transparent
     # TCP-to-serial gateway as socket://host:port.
-    port: Annotated[str, Field(min_length=1)]
+    port: NonEmpty
     baudrate: Literal[300, 600, 1200, 2400, 4800, 9600, 19200, 38400] = 2400
     parity: Literal["N", "E", "O"] = "E"  # M-Bus is 8E1; a pty (tests) only takes N
     # Per telegram; the default follows EN 13757-2 (330 bit times + 50 ms).
     timeout: Duration | None = None
-    retries: Annotated[int, Field(ge=0, le=5)] = 2
+    retries: Annotated[int, Rule(ge=0, le=5)] = 2
 
 
-BusConfig = Annotated[Union[ModbusRtuBus, ModbusTcpBus, MbusBus], Field(discriminator="type")]
+BusConfig = Union[ModbusRtuBus, ModbusTcpBus, MbusBus]  # told apart by their `type`
 MODBUS_BUS_TYPES = ("modbus-rtu", "modbus-tcp")
 BUS_TYPES = ("modbus-rtu", "modbus-tcp", "mbus")
 
 
-SecondaryAddress = Annotated[str, StringConstraints(pattern=r"^[0-9]{8}$")]
+SecondaryAddress = Annotated[str, Rule(pattern=r"[0-9]{8}", explain="a secondary address is 8 digits in quotes")]
 
 
-class DeviceConfig(_Model):
+@_record
+class DeviceConfig:
     id: Identifier
     bus: Identifier
     # Modbus: unit id 1..247. M-Bus: primary address 1..250, or the meter's
     # 8-digit identification number (secondary address) as a quoted string.
-    address: Annotated[int, Field(ge=0, le=255)] | SecondaryAddress
-    profile: Annotated[str, Field(min_length=1)]
+    address: Annotated[int, Rule(ge=0, le=255)] | SecondaryAddress
+    profile: NonEmpty
     interval: Duration = 60.0
     # A subset of the profile's points; all of them when absent.
     points: tuple[str, ...] | None = None
     # The most a counter can rise per hour, in its unit (e.g. a 63 A
     # three-phase supply: energy_active_import: 45). A larger rise is flagged.
-    max_rate: dict[str, Annotated[float, Field(gt=0)]] | None = None
+    max_rate: dict[str, Annotated[float, Rule(gt=0)]] | None = None
     # Points read at their own interval, e.g. {energy_active_import: 15m,
     # power_active: 10s}; the others at the device's interval.
     intervals: dict[str, Duration] | None = None
 
 
-class Config(_Model):
+@_record
+class Config:
     gateway: GatewayConfig
-    buffer: BufferConfig = BufferConfig()
+    buffer: BufferConfig = field(default_factory=BufferConfig)
     uplink: UplinkConfig
-    buses: Annotated[tuple[BusConfig, ...], Field(min_length=1)]
-    devices: Annotated[tuple[DeviceConfig, ...], Field(min_length=1)]
+    buses: Annotated[tuple[BusConfig, ...], Rule(min_length=1)]
+    devices: Annotated[tuple[DeviceConfig, ...], Rule(min_length=1)]
     profile_dirs: tuple[Path, ...] = ()
-    health: HealthConfig = HealthConfig()
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus | MbusBus:
         return next(b for b in self.buses if b.id == bus_id)
@@ -223,10 +224,9 @@ class Config(_Model):
         return [d for d in self.devices if d.bus == bus_id]
 
 
-class LoadedConfig(BaseModel):
+@dataclass(frozen=True)
+class LoadedConfig:
     """A valid config plus what was resolved from outside it."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     path: Path
     config: Config
@@ -256,9 +256,9 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
     problems: list[tuple[int, str]] = []
     config: Config | None = None
     try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(_describe(err, located) for err in exc.errors())
+        config = validate(Config, data)
+    except Invalid as exc:
+        problems.extend(_describe(problem, located) for problem in exc.problems)
 
     profile_dirs = [SITE_PROFILE_DIR] + [
         _resolve(base, Path(p)) for p in _as_list(data.get("profile_dirs")) if isinstance(p, str)
@@ -274,13 +274,8 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
     buffer_path = _resolve(base, config.buffer.path)
     status_file = _resolve(base, config.health.status_file) if config.health.status_file else (
         RUNTIME_DIR / "status.json" if RUNTIME_DIR.is_dir() else buffer_path.parent / "status.json")
-    resolved = config.model_copy(
-        update={
-            "buffer": config.buffer.model_copy(update={"path": buffer_path}),
-            "health": config.health.model_copy(update={"status_file": status_file}),
-            "profile_dirs": tuple(profile_dirs),
-        }
-    )
+    resolved = replace(config, buffer=replace(config.buffer, path=buffer_path),
+                       health=replace(config.health, status_file=status_file), profile_dirs=tuple(profile_dirs))
     return LoadedConfig(path=path, config=resolved, catalogue=catalogue)
 
 
@@ -293,93 +288,59 @@ def _as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _dotted(path: Sequence[str | int]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _strip_union_tags(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
-    """Drop pydantic's discriminator tags (e.g. 'modbus-rtu') from an error path."""
-    clean: list[str | int] = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("type") == part:
-            continue
-        clean.append(part)
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            node = None
-    return tuple(clean)
-
-
-def _model_at(path: Sequence[str | int], data: Any) -> type[BaseModel] | None:
-    """The model class expected at ``path`` (for suggesting key names)."""
-    model: Any = Config
+def _record_at(path: Sequence[str | int], data: Any) -> type | None:
+    """The record class expected at ``path`` (for suggesting key names)."""
+    record: Any = Config
     node = data
     for part in path:
-        if model is None:
-            return None
         if isinstance(part, int):
             node = node[part] if isinstance(node, list) and part < len(node) else None
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
-        if field is None:
+        if record is None or part not in field_names(record):
             return None
         node = node.get(part) if isinstance(node, dict) else None
-        model = _inner_model(field.annotation, node)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        record = _inner_record(hints(record)[part], node)
+    return record
 
 
-def _inner_model(annotation: Any, node: Any) -> Any:
+def _inner_record(annotation: Any, node: Any) -> type | None:
+    """The record inside a hint (Annotated, X | None, tuple[X, ...]); of a
+    union of bus records, the one the node's `type` names."""
     candidates: list[Any] = [annotation]
-    found: list[type[BaseModel]] = []
+    found: list[type] = []
     while candidates:
         item = candidates.pop()
-        if isinstance(item, type) and issubclass(item, BaseModel):
+        if is_record(item):
             found.append(item)
-            continue
-        candidates.extend(getattr(item, "__args__", ()) or ())
-        origin = getattr(item, "__origin__", None)
-        if origin is not None and origin is not item:
-            candidates.append(origin)
+        else:
+            candidates.extend(getattr(item, "__args__", ()) or ())
     if len(found) <= 1:
         return found[0] if found else None
     kind = node.get("type") if isinstance(node, dict) else None
-    for model in found:
-        literal = model.model_fields.get("type")
-        if literal is not None and kind in getattr(literal.annotation, "__args__", ()):
-            return model
-    return None
+    return next((r for r in found if kind in getattr(hints(r).get("type"), "__args__", ())), None)
 
 
-def _describe(err: Any, located: Located) -> tuple[int, str]:
-    loc = _strip_union_tags(tuple(err["loc"]), located.data)
+def _describe(problem: Problem, located: Located) -> tuple[int, str]:
+    loc = problem.loc
     line = located.line_of(loc)
-    kind = err["type"]
-    message = str(err["msg"]).removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        model = _model_at(loc[:-1], located.data)
-        allowed = sorted(model.model_fields) if model else []
+    if problem.kind == "unknown_key":
+        record = _record_at(loc[:-1], located.data)
+        allowed = field_names(record) if record else []
         guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        return line, f"{_dotted(loc)}: unknown key{hint}; allowed here: {', '.join(allowed)}"
-    if kind == "missing":
-        return line, f"{_dotted(loc)}: required key is missing"
-    if kind == "union_tag_invalid":
-        return line, f"{_dotted(loc)}: unknown bus type {err['input'].get('type')!r}; use one of {', '.join(BUS_TYPES)}"
-    if kind == "union_tag_not_found":
-        return line, f"{_dotted(loc)}: a bus needs a 'type' ({', '.join(BUS_TYPES)})"
-    if kind == "string_pattern_mismatch":
-        message = "use letters, digits, '_', '.' or '-' (it becomes part of MQTT topics)"
-    got = err.get("input")
-    if not isinstance(got, (dict, list)) and kind != "value_error":
-        message += f" (got {got!r})"
-    return line, f"{_dotted(loc)}: {message}"
+        return line, f"{dotted(loc)}: unknown key{hint}; allowed here: {', '.join(sorted(allowed))}"
+    if problem.kind == "type_unknown":
+        return line, f"{dotted(loc)}: unknown bus type {_bus_type_at(located, loc)!r}; use one of {', '.join(BUS_TYPES)}"
+    if problem.kind == "type_missing":
+        return line, f"{dotted(loc)}: a bus needs a 'type' ({', '.join(BUS_TYPES)})"
+    return line, f"{dotted(loc)}: {problem.message}"
+
+
+def _bus_type_at(located: Located, loc: Sequence[str | int]) -> object:
+    node: Any = located.data
+    for part in (*loc, "type"):
+        node = node[part] if isinstance(node, (dict, list)) else None
+    return node
 
 
 def _cross_check(located: Located, catalogue: Catalogue) -> list[tuple[int, str]]:
@@ -533,7 +494,7 @@ def format_duration(seconds: float) -> str:
 
 def config_schema() -> dict[str, Any]:
     """JSON Schema of the config file, for editors (yaml-language-server)."""
-    schema = Config.model_json_schema()
+    schema = json_schema(Config)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "retrofit-agent configuration"
     return schema

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ProfileError
+from agent.records import Invalid, Rule, dotted, validate
 from drivers.codec import REGISTER_TYPES, WORD_ORDERS, Decoder, make_decoder, register_count
 
 SITE_PROFILE_DIR = Path("/etc/retrofit-agent/profiles")
@@ -30,16 +30,17 @@ Table = Literal["holding", "input"]
 Kind = Literal["counter", "gauge"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_record = dataclass(frozen=True, kw_only=True)
+Address = Annotated[int, Rule(ge=0, le=0xFFFF)]
 
 
-class ModbusPoint(_Strict):
+@_record
+class ModbusPoint:
     """One quantity a Modbus meter serves."""
 
     name: str
     table: Table
-    address: Annotated[int, Field(ge=0, le=0xFFFF)]
+    address: Address
     type: Literal[REGISTER_TYPES]  # type: ignore[valid-type]
     order: Literal[WORD_ORDERS] = "ABCD"  # type: ignore[valid-type]
     scale: Decimal = Decimal(1)
@@ -61,11 +62,12 @@ class ModbusPoint(_Strict):
         return make_decoder(self.type, self.order, self.scale, self.offset)
 
 
-class IdentityRegister(_Strict):
+@_record
+class IdentityRegister:
     """Where a meter keeps its serial number, to notice a meter swap."""
 
     table: Table = "holding"
-    address: Annotated[int, Field(ge=0, le=0xFFFF)]
+    address: Address
     type: Literal["uint16", "uint32", "uint64"] = "uint32"
     order: Literal[WORD_ORDERS] = "ABCD"  # type: ignore[valid-type]
 
@@ -74,23 +76,26 @@ class IdentityRegister(_Strict):
         return register_count(self.type)
 
 
-class Workarounds(_Strict):
+@_record
+class Workarounds:
     """Device quirks, kept together instead of sprinkled over the profile."""
 
-    max_registers: Annotated[int, Field(ge=1, le=125)] = 125
-    pause_between_requests: Annotated[float, Field(ge=0, le=5)] = 0.0
+    max_registers: Annotated[int, Rule(ge=1, le=125)] = 125
+    pause_between_requests: Annotated[float, Rule(ge=0, le=5)] = 0.0
     # Register ranges [start, end) that answer with an exception: never read across.
     holes: tuple[tuple[Table, int, int], ...] = ()
 
 
-class TestVector(_Strict):
+@_record
+class TestVector:
     """Raw registers a real meter served -> the values the profile must give."""
 
-    registers: dict[Table, dict[int, list[Annotated[int, Field(ge=0, le=0xFFFF)]]]]
+    registers: dict[Table, dict[int, tuple[Annotated[int, Rule(ge=0, le=0xFFFF)], ...]]]
     expect: dict[str, float | int]
 
 
-class Profile(_Strict):
+@_record
+class Profile:
     name: str
     protocol: Literal["modbus"] = "modbus"
     manufacturer: str
@@ -98,17 +103,14 @@ class Profile(_Strict):
     source: str
     description: str = ""
     points: tuple[ModbusPoint, ...]
-    workarounds: Workarounds = Workarounds()
+    workarounds: Workarounds = field(default_factory=Workarounds)
     identity: IdentityRegister | None = None
     tests: tuple[TestVector, ...] = ()
     origin: str = ""
 
-    @field_validator("points")
-    @classmethod
-    def _unique_points(cls, points: tuple[ModbusPoint, ...]) -> tuple[ModbusPoint, ...]:
-        if not points:
+    def __post_init__(self) -> None:
+        if not self.points:
             raise ValueError("a profile needs at least one point")
-        return points
 
     def point(self, name: str) -> ModbusPoint:
         for p in self.points:
@@ -117,21 +119,23 @@ class Profile(_Strict):
         raise KeyError(name)
 
 
-class MbusPoint(_Strict):
+@_record
+class MbusPoint:
     """One quantity of an M-Bus meter: which record it is, in which unit it is sent."""
 
     name: str
     quantity: str  # as the decoder names it: energy, volume, power, volume_flow, flow_temperature, ...
-    storage: Annotated[int, Field(ge=0)] = 0  # 0: the current value; 1..: stored (due-date) values
-    tariff: Annotated[int, Field(ge=0)] = 0
-    subunit: Annotated[int, Field(ge=0)] = 0
+    storage: Annotated[int, Rule(ge=0)] = 0  # 0: the current value; 1..: stored (due-date) values
+    tariff: Annotated[int, Rule(ge=0)] = 0
+    subunit: Annotated[int, Rule(ge=0)] = 0
     function: Literal["instantaneous", "maximum", "minimum", "error_state"] = "instantaneous"
     unit: str  # the unit sent to the platform (the record is converted to it)
     kind: Kind
     description: str = ""
 
 
-class MbusProfile(_Strict):
+@_record
+class MbusProfile:
     """Maps the records of an M-Bus telegram to points; the meter's
     identification number comes from the telegram header."""
 
@@ -146,10 +150,10 @@ class MbusProfile(_Strict):
     # tariff, subunit when not 0), in its base unit: for meters without a profile.
     all_records: bool = False
     # Battery meters allow few reads: `check` warns below this interval.
-    min_interval: Annotated[float, Field(gt=0)] | None = None
+    min_interval: Annotated[float, Rule(gt=0)] | None = None
     origin: str = ""
 
-    workarounds: Workarounds = Workarounds()
+    workarounds: Workarounds = field(default_factory=Workarounds)
     identity: None = None
 
 
@@ -174,14 +178,20 @@ def _read_yaml(text: str, origin: str) -> AnyProfile:
         raw["points"] = points
     raw.setdefault("origin", origin)
     try:
-        if raw.get("protocol") == "mbus":
-            return MbusProfile.model_validate(raw)
-        return Profile.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        return validate(MbusProfile if raw.get("protocol") == "mbus" else Profile, raw)
+    except Invalid as exc:
+        problems = "; ".join(f"{_point_path(p.loc, raw)}: {p.message}" for p in exc.problems)
         raise ProfileError(f"{origin}: {problems}") from None
+
+
+def _point_path(loc: tuple[str | int, ...], raw: dict[str, object]) -> str:
+    """points[3].type -> points.voltage_l1.type: as the file spells it."""
+    points = raw.get("points")
+    if len(loc) >= 2 and loc[0] == "points" and isinstance(loc[1], int) and isinstance(points, list):
+        name = points[loc[1]].get("name") if isinstance(points[loc[1]], dict) else None
+        if name is not None:
+            return dotted(("points", str(name), *loc[2:]))
+    return dotted(loc)
 
 
 def load_profile_file(path: Path) -> AnyProfile:

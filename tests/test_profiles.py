@@ -3,6 +3,7 @@ wrong type, word order or scale."""
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from pathlib import Path
 
@@ -37,8 +38,8 @@ def test_profile_vectors(profile: Profile) -> None:
 
 
 def _mutated(profile: Profile, name: str, **change: object) -> Profile:
-    points = tuple(p.model_copy(update=change) if p.name == name else p for p in profile.points)
-    return profile.model_copy(update={"points": points})
+    points = tuple(dataclasses.replace(p, **change) if p.name == name else p for p in profile.points)
+    return dataclasses.replace(profile, points=points)
 
 
 @pytest.mark.parametrize(("profile_name", "point", "change"), [
