@@ -24,9 +24,8 @@ from agent.health import DeviceHealth, Health
 from agent.notify import Notifier
 from agent.readings import now_ms
 from agent.uplink import Uplink
-from agent.worker import BusWorker, DevicePoller, MbusBusWorker, MbusDevicePoller
+from agent.worker import BusWorker, DevicePoller
 from drivers import modbus
-from drivers.mbus_link import MbusLink
 from drivers.plan import LinkCost
 
 STOP_BUDGET_S = 4.0
@@ -90,6 +89,9 @@ class Agent:
     def _worker(self, bus: ModbusRtuBus | ModbusTcpBus | MbusBus) -> BusWorker:
         guard = CounterGuard(last=self._counter_state)
         if isinstance(bus, MbusBus):
+            from agent.mbus_worker import MbusBusWorker, MbusDevicePoller
+            from drivers.mbus_link import MbusLink
+
             mbus_pollers = []
             for device in self.cfg.devices_on(bus.id):
                 self.health.devices[device.id] = DeviceHealth(bus=bus.id)

@@ -98,6 +98,9 @@ COUNTER_PERSIST_S = 60.0
 # Acknowledged rows are swept out once this many have gathered, or this often.
 PURGE_ROWS = 50_000
 PURGE_S = 60.0
+# Page cache per connection: the writer appends and the reader streams, so a
+# small cache does; SQLite's default (2 MB each) would be most of it idle RSS.
+CACHE_KIB = 512
 # Readers see only what lies above the acknowledged watermark.
 _PENDING = "id > coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'acked_through'), 0)"
 
@@ -107,6 +110,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     return conn
 
 
@@ -472,6 +476,7 @@ class BufferReader:
         self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                      check_same_thread=False, timeout=10)
         self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._series: dict[int, Series] = {}
 
     def batch_after(self, after_id: int, limit: int) -> list[Row]:
