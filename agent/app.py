@@ -29,7 +29,7 @@ from drivers import modbus
 from drivers.plan import LinkCost
 
 STOP_BUDGET_S = 4.0
-SNAPSHOT_EVERY_S = 2.0
+SNAPSHOT_EVERY_S = 5.0
 
 
 def _write_atomically(path: Path | None, figures: dict[str, object]) -> None:

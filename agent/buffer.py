@@ -546,6 +546,7 @@ class BufferWriter(threading.Thread):
         self.last_progress = time.monotonic()
         self._offset: int | None = None  # wall - monotonic once the clock is trusted
         self._counters_due = 0.0
+        self._urgent = threading.Event()
 
     def put(self, readings: list[Reading], counters: CounterState | None = None,
             meters: dict[str, str] | None = None, events: list[Event] | None = None) -> None:
@@ -555,6 +556,7 @@ class BufferWriter(threading.Thread):
     def restamp(self, wall_minus_mono_ms: int) -> None:
         """The wall clock is trusted from now on (see Buffer.restamp)."""
         self._queue.put(("t", wall_minus_mono_ms))
+        self._urgent.set()
 
     def ack(self, id_range: IdRange) -> None:
         self._queue.put(("a", id_range))
@@ -564,6 +566,7 @@ class BufferWriter(threading.Thread):
 
     def stop(self) -> None:
         self._queue.put(("stop", None))
+        self._urgent.set()
 
     def run(self) -> None:
         pending: list[Reading] = []
@@ -577,9 +580,16 @@ class BufferWriter(threading.Thread):
         stopping = False
         while not stopping:
             self.last_progress = time.monotonic()
-            timeout = 0.5 if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                kind, payload = self._queue.get(timeout=timeout)
+                if deadline is None:
+                    kind, payload = self._queue.get(timeout=0.5)
+                else:
+                    # A transaction is due: sleep until then (or until something
+                    # urgent), and take everything queued meanwhile at once. One
+                    # wake-up per flush instead of one per poll.
+                    self._urgent.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+                    self._urgent.clear()
+                    kind, payload = self._queue.get_nowait()
                 while True:
                     now = time.monotonic()
                     if kind == "r":
