@@ -116,16 +116,15 @@ class Agent:
         return BusWorker(bus.id, link, pollers, self.writer, self.health, self.stop_event, self.clock_state, guard)
 
     def _resolutions(self) -> dict[tuple[str, str], dict[str, float | str]]:
-        """Each Modbus point's resolution: its scale for integers; for floats,
-        the width (the step is relative to the value: 2**-23 for float32)."""
+        """Each Modbus point's resolution, for the retained meta message."""
         out: dict[tuple[str, str], dict[str, float | str]] = {}
         for device in self.cfg.devices:
             profile = self.loaded.catalogue.get(device.profile)
             if profile.protocol != "modbus":
                 continue
             for point in profile.points:
-                out[(device.id, point.name)] = (
-                    {"float": point.type} if point.type.startswith("float") else {"step": float(point.scale)})
+                if (meta := point.resolution_meta()) is not None:
+                    out[(device.id, point.name)] = meta
         return out
 
     def status_figures(self) -> dict[str, object]:

@@ -15,8 +15,10 @@ from agent.worker import group_by_interval
 from drivers import modbus
 from drivers.mbus import TelegramHeader
 from drivers.mbus_link import MbusLink
-from drivers.plan import LinkCost, plan_requests
+from drivers.codec import registers_to_bytes
+from drivers.plan import LinkCost, ReadRequest, plan_requests
 from drivers.profile import Catalogue, Profile
+from drivers.values import AnswerDecoder, with_exponent_registers
 
 
 def link_cost(bus: ModbusRtuBus | ModbusTcpBus) -> LinkCost:
@@ -45,17 +47,21 @@ def probe(link: modbus.RegisterReader, unit: int, profile: Profile, cost: LinkCo
     """Read every point of one device once, keeping the raw registers."""
     wanted = set(points) if points is not None else None
     chosen = [p for p in profile.points if wanted is None or p.name in wanted]
-    rows: list[ProbeRow] = []
-    for request in plan_requests(chosen, cost, profile.workarounds.max_registers, profile.workarounds.holes):
-        try:
-            registers = link.read(request.table, unit, request.start, request.count)
-        except BusError as exc:
-            rows.extend(ProbeRow(p.name, None, p.unit, (), str(exc)) for p in request.points)
-            continue
-        for point in request.points:
-            raw = tuple(registers[point.address - request.start: point.end - request.start])
-            rows.append(ProbeRow(point.name, point.decoder()(list(raw)), point.unit, raw))
     order = {p.name: i for i, p in enumerate(chosen)}
+    rows: list[ProbeRow] = []
+    decoder = AnswerDecoder(chosen)
+    answers: list[tuple[ReadRequest, list[int]]] = []
+    for request in plan_requests(with_exponent_registers(chosen), cost, profile.workarounds.max_registers,
+                                 profile.workarounds.holes):
+        try:
+            answers.append((request, link.read(request.table, unit, request.start, request.count)))
+        except BusError as exc:
+            rows.extend(ProbeRow(p.name, None, p.unit, (), str(exc)) for p in request.points if p.name in order)
+    decoder.take_exponents((request, registers_to_bytes(registers)) for request, registers in answers)
+    for request, registers in answers:
+        for point, value in decoder.values(request, registers_to_bytes(registers)):
+            raw = tuple(registers[point.address - request.start: point.end - request.start])
+            rows.append(ProbeRow(point.name, value, point.unit, raw))
     return sorted(rows, key=lambda r: order[r.point])
 
 

@@ -26,10 +26,11 @@ from agent.health import DeviceHealth, Health
 from agent.clock import ClockState
 from agent.integrity import CounterGuard, CounterLimits, Key, State
 from agent.readings import Reading, now_ms, with_flag
-from drivers.codec import Decoder, make_decoder
+from drivers.codec import registers_to_bytes
 from drivers.modbus import RegisterReader
 from drivers.plan import Hole, LinkCost, ReadRequest, gaps_inside, plan_requests
 from drivers.profile import ModbusPoint, Profile
+from drivers.values import AnswerDecoder, with_exponent_registers
 
 if TYPE_CHECKING:
     from agent.mbus_worker import MbusDevicePoller
@@ -69,6 +70,7 @@ def group_by_interval(points: tuple[ModbusPoint, ...], device_interval: float,
     return {interval: tuple(members) for interval, members in sorted(groups.items())}
 
 
+
 @dataclass
 class PollGroup:
     """Points of one device read together at one interval (counters every
@@ -93,7 +95,7 @@ class DevicePoller:
     cost: LinkCost
     health: DeviceHealth
     learned_holes: list[Hole] = field(default_factory=list)
-    decoders: dict[str, Decoder] = field(default_factory=dict)
+    values: AnswerDecoder = field(init=False)
     silent_since: float | None = None
     max_rates: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, float] = field(default_factory=dict)
@@ -104,10 +106,10 @@ class DevicePoller:
     swapped: set[str] = field(default_factory=set)  # counters whose next reading starts a new series
 
     def __post_init__(self) -> None:
-        self.decoders = {p.name: p.decoder() for p in self.points}
+        self.values = AnswerDecoder(self.points)
         self.limits = {p.name: counter_limits(p, self.max_rates.get(p.name)) for p in self.points
                        if p.kind == "counter"}
-        self.groups = [PollGroup(interval, members, device_offset(self.device_id, interval))
+        self.groups = [PollGroup(interval, with_exponent_registers(members), device_offset(self.device_id, interval))
                        for interval, members in group_by_interval(self.points, self.interval, self.intervals).items()]
         self.replan()
 
@@ -186,7 +188,7 @@ class BusWorker(threading.Thread):
             device.identity_due = time.monotonic() + IDENTITY_EVERY_S  # this unit has no serial there
             return None, []
         device.identity_due = time.monotonic() + IDENTITY_EVERY_S
-        return self._swap_if_new(device, str(make_decoder(register.type, register.order)(words)))
+        return self._swap_if_new(device, str(register.decoder()(words)))
 
     def poll(self, device: DevicePoller, group: PollGroup | None = None) -> None:
         """Read every planned block of one group of a device; hand over what was read."""
@@ -199,6 +201,7 @@ class BusWorker(threading.Thread):
             self._record(device, exc, got_any=False)  # silent: one timeout, as for any first request
             return
         requests = list(group.plan)
+        answers: list[tuple[ReadRequest, bytes, int, int | None]] = []
         split_once = False
         pause = device.profile.workarounds.pause_between_requests
         first = True
@@ -233,23 +236,22 @@ class BusWorker(threading.Thread):
             except BusError as exc:
                 error = exc
                 break  # no answer: the rest would only cost more timeouts
-            readings.extend(self._decode(device, request, registers))
+            answers.append((request, registers_to_bytes(registers), self._clock.wall_ms(),
+                            None if self._clock.trusted else self._clock.mono_ms()))
+        device.values.take_exponents((request, answer) for request, answer, _, _ in answers)
+        for answer in answers:
+            readings.extend(self._decode(device, *answer))
         if readings:
             self._sink.put(readings, self._guard.take_changes() or None, meters, events)
         elif meters or events:
             self._sink.put([], None, meters, events)
         self._record(device, error, got_any=bool(readings))
 
-    def _decode(self, device: DevicePoller, request: ReadRequest, registers: list[int]) -> list[Reading]:
-        """Values of one block, stamped with the moment the answer came, checked, flagged."""
-        stamp = self._clock.wall_ms()
-        mono = None if self._clock.trusted else self._clock.mono_ms()
-        out = []
-        for point in request.points:
-            at = point.address - request.start
-            value = device.decoders[point.name](registers[at : at + point.count])
-            out.append(self._reading(device, point.name, value, point.unit, point.kind, stamp, mono))
-        return out
+    def _decode(self, device: DevicePoller, request: ReadRequest, answer: bytes, stamp: int,
+                mono: int | None) -> list[Reading]:
+        """Values of one answer, stamped with the moment it came, checked, flagged."""
+        return [self._reading(device, point.name, value, point.unit, point.kind, stamp, mono)
+                for point, value in device.values.values(request, answer)]
 
     def _reading(self, device: DevicePoller | MbusDevicePoller, point: str, value: float | int | None, unit: str,
                  kind: str, stamp: int, mono: int | None) -> Reading:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from operator import itemgetter
 from typing import Literal
 
 RegisterType = Literal[
-    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"
+    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string", "bits"
 ]
 WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 
@@ -36,37 +37,67 @@ _LAYOUT: dict[str, tuple[str, int]] = {
     "float64": (">d", 4),
 }
 
-REGISTER_TYPES: tuple[str, ...] = tuple(_LAYOUT)
+NUMERIC_TYPES: tuple[str, ...] = tuple(_LAYOUT)
+# string: ASCII text over `length` registers (two characters each, first
+# character in the high byte; BADC swaps them), NULs and spaces trimmed.
+# bits: one register read as a bit field; with `bit` the 0/1 of that bit.
+REGISTER_TYPES: tuple[str, ...] = (*NUMERIC_TYPES, "string", "bits")
 WORD_ORDERS: tuple[str, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
 
+Value = int | float | str
 Number = int | float
-Decoder = Callable[[Sequence[int]], Number]
+Decoder = Callable[[Sequence[int]], Value]
+# Decodes a value from a whole request's answer: (answer as big-endian bytes, byte offset).
+BlockDecoder = Callable[[bytes, int], Value]
 
 
-def register_count(kind: str) -> int:
+def register_count(kind: str, length: int | None = None) -> int:
     """How many 16-bit registers a value of this type occupies."""
+    if kind == "string":
+        if not length:
+            raise ValueError("a string needs its length in registers")
+        return length
+    if kind == "bits":
+        return 1
     return _LAYOUT[kind][1]
 
 
-def _to_bytes(registers: Sequence[int], order: str) -> bytes:
-    """Reorder wire registers into one big-endian byte string."""
-    words = list(registers)
+def registers_to_bytes(registers: Sequence[int]) -> bytes:
+    """A request's answer as the big-endian bytes it was on the wire."""
+    return struct.pack(f">{len(registers)}H", *registers)
+
+
+def _permutation(order: str, size: int) -> tuple[int, ...] | None:
+    """Where each big-endian byte of a value sits in the wire bytes (None: in place)."""
+    words = list(range(size // 2))
     if order in ("CDAB", "DCBA"):
         words.reverse()
-    raw = b"".join(w.to_bytes(2, "big") for w in words)
+    positions = [2 * w + b for w in words for b in (0, 1)]
     if order in ("BADC", "DCBA"):
-        raw = bytes(b for i in range(0, len(raw), 2) for b in (raw[i + 1], raw[i]))
-    return raw
+        positions = [positions[i ^ 1] for i in range(size)]
+    return None if positions == list(range(size)) else tuple(positions)
 
 
 def _from_bytes(raw: bytes, order: str) -> list[int]:
-    """Inverse of :func:`_to_bytes`: the registers a device would put on the wire."""
-    if order in ("BADC", "DCBA"):
-        raw = bytes(b for i in range(0, len(raw), 2) for b in (raw[i + 1], raw[i]))
-    words = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
-    if order in ("CDAB", "DCBA"):
-        words.reverse()
-    return words
+    """The registers a device would put on the wire for this big-endian value."""
+    perm = _permutation(order, len(raw))
+    wire = bytearray(len(raw))
+    for source, target in enumerate(perm or range(len(raw))):
+        wire[target] = raw[source]
+    return [int.from_bytes(wire[i : i + 2], "big") for i in range(0, len(wire), 2)]
+
+
+_F32 = struct.Struct(">f")
+
+
+def _shortest_from_bytes(packed: bytes) -> float:
+    """The float with the fewest digits that is the float32 ``packed``."""
+    value = _F32.unpack(packed)[0]
+    for spec in (".6g", ".7g", ".8g"):
+        candidate = float(format(value, spec))
+        if _F32.pack(candidate) == packed:
+            return candidate
+    return value if value != value else float(format(value, ".9g"))  # 9 digits always suffice
 
 
 def shortest_float32(value: float) -> float:
@@ -75,57 +106,104 @@ def shortest_float32(value: float) -> float:
     A float32 of 230.1 widens to 230.10000610351562; sending that would claim
     precision the meter never had. Returns e.g. 230.1.
     """
-    if value != value or value in (float("inf"), float("-inf")):
+    try:
+        return _shortest_from_bytes(_F32.pack(value))
+    except OverflowError:
         return value
-    packed = struct.pack(">f", value)
-    for digits in range(6, 10):
-        candidate = float(f"{value:.{digits}g}")
-        if struct.pack(">f", candidate) == packed:
-            return candidate
-    return value
 
 
-def make_decoder(
-    kind: str, order: str = "ABCD", scale: Decimal | None = None, offset: Decimal | None = None
-) -> Decoder:
-    """Build the function that turns this point's registers into its value.
+def make_block_decoder(kind: str, order: str = "ABCD", scale: Decimal | None = None,
+                       offset: Decimal | None = None, length: int | None = None,
+                       bit: int | None = None) -> BlockDecoder:
+    """Build the function that takes this point's value out of a request's answer.
 
-    Integers are scaled in exact decimal arithmetic, so 231 x 0.1 is 23.1 and
-    not 23.100000000000001; floats keep only the digits their width carries.
+    Chosen once per point, applied to every reading: the hot path does no
+    dispatch on strings. Integers are scaled in exact decimal arithmetic, so
+    231 x 0.1 is 23.1 and not 23.100000000000001; floats keep only the digits
+    their width carries.
     """
+    if kind == "string":
+        return _string_decoder(order, register_count(kind, length))
+    if kind == "bits":
+        if bit is None:
+            return lambda buf, at: (buf[at] << 8) | buf[at + 1]
+        return lambda buf, at: (((buf[at] << 8) | buf[at + 1]) >> bit) & 1
     fmt, count = _LAYOUT[kind]
-    unpack = struct.Struct(fmt).unpack
-    is_float = kind.startswith("float")
+    size = 2 * count
+    perm = _permutation(order, size)
+    codec = struct.Struct(fmt)
     scaled = (scale is not None and scale != 1) or (offset is not None and offset != 0)
     scale_ = scale if scale is not None else Decimal(1)
     offset_ = offset if offset is not None else Decimal(0)
 
-    if order == "ABCD" and count == 1:
-        def raw_value(registers: Sequence[int]) -> Number:
-            return unpack(registers[0].to_bytes(2, "big"))[0]
+    if perm is None:
+        def raw_bytes(buf: bytes, at: int) -> bytes:
+            return buf[at : at + size]
     else:
-        def raw_value(registers: Sequence[int]) -> Number:
-            return unpack(_to_bytes(registers, order))[0]
+        pick = itemgetter(*perm)
 
-    if is_float:
-        narrow = shortest_float32 if kind == "float32" else (lambda v: v)
+        def raw_bytes(buf: bytes, at: int) -> bytes:
+            return bytes(pick(buf[at : at + size]))
+
+    if kind == "float32":
         if not scaled:
-            return lambda registers: narrow(raw_value(registers))
-        return lambda registers: float(
-            Decimal(repr(narrow(raw_value(registers)))) * scale_ + offset_
-        )
+            return lambda buf, at: _shortest_from_bytes(raw_bytes(buf, at))
+        return lambda buf, at: float(Decimal(repr(_shortest_from_bytes(raw_bytes(buf, at)))) * scale_ + offset_)
+
+    unpack = codec.unpack
+    if perm is None:
+        unpack_from = codec.unpack_from
+
+        def raw_value(buf: bytes, at: int) -> Number:
+            return unpack_from(buf, at)[0]
+    else:
+        def raw_value(buf: bytes, at: int) -> Number:
+            return unpack(raw_bytes(buf, at))[0]
+
+    if kind == "float64":
+        if not scaled:
+            return raw_value
+        return lambda buf, at: float(Decimal(repr(raw_value(buf, at))) * scale_ + offset_)
     if not scaled:
         return raw_value
 
-    def decode_scaled(registers: Sequence[int]) -> Number:
-        exact = Decimal(raw_value(registers)) * scale_ + offset_
+    def decode_scaled(buf: bytes, at: int) -> Number:
+        exact = Decimal(raw_value(buf, at)) * scale_ + offset_
         return int(exact) if exact == exact.to_integral_value() else float(exact)
 
     return decode_scaled
 
 
-def encode(value: Number, kind: str, order: str = "ABCD") -> list[int]:
+def _string_decoder(order: str, count: int) -> BlockDecoder:
+    swap = order in ("BADC", "DCBA")
+    size = 2 * count
+
+    def decode(buf: bytes, at: int) -> str:
+        raw = buf[at : at + size]
+        if swap:
+            raw = bytes(b for i in range(0, size, 2) for b in (raw[i + 1], raw[i]))
+        return raw.decode("latin-1").strip("\x00 ")
+
+    return decode
+
+
+def make_decoder(kind: str, order: str = "ABCD", scale: Decimal | None = None, offset: Decimal | None = None,
+                 length: int | None = None, bit: int | None = None) -> Decoder:
+    """The same decoding applied to a point's own registers (probe, tests, simulators)."""
+    block = make_block_decoder(kind, order, scale, offset, length, bit)
+    return lambda registers: block(registers_to_bytes(registers), 0)
+
+
+def encode(value: Value, kind: str, order: str = "ABCD", length: int | None = None) -> list[int]:
     """The registers a meter serves for ``value`` (used by simulators and tests)."""
+    if kind == "string":
+        size = 2 * register_count(kind, length)
+        raw = str(value).encode("latin-1")[:size].ljust(size, b"\x00")
+        if order in ("BADC", "DCBA"):
+            raw = bytes(b for i in range(0, size, 2) for b in (raw[i + 1], raw[i]))
+        return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, size, 2)]
+    if kind == "bits":
+        return [int(value) & 0xFFFF]
     fmt, _ = _LAYOUT[kind]
     if not kind.startswith("float"):
         value = int(value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,7 +23,15 @@ import yaml
 
 from agent.errors import ProfileError
 from agent.records import Invalid, Rule, dotted, validate
-from drivers.codec import REGISTER_TYPES, WORD_ORDERS, Decoder, make_decoder, register_count
+from drivers.codec import (
+    REGISTER_TYPES,
+    WORD_ORDERS,
+    BlockDecoder,
+    Decoder,
+    make_block_decoder,
+    make_decoder,
+    register_count,
+)
 
 SITE_PROFILE_DIR = Path("/etc/retrofit-agent/profiles")
 
@@ -35,6 +44,16 @@ Address = Annotated[int, Rule(ge=0, le=0xFFFF)]
 
 
 @_record
+class ScaleRegister:
+    """A register holding a power-of-ten exponent for other values (SunSpec's
+    ``*_SF``): value = raw x 10^exponent x scale + offset. -32768 means the
+    meter does not implement the value."""
+
+    table: Table | None = None  # the point's own table when absent
+    address: Address
+
+
+@_record
 class ModbusPoint:
     """One quantity a Modbus meter serves."""
 
@@ -43,23 +62,62 @@ class ModbusPoint:
     address: Address
     type: Literal[REGISTER_TYPES]  # type: ignore[valid-type]
     order: Literal[WORD_ORDERS] = "ABCD"  # type: ignore[valid-type]
+    length: Annotated[int, Rule(ge=1, le=125)] | None = None  # registers of a string
+    bit: Annotated[int, Rule(ge=0, le=15)] | None = None  # one bit of a bits register
     scale: Decimal = Decimal(1)
     offset: Decimal = Decimal(0)
+    scale_register: ScaleRegister | None = None
+    # The smallest step the value takes, in its unit, when the data sheet
+    # states it; otherwise derived from the type and scale (see meta()).
+    resolution: Annotated[Decimal, Rule(gt=0)] | None = None
     unit: str
     kind: Kind
     description: str = ""
 
-    @property
+    def __post_init__(self) -> None:
+        if (self.type == "string") != (self.length is not None):
+            raise ValueError(f"point {self.name}: a string needs `length` (registers), and only a string has one")
+        if self.bit is not None and self.type != "bits":
+            raise ValueError(f"point {self.name}: `bit` belongs to type bits")
+        textual = self.type in ("string", "bits")
+        if textual and (self.scale != 1 or self.offset != 0 or self.scale_register is not None):
+            raise ValueError(f"point {self.name}: a {self.type} value takes no scale or offset")
+        if self.type == "string" and self.kind == "counter":
+            raise ValueError(f"point {self.name}: text cannot be a counter")
+
+    @cached_property
     def count(self) -> int:
-        return register_count(self.type)
+        return register_count(self.type, self.length)
 
     @property
     def end(self) -> int:
         """First register address after this point."""
         return self.address + self.count
 
+    @property
+    def scale_source(self) -> tuple[Table, int] | None:
+        """(table, address) of the exponent register, if the value has one."""
+        if self.scale_register is None:
+            return None
+        return self.scale_register.table or self.table, self.scale_register.address
+
     def decoder(self) -> Decoder:
-        return make_decoder(self.type, self.order, self.scale, self.offset)
+        """Decodes this point's own registers (without a scale register's exponent)."""
+        return make_decoder(self.type, self.order, self.scale, self.offset, self.length, self.bit)
+
+    def block_decoder(self) -> BlockDecoder:
+        """Decodes this point out of a whole request's answer (the poll's hot path)."""
+        return make_block_decoder(self.type, self.order, self.scale, self.offset, self.length, self.bit)
+
+    def resolution_meta(self) -> dict[str, float | str] | None:
+        """What the platform is told about the value's step (the retained meta message)."""
+        if self.resolution is not None:
+            return {"step": float(self.resolution)}
+        if self.type.startswith("float"):
+            return {"float": self.type}  # the step is relative: 2**-23 of the value for float32
+        if self.type in ("string", "bits") or self.scale_register is not None:
+            return None
+        return {"step": float(self.scale)}
 
 
 @_record
@@ -68,12 +126,20 @@ class IdentityRegister:
 
     table: Table = "holding"
     address: Address
-    type: Literal["uint16", "uint32", "uint64"] = "uint32"
+    type: Literal["uint16", "uint32", "uint64", "string"] = "uint32"
     order: Literal[WORD_ORDERS] = "ABCD"  # type: ignore[valid-type]
+    length: Annotated[int, Rule(ge=1, le=125)] | None = None  # registers, for a string
+
+    def __post_init__(self) -> None:
+        if (self.type == "string") != (self.length is not None):
+            raise ValueError("identity: a string needs `length` (registers), and only a string has one")
 
     @property
     def count(self) -> int:
-        return register_count(self.type)
+        return register_count(self.type, self.length)
+
+    def decoder(self) -> Decoder:
+        return make_decoder(self.type, self.order, length=self.length)
 
 
 @_record
@@ -91,7 +157,7 @@ class TestVector:
     """Raw registers a real meter served -> the values the profile must give."""
 
     registers: dict[Table, dict[int, tuple[Annotated[int, Rule(ge=0, le=0xFFFF)], ...]]]
-    expect: dict[str, float | int]
+    expect: dict[str, float | int | str]
 
 
 @_record

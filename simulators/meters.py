@@ -103,11 +103,27 @@ def model_for(profile: Profile, seed: int = 0) -> MeterModel:
     return GenericModel(profile, seed)
 
 
+# The exponent a simulated device serves in every scale register (SunSpec *_SF).
+SCALE_EXPONENT = -2
+
+
 def _quantise(point: ModbusPoint, value: float) -> int | float:
     """The number a device stores for ``value`` in this point's encoding."""
+    scale = float(point.scale) * (10.0 ** SCALE_EXPONENT if point.scale_register is not None else 1.0)
     if point.type.startswith("float"):
-        return (value - float(point.offset)) / float(point.scale)
-    return round((value - float(point.offset)) / float(point.scale))
+        return (value - float(point.offset)) / scale
+    return round((value - float(point.offset)) / scale)
+
+
+def _served(point: ModbusPoint, value: float) -> tuple[int | float | str, float | int | str]:
+    """(what goes into the registers, the value the device means by it)."""
+    if point.type == "string":
+        text = f"SIM-{point.name}"[: 2 * (point.length or 1)]
+        return text, text
+    if point.type == "bits":
+        mask = int(abs(value)) & 0xFFFF
+        return mask, mask if point.bit is None else (mask >> point.bit) & 1
+    return _quantise(point, value), value
 
 
 class SimulatedDevice(Unit):
@@ -142,18 +158,23 @@ class SimulatedDevice(Unit):
         identity = self.profile.identity
         if identity is not None and identity.table == table and identity.address == start \
                 and identity.count == count:
-            return encode(self.serial, identity.type, identity.order)
+            return encode(self.serial, identity.type, identity.order, identity.length)
         values = self.model.values(self.clock())
         words = [0] * count
+
+        def place(address: int, encoded: list[int]) -> None:
+            for offset, word in enumerate(encoded):
+                if 0 <= address + offset - start < count:
+                    words[address + offset - start] = word
+
         with self._lock:
             for point in self.profile.points:
+                source = point.scale_source
+                if source is not None and source[0] == table and start <= source[1] < end:
+                    place(source[1], encode(SCALE_EXPONENT, "int16"))
                 if point.table != table or point.end <= start or point.address >= end:
                     continue
-                raw = _quantise(point, values[point.name])
-                encoded = encode(raw, point.type, point.order)
-                for offset, word in enumerate(encoded):
-                    position = point.address + offset - start
-                    if 0 <= position < count:
-                        words[position] = word
-                self.served[point.name] = values[point.name]
+                raw, served = _served(point, values[point.name])
+                place(point.address, encode(raw, point.type, point.order, point.length))
+                self.served[point.name] = served
         return words
