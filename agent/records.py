@@ -17,6 +17,7 @@ for bounds, patterns and conversions such as durations.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import types
 import typing
@@ -103,7 +104,14 @@ _BAD = _Bad()
 
 
 def _describe_value(value: Any) -> str:
-    return f"{value!r}" if not isinstance(value, (dict, list)) else type(value).__name__
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    return "a mapping" if isinstance(value, dict) else repr(value)
+
+
+def _number(bound: float) -> str:
+    """A bound as a technician would write it: 268435455, 0.1."""
+    return str(int(bound)) if bound == int(bound) else repr(bound)
 
 
 def _check(tp: Any, value: Any, loc: Loc, problems: list[Problem]) -> Any:
@@ -203,7 +211,8 @@ def _check_union(arms: tuple[Any, ...], value: Any, loc: Loc, problems: list[Pro
         if not isinstance(value, dict) or "type" not in value:
             problems.append(Problem(loc, "type_missing", "needs a 'type'"))
             return _BAD
-        arm = tagged.get(value["type"])
+        tag = value["type"]
+        arm = tagged.get(tag) if isinstance(tag, str) else None
         if arm is None:
             problems.append(Problem(loc, "type_unknown", f"unknown type {value['type']!r}"))
             return _BAD
@@ -233,7 +242,8 @@ def _check_scalar(tp: Any, value: Any, loc: Loc, problems: list[Problem]) -> Any
         ok = value if isinstance(value, int) and not isinstance(value, bool) else _BAD
         wanted = "a whole number"
     elif tp is float:
-        ok = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _BAD
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        ok = float(value) if numeric else _BAD
         wanted = "a number"
     elif tp is str:
         ok = value if isinstance(value, str) else _BAD
@@ -248,6 +258,8 @@ def _check_scalar(tp: Any, value: Any, loc: Loc, problems: list[Problem]) -> Any
                 ok = Decimal(str(value))
             except InvalidOperation:
                 ok = _BAD
+            if ok is not _BAD and ok.is_nan():
+                ok = _BAD
     elif tp is Any or tp is object:
         return value
     else:
@@ -259,11 +271,11 @@ def _check_scalar(tp: Any, value: Any, loc: Loc, problems: list[Problem]) -> Any
 
 def _broken_rule(rule: Rule, value: Any) -> str | None:
     if rule.ge is not None and value < rule.ge:
-        return f"must be at least {rule.ge:g}"
+        return f"must be at least {_number(rule.ge)}"
     if rule.gt is not None and value <= rule.gt:
-        return f"must be greater than {rule.gt:g}"
+        return f"must be greater than {_number(rule.gt)}"
     if rule.le is not None and value > rule.le:
-        return f"must be at most {rule.le:g}"
+        return f"must be at most {_number(rule.le)}"
     if rule.min_length is not None and len(value) < rule.min_length:
         return "must not be empty" if rule.min_length == 1 else f"needs at least {rule.min_length} items"
     if rule.pattern is not None and not re.fullmatch(rule.pattern, value):
@@ -313,16 +325,16 @@ def _schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
     origin = typing.get_origin(tp)
     if origin is Annotated:
         base, *extras = typing.get_args(tp)
-        for extra in extras:
-            if isinstance(extra, Parse):
-                return dict(extra.schema)
-        schema = _schema(base, defs)
+        parse = next((e for e in extras if isinstance(e, Parse)), None)
+        schema = json.loads(json.dumps(parse.schema)) if parse else _schema(base, defs)
         for extra in extras:
             if isinstance(extra, Rule):
-                schema.update({key: value for key, value in (
-                    ("minimum", extra.ge), ("exclusiveMinimum", extra.gt), ("maximum", extra.le),
-                    ("minLength" if schema.get("type") == "string" else "minItems", extra.min_length),
-                    ("pattern", extra.pattern and f"^(?:{extra.pattern})$")) if value is not None})
+                # A parsed value (a duration) is bounded in its numeric form.
+                for target in [a for a in schema.get("anyOf", []) if a.get("type") == "number"] or [schema]:
+                    target.update({key: value for key, value in (
+                        ("minimum", extra.ge), ("exclusiveMinimum", extra.gt), ("maximum", extra.le),
+                        ("minLength" if target.get("type") == "string" else "minItems", extra.min_length),
+                        ("pattern", extra.pattern and f"^(?:{extra.pattern})$")) if value is not None})
         return schema
     if origin is Literal:
         return {"enum": list(typing.get_args(tp))}
