@@ -14,8 +14,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import ConfigError, ProfileError, RetrofitError
+
+if TYPE_CHECKING:
+    from drivers.profile import SerialDefaults
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -77,7 +81,7 @@ def _bus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serial", metavar="PORT", help="serial port, e.g. /dev/ttyUSB0")
     parser.add_argument("--baudrate", type=int, help="default 9600 (Modbus), 2400 (M-Bus)")
     parser.add_argument("--parity", choices=("N", "E", "O"), help="default N (Modbus), E (M-Bus)")
-    parser.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--stopbits", type=int, choices=(1, 2), help="default 1")
     parser.add_argument("--host", help="Modbus TCP host")
     parser.add_argument("--port", type=int, default=502, help="Modbus TCP port")
     parser.add_argument("--timeout", type=float, default=0.5, help="seconds per request")
@@ -149,12 +153,16 @@ def _run(path: Path, log_level: str) -> int:
     return Agent(loaded).run()
 
 
-def _adhoc_bus(args: argparse.Namespace):  # noqa: ANN202
+def _adhoc_bus(args: argparse.Namespace, serial: SerialDefaults | None = None):  # noqa: ANN202
+    """The bus the command line describes; unset serial settings come from the
+    profile's factory settings when it has them, else 9600 8N1."""
     from agent.config import ModbusRtuBus, ModbusTcpBus
 
     if args.serial:
-        return ModbusRtuBus(id="probe", type="modbus-rtu", port=args.serial, baudrate=args.baudrate or 9600,
-                            parity=args.parity or "N", stopbits=args.stopbits, timeout=args.timeout)
+        return ModbusRtuBus(id="probe", type="modbus-rtu", port=args.serial,
+                            baudrate=args.baudrate or (serial.baudrate if serial else 9600),
+                            parity=args.parity or (serial.parity if serial else "N"),
+                            stopbits=args.stopbits or (serial.stopbits if serial else 1), timeout=args.timeout)
     if args.host:
         return ModbusTcpBus(id="probe", type="modbus-tcp", host=args.host, port=args.port, timeout=args.timeout)
     raise ConfigError(["give --config with --device, or --serial PORT / --host HOST"])
@@ -177,8 +185,8 @@ def _probe(args: argparse.Namespace) -> int:
     else:
         if args.address is None or not args.profile:
             raise ConfigError(["without --config, give --address and --profile"])
-        bus, unit = _adhoc_bus(args), args.address
         profile, points = load_catalogue([SITE_PROFILE_DIR]).get(args.profile), None
+        bus, unit = _adhoc_bus(args, profile.workarounds.serial), args.address
     if profile.protocol == "mbus":
         raise ConfigError([f"probe reads Modbus devices; {profile.name} is an M-Bus profile: use "
                            "`retrofit-agent scan --mbus` or `retrofit-agent mbus decode` on a captured telegram"])
@@ -333,9 +341,21 @@ def _profiles(action: str, name: str | None, config: Path | None) -> int:
         if profile.all_records:
             print("(every record of the telegram becomes a point, in its base unit)")
         return EX_OK
+    quirks = profile.workarounds
+    if quirks.serial:
+        print(f"factory serial settings: {quirks.serial.describe()}")
+    if profile.identity:
+        ident = profile.identity
+        print(f"identity: {ident.table} {ident.address:#x} {ident.type}"
+              + (f" x{ident.length}" if ident.length else ""))
+    print(f"at most {quirks.max_registers} registers per request"
+          + "".join(f"; never across {t} {a:#x}..{b - 1:#x}" for t, a, b in quirks.holes)
+          + (f"; {quirks.pause_between_requests:g} s between requests" if quirks.pause_between_requests else ""))
     print(f"{'point':26} {'table':8} {'address':>7} {'type':8} {'order':5} {'scale':>7} {'unit':5} kind")
     for p in profile.points:
-        print(f"{p.name:26} {p.table:8} {p.address:>#7x} {p.type:8} {p.order:5} {p.scale!s:>7} "
+        kind = p.type + (f"x{p.length}" if p.length else f":{p.bit}" if p.bit is not None else "")
+        scale = f"{p.scale}e@{p.scale_register.address:#x}" if p.scale_register else str(p.scale)
+        print(f"{p.name:26} {p.table:8} {p.address:>#7x} {kind:8} {p.order:5} {scale:>7} "
               f"{p.unit:5} {p.kind}  {p.description}")
     return EX_OK
 

@@ -478,6 +478,12 @@ def summarise(loaded: LoadedConfig) -> list[str]:
                 lines.append(f"  warning: device {device.id} every {format_duration(device.interval)}: "
                              f"{profile.name} meters allow a read every {format_duration(min_interval)} at most "
                              "(battery); the meter may stop answering or drain its battery")
+            factory = profile.workarounds.serial
+            if factory and isinstance(bus, ModbusRtuBus) and (factory.baudrate, factory.parity, factory.stopbits) \
+                    != (bus.baudrate, bus.parity, bus.stopbits):
+                lines.append(f"  note: device {device.id}: {profile.name} leaves the factory at {factory.describe()}, "
+                             f"bus {bus.id} runs {bus.baudrate} 8{bus.parity}{bus.stopbits}; right only if the "
+                             "meter was set to the bus's settings")
             lines.append(
                 f"  device {device.id}: address {device.address}, profile {device.profile}, "
                 f"every {format_duration(device.interval)}, {len(points)} point(s): {', '.join(points)}"

@@ -143,6 +143,18 @@ class IdentityRegister:
 
 
 @_record
+class SerialDefaults:
+    """The line settings a device leaves the factory with."""
+
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+
+    def describe(self) -> str:
+        return f"{self.baudrate} 8{self.parity}{self.stopbits}"
+
+
+@_record
 class Workarounds:
     """Device quirks, kept together instead of sprinkled over the profile."""
 
@@ -150,6 +162,8 @@ class Workarounds:
     pause_between_requests: Annotated[float, Rule(ge=0, le=5)] = 0.0
     # Register ranges [start, end) that answer with an exception: never read across.
     holes: tuple[tuple[Table, int, int], ...] = ()
+    # Factory serial settings: `check` notes a bus that differs, `probe` uses them.
+    serial: SerialDefaults | None = None
 
 
 @_record

@@ -75,6 +75,12 @@ class RoomSensor(MeterModel):
         }
 
 
+# Where a gauge of each unit sits, so every profile gets plausible values
+# that fit its registers (a power factor near 0.95, not 100).
+_LEVELS = {"V": 230.0, "A": 5.0, "W": 1500.0, "var": 200.0, "VA": 1600.0, "Hz": 50.0, "/": 0.95,
+           "Cel": 21.0, "K": 20.0, "%RH": 45.0, "ppm": 600.0, "m3/h": 1.2, "kW": 1.5}
+
+
 class GenericModel(MeterModel):
     """Any profile: gauges drift around a level, counters rise steadily."""
 
@@ -91,7 +97,8 @@ class GenericModel(MeterModel):
             if point.kind == "counter":
                 out[point.name] = 1000.0 + index + (t - self._start) * 0.001
             else:
-                out[point.name] = 100.0 + 10.0 * math.sin(t / 30.0 + index + self.seed)
+                level = _LEVELS.get(point.unit, 100.0)
+                out[point.name] = level * (1 + 0.04 * math.sin(t / 30.0 + index + self.seed))
         return out
 
 

@@ -54,6 +54,19 @@ def test_valid_config_is_summarised(tmp_path: Path) -> None:
     assert str(tmp_path / "state" / "buffer.db") in out
 
 
+def test_a_serial_bus_unlike_a_meters_factory_settings_is_noted(tmp_path: Path) -> None:
+    path = tmp_path / "orno.yaml"
+    # The ORNO OR-WE-517 leaves the factory at 9600 8E1; this bus runs 8N1.
+    path.write_text(GOOD.replace("profile: eastron-sdm630", "profile: orno-or-we-517"))
+    result = run_check(path)
+    assert result.returncode == 0, result.stderr
+    assert ("note: device elec-main: orno-or-we-517 leaves the factory at 9600 8E1, bus rs485-1 runs 9600 8N1"
+            in result.stdout)
+    same = tmp_path / "xy.yaml"  # the XY-MD02 ships at 9600 8N1, as the bus runs: nothing to note
+    same.write_text(GOOD.replace("profile: eastron-sdm630, interval: 1m", "profile: xy-md02, interval: 1m"))
+    assert "note:" not in run_check(same).stdout
+
+
 # (name, replace this text of GOOD, with this, expected line, expected text in the message)
 MISTAKES = [
     ("typo-key", "    topic_prefix: buildings", "    topic_prefx: buildings", 7, "uplink.mqtt.topic_prefx: unknown key (did you mean 'topic_prefix'?)"),
