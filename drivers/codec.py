@@ -46,9 +46,9 @@ WORD_ORDERS: tuple[str, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
 
 Value = int | float | str
 Number = int | float
-Decoder = Callable[[Sequence[int]], Value]
+Decoder = Callable[[Sequence[int]], Value | None]
 # Decodes a value from a whole request's answer: (answer as big-endian bytes, byte offset).
-BlockDecoder = Callable[[bytes, int], Value]
+BlockDecoder = Callable[[bytes, int], Value | None]
 
 
 def register_count(kind: str, length: int | None = None) -> int:
@@ -114,13 +114,14 @@ def shortest_float32(value: float) -> float:
 
 def make_block_decoder(kind: str, order: str = "ABCD", scale: Decimal | None = None,
                        offset: Decimal | None = None, length: int | None = None,
-                       bit: int | None = None) -> BlockDecoder:
+                       bit: int | None = None, missing: int | None = None) -> BlockDecoder:
     """Build the function that takes this point's value out of a request's answer.
 
     Chosen once per point, applied to every reading: the hot path does no
     dispatch on strings. Integers are scaled in exact decimal arithmetic, so
     231 x 0.1 is 23.1 and not 23.100000000000001; floats keep only the digits
-    their width carries.
+    their width carries. An integer equal to ``missing`` (a meter's "not
+    implemented", e.g. SunSpec's 0x8000) decodes to None.
     """
     if kind == "string":
         return _string_decoder(order, register_count(kind, length))
@@ -160,6 +161,13 @@ def make_block_decoder(kind: str, order: str = "ABCD", scale: Decimal | None = N
         def raw_value(buf: bytes, at: int) -> Number:
             return unpack(raw_bytes(buf, at))[0]
 
+    if missing is not None:
+        present = raw_value
+
+        def raw_value(buf: bytes, at: int) -> Number | None:  # type: ignore[misc]
+            value = present(buf, at)
+            return None if value == missing else value
+
     if kind == "float64":
         if not scaled:
             return raw_value
@@ -167,8 +175,11 @@ def make_block_decoder(kind: str, order: str = "ABCD", scale: Decimal | None = N
     if not scaled:
         return raw_value
 
-    def decode_scaled(buf: bytes, at: int) -> Number:
-        exact = Decimal(raw_value(buf, at)) * scale_ + offset_
+    def decode_scaled(buf: bytes, at: int) -> Number | None:
+        raw = raw_value(buf, at)
+        if raw is None:
+            return None
+        exact = Decimal(raw) * scale_ + offset_
         return int(exact) if exact == exact.to_integral_value() else float(exact)
 
     return decode_scaled
@@ -188,9 +199,9 @@ def _string_decoder(order: str, count: int) -> BlockDecoder:
 
 
 def make_decoder(kind: str, order: str = "ABCD", scale: Decimal | None = None, offset: Decimal | None = None,
-                 length: int | None = None, bit: int | None = None) -> Decoder:
+                 length: int | None = None, bit: int | None = None, missing: int | None = None) -> Decoder:
     """The same decoding applied to a point's own registers (probe, tests, simulators)."""
-    block = make_block_decoder(kind, order, scale, offset, length, bit)
+    block = make_block_decoder(kind, order, scale, offset, length, bit, missing)
     return lambda registers: block(registers_to_bytes(registers), 0)
 
 

@@ -67,6 +67,9 @@ class ModbusPoint:
     scale: Decimal = Decimal(1)
     offset: Decimal = Decimal(0)
     scale_register: ScaleRegister | None = None
+    # The raw integer a meter serves for "not implemented" (SunSpec: -32768
+    # for int16, 65535 for uint16): such a reading is sent as invalid.
+    missing: int | None = None
     # The smallest step the value takes, in its unit, when the data sheet
     # states it; otherwise derived from the type and scale (see meta()).
     resolution: Annotated[Decimal, Rule(gt=0)] | None = None
@@ -82,6 +85,8 @@ class ModbusPoint:
         textual = self.type in ("string", "bits")
         if textual and (self.scale != 1 or self.offset != 0 or self.scale_register is not None):
             raise ValueError(f"point {self.name}: a {self.type} value takes no scale or offset")
+        if self.missing is not None and (textual or self.type.startswith("float")):
+            raise ValueError(f"point {self.name}: `missing` is for integer types (a float meter sends NaN)")
         if self.type == "string" and self.kind == "counter":
             raise ValueError(f"point {self.name}: text cannot be a counter")
 
@@ -103,11 +108,12 @@ class ModbusPoint:
 
     def decoder(self) -> Decoder:
         """Decodes this point's own registers (without a scale register's exponent)."""
-        return make_decoder(self.type, self.order, self.scale, self.offset, self.length, self.bit)
+        return make_decoder(self.type, self.order, self.scale, self.offset, self.length, self.bit, self.missing)
 
     def block_decoder(self) -> BlockDecoder:
         """Decodes this point out of a whole request's answer (the poll's hot path)."""
-        return make_block_decoder(self.type, self.order, self.scale, self.offset, self.length, self.bit)
+        return make_block_decoder(self.type, self.order, self.scale, self.offset, self.length, self.bit,
+                                  self.missing)
 
     def resolution_meta(self) -> dict[str, float | str] | None:
         """What the platform is told about the value's step (the retained meta message)."""

@@ -110,19 +110,40 @@ def model_for(profile: Profile, seed: int = 0) -> MeterModel:
     return GenericModel(profile, seed)
 
 
-# The exponent a simulated device serves in every scale register (SunSpec *_SF).
-SCALE_EXPONENT = -2
+_RANGE = {"int16": (-32767, 32767), "uint16": (0, 65534), "int32": (-(2**31) + 1, 2**31 - 1),
+          "uint32": (0, 2**32 - 1), "int64": (-(2**63) + 1, 2**63 - 1), "uint64": (0, 2**64 - 1)}
 
 
-def _quantise(point: ModbusPoint, value: float) -> int | float:
+def _fitting_exponents(points: tuple[ModbusPoint, ...], values: dict[str, float]) -> dict[tuple[str, int], int]:
+    """Per scale register (SunSpec *_SF), the finest exponent from -3 up at
+    which every value that uses it fits its register, as a real meter
+    chooses its scale factors."""
+    users: dict[tuple[str, int], list[ModbusPoint]] = {}
+    for point in points:
+        if point.scale_source is not None:
+            users.setdefault(point.scale_source, []).append(point)
+    chosen = {}
+    for source, members in users.items():
+        chosen[source] = next((e for e in range(-3, 10) if all(
+            _fits(p, _quantise(p, values[p.name], e)) for p in members)), 9)
+    return chosen
+
+
+def _fits(point: ModbusPoint, raw: float) -> bool:
+    low, high = _RANGE.get(point.type, (float("-inf"), float("inf")))
+    return low <= raw <= high
+
+
+def _quantise(point: ModbusPoint, value: float, exponent: int | None = None) -> int | float:
     """The number a device stores for ``value`` in this point's encoding."""
-    scale = float(point.scale) * (10.0 ** SCALE_EXPONENT if point.scale_register is not None else 1.0)
+    scale = float(point.scale) * (10.0 ** exponent if exponent is not None else 1.0)
     if point.type.startswith("float"):
         return (value - float(point.offset)) / scale
     return round((value - float(point.offset)) / scale)
 
 
-def _served(point: ModbusPoint, value: float) -> tuple[int | float | str, float | int | str]:
+def _served(point: ModbusPoint, value: float, exponent: int | None = None
+            ) -> tuple[int | float | str, float | int | str]:
     """(what goes into the registers, the value the device means by it)."""
     if point.type == "string":
         text = f"SIM-{point.name}"[: 2 * (point.length or 1)]
@@ -130,7 +151,7 @@ def _served(point: ModbusPoint, value: float) -> tuple[int | float | str, float 
     if point.type == "bits":
         mask = int(abs(value)) & 0xFFFF
         return mask, mask if point.bit is None else (mask >> point.bit) & 1
-    return _quantise(point, value), value
+    return _quantise(point, value, exponent), value
 
 
 class SimulatedDevice(Unit):
@@ -155,6 +176,7 @@ class SimulatedDevice(Unit):
         self.holes = holes
         self.serial = serial  # served at the profile's identity register; change it to swap the meter
         self.served: dict[str, float] = {}
+        self.exponents: dict[tuple[str, int], int] = {}  # served in each scale register
         self._lock = threading.Lock()
 
     def registers(self, table: str, start: int, count: int) -> list[int] | int:
@@ -175,13 +197,15 @@ class SimulatedDevice(Unit):
                     words[address + offset - start] = word
 
         with self._lock:
+            self.exponents = _fitting_exponents(self.profile.points, values)
+            for source, exponent in self.exponents.items():
+                if source[0] == table and start <= source[1] < end:
+                    place(source[1], encode(exponent, "int16"))
             for point in self.profile.points:
-                source = point.scale_source
-                if source is not None and source[0] == table and start <= source[1] < end:
-                    place(source[1], encode(SCALE_EXPONENT, "int16"))
                 if point.table != table or point.end <= start or point.address >= end:
                     continue
-                raw, served = _served(point, values[point.name])
+                exponent = self.exponents.get(point.scale_source) if point.scale_source else None  # type: ignore[call-overload]
+                raw, served = _served(point, values[point.name], exponent)
                 place(point.address, encode(raw, point.type, point.order, point.length))
                 self.served[point.name] = served
         return words

@@ -39,6 +39,7 @@ points:
   power:       {address: 20, type: int16, scale_register: {address: 40}, unit: W, kind: gauge}
   energy:      {address: 21, type: uint32, scale: 0.001, scale_register: {address: 41}, unit: kWh, kind: counter}
   voltage:     {address: 23, type: uint16, scale_register: {address: 42}, unit: V, kind: gauge}
+  power_l2:    {address: 24, type: int16, missing: -32768, scale_register: {address: 40}, unit: W, kind: gauge}
 tests:
   - registers:
       input:
@@ -56,6 +57,7 @@ IMAGE = {
     20: 0xFB2E,                                                         # -1234
     21: 0x0012, 22: 0xD687,                                             # 1234567
     23: 0x0903,                                                         # 2307, exponent "not implemented"
+    24: 0x8000,                                                         # the value itself "not implemented"
     40: 0xFFFF, 41: 0x0002, 42: 0x8000,                                 # W_SF -1, Wh_SF +2, V_SF n/a
     50: 0x534E, 51: 0x3437, 52: 0x3131, 53: 0x0000,                     # serial "SN4711"
 }
@@ -80,7 +82,7 @@ def test_the_poll_reads_the_scale_registers_and_applies_them(profile: Profile) -
     health = Health()
     health.devices["typed"] = DeviceHealth(bus="b")
     device = DevicePoller("typed", 1, 0.3, profile, profile.points, LinkCost.tcp(), health.devices["typed"])
-    assert {(r.start, r.count) for r in device.plan} == {(0, 8), (10, 1), (20, 4), (40, 3)}
+    assert {(r.start, r.count) for r in device.plan} == {(0, 8), (10, 1), (20, 5), (40, 3)}
     sink, stop = Collector(), threading.Event()
     worker = BusWorker("b", tcp_link("127.0.0.1", port, 2.0), [device], sink, health, stop)
     worker.start()
@@ -93,8 +95,9 @@ def test_the_poll_reads_the_scale_registers_and_applies_them(profile: Profile) -
     readings = {r.point: r for r in sink.of("typed")[-1][1]}
     assert {p: r.value for p, r in readings.items()} == {
         "model_name": "RA-METER", "status": 5, "alarm": 1, "running": 0,
-        "power": -123.4, "energy": 123456.7, "voltage": None}
+        "power": -123.4, "energy": 123456.7, "voltage": None, "power_l2": None}
     assert readings["voltage"].quality == "invalid", "an exponent of -32768 means the meter has no value"
+    assert readings["power_l2"].quality == "invalid", "so does the profile's `missing` raw value"
     assert readings["energy"].quality == "ok"
     assert device.meter == "SN4711", "a text serial number is the meter's identity"
 
@@ -107,6 +110,7 @@ def test_the_poll_reads_the_scale_registers_and_applies_them(profile: Profile) -
     ("{address: 0, type: string, length: 2, scale: 0.1, unit: '', kind: gauge}", "no scale"),
     ("{address: 0, type: string, length: 2, unit: '', kind: counter}", "counter"),
     ("{address: 0, type: int16, scale_register: {adress: 3}, unit: W, kind: gauge}", "adress"),
+    ("{address: 0, type: float32, missing: 0, unit: W, kind: gauge}", "missing"),
 ])
 def test_a_wrong_point_is_a_clear_profile_error(tmp_path: Path, point: str, complaint: str) -> None:
     path = tmp_path / "bad.yaml"

@@ -11,7 +11,7 @@ from agent.commission import probe
 from drivers.modbus import tcp_link
 from drivers.plan import LinkCost
 from drivers.profile import ModbusPoint, Profile, load_catalogue
-from simulators.meters import SCALE_EXPONENT, SimulatedDevice
+from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 
 pytestmark = pytest.mark.timeout(30)
@@ -20,11 +20,11 @@ CATALOGUE = load_catalogue()
 MODBUS = [p for p in (CATALOGUE.get(n) for n in CATALOGUE.names()) if isinstance(p, Profile)]
 
 
-def _step(point: ModbusPoint) -> float:
+def _step(point: ModbusPoint, device: SimulatedDevice) -> float:
     """How far the value read may be from the one meant: half a register step."""
     if point.type.startswith("float"):
         return 0.0
-    exponent = SCALE_EXPONENT if point.scale_register is not None else 0
+    exponent = device.exponents[point.scale_source] if point.scale_source else 0
     return abs(float(point.scale)) * 10.0 ** exponent / 2
 
 
@@ -52,7 +52,7 @@ def test_every_point_of_every_profile_is_served_and_read_back(profile: Profile) 
         elif point.type == "float32":
             assert row.value == pytest.approx(meant, rel=1e-6), row.point
         else:
-            assert math.isclose(row.value, meant, rel_tol=1e-12, abs_tol=_step(point) + 1e-9), row.point
+            assert math.isclose(row.value, meant, rel_tol=1e-12, abs_tol=_step(point, device) + 1e-9), row.point
     if profile.identity is not None:
         assert str(identity) == "4711"
     assert server.stats.write_attempts == 0
