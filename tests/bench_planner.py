@@ -20,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from drivers.modbus import serial_link  # noqa: E402
 from drivers.plan import LinkCost, plan_requests  # noqa: E402
+from drivers.values import with_exponent_registers  # noqa: E402
 from drivers.profile import ModbusPoint, Profile, load_catalogue  # noqa: E402
 from simulators.meters import SimulatedDevice  # noqa: E402
 from simulators.modbus_server import ModbusRtuServer  # noqa: E402
@@ -52,7 +53,7 @@ def main() -> int:
         profile = load_catalogue().get(name)
         if not isinstance(profile, Profile):
             continue
-        points = list(profile.points)
+        points = list(with_exponent_registers(profile.points))  # as the bus worker plans them
         limit = profile.workarounds.max_registers
         plan = plan_requests(points, cost, limit, profile.workarounds.holes)
         planned = sum(cost.request_time(r.count) for r in plan)
