@@ -21,6 +21,7 @@ In-process use (the demo, tests):
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import math
 import os
@@ -28,15 +29,15 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 
 from agent.config import parse_duration
+from agent.records import Invalid, Parse, Problem, Rule, dotted, field_names, hints, is_record, json_schema, validate
 from agent.errors import RetrofitError
 from drivers.codec import encode
 from drivers.profile import ModbusPoint, Profile, load_catalogue
@@ -62,56 +63,121 @@ def parse_sim_duration(value: object) -> float:
     return parse_duration(value)
 
 
-Duration = Annotated[float, BeforeValidator(parse_sim_duration)]
-Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+def parse_datetime(value: object) -> dt.datetime:
+    """A date-time from YAML: a timestamp or date YAML already parsed, ISO 8601
+    text (``2025-01-12T21:00:00Z``; without an offset it means UTC), or Unix
+    seconds (milliseconds when that large)."""
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        try:
+            return dt.datetime.fromtimestamp(value / 1000 if abs(value) > 2e10 else value, dt.UTC)
+        except (OverflowError, OSError):
+            pass
+    elif isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"expected a date-time like 2025-01-12T21:00:00Z, got {value!r}")
+
+
+def _parse_moment(value: object) -> float | dt.datetime:
+    """A scheduled fault's ``at``: an offset from the start (36h) or a date-time."""
+    try:
+        return parse_sim_duration(value)
+    except ValueError:
+        if isinstance(value, (int, float)):
+            raise  # a number is an offset: "a duration must be positive"
+    try:
+        return parse_datetime(value)
+    except ValueError:
+        raise ValueError("expected an offset from the start like 36h or 1d12h, or a date-time like "
+                         f"2025-01-14T06:00:00Z, got {value!r}") from None
+
+
+def _less_than(bound: float) -> Parse:
+    """An exclusive upper bound (Rule has ge, gt and le only)."""
+    def check(value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= bound:
+            raise ValueError(f"must be less than {bound:g} (got {value!r})")
+        return value
+    return Parse(check, {"type": "number", "exclusiveMaximum": bound})
+
+
+_SIM_DURATION_SCHEMA = {
+    "anyOf": [{"type": "number", "exclusiveMinimum": 0},
+              {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*)+$"}],
+    "description": "seconds, or numbers with ms, s, m, h or d (10s, 15m, 1h, 1d12h)",
+}
+_DATETIME_SCHEMA = {"type": "string", "format": "date-time"}
+
+Duration = Annotated[float, Parse(parse_sim_duration, _SIM_DURATION_SCHEMA)]
+Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+                                 explain="use 1 to 64 letters, digits, '_', '.' or '-', "
+                                         "starting with a letter or digit")]
+Port = Annotated[int, Rule(ge=1, le=65535)]
+Rate = Annotated[float, Rule(ge=0, le=1)]
 FaultName = Literal["silent", "crc", "garbage", "partial", "busy", "slow"]
+if TYPE_CHECKING:
+    DateTime = dt.datetime
+    Moment = float | dt.datetime
+else:  # agent.records has no check for datetime: Parse makes one, the base is then taken as is
+    DateTime = Annotated[Any, Parse(parse_datetime, _DATETIME_SCHEMA)]
+    Moment = Annotated[Any, Parse(_parse_moment, {"anyOf": [_SIM_DURATION_SCHEMA, _DATETIME_SCHEMA]})]
+
+_record = dataclass(frozen=True, kw_only=True)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class WeatherSpec(_Model):
+@_record
+class WeatherSpec:
     mean: float = -1.0  # degC, the level of the period
-    daily_sd: Annotated[float, Field(ge=0, le=15)] = 3.0  # day-to-day anomaly
-    diurnal_amplitude: Annotated[float, Field(ge=0, le=15)] = 4.0
+    daily_sd: Annotated[float, Rule(ge=0, le=15)] = 3.0  # day-to-day anomaly
+    diurnal_amplitude: Annotated[float, Rule(ge=0, le=15)] = 4.0
     trend_per_day: float = 0.0
 
 
-class RetrofitSpec(_Model):
-    at: dt.datetime
+@_record
+class RetrofitSpec:
+    at: DateTime
     # The heat-loss coefficient H falls by this share: 0.35 -> H x 0.65.
-    heat_loss_reduction: Annotated[float, Field(gt=0, lt=1)]
+    heat_loss_reduction: Annotated[float, _less_than(1), Rule(gt=0)]
 
 
-class BuildingSpec(_Model):
+@_record
+class BuildingSpec:
     name: Identifier = "sim-building"
     seed: int = 0
-    start: dt.datetime
-    acceleration: Annotated[float, Field(ge=1, le=1_000_000)] = 1.0
+    start: DateTime
+    acceleration: Annotated[float, Rule(ge=1, le=1_000_000)] = 1.0
     step: Duration = 60.0
     base_temperature: float = 15.5
-    weather: WeatherSpec = WeatherSpec()
+    weather: WeatherSpec = field(default_factory=WeatherSpec)
     retrofit: RetrofitSpec | None = None
 
 
-class RandomFaults(_Model):
+@_record
+class RandomFaults:
     """Per-request faults on a bus (FaultPlan): probability of each fault."""
 
-    rates: dict[FaultName, Annotated[float, Field(ge=0, le=1)]]
+    rates: dict[FaultName, Rate]
     slow: Duration = 0.3
     devices: tuple[str, ...] | None = None  # only these device ids; all when absent
 
 
-class TcpBusSpec(_Model):
+@_record
+class TcpBusSpec:
     id: Identifier
     type: Literal["modbus-tcp"]
     host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)]
+    port: Port
     faults: RandomFaults | None = None
 
 
-class RtuBusSpec(_Model):
+@_record
+class RtuBusSpec:
     id: Identifier
     type: Literal["modbus-rtu"]
     # The agent's end of a virtual RS-485 line (socat pty); the meters get PTY.meter.
@@ -122,61 +188,98 @@ class RtuBusSpec(_Model):
     faults: RandomFaults | None = None
 
 
-BusSpec = Annotated[Union[TcpBusSpec, RtuBusSpec], Field(discriminator="type")]
+BusSpec = TcpBusSpec | RtuBusSpec  # told apart by their `type`
+BUS_TYPES = ("modbus-tcp", "modbus-rtu")
 
 
-class _DeviceBase(_Model):
+@_record
+class _DeviceBase:
     id: Identifier
     bus: Identifier
-    address: Annotated[int, Field(ge=1, le=247)]
+    address: Annotated[int, Rule(ge=1, le=247)]
     profile: str
     interval: Duration | None = None  # the agent's poll interval in configs made from this file
-    serial: Annotated[int, Field(ge=0, lt=2**32)] | None = None
+    serial: Annotated[int, Rule(ge=0, le=2**32 - 1)] | None = None
 
 
+@_record
 class HeatMeterSpec(_DeviceBase):
     model: Literal["heat"]
-    heat_loss: Annotated[float, Field(gt=0)]  # H before the retrofit, W/K
-    dhw_kwh_per_day: Annotated[float, Field(ge=0)] = 0.0
-    energy_start: Annotated[float, Field(ge=0)] = 0.0  # kWh on the register at the start
-    volume_start: Annotated[float, Field(ge=0)] = 0.0  # m3
+    heat_loss: Annotated[float, Rule(gt=0)]  # H before the retrofit, W/K
+    dhw_kwh_per_day: Annotated[float, Rule(ge=0)] = 0.0
+    energy_start: Annotated[float, Rule(ge=0)] = 0.0  # kWh on the register at the start
+    volume_start: Annotated[float, Rule(ge=0)] = 0.0  # m3
 
 
+@_record
 class ElectricityMeterSpec(_DeviceBase):
     model: Literal["electricity"]
-    annual_kwh: Annotated[float, Field(gt=0)]
-    energy_start: Annotated[float, Field(ge=0)] = 0.0
+    annual_kwh: Annotated[float, Rule(gt=0)]
+    energy_start: Annotated[float, Rule(ge=0)] = 0.0
 
 
+@_record
 class RoomSensorSpec(_DeviceBase):
     model: Literal["room"]
     setpoint: float = 21.0
-    night_setback: Annotated[float, Field(ge=0)] = 2.0
-    time_constant: Annotated[float, Field(gt=0)] = 5.0  # hours
+    night_setback: Annotated[float, Rule(ge=0)] = 2.0
+    time_constant: Annotated[float, Rule(gt=0)] = 5.0  # hours
 
 
-DeviceSpec = Annotated[Union[HeatMeterSpec, ElectricityMeterSpec, RoomSensorSpec],
-                       Field(discriminator="model")]
+DEVICE_MODELS: dict[str, type[HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec]] = {
+    "heat": HeatMeterSpec, "electricity": ElectricityMeterSpec, "room": RoomSensorSpec}
 
 
-class ScheduledFault(_Model):
+def _device_class(value: object) -> type | None:
+    model = value.get("model") if isinstance(value, dict) else None
+    return DEVICE_MODELS.get(model) if isinstance(model, str) else None
+
+
+def _parse_device(value: object) -> HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec:
+    """A device record chosen by its `model` (agent.records tells union arms
+    apart by a `type` key only). Its own problems are reported again, each at
+    its key path, by _located_problems."""
+    cls = _device_class(value)
+    if cls is None:
+        models = ", ".join(DEVICE_MODELS)
+        if not isinstance(value, dict):
+            shown = f"a list of {len(value)}" if isinstance(value, list) else repr(value)
+            raise ValueError(f"expected a mapping of keys (got {shown})")
+        if "model" not in value:
+            raise ValueError(f"a device needs a 'model' ({models})")
+        raise ValueError(f"unknown device model {value['model']!r}; use one of {models}")
+    try:
+        return validate(cls, value)  # type: ignore[no-any-return]
+    except Invalid as exc:
+        raise ValueError(str(exc)) from None
+
+
+if TYPE_CHECKING:
+    DeviceSpec = HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec
+else:
+    DeviceSpec = Annotated[Any, Parse(_parse_device, {"oneOf": [json_schema(c) for c in DEVICE_MODELS.values()]})]
+
+
+@_record
+class ScheduledFault:
     """A fault at a simulated moment: ``at`` is an offset from the start (36h)
     or a date-time; ``for`` a simulated duration."""
 
-    at: dt.datetime | Duration
+    at: Moment
     fault: Literal["offline", "bus_down", "noisy", "counter_reset", "meter_swap", "rollover"]
     device: str | None = None
     bus: str | None = None
     point: str | None = None
-    for_: Annotated[Duration | None, Field(alias="for")] = None
-    rates: dict[FaultName, Annotated[float, Field(ge=0, le=1)]] | None = None
+    for_: Duration | None = None  # `for` in the file (a keyword in Python)
+    rates: dict[FaultName, Rate] | None = None
 
 
-class BuildingConfig(_Model):
+@_record
+class BuildingConfig:
     building: BuildingSpec
     output: Path = Path("sim-output")
-    buses: Annotated[tuple[BusSpec, ...], Field(min_length=1)]
-    devices: Annotated[tuple[DeviceSpec, ...], Field(min_length=1)]
+    buses: Annotated[tuple[BusSpec, ...], Rule(min_length=1)]
+    devices: Annotated[tuple[DeviceSpec, ...], Rule(min_length=1)]
     faults: tuple[ScheduledFault, ...] = ()
 
 
@@ -202,17 +305,102 @@ def load_building_config(path: Path) -> BuildingConfig:
 
 
 def parse_building_config(raw: object, base: Path, origin: str = "building config") -> BuildingConfig:
+    data = _for_as_field(raw)
     try:
-        config = BuildingConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in exc.errors())
+        config: BuildingConfig = validate(BuildingConfig, data)
+    except Invalid as exc:
+        problems = "; ".join(_describe(p, data) for p in _located_problems(exc.problems, data))
         raise RetrofitError(f"{origin}: {problems}") from None
     resolve = (lambda p: p if p.is_absolute() else base / p)
-    buses = tuple(b.model_copy(update={"pty": resolve(b.pty)}) if isinstance(b, RtuBusSpec) else b
-                  for b in config.buses)
-    config = config.model_copy(update={"output": resolve(config.output), "buses": buses})
+    buses = tuple(replace(b, pty=resolve(b.pty)) if isinstance(b, RtuBusSpec) else b for b in config.buses)
+    config = replace(config, output=resolve(config.output), buses=buses)
     _cross_check(config, origin)
     return config
+
+
+def _for_as_field(raw: object) -> object:
+    """A scheduled fault's `for` key as the field `for_` (both are accepted)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("faults"), list):
+        return raw
+    faults = [{("for_" if key == "for" and "for_" not in fault else key): value for key, value in fault.items()}
+              if isinstance(fault, dict) else fault for fault in raw["faults"]]
+    return {**raw, "faults": faults}
+
+
+def _located_problems(problems: list[Problem], data: Any) -> Iterator[Problem]:
+    """The problems, those of a device each at its own key path."""
+    for problem in problems:
+        loc = problem.loc
+        if problem.kind == "invalid" and len(loc) == 2 and loc[0] == "devices" and isinstance(loc[1], int):
+            item = data["devices"][loc[1]]
+            cls = _device_class(item)
+            if cls is not None:
+                try:
+                    validate(cls, item)
+                except Invalid as exc:
+                    yield from (replace(inner, loc=(*loc, *inner.loc)) for inner in exc.problems)
+                    continue
+        yield problem
+
+
+def _describe(problem: Problem, data: Any) -> str:
+    loc = tuple("for" if part == "for_" else part for part in problem.loc)
+    if problem.kind == "unknown_key":
+        record = _record_at(problem.loc[:-1], data)
+        allowed = ["for" if name == "for_" else name for name in field_names(record)] if record else []
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return f"{dotted(loc)}: unknown key{hint}; allowed here: {', '.join(sorted(allowed))}"
+    if problem.kind == "type_missing":
+        return f"{dotted(loc)}: a bus needs a 'type' ({', '.join(BUS_TYPES)})"
+    if problem.kind == "type_unknown":
+        said = problem.message.replace("unknown type", "unknown bus type", 1)
+        return f"{dotted(loc)}: {said}; use one of {', '.join(BUS_TYPES)}"
+    return f"{dotted(loc)}: {problem.message}"
+
+
+def _record_at(loc: tuple[str | int, ...], data: Any) -> type | None:
+    """The record class whose keys are expected at ``loc`` (for suggesting a key)."""
+    candidates: list[type] = [BuildingConfig]
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            continue
+        record = _chosen(candidates, node)
+        if record is None or part not in field_names(record):
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+        candidates = _records_in(hints(record)[part])
+    return _chosen(candidates, node)
+
+
+def _records_in(annotation: Any) -> list[type]:
+    found: list[type] = []
+    pending = [annotation]
+    while pending:
+        item = pending.pop()
+        if is_record(item):
+            found.append(item)
+        elif isinstance(item, Parse) and item.fn is _parse_device:
+            found.extend(DEVICE_MODELS.values())
+        else:
+            pending.extend(getattr(item, "__args__", ()) or ())
+            pending.extend(getattr(item, "__metadata__", ()) or ())
+    return found
+
+
+def _chosen(candidates: list[type], node: Any) -> type | None:
+    """Of records told apart by their `type` (buses) or `model` (devices), the one ``node`` names."""
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    if not isinstance(node, dict):
+        return None
+    for tag in ("type", "model"):
+        for record in candidates:
+            if node.get(tag) in getattr(hints(record).get(tag), "__args__", ()):
+                return record
+    return None
 
 
 def _cross_check(config: BuildingConfig, origin: str) -> None:

@@ -239,7 +239,7 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
     assert "for: how long" in message
     bad_type = copy.deepcopy(building_dict())
     bad_type["devices"][0]["model"] = "fridge"
-    with pytest.raises(RetrofitError, match="b.yaml: devices.0"):
+    with pytest.raises(RetrofitError, match=r"b\.yaml: devices\[0\]: unknown device model .fridge."):
         parse_building_config(bad_type, tmp_path, "b.yaml")
 
 
