@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Union
 
 from agent.errors import ConfigError
-from agent.records import Invalid, Parse, Problem, Rule, dotted, field_names, hints, is_record, json_schema, validate
+from agent.records import Invalid, Parse, Problem, Rule, dotted, json_schema, validate
 from agent.yamlsource import Located, YamlProblem, load_located
 from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
 
@@ -288,59 +288,13 @@ def _as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _record_at(path: Sequence[str | int], data: Any) -> type | None:
-    """The record class expected at ``path`` (for suggesting key names)."""
-    record: Any = Config
-    node = data
-    for part in path:
-        if isinstance(part, int):
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-            continue
-        if record is None or part not in field_names(record):
-            return None
-        node = node.get(part) if isinstance(node, dict) else None
-        record = _inner_record(hints(record)[part], node)
-    return record
-
-
-def _inner_record(annotation: Any, node: Any) -> type | None:
-    """The record inside a hint (Annotated, X | None, tuple[X, ...]); of a
-    union of bus records, the one the node's `type` names."""
-    candidates: list[Any] = [annotation]
-    found: list[type] = []
-    while candidates:
-        item = candidates.pop()
-        if is_record(item):
-            found.append(item)
-        else:
-            candidates.extend(getattr(item, "__args__", ()) or ())
-    if len(found) <= 1:
-        return found[0] if found else None
-    kind = node.get("type") if isinstance(node, dict) else None
-    return next((r for r in found if kind in getattr(hints(r).get("type"), "__args__", ())), None)
-
-
 def _describe(problem: Problem, located: Located) -> tuple[int, str]:
-    loc = problem.loc
-    line = located.line_of(loc)
-    if problem.kind == "unknown_key":
-        record = _record_at(loc[:-1], located.data)
-        allowed = field_names(record) if record else []
-        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        return line, f"{dotted(loc)}: unknown key{hint}; allowed here: {', '.join(sorted(allowed))}"
-    if problem.kind == "type_unknown":
-        return line, f"{dotted(loc)}: unknown bus type {_bus_type_at(located, loc)!r}; use one of {', '.join(BUS_TYPES)}"
-    if problem.kind == "type_missing":
-        return line, f"{dotted(loc)}: a bus needs a 'type' ({', '.join(BUS_TYPES)})"
-    return line, f"{dotted(loc)}: {problem.message}"
-
-
-def _bus_type_at(located: Located, loc: Sequence[str | int]) -> object:
-    node: Any = located.data
-    for part in (*loc, "type"):
-        node = node[part] if isinstance(node, (dict, list)) else None
-    return node
+    message = problem.message
+    if problem.kind == "tag_missing":
+        message = f"a bus needs a 'type' ({', '.join(BUS_TYPES)})"
+    elif problem.kind == "tag_unknown":
+        message = message.replace("unknown type", "unknown bus type", 1)
+    return located.line_of(problem.loc), f"{dotted(problem.loc)}: {message}"
 
 
 def _cross_check(located: Located, catalogue: Catalogue) -> list[tuple[int, str]]:

@@ -8,15 +8,20 @@ needs: on a Raspberry Pi the framework itself would cost more memory (about
 20 MB of RSS) than the rest of the agent.
 
 Hints understood: ``int``, ``float``, ``str``, ``bool``, ``Path``,
-``Decimal``, ``Literal[...]``, ``X | None``, unions (of records told apart
-by their ``type`` key, or of plain forms tried in turn), ``tuple[X, ...]``,
+``Decimal``, ``datetime``, ``Literal[...]``, ``X | None``, unions (of
+records told apart by a key each of them fixes with a Literal, such as a
+bus's ``type``, or of plain forms tried in turn), ``tuple[X, ...]``,
 ``dict[K, V]``, nested records, and ``Annotated[X, Rule(...) | Parse(...)]``
-for bounds, patterns and conversions such as durations.
+for bounds, patterns and conversions such as durations. A field whose key in
+the file is not a Python name (``for``) says so with
+``field(metadata={"key": "for"})``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import difflib
 import json
 import re
 import types
@@ -38,6 +43,7 @@ class Rule:
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
+    lt: float | None = None
     min_length: int | None = None
     pattern: str | None = None
     # What to tell a technician when the pattern does not match.
@@ -56,7 +62,7 @@ class Parse:
 @dataclass(frozen=True)
 class Problem:
     loc: Loc
-    kind: str  # missing, unknown_key, bus_type_missing, bus_type_unknown, invalid
+    kind: str  # missing, unknown_key, tag_missing, tag_unknown, invalid
     message: str
 
 
@@ -88,8 +94,14 @@ def hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 
 
+def key_of(field: dataclasses.Field[Any]) -> str:
+    """The field's key in the file (its name unless metadata says otherwise)."""
+    return str(field.metadata.get("key", field.name))
+
+
 def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+    """The keys a record accepts, as the file spells them."""
+    return [key_of(f) for f in dataclasses.fields(cls)]
 
 
 def is_record(tp: Any) -> bool:
@@ -177,19 +189,22 @@ def _check_record(cls: type, value: Any, loc: Loc, problems: list[Problem]) -> A
     if not isinstance(value, dict):
         problems.append(Problem(loc, "invalid", f"expected a mapping of keys (got {_describe_value(value)})"))
         return _BAD
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {key_of(f): f for f in dataclasses.fields(cls)}
     for key in value:
         if key not in fields:
-            problems.append(Problem((*loc, key), "unknown_key", "unknown key"))
+            guess = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+            problems.append(Problem((*loc, key), "unknown_key",
+                                    f"unknown key{hint}; allowed here: {', '.join(sorted(fields))}"))
     kwargs = {}
     failed = False
-    for name, field in fields.items():
-        if name in value:
-            checked = _check(hints(cls)[name], value[name], (*loc, name), problems)
+    for key, field in fields.items():
+        if key in value:
+            checked = _check(hints(cls)[field.name], value[key], (*loc, key), problems)
             failed |= checked is _BAD
-            kwargs[name] = checked
+            kwargs[field.name] = checked
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            problems.append(Problem((*loc, name), "missing", "required key is missing"))
+            problems.append(Problem((*loc, key), "missing", "required key is missing"))
             failed = True
     if failed or any(p.loc[: len(loc)] == loc and p.kind == "unknown_key" for p in problems):
         return _BAD
@@ -206,15 +221,20 @@ def _check_union(arms: tuple[Any, ...], value: Any, loc: Loc, problems: list[Pro
     arms = tuple(a for a in arms if a is not type(None))
     if len(arms) == 1:
         return _check(arms[0], value, loc, problems)
-    tagged = {tag: arm for arm in arms if is_record(arm) for tag in _type_tags(arm)}
-    if tagged and len(tagged) >= len(arms):
-        if not isinstance(value, dict) or "type" not in value:
-            problems.append(Problem(loc, "type_missing", "needs a 'type'"))
+    key = _tag_key(arms)
+    if key is not None:
+        tagged = {tag: arm for arm in arms for tag in _tags(arm, key)}
+        choices = ", ".join(str(t) for t in tagged)
+        if not isinstance(value, dict):
+            problems.append(Problem(loc, "invalid", f"expected a mapping of keys (got {_describe_value(value)})"))
             return _BAD
-        tag = value["type"]
-        arm = tagged.get(tag) if isinstance(tag, str) else None
+        if key not in value:
+            problems.append(Problem(loc, "tag_missing", f"needs a '{key}' ({choices})"))
+            return _BAD
+        tag = value[key]
+        arm = tagged.get(tag) if isinstance(tag, (str, int)) and not isinstance(tag, bool) else None
         if arm is None:
-            problems.append(Problem(loc, "type_unknown", f"unknown type {value['type']!r}"))
+            problems.append(Problem(loc, "tag_unknown", f"unknown {key} {tag!r}; use one of {choices}"))
             return _BAD
         return _check(arm, value, loc, problems)
     messages = []
@@ -228,9 +248,19 @@ def _check_union(arms: tuple[Any, ...], value: Any, loc: Loc, problems: list[Pro
     return _BAD
 
 
-def _type_tags(cls: type) -> tuple[Any, ...]:
-    tp = hints(cls).get("type")
+def _tags(cls: type, key: str) -> tuple[Any, ...]:
+    field = next((f for f in dataclasses.fields(cls) if key_of(f) == key), None)
+    tp = hints(cls).get(field.name) if field else None
     return typing.get_args(tp) if typing.get_origin(tp) is Literal else ()
+
+
+def _tag_key(arms: tuple[Any, ...]) -> str | None:
+    """The key that tells these records apart: one that each of them fixes
+    with a Literal ('type' first). None for a union of plain forms."""
+    if not arms or not all(is_record(a) for a in arms):
+        return None
+    keys = [k for k in field_names(arms[0]) if all(_tags(a, k) for a in arms)]
+    return "type" if "type" in keys else (keys[0] if keys else None)
 
 
 def _check_scalar(tp: Any, value: Any, loc: Loc, problems: list[Problem]) -> Any:
@@ -260,6 +290,8 @@ def _check_scalar(tp: Any, value: Any, loc: Loc, problems: list[Problem]) -> Any
                 ok = _BAD
             if ok is not _BAD and ok.is_nan():
                 ok = _BAD
+    elif tp is dt.datetime:
+        ok, wanted = _datetime(value), "a date-time like 2025-01-12T21:00:00Z"
     elif tp is Any or tp is object:
         return value
     else:
@@ -269,6 +301,21 @@ def _check_scalar(tp: Any, value: Any, loc: Loc, problems: list[Problem]) -> Any
     return ok
 
 
+def _datetime(value: Any) -> Any:
+    """A date-time from YAML (a timestamp it parsed, a date, ISO 8601 text);
+    _BAD when it is none of these (a bare number is not taken for one)."""
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day)
+    if isinstance(value, str):
+        try:
+            return dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return _BAD
+    return _BAD
+
+
 def _broken_rule(rule: Rule, value: Any) -> str | None:
     if rule.ge is not None and value < rule.ge:
         return f"must be at least {_number(rule.ge)}"
@@ -276,6 +323,8 @@ def _broken_rule(rule: Rule, value: Any) -> str | None:
         return f"must be greater than {_number(rule.gt)}"
     if rule.le is not None and value > rule.le:
         return f"must be at most {_number(rule.le)}"
+    if rule.lt is not None and value >= rule.lt:
+        return f"must be less than {_number(rule.lt)}"
     if rule.min_length is not None and len(value) < rule.min_length:
         return "must not be empty" if rule.min_length == 1 else f"needs at least {rule.min_length} items"
     if rule.pattern is not None and not re.fullmatch(rule.pattern, value):
@@ -297,13 +346,14 @@ def _record_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     required = []
     for field in dataclasses.fields(cls):
         prop = _schema(hints(cls)[field.name], defs)
+        key = key_of(field)
         if field.default is not dataclasses.MISSING:
             default = _json_default(field.default)
             if default is not dataclasses.MISSING:
                 prop = {**prop, "default": default}
         elif field.default_factory is dataclasses.MISSING:
-            required.append(field.name)
-        properties[field.name] = prop
+            required.append(key)
+        properties[key] = prop
     schema: dict[str, Any] = {"type": "object", "title": cls.__name__, "properties": properties,
                               "additionalProperties": False}
     if required:
@@ -333,6 +383,7 @@ def _schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
                 for target in [a for a in schema.get("anyOf", []) if a.get("type") == "number"] or [schema]:
                     target.update({key: value for key, value in (
                         ("minimum", extra.ge), ("exclusiveMinimum", extra.gt), ("maximum", extra.le),
+                        ("exclusiveMaximum", extra.lt),
                         ("minLength" if target.get("type") == "string" else "minItems", extra.min_length),
                         ("pattern", extra.pattern and f"^(?:{extra.pattern})$")) if value is not None})
         return schema
@@ -359,4 +410,6 @@ def _schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         return {"type": simple[tp]}
     if tp is Decimal:
         return {"anyOf": [{"type": "number"}, {"type": "string"}]}
+    if tp is dt.datetime:
+        return {"type": "string", "format": "date-time"}
     return {}

@@ -21,7 +21,6 @@ In-process use (the demo, tests):
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import json
 import math
 import os
@@ -32,12 +31,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from agent.config import parse_duration
-from agent.records import Invalid, Parse, Problem, Rule, dotted, field_names, hints, is_record, json_schema, validate
+from agent.records import Invalid, Parse, Problem, Rule, dotted, validate
 from agent.errors import RetrofitError
 from drivers.codec import encode
 from drivers.profile import ModbusPoint, Profile, load_catalogue
@@ -63,56 +62,11 @@ def parse_sim_duration(value: object) -> float:
     return parse_duration(value)
 
 
-def parse_datetime(value: object) -> dt.datetime:
-    """A date-time from YAML: a timestamp or date YAML already parsed, ISO 8601
-    text (``2025-01-12T21:00:00Z``; without an offset it means UTC), or Unix
-    seconds (milliseconds when that large)."""
-    if isinstance(value, dt.datetime):
-        return value
-    if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
-        try:
-            return dt.datetime.fromtimestamp(value / 1000 if abs(value) > 2e10 else value, dt.UTC)
-        except (OverflowError, OSError):
-            pass
-    elif isinstance(value, str):
-        try:
-            return dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            pass
-    raise ValueError(f"expected a date-time like 2025-01-12T21:00:00Z, got {value!r}")
-
-
-def _parse_moment(value: object) -> float | dt.datetime:
-    """A scheduled fault's ``at``: an offset from the start (36h) or a date-time."""
-    try:
-        return parse_sim_duration(value)
-    except ValueError:
-        if isinstance(value, (int, float)):
-            raise  # a number is an offset: "a duration must be positive"
-    try:
-        return parse_datetime(value)
-    except ValueError:
-        raise ValueError("expected an offset from the start like 36h or 1d12h, or a date-time like "
-                         f"2025-01-14T06:00:00Z, got {value!r}") from None
-
-
-def _less_than(bound: float) -> Parse:
-    """An exclusive upper bound (Rule has ge, gt and le only)."""
-    def check(value: Any) -> Any:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= bound:
-            raise ValueError(f"must be less than {bound:g} (got {value!r})")
-        return value
-    return Parse(check, {"type": "number", "exclusiveMaximum": bound})
-
-
 _SIM_DURATION_SCHEMA = {
     "anyOf": [{"type": "number", "exclusiveMinimum": 0},
               {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*)+$"}],
     "description": "seconds, or numbers with ms, s, m, h or d (10s, 15m, 1h, 1d12h)",
 }
-_DATETIME_SCHEMA = {"type": "string", "format": "date-time"}
 
 Duration = Annotated[float, Parse(parse_sim_duration, _SIM_DURATION_SCHEMA)]
 Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
@@ -121,12 +75,8 @@ Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
 Port = Annotated[int, Rule(ge=1, le=65535)]
 Rate = Annotated[float, Rule(ge=0, le=1)]
 FaultName = Literal["silent", "crc", "garbage", "partial", "busy", "slow"]
-if TYPE_CHECKING:
-    DateTime = dt.datetime
-    Moment = float | dt.datetime
-else:  # agent.records has no check for datetime: Parse makes one, the base is then taken as is
-    DateTime = Annotated[Any, Parse(parse_datetime, _DATETIME_SCHEMA)]
-    Moment = Annotated[Any, Parse(_parse_moment, {"anyOf": [_SIM_DURATION_SCHEMA, _DATETIME_SCHEMA]})]
+# A scheduled fault's `at`: an offset from the start (36h, 1d12h) or a date-time.
+Moment = Duration | dt.datetime
 
 _record = dataclass(frozen=True, kw_only=True)
 
@@ -141,16 +91,16 @@ class WeatherSpec:
 
 @_record
 class RetrofitSpec:
-    at: DateTime
+    at: dt.datetime
     # The heat-loss coefficient H falls by this share: 0.35 -> H x 0.65.
-    heat_loss_reduction: Annotated[float, _less_than(1), Rule(gt=0)]
+    heat_loss_reduction: Annotated[float, Rule(gt=0, lt=1)]
 
 
 @_record
 class BuildingSpec:
     name: Identifier = "sim-building"
     seed: int = 0
-    start: DateTime
+    start: dt.datetime
     acceleration: Annotated[float, Rule(ge=1, le=1_000_000)] = 1.0
     step: Duration = 60.0
     base_temperature: float = 15.5
@@ -226,38 +176,7 @@ class RoomSensorSpec(_DeviceBase):
     time_constant: Annotated[float, Rule(gt=0)] = 5.0  # hours
 
 
-DEVICE_MODELS: dict[str, type[HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec]] = {
-    "heat": HeatMeterSpec, "electricity": ElectricityMeterSpec, "room": RoomSensorSpec}
-
-
-def _device_class(value: object) -> type | None:
-    model = value.get("model") if isinstance(value, dict) else None
-    return DEVICE_MODELS.get(model) if isinstance(model, str) else None
-
-
-def _parse_device(value: object) -> HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec:
-    """A device record chosen by its `model` (agent.records tells union arms
-    apart by a `type` key only). Its own problems are reported again, each at
-    its key path, by _located_problems."""
-    cls = _device_class(value)
-    if cls is None:
-        models = ", ".join(DEVICE_MODELS)
-        if not isinstance(value, dict):
-            shown = f"a list of {len(value)}" if isinstance(value, list) else repr(value)
-            raise ValueError(f"expected a mapping of keys (got {shown})")
-        if "model" not in value:
-            raise ValueError(f"a device needs a 'model' ({models})")
-        raise ValueError(f"unknown device model {value['model']!r}; use one of {models}")
-    try:
-        return validate(cls, value)  # type: ignore[no-any-return]
-    except Invalid as exc:
-        raise ValueError(str(exc)) from None
-
-
-if TYPE_CHECKING:
-    DeviceSpec = HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec
-else:
-    DeviceSpec = Annotated[Any, Parse(_parse_device, {"oneOf": [json_schema(c) for c in DEVICE_MODELS.values()]})]
+DeviceSpec = HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec  # told apart by their `model`
 
 
 @_record
@@ -270,7 +189,7 @@ class ScheduledFault:
     device: str | None = None
     bus: str | None = None
     point: str | None = None
-    for_: Duration | None = None  # `for` in the file (a keyword in Python)
+    for_: Duration | None = field(default=None, metadata={"key": "for"})  # a keyword in Python
     rates: dict[FaultName, Rate] | None = None
 
 
@@ -305,11 +224,10 @@ def load_building_config(path: Path) -> BuildingConfig:
 
 
 def parse_building_config(raw: object, base: Path, origin: str = "building config") -> BuildingConfig:
-    data = _for_as_field(raw)
     try:
-        config: BuildingConfig = validate(BuildingConfig, data)
+        config: BuildingConfig = validate(BuildingConfig, raw)
     except Invalid as exc:
-        problems = "; ".join(_describe(p, data) for p in _located_problems(exc.problems, data))
+        problems = "; ".join(f"{dotted(p.loc)}: {_bus_words(p)}" for p in exc.problems)
         raise RetrofitError(f"{origin}: {problems}") from None
     resolve = (lambda p: p if p.is_absolute() else base / p)
     buses = tuple(replace(b, pty=resolve(b.pty)) if isinstance(b, RtuBusSpec) else b for b in config.buses)
@@ -318,89 +236,12 @@ def parse_building_config(raw: object, base: Path, origin: str = "building confi
     return config
 
 
-def _for_as_field(raw: object) -> object:
-    """A scheduled fault's `for` key as the field `for_` (both are accepted)."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("faults"), list):
-        return raw
-    faults = [{("for_" if key == "for" and "for_" not in fault else key): value for key, value in fault.items()}
-              if isinstance(fault, dict) else fault for fault in raw["faults"]]
-    return {**raw, "faults": faults}
-
-
-def _located_problems(problems: list[Problem], data: Any) -> Iterator[Problem]:
-    """The problems, those of a device each at its own key path."""
-    for problem in problems:
-        loc = problem.loc
-        if problem.kind == "invalid" and len(loc) == 2 and loc[0] == "devices" and isinstance(loc[1], int):
-            item = data["devices"][loc[1]]
-            cls = _device_class(item)
-            if cls is not None:
-                try:
-                    validate(cls, item)
-                except Invalid as exc:
-                    yield from (replace(inner, loc=(*loc, *inner.loc)) for inner in exc.problems)
-                    continue
-        yield problem
-
-
-def _describe(problem: Problem, data: Any) -> str:
-    loc = tuple("for" if part == "for_" else part for part in problem.loc)
-    if problem.kind == "unknown_key":
-        record = _record_at(problem.loc[:-1], data)
-        allowed = ["for" if name == "for_" else name for name in field_names(record)] if record else []
-        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        return f"{dotted(loc)}: unknown key{hint}; allowed here: {', '.join(sorted(allowed))}"
-    if problem.kind == "type_missing":
-        return f"{dotted(loc)}: a bus needs a 'type' ({', '.join(BUS_TYPES)})"
-    if problem.kind == "type_unknown":
-        said = problem.message.replace("unknown type", "unknown bus type", 1)
-        return f"{dotted(loc)}: {said}; use one of {', '.join(BUS_TYPES)}"
-    return f"{dotted(loc)}: {problem.message}"
-
-
-def _record_at(loc: tuple[str | int, ...], data: Any) -> type | None:
-    """The record class whose keys are expected at ``loc`` (for suggesting a key)."""
-    candidates: list[type] = [BuildingConfig]
-    node = data
-    for part in loc:
-        if isinstance(part, int):
-            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
-            continue
-        record = _chosen(candidates, node)
-        if record is None or part not in field_names(record):
-            return None
-        node = node.get(part) if isinstance(node, dict) else None
-        candidates = _records_in(hints(record)[part])
-    return _chosen(candidates, node)
-
-
-def _records_in(annotation: Any) -> list[type]:
-    found: list[type] = []
-    pending = [annotation]
-    while pending:
-        item = pending.pop()
-        if is_record(item):
-            found.append(item)
-        elif isinstance(item, Parse) and item.fn is _parse_device:
-            found.extend(DEVICE_MODELS.values())
-        else:
-            pending.extend(getattr(item, "__args__", ()) or ())
-            pending.extend(getattr(item, "__metadata__", ()) or ())
-    return found
-
-
-def _chosen(candidates: list[type], node: Any) -> type | None:
-    """Of records told apart by their `type` (buses) or `model` (devices), the one ``node`` names."""
-    if len(candidates) <= 1:
-        return candidates[0] if candidates else None
-    if not isinstance(node, dict):
-        return None
-    for tag in ("type", "model"):
-        for record in candidates:
-            if node.get(tag) in getattr(hints(record).get(tag), "__args__", ()):
-                return record
-    return None
+def _bus_words(problem: Problem) -> str:
+    """'unknown type' is clearer as 'unknown bus type' (and 'model' as 'device model')."""
+    if problem.kind == "tag_unknown":
+        return problem.message.replace("unknown type", "unknown bus type", 1).replace(
+            "unknown model", "unknown device model", 1)
+    return problem.message
 
 
 def _cross_check(config: BuildingConfig, origin: str) -> None:

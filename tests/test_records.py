@@ -1,5 +1,6 @@
 """Unit tests of agent/records.py: checking parsed YAML against frozen records; JSON Schema."""
 
+import datetime as dt
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -177,13 +178,58 @@ def test_tagged_union_picks_record_by_type() -> None:
 
 
 def test_tagged_union_type_missing_and_unknown() -> None:
-    assert problems(Site, {"bus": {"host": "h"}}) == [(("bus",), "type_missing", "needs a 'type'")]
+    assert problems(Site, {"bus": {"host": "h"}}) == [(("bus",), "tag_missing", "needs a 'type' (tcp, rtu)")]
     assert problems(Site, {"bus": {"type": "udp"}}) == [
-        (("bus",), "type_unknown", "unknown type 'udp'")]
+        (("bus",), "tag_unknown", "unknown type 'udp'; use one of tcp, rtu")]
 
 
 def test_tagged_union_unhashable_type_is_a_problem() -> None:
-    assert problems(Site, {"bus": {"type": ["tcp"]}})[0][:2] == (("bus",), "type_unknown")
+    assert problems(Site, {"bus": {"type": ["tcp"]}})[0][:2] == (("bus",), "tag_unknown")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heat:
+    model: Literal["heat"]
+    kw: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Room:
+    model: Literal["room"]
+    setpoint: float = 21.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plant:
+    devices: tuple[Heat | Room, ...]
+
+
+def test_records_are_told_apart_by_any_key_they_all_fix() -> None:
+    assert validate(Plant, {"devices": [{"model": "room"}, {"model": "heat", "kw": 5}]}).devices == (
+        Room(model="room"), Heat(model="heat", kw=5.0))
+    assert problems(Plant, {"devices": [{"model": "fridge"}, {"model": "heat", "kw": "lots"}]}) == [
+        (("devices", 0), "tag_unknown", "unknown model 'fridge'; use one of heat, room"),
+        (("devices", 1, "kw"), "invalid", "expected a number (got 'lots')")]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fault:
+    for_: float | None = field(default=None, metadata={"key": "for"})
+    at: dt.datetime | None = None
+    share: Annotated[float, Rule(gt=0, lt=1)] = 0.5
+
+
+def test_a_key_that_is_not_a_python_name_and_date_times() -> None:
+    fault = validate(Fault, {"for": 3, "at": "2025-01-14T06:00:00Z"})
+    assert fault.for_ == 3.0 and fault.at == dt.datetime(2025, 1, 14, 6, tzinfo=dt.UTC)
+    assert validate(Fault, {"at": dt.date(2025, 1, 14)}).at == dt.datetime(2025, 1, 14)
+    assert problems(Fault, {"for_": 3}) == [(("for_",), "unknown_key", "unknown key (did you mean 'for'?); "
+                                                                     "allowed here: at, for, share")]
+    assert [p[2] for p in problems(Fault, {"at": 1736834400, "share": 1})] == [
+        "expected a date-time like 2025-01-12T21:00:00Z (got 1736834400)", "must be less than 1 (got 1.0)"]
+    assert json_schema(Fault)["properties"]["for"] == {"anyOf": [{"type": "number"}, {"type": "null"}],
+                                                       "default": None}
+    assert json_schema(Fault)["properties"]["share"]["exclusiveMaximum"] == 1
 
 
 # Containers, nesting, defaults, keys
@@ -210,7 +256,7 @@ def test_missing_and_unknown_keys() -> None:
     assert problems(Outer, {"name": "o", "inner": {}}) == [
         (("inner", "n"), "missing", "required key is missing")]
     assert problems(Outer, {"name": "o", "inner": {"n": 1, "m": 2}}) == [
-        (("inner", "m"), "unknown_key", "unknown key")]
+        (("inner", "m"), "unknown_key", "unknown key; allowed here: n")]
 
 
 def test_every_problem_reported_at_once() -> None:
