@@ -55,6 +55,8 @@ class ThreePhaseMeter(MeterModel):
         return {
             "voltage_l1": volts[0], "voltage_l2": volts[1], "voltage_l3": volts[2],
             "current_l1": amps[0], "current_l2": amps[1], "current_l3": amps[2],
+            "power_active_l1": volts[0] * amps[0], "power_active_l2": volts[1] * amps[1],
+            "power_active_l3": volts[2] * amps[2],
             "power_active": power,
             "frequency": 50.0 + 0.03 * math.sin(t / 11.0),
             "energy_active_import": energy,
@@ -102,11 +104,26 @@ class GenericModel(MeterModel):
         return out
 
 
+class Overlay(MeterModel):
+    """A physical model's values where the profile names them, generic ones
+    elsewhere: any three-phase meter profile (the point names are shared)
+    gets phases that add up to the total and energy that integrates it."""
+
+    def __init__(self, physical: MeterModel, generic: MeterModel) -> None:
+        self.physical, self.generic = physical, generic
+
+    def values(self, t: float) -> dict[str, float]:
+        return {**self.generic.values(t), **self.physical.values(t)}
+
+
 def model_for(profile: Profile, seed: int = 0) -> MeterModel:
     if profile.name.startswith("eastron-sdm630"):
         return ThreePhaseMeter(seed)
     if profile.name == "xy-md02":
         return RoomSensor(seed)
+    names = {p.name for p in profile.points}
+    if {"power_active", "power_active_l1", "energy_active_import"} <= names:
+        return Overlay(ThreePhaseMeter(seed), GenericModel(profile, seed))
     return GenericModel(profile, seed)
 
 
