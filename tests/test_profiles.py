@@ -78,3 +78,35 @@ def test_a_site_profile_overrides_and_a_broken_one_is_reported(tmp_path: Path) -
     assert isinstance(site.points[0], ModbusPoint) and site.points[0].table == "holding"
     assert len(catalogue.problems) == 1 and "broken.yaml" in catalogue.problems[0]
     assert "eastron-sdm630" in catalogue
+
+
+_OTHER_TYPE = {"float32": "int32", "int32": "float32", "uint32": "float32", "int16": "uint16", "uint16": "int16",
+               "float64": "int64", "int64": "float64", "uint64": "float64"}
+
+
+def _mutations(profile: Profile) -> list[tuple[str, str, dict[str, object]]]:
+    """For every point the vectors cover: a tenfold scale, another word order
+    and another type of the same width (where the change can show at all)."""
+    covered = {name for vector in profile.tests for name in vector.expect}
+    out = []
+    for point in profile.points:
+        if point.name not in covered or point.type in ("string", "bits"):
+            continue
+        out.append(("scale", point.name, {"scale": point.scale * 10}))
+        if point.count > 1:
+            out.append(("order", point.name, {"order": "CDAB" if point.order != "CDAB" else "ABCD"}))
+        out.append(("type", point.name, {"type": _OTHER_TYPE[point.type]}))
+    return out
+
+
+@pytest.mark.parametrize("profile", MODBUS, ids=[p.name for p in MODBUS])
+def test_every_profile_catches_a_wrong_scale_order_or_type(profile: Profile) -> None:
+    """Every mutation of a covered point must fail the vectors, except a
+    signedness change on a 16-bit value that is never negative (no vector
+    can tell int16 from uint16 below 32768: a voltage, a CO2 level)."""
+    survivors = [(kind, name) for kind, name, change in _mutations(profile)
+                 if not run_vectors(_mutated(profile, name, **change))]
+    blind = [(kind, name) for kind, name in survivors
+             if kind == "type" and {profile.point(name).type, _OTHER_TYPE[profile.point(name).type]}
+             in ({"int16", "uint16"},)]
+    assert [s for s in survivors if s not in blind] == []
