@@ -46,6 +46,10 @@ class Sink(Protocol):
 
 
 IDENTITY_EVERY_S = 3600.0
+# A poll due this soon after the previous one follows it at once instead of
+# after a sleep of a few ms: one wake-up for the devices a bus spreads over
+# the first moments of a slot, not one each.
+CHAIN_S = 0.02
 
 
 def next_slot(now: float, interval: float, offset: float) -> float:
@@ -166,11 +170,13 @@ class BusWorker(threading.Thread):
                 failpoints.hang_if(f"stall-bus:{self.bus_id}")
                 device, group = min(schedule, key=lambda entry: entry[1].next_due)
                 wait = group.next_due - time.time()
-                if wait > 0:
+                if wait > CHAIN_S:
                     self._stop_event.wait(min(wait, 1.0))
                     continue
                 self.poll(device, group)
-                group.next_due = next_slot(time.time(), group.interval, group.offset)
+                # From the slot, not the clock: a poll chained a little early
+                # must not land in the same slot again.
+                group.next_due = next_slot(max(time.time(), group.next_due), group.interval, group.offset)
         finally:
             self.link.close()
 
