@@ -9,7 +9,7 @@ first, and the last one seen is kept for a poll whose exponent request failed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from decimal import Decimal
 
 from drivers.codec import BlockDecoder, Number, Value
@@ -39,12 +39,35 @@ def scaled_by_exponent(value: Number | None, exponent: int | None) -> Number | N
     return int(exact) if exact == exact.to_integral_value() else float(exact)
 
 
+# Per point of a request: the point, its decoder, its byte offset in the
+# answer, and the name of its exponent register (None when it has none).
+Step = tuple[ModbusPoint, BlockDecoder, int, str | None]
+
+
 class AnswerDecoder:
     """Decoders of one device's points, chosen once; exponents remembered."""
 
     def __init__(self, points: Iterable[ModbusPoint]) -> None:
         self.decoders: dict[str, BlockDecoder] = {p.name: p.block_decoder() for p in with_exponent_registers(points)}
         self.exponents: dict[str, int] = {}
+        self._steps: dict[int, tuple[ReadRequest, list[Step]]] = {}
+
+    def _steps_for(self, request: ReadRequest) -> list[Step]:
+        """What to do for each point of a request, worked out once per plan."""
+        known = self._steps.get(id(request))
+        if known is not None and known[0] is request:
+            return known[1]
+        steps = []
+        for point in request.points:
+            if point.name.startswith(EXPONENT_PREFIX):
+                continue
+            source = point.scale_source
+            steps.append((point, self.decoders[point.name], 2 * (point.address - request.start),
+                          f"{EXPONENT_PREFIX}{source[0]}:{source[1]}" if source else None))
+        if len(self._steps) > 256:  # plans changed many times (learned holes): start afresh
+            self._steps.clear()
+        self._steps[id(request)] = (request, steps)
+        return steps
 
     def take_exponents(self, answers: Iterable[tuple[ReadRequest, bytes]]) -> None:
         for request, answer in answers:
@@ -53,16 +76,9 @@ class AnswerDecoder:
                     value = self.decoders[point.name](answer, 2 * (point.address - request.start))
                     self.exponents[point.name] = int(value)
 
-    def values(self, request: ReadRequest, answer: bytes) -> Iterator[tuple[ModbusPoint, Value | None]]:
+    def values(self, request: ReadRequest, answer: bytes) -> list[tuple[ModbusPoint, Value | None]]:
         """(point, value) of every point in one answer; hidden exponent points left out."""
-        decoders = self.decoders
-        start = request.start
-        for point in request.points:
-            name = point.name
-            if name.startswith(EXPONENT_PREFIX):
-                continue
-            value = decoders[name](answer, 2 * (point.address - start))
-            if point.scale_register is not None:
-                table, address = point.scale_source  # type: ignore[misc]
-                value = scaled_by_exponent(value, self.exponents.get(f"{EXPONENT_PREFIX}{table}:{address}"))  # type: ignore[arg-type]
-            yield point, value
+        exponents = self.exponents
+        return [(point, decode(answer, at) if exponent is None
+                 else scaled_by_exponent(decode(answer, at), exponents.get(exponent)))  # type: ignore[arg-type]
+                for point, decode, at, exponent in self._steps_for(request)]
