@@ -11,7 +11,7 @@ import pytest
 
 from drivers.codec import registers_to_bytes
 from drivers.plan import ReadRequest
-from drivers.profile import ModbusPoint, Profile, load_catalogue
+from drivers.profile import ModbusPoint, Profile, bundled_profile_texts, load_catalogue
 from drivers.values import AnswerDecoder, with_exponent_registers
 
 CATALOGUE = load_catalogue()
@@ -110,3 +110,11 @@ def test_every_profile_catches_a_wrong_scale_order_or_type(profile: Profile) -> 
              if kind == "type" and {profile.point(name).type, _OTHER_TYPE[profile.point(name).type]}
              in ({"int16", "uint16"},)]
     assert [s for s in survivors if s not in blind] == []
+
+
+def test_bundled_profiles_are_found_by_their_file_names_and_parsed_only_when_asked_for() -> None:
+    catalogue = load_catalogue()
+    assert catalogue.profiles == {}, "nothing is parsed before a profile is asked for"
+    for filename in bundled_profile_texts():
+        assert catalogue.get(filename.removesuffix(".yaml")).name == filename.removesuffix(".yaml")
+    assert set(catalogue.profiles) == set(catalogue.names())
