@@ -74,7 +74,6 @@ def group_by_interval(points: tuple[ModbusPoint, ...], device_interval: float,
     return {interval: tuple(members) for interval, members in sorted(groups.items())}
 
 
-
 @dataclass
 class PollGroup:
     """Points of one device read together at one interval (counters every
@@ -99,7 +98,7 @@ class DevicePoller:
     cost: LinkCost
     health: DeviceHealth
     learned_holes: list[Hole] = field(default_factory=list)
-    values: AnswerDecoder = field(init=False)
+    decoder: AnswerDecoder = field(init=False)
     silent_since: float | None = None
     max_rates: dict[str, float] = field(default_factory=dict)
     intervals: dict[str, float] = field(default_factory=dict)
@@ -110,7 +109,7 @@ class DevicePoller:
     swapped: set[str] = field(default_factory=set)  # counters whose next reading starts a new series
 
     def __post_init__(self) -> None:
-        self.values = AnswerDecoder(self.points)
+        self.decoder = AnswerDecoder(self.points)
         self.limits = {p.name: counter_limits(p, self.max_rates.get(p.name)) for p in self.points
                        if p.kind == "counter"}
         self.groups = [PollGroup(interval, with_exponent_registers(members), device_offset(self.device_id, interval))
@@ -244,7 +243,7 @@ class BusWorker(threading.Thread):
                 break  # no answer: the rest would only cost more timeouts
             answers.append((request, registers_to_bytes(registers), self._clock.wall_ms(),
                             None if self._clock.trusted else self._clock.mono_ms()))
-        device.values.take_exponents((request, answer) for request, answer, _, _ in answers)
+        device.decoder.take_exponents((request, answer) for request, answer, _, _ in answers)
         for answer in answers:
             readings.extend(self._decode(device, *answer))
         if readings:
@@ -257,7 +256,7 @@ class BusWorker(threading.Thread):
                 mono: int | None) -> list[Reading]:
         """Values of one answer, stamped with the moment it came, checked, flagged."""
         return [self._reading(device, point.name, value, point.unit, point.kind, stamp, mono)
-                for point, value in device.values.values(request, answer)]
+                for point, value in device.decoder.values(request, answer)]
 
     def _reading(self, device: DevicePoller | MbusDevicePoller, point: str, value: float | int | None, unit: str,
                  kind: str, stamp: int, mono: int | None) -> Reading:
