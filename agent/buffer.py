@@ -581,15 +581,17 @@ class BufferWriter(threading.Thread):
         while not stopping:
             self.last_progress = time.monotonic()
             try:
-                if deadline is None:
-                    kind, payload = self._queue.get(timeout=0.5)
-                else:
-                    # A transaction is due: sleep until then (or until something
-                    # urgent), and take everything queued meanwhile at once. One
-                    # wake-up per flush instead of one per poll.
-                    self._urgent.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+                if pending:
+                    # Readings wait for their transaction: sleep until it is due
+                    # (or until something urgent) and take everything queued
+                    # meanwhile at once, one wake-up per flush, not per poll.
+                    # Readings put meanwhile are due no sooner.
+                    self._urgent.wait(min(1.0, max(0.0, deadline - time.monotonic())))  # type: ignore[operator]
                     self._urgent.clear()
                     kind, payload = self._queue.get_nowait()
+                else:
+                    wait = 0.5 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+                    kind, payload = self._queue.get(timeout=wait)
                 while True:
                     now = time.monotonic()
                     if kind == "r":
