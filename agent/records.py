@@ -190,14 +190,14 @@ def _check_record(cls: type, value: Any, loc: Loc, problems: list[Problem]) -> A
         problems.append(Problem(loc, "invalid", f"expected a mapping of keys (got {_describe_value(value)})"))
         return _BAD
     fields = {key_of(f): f for f in dataclasses.fields(cls)}
-    for key in value:
-        if key not in fields:
-            guess = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-            problems.append(Problem((*loc, key), "unknown_key",
-                                    f"unknown key{hint}; allowed here: {', '.join(sorted(fields))}"))
+    unknown = [key for key in value if key not in fields]
+    for key in unknown:
+        guess = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        problems.append(Problem((*loc, key), "unknown_key",
+                                f"unknown key{hint}; allowed here: {', '.join(sorted(fields))}"))
     kwargs = {}
-    failed = False
+    failed = bool(unknown)
     for key, field in fields.items():
         if key in value:
             checked = _check(hints(cls)[field.name], value[key], (*loc, key), problems)
@@ -206,7 +206,7 @@ def _check_record(cls: type, value: Any, loc: Loc, problems: list[Problem]) -> A
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             problems.append(Problem((*loc, key), "missing", "required key is missing"))
             failed = True
-    if failed or any(p.loc[: len(loc)] == loc and p.kind == "unknown_key" for p in problems):
+    if failed:
         return _BAD
     try:
         return cls(**kwargs)
