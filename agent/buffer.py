@@ -390,9 +390,6 @@ class Buffer:
         evicted: list[Event] = []
         acked = self._acked_through
         try:
-            if self.max_bytes is not None and acked > self._purged_through and self.used_bytes() > self.max_bytes:
-                with self._transaction():
-                    self._purge()  # what was sent goes before anything is evicted
             if self.max_age_s is not None:
                 cutoff = now_ms - int(self.max_age_s * 1000)
                 while True:
@@ -407,6 +404,10 @@ class Buffer:
             if self.max_bytes is not None:
                 target = int(self.max_bytes * 0.9)
                 used = self.used_bytes()
+                if used > self.max_bytes and acked > self._purged_through:
+                    with self._transaction():
+                        self._purge()  # what was sent goes before anything is evicted
+                    used = self.used_bytes()
                 while used > self.max_bytes or (evicted and used > target):
                     span = self._conn.execute(
                         "SELECT max(id) - min(id) + 1 FROM readings WHERE id > ?", (acked,)).fetchone()[0] or 0
