@@ -4,21 +4,17 @@ registers are written out by hand here."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
 from agent.errors import ProfileError
-from agent.health import DeviceHealth, Health
-from agent.worker import BusWorker, DevicePoller
-from drivers.modbus import tcp_link
-from drivers.plan import LinkCost
+from agent.health import Health
 from drivers.profile import Profile, load_profile_file
 from tests.independent_meter import IndependentMeter
-from tests.support import free_port, wait_until
+from tests.support import free_port
 from tests.test_profiles import run_vectors
-from tests.test_worker import Collector
+from tests.test_worker import poller, run_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,17 +76,12 @@ def test_the_poll_reads_the_scale_registers_and_applies_them(profile: Profile) -
     port = free_port()
     meter = IndependentMeter({1: IMAGE}, port).start()
     health = Health()
-    health.devices["typed"] = DeviceHealth(bus="b")
-    device = DevicePoller("typed", 1, 0.3, profile, profile.points, LinkCost.tcp(), health.devices["typed"])
+    device = poller("typed", 1, profile, 0.3, health)
     assert {(r.start, r.count) for r in device.plan} == {(0, 8), (10, 1), (20, 5), (40, 3)}
-    sink, stop = Collector(), threading.Event()
-    worker = BusWorker("b", tcp_link("127.0.0.1", port, 2.0), [device], sink, health, stop)
-    worker.start()
     try:
-        wait_until(lambda: len(sink.of("typed")) >= 2, 20, "two polls")
+        sink = run_worker(port, [device], health, lambda c: len(c.of("typed")) >= 2, "two polls",
+                          timeout=20, link_timeout=2.0)
     finally:
-        stop.set()
-        worker.join(5)
         meter.stop()
     readings = {r.point: r for r in sink.of("typed")[-1][1]}
     assert {p: r.value for p, r in readings.items()} == {

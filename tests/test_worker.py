@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from agent.readings import Reading
 from agent.worker import BusWorker, DevicePoller, next_slot
 from drivers.modbus import tcp_link
 from drivers.plan import LinkCost
-from drivers.profile import load_catalogue
+from drivers.profile import Profile, load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 from tests.independent_meter import IndependentMeter, float32_words
@@ -40,10 +41,25 @@ class Collector:
             return [(t, b) for t, b in self.batches if b[0].device == device]
 
 
-def poller(device: str, unit: int, profile: str, interval: float, health: Health) -> DevicePoller:
-    p = load_catalogue().get(profile)
+def poller(device: str, unit: int, profile: str | Profile, interval: float, health: Health) -> DevicePoller:
+    p = load_catalogue().get(profile) if isinstance(profile, str) else profile
+    assert isinstance(p, Profile)
     health.devices[device] = DeviceHealth(bus="b")
     return DevicePoller(device, unit, interval, p, p.points, LinkCost.tcp(), health.devices[device])
+
+
+def run_worker(port: int, devices: list[DevicePoller], health: Health, done: Callable[[Collector], bool],
+               what: str, timeout: float = 15, link_timeout: float = 1.0) -> Collector:
+    """A bus worker polling a meter on a loopback port until ``done``; then stopped."""
+    collector, stop = Collector(), threading.Event()
+    worker = BusWorker("b", tcp_link("127.0.0.1", port, link_timeout), devices, collector, health, stop)
+    worker.start()
+    try:
+        wait_until(lambda: done(collector), timeout, what)
+    finally:
+        stop.set()
+        worker.join(5)
+    return collector
 
 
 def test_a_hole_answering_exception_02_is_split_once_and_remembered(tmp_path: Path) -> None:
@@ -58,15 +74,9 @@ def test_a_hole_answering_exception_02_is_split_once_and_remembered(tmp_path: Pa
     health = Health()
     device = poller("elec", 1, "eastron-sdm630", 0.2, health)
     assert len(device.plan) == 1, "the TCP plan reads the whole map in one request"
-    collector = Collector()
-    stop = threading.Event()
-    worker = BusWorker("b", tcp_link("127.0.0.1", port, 1.0), [device], collector, health, stop)
-    worker.start()
     try:
-        wait_until(lambda: len(collector.of("elec")) >= 4, 15, "four polls")
+        collector = run_worker(port, [device], health, lambda c: len(c.of("elec")) >= 4, "four polls")
     finally:
-        stop.set()
-        worker.join(5)
         meter.stop()
     exceptions_seen = health.devices["elec"].failures
     assert exceptions_seen == 0, "the split is retried within the same poll, so no poll fails"
