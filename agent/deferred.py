@@ -1,0 +1,44 @@
+"""Standard-library modules a dependency imports but the agent rarely uses.
+
+paho-mqtt imports ``urllib.request`` at module level, which pulls in
+``http.client`` and the ``email`` package: about 3 MB of a gateway's
+memory, a tenth of the agent's whole footprint. paho only calls it to look
+for an ``mqtt_proxy`` environment variable, and only when PySocks is
+installed, which the agent does not depend on.
+
+``defer(name)`` puts a stand-in module under that name. The first time
+anything reads an attribute of it, the real module is imported and
+answers; from then on ``sys.modules`` holds the real module. So a caller
+never sees a difference, it only pays for the module if it uses it.
+
+``importlib.util.LazyLoader`` would be the textbook tool, but on Python
+3.11 an ``import`` statement naming a lazy module reads its ``__spec__``,
+which runs the module at once, so it saves nothing here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+
+def defer(name: str) -> None:
+    """Stand in for `name` until something reads from it. Call before the
+    import that would load it; a module already imported is left alone."""
+    if name in sys.modules:
+        return
+    parent_name, _, child = name.rpartition(".")
+    parent = importlib.import_module(parent_name) if parent_name else None
+    stand_in = types.ModuleType(name, f"Stand-in for {name}, imported on first use.")
+
+    def load(attribute: str) -> object:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        return getattr(real, attribute)
+
+    stand_in.__getattr__ = load  # type: ignore[method-assign]  # PEP 562
+    sys.modules[name] = stand_in
+    if parent is not None:
+        setattr(parent, child, stand_in)

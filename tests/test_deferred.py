@@ -1,0 +1,54 @@
+"""agent/deferred.py: a module paho imports but the agent does not use is
+loaded only on first use, and then behaves as if it had been imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def run_python(code: str) -> str:
+    # A fresh interpreter: this test process has imported urllib.request long ago.
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_agent_runs_without_loading_urllib_request_or_what_it_pulls_in() -> None:
+    loaded = run_python(
+        "import sys, agent.app, paho.mqtt.client\n"
+        "print(sorted(m for m in ('http.client', 'email', 'email.message', 'urllib.response') if m in sys.modules))"
+    )
+    assert loaded == "[]"
+
+
+def test_the_first_use_loads_the_real_module_for_every_way_of_reaching_it() -> None:
+    out = run_python(
+        "import sys, agent.uplink\n"
+        "import urllib.request\n"
+        "print('before', 'http.client' in sys.modules)\n"
+        "print('proxies', type(urllib.request.getproxies()).__name__)\n"  # what paho would call
+        "from urllib.request import Request\n"
+        "print('request', Request('http://127.0.0.1/').get_method())\n"
+        "real = sys.modules['urllib.request']\n"
+        "print('real', real.__file__.endswith('request.py'), urllib.request is real, 'http.client' in sys.modules)\n"
+    )
+    assert out.splitlines() == ["before False", "proxies dict", "request GET", "real True True True"]
+
+
+def test_a_module_imported_already_is_left_alone() -> None:
+    out = run_python(
+        "import sys, urllib.request\n"
+        "before = sys.modules['urllib.request']\n"
+        "from agent import deferred\n"
+        "deferred.defer('urllib.request')\n"
+        "print(sys.modules['urllib.request'] is before)\n"
+    )
+    assert out == "True"
