@@ -101,12 +101,20 @@ PURGE_S = 60.0
 # Page cache per connection: the writer appends and the reader streams, so a
 # small cache does; SQLite's default (2 MB each) would be most of it idle RSS.
 CACHE_KIB = 512
+# Every commit appends each page it changed to the WAL, and the kernel writes
+# out every 4 KiB block those frames touch. A poll cycle changes a handful of
+# pages (the last leaf, the tree above it, the meta row), so small pages write
+# less per commit: measured with ./scripts/bench, 1 KiB pages cut the bytes
+# written per reading from 76 to 47 at 300/s and from 341 to 216 at 60 points
+# every 10 s; 512 and 2048 both did worse. Files made with another size keep it.
+PAGE_BYTES = 1024
 # Readers see only what lies above the acknowledged watermark.
 _PENDING = "id > coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'acked_through'), 0)"
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    conn.execute(f"PRAGMA page_size={PAGE_BYTES}")  # takes effect only on a new, empty file
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA busy_timeout=10000")

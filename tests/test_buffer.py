@@ -99,6 +99,35 @@ def test_a_new_file_is_a_new_stream(tmp_path: Path) -> None:
     assert first.info.created and second.info.created
 
 
+def _page_size(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
+def test_a_new_file_uses_small_pages_and_an_older_file_keeps_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = Buffer(tmp_path / "new.db")
+    fresh.commit(readings(2))
+    fresh.close()
+    assert _page_size(tmp_path / "new.db") == 1024
+
+    older = tmp_path / "older.db"
+    with monkeypatch.context() as patch:  # as versions before 1 KiB pages made the file
+        patch.setattr(buffer_module, "PAGE_BYTES", 4096)
+        made = Buffer(older)
+        made.commit(readings(3))
+        stream = made.stream
+        made.close()
+    reopened = Buffer(older)
+    assert reopened.stream == stream
+    assert reopened.commit(readings(1)) == (4, 4)
+    reader = BufferReader(older)
+    assert [row[0] for row in reader.batch_after(0, 10)] == [1, 2, 3, 4]
+    reader.close()
+    reopened.close()
+    assert _page_size(older) == 4096
+
+
 def test_a_failed_commit_changes_nothing_and_uses_no_ids(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     buffer = Buffer(path)
