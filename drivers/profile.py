@@ -11,9 +11,7 @@ overrides one with a file in /etc/retrofit-agent/profiles/ or a configured
 
 from __future__ import annotations
 
-import importlib.resources
 from collections.abc import Callable, Iterable, Mapping
-from importlib.resources.abc import Traversable
 from dataclasses import dataclass, field
 from functools import cached_property
 from decimal import Decimal
@@ -324,9 +322,14 @@ def bundled_profile_texts() -> Mapping[str, str]:
     return {entry.name: entry.read_text(encoding="utf-8") for entry in _bundled_entries()}
 
 
-def _bundled_entries() -> list[Traversable]:
-    root = importlib.resources.files("drivers") / "profiles"
-    return sorted((e for e in root.iterdir() if e.name.endswith(".yaml")), key=lambda e: e.name)
+# Installed as package data beside this module (pyproject.toml), never zipped.
+# A plain path, not importlib.resources: that would import tempfile, shutil,
+# bz2 and lzma, 1 MB of a gateway's memory for a directory listing.
+BUNDLED_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+def _bundled_entries() -> list[Path]:
+    return sorted(BUNDLED_DIR.glob("*.yaml"))
 
 
 def load_catalogue(extra_dirs: Iterable[Path] = ()) -> Catalogue:
