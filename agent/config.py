@@ -8,7 +8,6 @@ on a ladder wants one round trip, not ten.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections import defaultdict
@@ -17,7 +16,7 @@ from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Union
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, did_you_mean
 from agent.records import Invalid, Parse, Problem, Rule, dotted, json_schema, validate
 from agent.yamlsource import Located, YamlProblem, load_located
 from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
@@ -367,11 +366,10 @@ def _cross_check(located: Located, catalogue: Catalogue) -> list[tuple[int, str]
         profile_name = device.get("profile")
         if isinstance(profile_name, str):
             if profile_name not in catalogue:
-                guess = difflib.get_close_matches(profile_name, catalogue.names(), n=1)
-                hint = f" (did you mean {guess[0]!r}?)" if guess else ""
                 problems.append(
                     (located.line_of(where + ("profile",)),
-                     f"devices[{index}].profile: unknown profile {profile_name!r}{hint}; "
+                     f"devices[{index}].profile: unknown profile {profile_name!r}"
+                     f"{did_you_mean(profile_name, catalogue.names())}; "
                      "`retrofit-agent profiles list` shows the known ones")
                 )
             else:

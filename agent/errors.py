@@ -6,6 +6,19 @@ Code that catches errors catches these, never bare ``Exception``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest choice, or '' when none is close.
+
+    difflib is imported here, on the error path only: the running agent
+    never needs it."""
+    import difflib
+
+    guess = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {guess[0]!r}?)" if guess else ""
+
 
 class RetrofitError(Exception):
     """Base of every error this project raises on purpose."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import json
 import re
 import types
@@ -32,6 +31,8 @@ from decimal import Decimal, InvalidOperation
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+
+from agent.errors import did_you_mean
 
 Loc = tuple[str | int, ...]
 
@@ -192,10 +193,8 @@ def _check_record(cls: type, value: Any, loc: Loc, problems: list[Problem]) -> A
     fields = {key_of(f): f for f in dataclasses.fields(cls)}
     unknown = [key for key in value if key not in fields]
     for key in unknown:
-        guess = difflib.get_close_matches(str(key), list(fields), n=1)
-        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-        problems.append(Problem((*loc, key), "unknown_key",
-                                f"unknown key{hint}; allowed here: {', '.join(sorted(fields))}"))
+        problems.append(Problem((*loc, key), "unknown_key", f"unknown key{did_you_mean(str(key), fields)}; "
+                                f"allowed here: {', '.join(sorted(fields))}"))
     kwargs = {}
     failed = bool(unknown)
     for key, field in fields.items():
