@@ -8,7 +8,6 @@ show -p NTPSynchronized` answers. The check is cheap and cached.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -45,7 +44,8 @@ class ClockWatch:
     def __init__(self, flag_path: Path | None = TIMESYNC_FLAG, use_timedatectl: bool = True,
                  cache_s: float = 30.0) -> None:
         self.flag_path = flag_path
-        self.use_timedatectl = use_timedatectl and shutil.which("timedatectl") is not None
+        # A system without timedatectl is found out by the first try.
+        self.use_timedatectl = use_timedatectl
         self.cache_s = cache_s
         self._cached: tuple[float, bool | None] | None = None
 
@@ -69,11 +69,13 @@ class ClockWatch:
             return False
         return None
 
-    @staticmethod
-    def _ask_timedatectl() -> bool | None:
+    def _ask_timedatectl(self) -> bool | None:
         try:
             result = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
                                     capture_output=True, text=True, timeout=2)
+        except FileNotFoundError:
+            self.use_timedatectl = False
+            return None
         except (OSError, subprocess.TimeoutExpired):
             return None
         if result.returncode == 0 and result.stdout.strip() in ("yes", "no"):

@@ -247,3 +247,23 @@ def test_a_meter_swap_is_one_event_with_old_and_new_ids(tmp_path: Path, broker: 
     assert [r["quality"] for r in before] == ["ok"] * len(before), [r["quality"] for r in before]
     assert after[0]["quality"] == "meter_swap" and after[0]["value"] == 0.5
     assert all(r["quality"] == "ok" for r in after[1:]), "one flag, then the new series is normal"
+
+
+def test_clock_watch_asks_timedatectl_and_stops_asking_where_there_is_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.clock import ClockWatch
+
+    no_timesyncd = tmp_path / "no-timesyncd" / "synchronized"  # neither flag nor its directory
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    calls = tmp_path / "calls"
+    (tools / "timedatectl").write_text(f"#!/bin/sh\necho called >> {calls}\necho yes\n")
+    (tools / "timedatectl").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    assert ClockWatch(no_timesyncd, cache_s=0).synchronised() is True
+
+    (tools / "timedatectl").unlink()
+    missing = ClockWatch(no_timesyncd, cache_s=0)
+    assert [missing.synchronised() for _ in range(3)] == [None, None, None]
+    assert missing.use_timedatectl is False, "a missing command is looked for once, not every call"
+    assert calls.read_text().splitlines() == ["called"]
