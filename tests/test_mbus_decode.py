@@ -289,6 +289,28 @@ def test_vif_scaling(
     assert not record.unknown and not record.invalid
 
 
+# What one count of the transmitted number is worth, from the VIF's exponent
+# (EN 13757-3 table 12), in the record's base unit.
+STEP_CASES = [
+    ("04 03 01000000", Decimal(1), "Wh"),  # energy 10^0 Wh
+    ("04 06 01000000", Decimal(1000), "Wh"),  # energy 10^3 Wh
+    ("04 0E 01000000", Decimal(1_000_000), "J"),  # energy 10^6 J
+    ("04 13 01000000", Decimal("0.001"), "m3"),  # volume 10^-3 m3
+    ("02 5A 2301", Decimal("0.1"), "Cel"),  # flow temperature 10^-1
+    ("02 61 FEFF", Decimal("0.01"), "K"),  # temperature difference 10^-2
+    ("0A 5A 5302", Decimal("0.1"), "Cel"),  # the same in BCD
+    ("0E 03 123456789012", Decimal(1), "Wh"),  # 12-digit BCD energy
+    ("04 46 0A000000", Decimal(6), "m3/h"),  # 10^-1 m3 per minute
+    ("05 2E 0000C03F", None, "W"),  # real32: the step is relative to the value
+]
+
+
+@pytest.mark.parametrize(("raw", "step", "base_unit"), STEP_CASES)
+def test_a_records_step_comes_from_its_vif(raw: str, step: Decimal | None, base_unit: str) -> None:
+    record = _one(bytes.fromhex(raw.replace(" ", "")))
+    assert (record.step, record.base_unit) == (step, base_unit)
+
+
 def test_real32_is_the_shortest_decimal() -> None:
     record = _one(bytes.fromhex("052BCDCCCC3D"))
     assert str(record.value) == "0.1"

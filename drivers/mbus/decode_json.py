@@ -72,6 +72,7 @@ def record_to_json(record: DataRecord) -> dict[str, JsonScalar | list[str]]:
         "unit": record.unit,
         "base_value": _json_value(record.base_value),
         "base_unit": record.base_unit,
+        "step": _json_value(record.step),
         "coding": record.coding.value,
         "raw": record.raw,
         "unknown": record.unknown,

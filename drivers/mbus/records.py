@@ -77,7 +77,10 @@ class DataRecord:
 
     ``value`` is in ``unit``; ``base_value`` is the same value in
     ``base_unit`` (Wh, J, m3, kg, W, J/h, m3/h, kg/h, Cel, K, bar, s, V, A)
-    for scaled numbers, None otherwise. ``raw`` is the record's bytes as
+    for scaled numbers, None otherwise. ``step`` is what one count of the
+    transmitted integer or BCD number is worth in ``base_unit`` (the
+    record's resolution); None for a real32 value, whose step is relative,
+    and for anything not a scaled number. ``raw`` is the record's bytes as
     spaced hex. ``notes`` name the VIFEs that qualify the value ("per_h",
     "error:data_overflow", "lower_limit_value") and why a record is invalid.
     """
@@ -97,6 +100,7 @@ class DataRecord:
     unknown: bool = False
     invalid: bool = False
     notes: tuple[str, ...] = ()
+    step: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -397,7 +401,7 @@ def _read_record(
     quantity = "unknown" if unknown else meaning.value.quantity
     unit = "" if unknown else meaning.value.unit
     base_unit = "" if unknown else meaning.value.base_unit
-    base_value = None
+    base_value = step = None
     if (
         isinstance(value, Decimal)
         and not unknown
@@ -405,6 +409,8 @@ def _read_record(
         and base_unit
     ):
         base_value = EXACT.multiply(value, meaning.value.to_base)
+        if coding is not DataCoding.REAL32:
+            step = EXACT.multiply(EXACT.scaleb(Decimal(1), meaning.value.exponent), meaning.value.to_base)
     return DataRecord(
         index=index,
         function=header.function,
@@ -421,6 +427,7 @@ def _read_record(
         unknown=unknown,
         invalid=meaning.invalid or invalid_reason is not None,
         notes=notes,
+        step=step,
     )
 
 
