@@ -77,8 +77,12 @@ class Agent:
         self._meters = self.buffer.meter_ids()
         self.clock_state = ClockState(trusted=self.clock.synchronised() is not False)
         self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify)
-        self.workers = [self._worker(bus) for bus in self.cfg.buses if self.cfg.devices_on(bus.id)]
+        # Modbus points' resolutions come from their profiles; an M-Bus
+        # meter's are added by its bus worker from the first telegram's VIFs,
+        # before that telegram's readings are put, so the meta message
+        # describing a new series has them.
         self.uplink.resolutions = self._resolutions()
+        self.workers = [self._worker(bus) for bus in self.cfg.buses if self.cfg.devices_on(bus.id)]
 
     def _ack(self, id_range: tuple[int, int]) -> None:
         self.writer.ack(id_range)
@@ -101,7 +105,7 @@ class Agent:
                     meter=self._meters.get(device.id, "")))
             link = MbusLink(bus.port, bus.baudrate, bus.parity, bus.timeout, bus.retries)
             return MbusBusWorker(bus.id, link, mbus_pollers, self.writer, self.health, self.stop_event,
-                                 self.clock_state, guard)
+                                 self.clock_state, guard, resolutions=self.uplink.resolutions)
         link, cost = _link_for(bus)
         pollers = []
         for device in self.cfg.devices_on(bus.id):
@@ -116,7 +120,7 @@ class Agent:
         return BusWorker(bus.id, link, pollers, self.writer, self.health, self.stop_event, self.clock_state, guard)
 
     def _resolutions(self) -> dict[tuple[str, str], dict[str, float | str]]:
-        """Each Modbus point's resolution, for the retained meta message."""
+        """Each Modbus point's resolution, from its profile, for the retained meta message."""
         out: dict[tuple[str, str], dict[str, float | str]] = {}
         for device in self.cfg.devices:
             profile = self.loaded.catalogue.get(device.profile)

@@ -15,7 +15,7 @@ from agent.health import DeviceHealth, Health
 from agent.integrity import CounterGuard, CounterLimits
 from agent.worker import BusWorker, PollGroup, Sink, device_offset
 from drivers.mbus_link import MbusLink
-from drivers.mbus_points import point_values
+from drivers.mbus_points import Resolution, point_resolutions, point_values
 from drivers.plan import ReadRequest
 from drivers.profile import MbusProfile
 
@@ -53,9 +53,11 @@ class MbusBusWorker(BusWorker):
 
     def __init__(self, bus_id: str, link: MbusLink, devices: list[MbusDevicePoller], sink: Sink,  # type: ignore[override]
                  health: Health, stop: threading.Event, clock: ClockState | None = None,
-                 guard: CounterGuard | None = None) -> None:
+                 guard: CounterGuard | None = None,
+                 resolutions: dict[tuple[str, str], Resolution] | None = None) -> None:
         super().__init__(bus_id, link, devices, sink, health, stop, clock, guard)  # type: ignore[arg-type]
         self.mbus = link
+        self.resolutions = resolutions if resolutions is not None else {}
 
     def poll(self, device: MbusDevicePoller, group: PollGroup | None = None) -> None:  # type: ignore[override]
         try:
@@ -67,6 +69,8 @@ class MbusBusWorker(BusWorker):
         mono = None if self._clock.trusted else self._clock.mono_ms()
         records = [r for telegram in telegrams for r in telegram.records]
         meters, events = self._swap_if_new(device, telegrams[0].header.identification or "")
+        for point, resolution in point_resolutions(device.profile, records).items():
+            self.resolutions[(device.device_id, point)] = resolution
         readings = [self._reading(device, name, value, unit, kind, stamp, mono)
                     for name, value, unit, kind in point_values(device.profile, records)]
         if readings or meters or events:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from drivers.mbus import DataRecord
+from drivers.mbus.datafield import DataCoding
 from drivers.profile import MbusPoint, MbusProfile
 
 # (base unit of the record, unit wanted) -> factor
@@ -42,14 +43,18 @@ def _matches(point: MbusPoint, record: DataRecord) -> bool:
             and record.function.value == point.function)
 
 
-def point_values(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tuple[str, float | int | None, str, str]]:
-    """(point, value, unit, kind) for every profile point the telegram holds.
+Resolution = dict[str, float | str]  # as agent/payload.py describes it: {"step": 0.001} or {"float": "float32"}
+
+
+def _chosen(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tuple[str, DataRecord, str, str]]:
+    """(point, record, unit, kind) for every profile point the telegram holds.
 
     The first matching record wins (meters repeat some quantities with other
-    VIFE qualifiers); an invalid record gives value None.
+    VIFE qualifiers). A profile with ``all_records`` takes every
+    instantaneous scaled record, named after its quantity, in its base unit.
     """
     records = [r for r in records if not r.unknown]
-    out: list[tuple[str, float | int | None, str, str]] = []
+    out: list[tuple[str, DataRecord, str, str]] = []
     if profile.all_records:
         seen: set[str] = set()
         for r in records:
@@ -59,16 +64,39 @@ def point_values(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tu
             if name in seen:
                 continue
             seen.add(name)
-            out.append((name, None if r.invalid else _number(r.base_value), r.base_unit,
+            out.append((name, r, r.base_unit,
                         "counter" if r.quantity in ("energy", "volume", "mass") else "gauge"))
         return out
     for point in profile.points:
         record = next((r for r in records if _matches(point, r)), None)
-        if record is None:
-            continue
+        if record is not None:
+            out.append((point.name, record, point.unit, point.kind))
+    return out
+
+
+def point_values(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tuple[str, float | int | None, str, str]]:
+    """(point, value, unit, kind) for every profile point the telegram holds;
+    an invalid record, or one whose unit cannot be converted, gives None."""
+    out: list[tuple[str, float | int | None, str, str]] = []
+    for name, record, unit, kind in _chosen(profile, records):
         value = None
         if not record.invalid and record.base_value is not None:
-            converted = convert(record.base_value, record.base_unit, point.unit)
+            converted = convert(record.base_value, record.base_unit, unit)
             value = None if converted is None else _number(converted)
-        out.append((point.name, value, point.unit, point.kind))
+        out.append((name, value, unit, kind))
+    return out
+
+
+def point_resolutions(profile: MbusProfile, records: Iterable[DataRecord]) -> dict[str, Resolution]:
+    """What one step of each point's value is worth, in the point's unit, as
+    the meter's VIF says; real32 values have a relative step. Points whose
+    record gives neither (invalid, not a number) are left out."""
+    out: dict[str, Resolution] = {}
+    for name, record, unit, _kind in _chosen(profile, records):
+        if record.invalid or record.base_value is None:
+            continue
+        if record.coding is DataCoding.REAL32:
+            out[name] = {"float": "float32"}  # IEEE 754 single, as a Modbus float32
+        elif record.step is not None and (step := convert(record.step, record.base_unit, unit)) is not None:
+            out[name] = {"step": float(step)}
     return out

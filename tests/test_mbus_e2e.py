@@ -56,6 +56,15 @@ def test_three_heat_meters_one_by_secondary_address(tmp_path: Path, broker: Brok
         served = {Decimal(str(s[reading["point"]])) for s in by_device[reading["device"]].served}
         assert Decimal(str(reading["value"])) in served, reading
         assert reading["meter"] == by_device[reading["device"]].identification
+    # The simulated meters send energy in Wh, volume in litres, power in W, flow
+    # in l/h, temperatures in 0.1 Cel and their difference in 0.01 K, all as
+    # integers (simulators/mbus_meter.py); the profile's units are kWh, m3, W,
+    # m3/h, Cel and K.
+    steps = {"energy_heat": 0.001, "volume": 0.001, "power_heat": 1.0, "flow": 0.001, "temperature_supply": 0.1,
+             "temperature_return": 0.1, "temperature_difference": 0.01, "energy_heat_due_date": 0.001}
+    meta = subscriber.payloads("/meta")[-1]["series"].values()
+    described = {(m["device"], m["point"]): m.get("resolution") for m in meta}
+    assert described == {(device, point): {"step": step} for device in by_device for point, step in steps.items()}
     supply_6 = [r["value"] for r in readings.values() if r["device"] == "heat-6" and r["point"] == "temperature_supply"]
     assert supply_6 and set(supply_6) == {55.5}
     assert all(r["quality"] == "ok" for r in readings.values())
