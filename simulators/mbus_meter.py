@@ -63,6 +63,28 @@ class HeatMeterState:
         self.last_t = t
 
 
+@dataclass(frozen=True)
+class HeatReading:
+    """What a heat meter puts in its telegrams, as the integers on the wire."""
+
+    energy_wh: int
+    volume_l: int
+    power_w: int
+    flow_lh: int
+    supply_dc: int  # 0.1 Cel
+    return_dc: int
+    difference_ck: int  # 0.01 K
+    due_date_energy_wh: int
+
+    def in_profile_units(self) -> dict[str, Decimal | int | float]:
+        """The same values in the units of the mbus-heat profile."""
+        return {"energy_heat": Decimal(self.energy_wh) / 1000, "volume": Decimal(self.volume_l) / 1000,
+                "power_heat": self.power_w, "flow": Decimal(self.flow_lh) / 1000,
+                "temperature_supply": Decimal(self.supply_dc) / 10, "temperature_return": Decimal(self.return_dc) / 10,
+                "temperature_difference": Decimal(self.difference_ck) / 100,
+                "energy_heat_due_date": Decimal(self.due_date_energy_wh) / 1000}
+
+
 @dataclass
 class SimulatedMbusMeter:
     primary: int
@@ -98,26 +120,30 @@ class SimulatedMbusMeter:
         return (bytes.fromhex(self.identification)[::-1] + manufacturer_id(self.manufacturer).to_bytes(2, "little")
                 + bytes([self.version, self.medium, self.access, 0x00]) + b"\x00\x00")
 
+    def present(self) -> bool:
+        """Does the meter answer now? (A building's meter can be offline.)"""
+        return True
+
     def _telegrams(self, address: int) -> list[bytes]:
         s = self.state
         s.advance(time.monotonic())
-        supply = round(s.supply_c * 10)
-        ret = round(s.return_c * 10)
-        diff = round((s.supply_c - s.return_c) * 100)
-        self.served.append({"energy_heat": s.energy_wh / 1000, "volume": s.volume_l / 1000,
-                            "power_heat": round(s.power_w), "flow": Decimal(s.flow_lh) / 1000,
-                            "temperature_supply": Decimal(supply) / 10, "temperature_return": Decimal(ret) / 10,
-                            "temperature_difference": Decimal(diff) / 100,
-                            "energy_heat_due_date": s.due_date_energy_wh / 1000})
-        first = (b"\x04\x03" + int(s.energy_wh).to_bytes(4, "little")  # energy, Wh
-                 + b"\x04\x13" + int(s.volume_l).to_bytes(4, "little")  # volume, litres
-                 + b"\x04\x2B" + round(s.power_w).to_bytes(4, "little")  # power, W
-                 + b"\x04\x3B" + s.flow_lh.to_bytes(4, "little")  # volume flow, l/h
+        reading = HeatReading(int(s.energy_wh), int(s.volume_l), round(s.power_w), s.flow_lh,
+                              round(s.supply_c * 10), round(s.return_c * 10),
+                              round((s.supply_c - s.return_c) * 100), int(s.due_date_energy_wh))
+        self.served.append(reading.in_profile_units())
+        return self.heat_telegrams(address, reading)
+
+    def heat_telegrams(self, address: int, r: HeatReading) -> list[bytes]:
+        """Two RSP_UD telegrams (DIF 0x1F between them: more records follow)."""
+        first = (b"\x04\x03" + r.energy_wh.to_bytes(4, "little")  # energy, Wh
+                 + b"\x04\x13" + r.volume_l.to_bytes(4, "little")  # volume, litres
+                 + b"\x04\x2B" + r.power_w.to_bytes(4, "little")  # power, W
+                 + b"\x04\x3B" + r.flow_lh.to_bytes(4, "little")  # volume flow, l/h
                  + b"\x1F")  # more records follow
-        second = (b"\x02\x5A" + supply.to_bytes(2, "little", signed=True)  # flow temperature, 0.1 Cel
-                  + b"\x02\x5E" + ret.to_bytes(2, "little", signed=True)  # return temperature, 0.1 Cel
-                  + b"\x02\x61" + diff.to_bytes(2, "little", signed=True)  # temperature difference, 0.01 K
-                  + b"\x44\x03" + int(s.due_date_energy_wh).to_bytes(4, "little"))  # storage 1: due-date energy
+        second = (b"\x02\x5A" + r.supply_dc.to_bytes(2, "little", signed=True)  # flow temperature, 0.1 Cel
+                  + b"\x02\x5E" + r.return_dc.to_bytes(2, "little", signed=True)  # return temperature, 0.1 Cel
+                  + b"\x02\x61" + r.difference_ck.to_bytes(2, "little", signed=True)  # difference, 0.01 K
+                  + b"\x44\x03" + r.due_date_energy_wh.to_bytes(4, "little"))  # storage 1: due-date energy
         return [long_frame(address, CI_RSP_VARIABLE, self._header() + first),
                 long_frame(address, CI_RSP_VARIABLE, self._header() + second)]
 
@@ -187,7 +213,8 @@ class MbusLineServer:
             return None  # a meter ignores a frame with a bad checksum
         if isinstance(frame, ShortFrame):
             control, address = frame.control, frame.address
-            targets = self.selected if address == 0xFD else [m for m in self.meters if m.primary == address]
+            targets = [m for m in (self.selected if address == 0xFD else
+                                   [m for m in self.meters if m.primary == address]) if m.present()]
             if control == 0x40:  # SND_NKE
                 for meter in targets:
                     meter.reset_link()
@@ -202,7 +229,7 @@ class MbusLineServer:
                 return bytes(a ^ b for a, b in zip(answers[0], answers[1], strict=False)) or b"\x00"
             return None
         if isinstance(frame, LongFrame) and frame.ci == 0x52 and frame.address == 0xFD:
-            self.selected = [m for m in self.meters if m.matches(bytes(frame.data))]
+            self.selected = [m for m in self.meters if m.present() and m.matches(bytes(frame.data))]
             for meter in self.selected:
                 meter.reset_link()
             return bytes([ACK]) if self.selected else None
