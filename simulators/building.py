@@ -39,9 +39,11 @@ from agent.config import parse_duration
 from agent.records import Invalid, Parse, Problem, Rule, dotted, validate
 from agent.errors import RetrofitError
 from drivers.codec import encode
-from drivers.profile import ModbusPoint, Profile, load_catalogue
+from drivers.profile import MbusProfile, ModbusPoint, Profile, load_catalogue
 from simulators import physics
+from simulators.building_mbus import BuildingMbusMeter
 from simulators.groundtruth import GroundTruthWriter
+from simulators.mbus_meter import MbusLineServer
 from simulators.modbus_server import FaultPlan, ModbusRtuServer, ModbusTcpServer, Unit
 from simulators.pty import PtyPair
 
@@ -138,8 +140,17 @@ class RtuBusSpec:
     faults: RandomFaults | None = None
 
 
-BusSpec = TcpBusSpec | RtuBusSpec  # told apart by their `type`
-BUS_TYPES = ("modbus-tcp", "modbus-rtu")
+@_record
+class MbusBusSpec:
+    id: Identifier
+    type: Literal["mbus"]
+    # The agent's end of a virtual M-Bus line (socat pty); the meters get PTY.meter.
+    pty: Path
+    baudrate: Literal[300, 2400, 9600] = 2400
+
+
+BusSpec = TcpBusSpec | RtuBusSpec | MbusBusSpec  # told apart by their `type`
+BUS_TYPES = ("modbus-tcp", "modbus-rtu", "mbus")
 
 
 @_record
@@ -230,7 +241,8 @@ def parse_building_config(raw: object, base: Path, origin: str = "building confi
         problems = "; ".join(f"{dotted(p.loc)}: {_bus_words(p)}" for p in exc.problems)
         raise RetrofitError(f"{origin}: {problems}") from None
     resolve = (lambda p: p if p.is_absolute() else base / p)
-    buses = tuple(replace(b, pty=resolve(b.pty)) if isinstance(b, RtuBusSpec) else b for b in config.buses)
+    buses = tuple(replace(b, pty=resolve(b.pty)) if isinstance(b, RtuBusSpec | MbusBusSpec) else b
+                  for b in config.buses)
     config = replace(config, output=resolve(config.output), buses=buses)
     _cross_check(config, origin)
     return config
@@ -251,8 +263,13 @@ def _cross_check(config: BuildingConfig, origin: str) -> None:
     for ids, what in ((bus_ids, "bus"), (device_ids, "device")):
         for duplicate in sorted({i for i in ids if ids.count(i) > 1}):
             problems.append(f"duplicate {what} id {duplicate!r}")
+    mbus_buses = {b.id for b in config.buses if isinstance(b, MbusBusSpec)}
+    mbus_devices = {d.id for d in config.devices if d.bus in mbus_buses}
     seen: set[tuple[str, int]] = set()
     for device in config.devices:
+        if device.bus in mbus_buses and device.model != "heat":
+            problems.append(f"device {device.id}: only heat meters are simulated on an M-Bus line "
+                            f"({device.bus}); this one is a {device.model} model")
         if device.bus not in bus_ids:
             problems.append(f"device {device.id}: unknown bus {device.bus!r}; buses: {', '.join(bus_ids)}")
         if (device.bus, device.address) in seen:
@@ -276,6 +293,9 @@ def _cross_check(config: BuildingConfig, origin: str) -> None:
             problems.append(f"{where}: rates: e.g. {{crc: 0.2, silent: 0.1}}")
         if fault.fault == "rollover" and fault.point is None:
             problems.append(f"{where}: point: the counter that wraps")
+        if fault.fault in ("counter_reset", "meter_swap", "rollover") and fault.device in mbus_devices:
+            problems.append(f"{where}: {fault.device} is on an M-Bus line; counter faults are simulated on "
+                            "Modbus meters only")
     if problems:
         raise RetrofitError(f"{origin}: " + "; ".join(problems))
 
@@ -570,11 +590,21 @@ class Building:
         self.wall_start = clock()
         self.truth: GroundTruthWriter | None = None
         catalogue = load_catalogue(profile_dirs)
-        self.devices: dict[str, BuildingDevice] = {}
+        mbus_buses = {b.id for b in config.buses if isinstance(b, MbusBusSpec)}
+        self.devices: dict[str, BuildingDevice | BuildingMbusMeter] = {}
         for spec in config.devices:
             profile = catalogue.get(spec.profile)
             self._check_profile(spec, profile)
-            self.devices[spec.id] = BuildingDevice(self, spec, profile)
+            wanted = "mbus" if spec.bus in mbus_buses else "modbus"
+            if profile.protocol != wanted:
+                raise RetrofitError(f"device {spec.id}: profile {profile.name} is {profile.protocol}, but bus "
+                                    f"{spec.bus} is {'an M-Bus line' if wanted == 'mbus' else 'Modbus'}")
+            if isinstance(profile, MbusProfile):
+                assert isinstance(spec, HeatMeterSpec)  # _cross_check allows nothing else on M-Bus
+                serial = spec.serial if spec.serial is not None else _stable_serial(self.seed, spec.id)
+                self.devices[spec.id] = BuildingMbusMeter(self, spec, profile, serial)
+            else:
+                self.devices[spec.id] = BuildingDevice(self, spec, profile)
         self.offline: list[Window] = []
         self.bus_down: list[Window] = []
         self.noisy: list[tuple[Window, dict[str, float]]] = []
@@ -753,10 +783,10 @@ class BusUnits(Mapping[int, Unit]):
 
 @dataclass
 class _BusRuntime:
-    spec: TcpBusSpec | RtuBusSpec
+    spec: TcpBusSpec | RtuBusSpec | MbusBusSpec
     units: BusUnits
     base_faults: FaultPlan | None
-    server: ModbusTcpServer | ModbusRtuServer | None = None
+    server: ModbusTcpServer | ModbusRtuServer | MbusLineServer | None = None
     pair: PtyPair | None = None
     down: bool = False
     noisy: bool = False
@@ -800,8 +830,18 @@ class BuildingHandle:
         self._ticker.start()
         return self
 
-    def _start_bus(self, index: int, spec: TcpBusSpec | RtuBusSpec) -> None:
-        devices = {d.spec.address: d for d in self.building.devices.values() if d.spec.bus == spec.id}
+    def _start_bus(self, index: int, spec: TcpBusSpec | RtuBusSpec | MbusBusSpec) -> None:
+        if isinstance(spec, MbusBusSpec):
+            meters = [d for d in self.building.devices.values()
+                      if isinstance(d, BuildingMbusMeter) and d.spec.bus == spec.id]
+            runtime = _BusRuntime(spec, BusUnits(self.building, spec.id, {}), None)
+            self._buses[spec.id] = runtime
+            runtime.pair = PtyPair(spec.pty.with_name(spec.pty.name + ".meter"), spec.pty).start()
+            runtime.server = MbusLineServer(list(meters), str(runtime.pair.meter_end), spec.baudrate).start()
+            self.endpoints[spec.id] = str(spec.pty)
+            return
+        devices = {d.spec.address: d for d in self.building.devices.values()
+                   if isinstance(d, BuildingDevice) and d.spec.bus == spec.id}
         units = BusUnits(self.building, spec.id, devices)
         plan = self._plan(spec.faults, index, devices) if spec.faults else None
         runtime = _BusRuntime(spec, units, plan)
@@ -864,7 +904,7 @@ class BuildingHandle:
             runtime.noisy = bool(noisy)
             plan = (FaultPlan(noisy[0], seed=building.seed * 7919 + int(t) % 100_000) if noisy
                     else runtime.base_faults)
-            if runtime.server is not None:
+            if isinstance(runtime.server, ModbusTcpServer | ModbusRtuServer):
                 runtime.server.faults = plan
 
     def _log_events(self, t: float) -> None:
@@ -929,9 +969,12 @@ def agent_config(config: BuildingConfig, broker_port: int, buffer: Path, gateway
         if isinstance(bus, TcpBusSpec):
             port = int((endpoints or {}).get(bus.id, f":{bus.port}").rpartition(":")[2])
             buses.append({"id": bus.id, "type": "modbus-tcp", "host": bus.host, "port": port, "timeout": "1s"})
-        else:
+        elif isinstance(bus, RtuBusSpec):
             buses.append({"id": bus.id, "type": "modbus-rtu", "port": str(bus.pty), "baudrate": bus.baudrate,
                           "parity": bus.parity, "timeout": "0.5s"})
+        else:  # a pty takes no parity; a real M-Bus level converter runs 8E1
+            buses.append({"id": bus.id, "type": "mbus", "port": str(bus.pty), "baudrate": bus.baudrate,
+                          "parity": "N"})
     devices = [{"id": d.id, "bus": d.bus, "address": d.address, "profile": d.profile,
                 "interval": d.interval or default_interval[d.model]} for d in config.devices]
     return {
@@ -970,7 +1013,8 @@ def describe(handle: BuildingHandle) -> list[str]:
                      f"-{spec.retrofit.heat_loss_reduction:.0%}")
     for bus in config.buses:
         where = handle.endpoints.get(bus.id, "?")
-        speed = f", {bus.baudrate} 8{bus.parity}1" if isinstance(bus, RtuBusSpec) else ""
+        speed = (f", {bus.baudrate} 8{bus.parity}1" if isinstance(bus, RtuBusSpec)
+                 else f", {bus.baudrate} baud" if isinstance(bus, MbusBusSpec) else "")
         units = ", ".join(f"{d.address}={d.id}({d.profile})" for d in config.devices if d.bus == bus.id)
         lines.append(f"bus {bus.id} ({bus.type} {where}{speed}): {units}")
     lines.append(f"ground truth: {handle.truth_path}; metadata: {handle.meta_path}")

@@ -243,6 +243,49 @@ def test_config_errors_name_the_problem(tmp_path: Path) -> None:
         parse_building_config(bad_type, tmp_path, "b.yaml")
 
 
+def with_mbus(tmp_path: Path, **device: Any) -> dict[str, Any]:
+    raw = building_dict()
+    raw["buses"].append({"id": "mbus", "type": "mbus", "pty": str(tmp_path / "ttyM1")})
+    raw["devices"].append({"id": "heat-m", "bus": "mbus", "address": 5, "profile": "mbus-heat", "model": "heat",
+                           "heat_loss": 900.0, "energy_start": 1234.5678, "volume_start": 10.0, **device})
+    return raw
+
+
+def test_an_mbus_heat_meter_serves_the_buildings_counters_in_whole_units(tmp_path: Path) -> None:
+    clock = FakeClock()
+    building = Building(parse_building_config(with_mbus(tmp_path), tmp_path), clock)
+    start = building.physics.start
+    for hours in (1, 7, 30):
+        v = served(building, clock, "heat-m", start + hours * 3600 + 30)
+        true = building.physics.counters()
+        # The meter sends whole Wh and whole litres: what it shows is the true
+        # counter plus the start value, cut down to the unit.
+        energy = Fraction(12345678, 10_000) + true["heat-m/energy_heat"]
+        volume = 10 + true["heat-m/volume"]
+        assert v["energy_heat"] == pytest.approx(math.floor(energy * 1000) / 1000, abs=1e-9)
+        assert v["volume"] == pytest.approx(math.floor(volume * 1000) / 1000, abs=1e-9)
+        assert v["energy_heat_due_date"] == pytest.approx(1234.567, abs=1e-9)
+        assert v["temperature_supply"] > v["temperature_return"]
+        # Each temperature is rounded to 0.1 K, their difference to 0.01 K.
+        assert v["temperature_difference"] == pytest.approx(v["temperature_supply"] - v["temperature_return"],
+                                                            abs=0.1 + 0.005)
+
+
+def test_mbus_lines_take_heat_meters_with_mbus_profiles_and_no_counter_faults(tmp_path: Path) -> None:
+    room = with_mbus(tmp_path)
+    room["devices"][-1].update(model="room")
+    for key in ("heat_loss", "energy_start", "volume_start"):
+        del room["devices"][-1][key]
+    with pytest.raises(RetrofitError, match=r"device heat-m: only heat meters are simulated on an M-Bus line"):
+        parse_building_config(room, tmp_path)
+    swap = with_mbus(tmp_path)
+    swap["faults"] = [{"at": "1h", "fault": "meter_swap", "device": "heat-m"}]
+    with pytest.raises(RetrofitError, match=r"heat-m is on an M-Bus line; counter faults are simulated on Modbus"):
+        parse_building_config(swap, tmp_path)
+    with pytest.raises(RetrofitError, match=r"profile sim-heat-meter is modbus, but bus mbus is an M-Bus line"):
+        Building(parse_building_config(with_mbus(tmp_path, profile="sim-heat-meter"), tmp_path), FakeClock())
+
+
 # ---------------------------------------------------------------- the example files
 
 def test_example_building_and_its_agent_config_agree() -> None:

@@ -85,6 +85,7 @@ def faulty_building(tmp_path: Path, tcp_port: int) -> dict[str, Any]:
              "faults": {"rates": {"crc": 0.03, "garbage": 0.02, "partial": 0.02, "silent": 0.02,
                                   "slow": 0.01}, "slow": "0.1s"}},
             {"id": "line-2", "type": "modbus-rtu", "pty": str(tmp_path / "ttyB2"), "baudrate": 9600},
+            {"id": "mbus-1", "type": "mbus", "pty": str(tmp_path / "ttyM1"), "baudrate": 2400},
         ],
         "devices": [
             {"id": "heat-a", "bus": "plant", "address": 20, "profile": "sim-heat-meter", "model": "heat",
@@ -93,12 +94,16 @@ def faulty_building(tmp_path: Path, tcp_port: int) -> dict[str, Any]:
              "annual_kwh": 70000, "energy_start": 33000, "interval": 0.5},
             {"id": "heat-b", "bus": "line-2", "address": 21, "profile": "sim-heat-meter", "model": "heat",
              "heat_loss": 900, "dhw_kwh_per_day": 40, "energy_start": 1200.0, "interval": 0.5},
+            {"id": "heat-m", "bus": "mbus-1", "address": 5, "profile": "mbus-heat", "model": "heat",
+             "heat_loss": 1200, "dhw_kwh_per_day": 50, "energy_start": 4321.5, "volume_start": 87.25,
+             "interval": 0.5},
             {"id": "room-1", "bus": "line-1", "address": 11, "profile": "xy-md02", "model": "room", "interval": 1},
             {"id": "room-2", "bus": "line-1", "address": 12, "profile": "xy-md02", "model": "room", "interval": 1},
         ],
         "faults": [
             {"at": "1d2h", "fault": "offline", "device": "room-2", "for": "8h"},
             {"at": "1d18h", "fault": "bus_down", "bus": "line-2", "for": "5h"},
+            {"at": "2d20h", "fault": "offline", "device": "heat-m", "for": "6h"},
             {"at": "2d8h", "fault": "noisy", "bus": "plant", "for": "4h", "rates": {"silent": 0.3, "busy": 0.2}},
             {"at": "3d10h", "fault": "rollover", "device": "heat-a", "point": "energy_heat"},
             {"at": "4d4h", "fault": "counter_reset", "device": "elec", "point": "energy_active_import"},
@@ -159,9 +164,15 @@ def test_every_forwarded_reading_is_proven_and_the_saving_is_measured(tmp_path: 
     assert ("elec", "energy_active_import", "counter_backwards") in flags
     assert ("heat-b", "energy_heat", "counter_backwards") in flags
 
+    # The M-Bus heat meter, on its own line, is read and judged as the others.
+    mbus = [r for r in readings if r["device"] == "heat-m"]
+    assert {r["point"] for r in mbus} >= {"energy_heat", "volume", "power_heat", "temperature_supply"}
+    assert {r["meter"] for r in mbus} == {f"{meta['devices']['heat-m']['serial']:08d}"}
+    assert events.count("offline") == 2 and events.count("offline_end") == 2, events
+
     # The heat saving measured from the forwarded counters against the simulator's true saving.
     heat = report["heat"]
-    for meter in ("heat-a", "building"):
+    for meter in ("heat-a", "heat-m", "building"):
         result = heat[meter]
         assert result["before"]["days"] >= 2 and result["after"]["days"] >= 2, result
         assert result["saving_error_relative"] <= 0.05, result
