@@ -7,7 +7,7 @@ never loads the M-Bus decoder (about 1 MB of memory on a Pi).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.clock import ClockState
 from agent.errors import BusError
@@ -15,7 +15,7 @@ from agent.health import DeviceHealth, Health
 from agent.integrity import CounterGuard, CounterLimits
 from agent.worker import BusWorker, PollGroup, Sink, device_offset
 from drivers.mbus_link import MbusLink
-from drivers.mbus_points import Resolution, point_resolutions, point_values
+from drivers.mbus_points import Resolution, point_steps, point_values
 from drivers.plan import ReadRequest
 from drivers.profile import MbusProfile
 
@@ -69,8 +69,12 @@ class MbusBusWorker(BusWorker):
         mono = None if self._clock.trusted else self._clock.mono_ms()
         records = [r for telegram in telegrams for r in telegram.records]
         meters, events = self._swap_if_new(device, telegrams[0].header.identification or "")
-        for point, resolution in point_resolutions(device.profile, records).items():
-            self.resolutions[(device.device_id, point)] = resolution
+        for point, step in point_steps(device.profile, records).items():
+            self.resolutions[(device.device_id, point)] = step.resolution()
+            if point in device.limits:  # the guard allows one step of slack and knows a BCD register's wrap
+                device.limits[point] = replace(
+                    device.limits[point], slack=float(step.step or 0),
+                    rollover_at=float(step.wraps_at) if step.wraps_at is not None else None)
         readings = [self._reading(device, name, value, unit, kind, stamp, mono)
                     for name, value, unit, kind in point_values(device.profile, records)]
         if readings or meters or events:

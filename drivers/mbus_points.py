@@ -7,6 +7,7 @@ arithmetic: a heat meter reporting GJ, MWh or Wh all arrive as kWh.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 
 from drivers.mbus import DataRecord
@@ -87,16 +88,34 @@ def point_values(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tu
     return out
 
 
-def point_resolutions(profile: MbusProfile, records: Iterable[DataRecord]) -> dict[str, Resolution]:
-    """What one step of each point's value is worth, in the point's unit, as
-    the meter's VIF says; real32 values have a relative step. Points whose
-    record gives neither (invalid, not a number) are left out."""
-    out: dict[str, Resolution] = {}
+_BCD_DIGITS = {DataCoding.BCD2: 2, DataCoding.BCD4: 4, DataCoding.BCD6: 6, DataCoding.BCD8: 8, DataCoding.BCD12: 12}
+
+
+@dataclass(frozen=True)
+class PointStep:
+    """A point's granularity as its meter sends it, in the point's unit."""
+
+    step: Decimal | None  # one count of the sent number; None for real32, whose step is relative
+    wraps_at: Decimal | None = None  # where a BCD register starts again from 0 (10^digits counts)
+
+    def resolution(self) -> Resolution:
+        """The retained meta message's form (docs/payload.md)."""
+        if self.step is None:
+            return {"float": "float32"}  # IEEE 754 single, as a Modbus float32
+        return {"step": float(self.step)}
+
+
+def point_steps(profile: MbusProfile, records: Iterable[DataRecord]) -> dict[str, PointStep]:
+    """What one step of each point's value is worth, and where a BCD counter
+    wraps, in the point's unit, as the meter's VIF and data field say. Points
+    whose record gives neither (invalid, not a number) are left out."""
+    out: dict[str, PointStep] = {}
     for name, record, unit, _kind in _chosen(profile, records):
         if record.invalid or record.base_value is None:
             continue
         if record.coding is DataCoding.REAL32:
-            out[name] = {"float": "float32"}  # IEEE 754 single, as a Modbus float32
+            out[name] = PointStep(None)
         elif record.step is not None and (step := convert(record.step, record.base_unit, unit)) is not None:
-            out[name] = {"step": float(step)}
+            digits = _BCD_DIGITS.get(record.coding)
+            out[name] = PointStep(step, step * 10**digits if digits else None)
     return out

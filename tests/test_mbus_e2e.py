@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulators.mbus_meter import HeatMeterState, MbusLineServer, SimulatedMbusMeter
+from simulators.mbus_meter import CI_RSP_VARIABLE, HeatMeterState, MbusLineServer, SimulatedMbusMeter, long_frame
 from simulators.pty import PtyPair
 from tests.support import AgentProcess, Broker, Subscriber, require_binary, wait_until, write_config
 
@@ -72,6 +72,42 @@ def test_three_heat_meters_one_by_secondary_address(tmp_path: Path, broker: Brok
     assert selections, "heat-6 is read through a secondary-address selection"
     writes = [f for f in server.requests if f[0] == 0x68 and f[6] not in (0x52,)]
     assert writes == [], "nothing but selections is ever sent as user data"
+
+
+class WrappingMeter(SimulatedMbusMeter):
+    """Energy on 8 BCD digits in kWh, 3 kWh more at every readout, passing 99,999,999."""
+
+    def _telegrams(self, address: int) -> list[bytes]:
+        kwh = (99_999_990 + 3 * len(self.served)) % 10**8
+        self.served.append({"energy_heat": kwh})
+        record = b"\x0C\x06" + bytes.fromhex(f"{kwh:08d}")[::-1]  # BCD, least significant byte first
+        return [long_frame(address, CI_RSP_VARIABLE, self._header() + record)]
+
+
+def test_a_bcd_counter_passing_its_last_digit_is_a_rollover_not_a_reset(
+        tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    require_binary("socat")
+    meter = WrappingMeter(5, "12345678")
+    with PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent") as line:
+        server = MbusLineServer([meter], str(line.meter_end), baudrate=2400).start()
+        config = write_config(
+            tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+            buses=[{"id": "mbus-1", "type": "mbus", "port": str(line.agent_end), "baudrate": 2400, "parity": "N"}],
+            devices=[{"id": "heat-5", "bus": "mbus-1", "address": 5, "profile": "mbus-heat", "interval": "0.5s"}],
+        )
+        agent = AgentProcess(config, tmp_path / "agent.log").start()
+        try:
+            wait_until(lambda: sum(r["value"] < 100 for r in subscriber.unique_readings().values()) >= 2, 30,
+                       "readings past the wrap")
+        finally:
+            assert agent.stop() == 0
+            server.stop()
+    readings = sorted(subscriber.unique_readings().values(), key=lambda r: r["id"])
+    flags = [(r["value"], r["quality"]) for r in readings if r["quality"] != "ok"]
+    first_after = next(r["value"] for r in readings if r["value"] < 100)
+    assert flags == [(first_after, "counter_rollover")]
+    meta = subscriber.payloads("/meta")[-1]["series"].values()
+    assert [m.get("resolution") for m in meta] == [{"step": 1.0}]
 
 
 def _scan(*args: str) -> str:
