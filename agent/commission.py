@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from agent.config import Config, ModbusRtuBus, ModbusTcpBus
+from agent.config import Config, MbusBus, ModbusRtuBus, ModbusTcpBus
 from agent.errors import BusError, ExceptionResponse
 from agent.worker import group_by_interval
 from drivers import modbus
@@ -17,7 +17,7 @@ from drivers.mbus import TelegramHeader
 from drivers.mbus_link import MbusLink
 from drivers.codec import registers_to_bytes
 from drivers.plan import LinkCost, ReadRequest, plan_requests
-from drivers.profile import Catalogue, Profile
+from drivers.profile import Catalogue, MbusProfile, Profile
 from drivers.values import AnswerDecoder, with_exponent_registers
 
 
@@ -101,6 +101,24 @@ class BusLoad:
     busy_fraction: float  # wire time per second of schedule
     requests_per_hour: float
     worst_poll_s: float
+    assumption: str = ""  # what an estimate rests on, where the wire time is not known exactly
+
+
+# M-Bus (EN 13757-2): 11 bits per character (start, 8 data, parity, stop).
+# A readout is SND_NKE (5 characters) and its E5, or a secondary-address
+# selection (17) and its E5, then REQ_UD2 (5) and a long frame: 9 characters
+# of frame, 12 of the variable data header and the records. A record is
+# assumed to be 6 characters (DIF, VIF, 4 data bytes), one per profile point;
+# a profile that takes every record is assumed to get 12.
+MBUS_BITS_PER_CHAR = 11
+MBUS_RECORD_CHARS = 6
+MBUS_ALL_RECORDS = 12
+
+
+def mbus_readout_s(baudrate: int, points: int, secondary: bool) -> float:
+    """Wire time of one readout of one telegram, as the module's comment counts it."""
+    chars = (17 if secondary else 5) + 1 + 5 + 9 + 12 + MBUS_RECORD_CHARS * points
+    return chars * MBUS_BITS_PER_CHAR / baudrate
 
 
 def bus_loads(config: Config, catalogue: Catalogue) -> list[BusLoad]:
@@ -108,7 +126,8 @@ def bus_loads(config: Config, catalogue: Catalogue) -> list[BusLoad]:
     loads = []
     for bus in config.buses:
         if bus.type == "mbus":
-            continue  # an M-Bus readout's length depends on the meter, not on a plan
+            loads.append(_mbus_load(bus, config, catalogue))
+            continue
         cost = link_cost(bus)
         busy = 0.0
         per_hour = 0.0
@@ -126,11 +145,27 @@ def bus_loads(config: Config, catalogue: Catalogue) -> list[BusLoad]:
     return loads
 
 
+def _mbus_load(bus: MbusBus, config: Config, catalogue: Catalogue) -> BusLoad:
+    """An M-Bus readout's length depends on what the meter sends, so this is
+    an estimate: one telegram holding the profile's records."""
+    busy = per_hour = worst = 0.0
+    for device in config.devices_on(bus.id):
+        profile = catalogue.get(device.profile)
+        points = MBUS_ALL_RECORDS if isinstance(profile, MbusProfile) and profile.all_records else len(profile.points)
+        readout = mbus_readout_s(bus.baudrate, points, isinstance(device.address, str))
+        busy += readout / device.interval
+        per_hour += 2 * 3600 / device.interval
+        worst = max(worst, readout)
+    return BusLoad(bus.id, busy, per_hour, worst,
+                   "M-Bus, estimated: one telegram of the profile's records, more take longer")
+
+
 def load_warnings(config: Config, catalogue: Catalogue) -> list[str]:
     lines = []
     for load in bus_loads(config, catalogue):
         percent = 100 * load.busy_fraction
-        note = f"bus {load.bus}: {percent:.1f} % busy on the wire ({load.requests_per_hour:.0f} requests/h)"
+        figures = f"{load.requests_per_hour:.0f} requests/h" + (f"; {load.assumption}" if load.assumption else "")
+        note = f"bus {load.bus}: {'about ' if load.assumption else ''}{percent:.1f} % busy on the wire ({figures})"
         if load.busy_fraction >= 1.0:
             lines.append(f"warning: {note}: it cannot keep its schedule; lengthen intervals or split the bus")
         elif load.busy_fraction >= 0.7:

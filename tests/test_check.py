@@ -91,6 +91,24 @@ MISTAKES = [
 ]
 
 
+def test_an_mbus_line_gets_a_wire_time_estimate(tmp_path: Path) -> None:
+    devices = "\n".join(f"  - {{id: heat-{n:02d}, bus: mbus-1, address: {n}, profile: mbus-heat, interval: 1m}}"
+                         for n in range(1, 41))
+    config = GOOD.split("buses:")[0] + (
+        "buses:\n  - {id: mbus-1, type: mbus, port: /dev/ttyUSB1, baudrate: 300}\ndevices:\n" + devices + "\n")
+    path = tmp_path / "mbus.yaml"
+    path.write_text(config)
+    result = run_check(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # One readout: SND_NKE (5 characters) + E5 (1) + REQ_UD2 (5) + a long frame of
+    # 9 + 12 (header) + 8 records x 6; 11 bits a character at 300 baud.
+    readout_s = (5 + 1 + 5 + 9 + 12 + 8 * 6) * 11 / 300
+    percent = 100 * 40 * readout_s / 60
+    assert f"warning: bus mbus-1: about {percent:.1f} % busy on the wire (4800 requests/h; M-Bus, estimated" \
+        in result.stdout
+    assert "it cannot keep its schedule" in result.stdout
+
+
 @pytest.mark.parametrize(("name", "old", "new", "line", "text"), MISTAKES, ids=[m[0] for m in MISTAKES])
 def test_mistake_is_reported_with_line_and_key(tmp_path: Path, name: str, old: str, new: str, line: int,
                                                 text: str) -> None:
