@@ -1,7 +1,8 @@
 """`retrofit-sim building`: a whole simulated building from one YAML file.
 
 Heat meters, electricity meters and room sensors on several buses (Modbus
-TCP servers and virtual RS-485 lines), all driven by one physics model
+TCP servers, virtual RS-485 lines and M-Bus lines; the file's model is
+simulators/building_config.py), all driven by one physics model
 (simulators/physics.py) in simulated time that runs ``acceleration`` times
 faster than the wall clock: a demo shows days in minutes while the agent
 stamps its readings with the real clock. Faults come on a schedule (in
@@ -20,27 +21,37 @@ In-process use (the demo, tests):
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 
-from agent.config import parse_duration
-from agent.records import Invalid, Parse, Problem, Rule, dotted, validate
 from agent.errors import RetrofitError
 from drivers.codec import encode
 from drivers.profile import MbusProfile, ModbusPoint, Profile, load_catalogue
 from simulators import physics
+from simulators.building_config import (
+    BuildingConfig,
+    DeviceSpec,
+    ElectricityMeterSpec,
+    HeatMeterSpec,
+    MbusBusSpec,
+    RandomFaults,
+    RtuBusSpec,
+    ScheduledFault,
+    TcpBusSpec,
+    iso,
+    load_building_config,
+    utc_epoch,
+)
 from simulators.building_mbus import BuildingMbusMeter
 from simulators.groundtruth import GroundTruthWriter
 from simulators.mbus_meter import MbusLineServer
@@ -49,256 +60,6 @@ from simulators.pty import PtyPair
 
 Clock = Callable[[], float]
 SCHEMA = "retrofit-sim/building/1"
-
-# ---------------------------------------------------------------- config model
-
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-
-
-def parse_sim_duration(value: object) -> float:
-    """Like the agent's durations, and compound ones too: ``1d12h``, ``2h30m``."""
-    if isinstance(value, str) and value.strip() and _PART.sub("", value.replace(" ", "")) == "":
-        parts = _PART.findall(value.replace(" ", ""))
-        if len(parts) > 1:
-            return sum(parse_duration(number + unit) for number, unit in parts)
-    return parse_duration(value)
-
-
-_SIM_DURATION_SCHEMA = {
-    "anyOf": [{"type": "number", "exclusiveMinimum": 0},
-              {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*)+$"}],
-    "description": "seconds, or numbers with ms, s, m, h or d (10s, 15m, 1h, 1d12h)",
-}
-
-Duration = Annotated[float, Parse(parse_sim_duration, _SIM_DURATION_SCHEMA)]
-Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
-                                 explain="use 1 to 64 letters, digits, '_', '.' or '-', "
-                                         "starting with a letter or digit")]
-Port = Annotated[int, Rule(ge=1, le=65535)]
-Rate = Annotated[float, Rule(ge=0, le=1)]
-FaultName = Literal["silent", "crc", "garbage", "partial", "busy", "slow"]
-# A scheduled fault's `at`: an offset from the start (36h, 1d12h) or a date-time.
-Moment = Duration | dt.datetime
-
-_record = dataclass(frozen=True, kw_only=True)
-
-
-@_record
-class WeatherSpec:
-    mean: float = -1.0  # degC, the level of the period
-    daily_sd: Annotated[float, Rule(ge=0, le=15)] = 3.0  # day-to-day anomaly
-    diurnal_amplitude: Annotated[float, Rule(ge=0, le=15)] = 4.0
-    trend_per_day: float = 0.0
-
-
-@_record
-class RetrofitSpec:
-    at: dt.datetime
-    # The heat-loss coefficient H falls by this share: 0.35 -> H x 0.65.
-    heat_loss_reduction: Annotated[float, Rule(gt=0, lt=1)]
-
-
-@_record
-class BuildingSpec:
-    name: Identifier = "sim-building"
-    seed: int = 0
-    start: dt.datetime
-    acceleration: Annotated[float, Rule(ge=1, le=1_000_000)] = 1.0
-    step: Duration = 60.0
-    base_temperature: float = 15.5
-    weather: WeatherSpec = field(default_factory=WeatherSpec)
-    retrofit: RetrofitSpec | None = None
-
-
-@_record
-class RandomFaults:
-    """Per-request faults on a bus (FaultPlan): probability of each fault."""
-
-    rates: dict[FaultName, Rate]
-    slow: Duration = 0.3
-    devices: tuple[str, ...] | None = None  # only these device ids; all when absent
-
-
-@_record
-class TcpBusSpec:
-    id: Identifier
-    type: Literal["modbus-tcp"]
-    host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
-    port: Port
-    faults: RandomFaults | None = None
-
-
-@_record
-class RtuBusSpec:
-    id: Identifier
-    type: Literal["modbus-rtu"]
-    # The agent's end of a virtual RS-485 line (socat pty); the meters get PTY.meter.
-    pty: Path
-    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
-    parity: Literal["N", "E", "O"] = "N"
-    pace: bool = True  # answer at the speed of the line
-    faults: RandomFaults | None = None
-
-
-@_record
-class MbusBusSpec:
-    id: Identifier
-    type: Literal["mbus"]
-    # The agent's end of a virtual M-Bus line (socat pty); the meters get PTY.meter.
-    pty: Path
-    baudrate: Literal[300, 2400, 9600] = 2400
-
-
-BusSpec = TcpBusSpec | RtuBusSpec | MbusBusSpec  # told apart by their `type`
-BUS_TYPES = ("modbus-tcp", "modbus-rtu", "mbus")
-
-
-@_record
-class _DeviceBase:
-    id: Identifier
-    bus: Identifier
-    address: Annotated[int, Rule(ge=1, le=247)]
-    profile: str
-    interval: Duration | None = None  # the agent's poll interval in configs made from this file
-    serial: Annotated[int, Rule(ge=0, le=2**32 - 1)] | None = None
-
-
-@_record
-class HeatMeterSpec(_DeviceBase):
-    model: Literal["heat"]
-    heat_loss: Annotated[float, Rule(gt=0)]  # H before the retrofit, W/K
-    dhw_kwh_per_day: Annotated[float, Rule(ge=0)] = 0.0
-    energy_start: Annotated[float, Rule(ge=0)] = 0.0  # kWh on the register at the start
-    volume_start: Annotated[float, Rule(ge=0)] = 0.0  # m3
-
-
-@_record
-class ElectricityMeterSpec(_DeviceBase):
-    model: Literal["electricity"]
-    annual_kwh: Annotated[float, Rule(gt=0)]
-    energy_start: Annotated[float, Rule(ge=0)] = 0.0
-
-
-@_record
-class RoomSensorSpec(_DeviceBase):
-    model: Literal["room"]
-    setpoint: float = 21.0
-    night_setback: Annotated[float, Rule(ge=0)] = 2.0
-    time_constant: Annotated[float, Rule(gt=0)] = 5.0  # hours
-
-
-DeviceSpec = HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec  # told apart by their `model`
-
-
-@_record
-class ScheduledFault:
-    """A fault at a simulated moment: ``at`` is an offset from the start (36h)
-    or a date-time; ``for`` a simulated duration."""
-
-    at: Moment
-    fault: Literal["offline", "bus_down", "noisy", "counter_reset", "meter_swap", "rollover"]
-    device: str | None = None
-    bus: str | None = None
-    point: str | None = None
-    for_: Duration | None = field(default=None, metadata={"key": "for"})  # a keyword in Python
-    rates: dict[FaultName, Rate] | None = None
-
-
-@_record
-class BuildingConfig:
-    building: BuildingSpec
-    output: Path = Path("sim-output")
-    buses: Annotated[tuple[BusSpec, ...], Rule(min_length=1)]
-    devices: Annotated[tuple[DeviceSpec, ...], Rule(min_length=1)]
-    faults: tuple[ScheduledFault, ...] = ()
-
-
-def _utc_epoch(moment: dt.datetime) -> float:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
-
-
-def iso(epoch_s: float) -> str:
-    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def load_building_config(path: Path) -> BuildingConfig:
-    """Read and validate a building file; relative paths are relative to it."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RetrofitError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise RetrofitError(f"{path}: not valid YAML: {exc}") from None
-    return parse_building_config(raw, path.absolute().parent, str(path))
-
-
-def parse_building_config(raw: object, base: Path, origin: str = "building config") -> BuildingConfig:
-    try:
-        config: BuildingConfig = validate(BuildingConfig, raw)
-    except Invalid as exc:
-        problems = "; ".join(f"{dotted(p.loc)}: {_bus_words(p)}" for p in exc.problems)
-        raise RetrofitError(f"{origin}: {problems}") from None
-    resolve = (lambda p: p if p.is_absolute() else base / p)
-    buses = tuple(replace(b, pty=resolve(b.pty)) if isinstance(b, RtuBusSpec | MbusBusSpec) else b
-                  for b in config.buses)
-    config = replace(config, output=resolve(config.output), buses=buses)
-    _cross_check(config, origin)
-    return config
-
-
-def _bus_words(problem: Problem) -> str:
-    """'unknown type' is clearer as 'unknown bus type' (and 'model' as 'device model')."""
-    if problem.kind == "tag_unknown":
-        return problem.message.replace("unknown type", "unknown bus type", 1).replace(
-            "unknown model", "unknown device model", 1)
-    return problem.message
-
-
-def _cross_check(config: BuildingConfig, origin: str) -> None:
-    problems = []
-    bus_ids = [b.id for b in config.buses]
-    device_ids = [d.id for d in config.devices]
-    for ids, what in ((bus_ids, "bus"), (device_ids, "device")):
-        for duplicate in sorted({i for i in ids if ids.count(i) > 1}):
-            problems.append(f"duplicate {what} id {duplicate!r}")
-    mbus_buses = {b.id for b in config.buses if isinstance(b, MbusBusSpec)}
-    mbus_devices = {d.id for d in config.devices if d.bus in mbus_buses}
-    seen: set[tuple[str, int]] = set()
-    for device in config.devices:
-        if device.bus in mbus_buses and device.model != "heat":
-            problems.append(f"device {device.id}: only heat meters are simulated on an M-Bus line "
-                            f"({device.bus}); this one is a {device.model} model")
-        if device.bus not in bus_ids:
-            problems.append(f"device {device.id}: unknown bus {device.bus!r}; buses: {', '.join(bus_ids)}")
-        if (device.bus, device.address) in seen:
-            problems.append(f"device {device.id}: address {device.address} is used twice on bus {device.bus}")
-        seen.add((device.bus, device.address))
-    step = config.building.step
-    if not (step >= 1 and 3600 % step == 0):
-        problems.append(f"building.step: {step:g} s must divide an hour (60s, 5m, 15m ...)")
-    elif _utc_epoch(config.building.start) % step:
-        problems.append("building.start: must be a multiple of building.step after midnight")
-    for index, fault in enumerate(config.faults):
-        where = f"faults[{index}] ({fault.fault})"
-        needs_device = fault.fault in ("offline", "counter_reset", "meter_swap", "rollover")
-        if needs_device and fault.device not in device_ids:
-            problems.append(f"{where}: device: give one of {', '.join(device_ids)}")
-        if fault.fault in ("bus_down", "noisy") and fault.bus not in bus_ids:
-            problems.append(f"{where}: bus: give one of {', '.join(bus_ids)}")
-        if fault.fault in ("offline", "bus_down", "noisy") and fault.for_ is None:
-            problems.append(f"{where}: for: how long (simulated), e.g. 6h")
-        if fault.fault == "noisy" and not fault.rates:
-            problems.append(f"{where}: rates: e.g. {{crc: 0.2, silent: 0.1}}")
-        if fault.fault == "rollover" and fault.point is None:
-            problems.append(f"{where}: point: the counter that wraps")
-        if fault.fault in ("counter_reset", "meter_swap", "rollover") and fault.device in mbus_devices:
-            problems.append(f"{where}: {fault.device} is on an M-Bus line; counter faults are simulated on "
-                            "Modbus meters only")
-    if problems:
-        raise RetrofitError(f"{origin}: " + "; ".join(problems))
-
 
 # ---------------------------------------------------------------- physics of the whole building
 
@@ -331,11 +92,11 @@ class BuildingPhysics:
         self.config = config
         self.seed = spec.seed
         self.dt = int(spec.step)
-        self.start = _utc_epoch(spec.start)
+        self.start = utc_epoch(spec.start)
         self.base_c = spec.base_temperature
         self.weather = physics.Weather(spec.seed, spec.weather.mean, spec.weather.daily_sd,
                                        spec.weather.diurnal_amplitude, spec.weather.trend_per_day, self.start)
-        self.retrofit = (physics.Retrofit(_utc_epoch(spec.retrofit.at), 1 - spec.retrofit.heat_loss_reduction)
+        self.retrofit = (physics.Retrofit(utc_epoch(spec.retrofit.at), 1 - spec.retrofit.heat_loss_reduction)
                          if spec.retrofit else None)
         self.heat: dict[str, tuple[physics.HeatZone, physics.HeatState]] = {}
         self.elec: dict[str, tuple[physics.ElectricityUse, physics.ElectricityState]] = {}
@@ -496,7 +257,7 @@ def _raw(point: ModbusPoint, value: float | Fraction, counter: bool) -> int | fl
 class BuildingDevice(Unit):
     """One device of the building served through its profile's register map."""
 
-    def __init__(self, building: Building, spec: _DeviceBase, profile: Profile) -> None:
+    def __init__(self, building: Building, spec: DeviceSpec, profile: Profile) -> None:
         self.building = building
         self.spec = spec
         self.profile = profile
@@ -613,7 +374,7 @@ class Building:
         self._schedule_faults()
 
     @staticmethod
-    def _check_profile(spec: _DeviceBase, profile: Profile) -> None:
+    def _check_profile(spec: DeviceSpec, profile: Profile) -> None:
         names = {p.name for p in profile.points}
         needed = {"heat": {"energy_heat"}, "electricity": {"energy_active_import"}, "room": {"temperature"}}
         missing = needed[spec.model] - names  # type: ignore[attr-defined]
@@ -634,7 +395,7 @@ class Building:
 
     def _at(self, fault: ScheduledFault) -> float:
         at = fault.at if isinstance(fault.at, float | int) else None
-        moment = self.physics.start + at if at is not None else _utc_epoch(fault.at)  # type: ignore[arg-type]
+        moment = self.physics.start + at if at is not None else utc_epoch(fault.at)  # type: ignore[arg-type]
         return self.physics.snap(moment)
 
     def _schedule_faults(self) -> None:
@@ -1007,9 +768,9 @@ def describe(handle: BuildingHandle) -> list[str]:
     config = handle.config
     spec = config.building
     lines = [f"building {spec.name}: seed {spec.seed}, x{spec.acceleration:g} "
-             f"(1 simulated day = {physics.DAY_S / spec.acceleration:.1f} s), start {iso(_utc_epoch(spec.start))}"]
+             f"(1 simulated day = {physics.DAY_S / spec.acceleration:.1f} s), start {iso(utc_epoch(spec.start))}"]
     if spec.retrofit:
-        lines.append(f"retrofit at {iso(_utc_epoch(spec.retrofit.at))}: heat-loss coefficient "
+        lines.append(f"retrofit at {iso(utc_epoch(spec.retrofit.at))}: heat-loss coefficient "
                      f"-{spec.retrofit.heat_loss_reduction:.0%}")
     for bus in config.buses:
         where = handle.endpoints.get(bus.id, "?")

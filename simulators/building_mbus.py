@@ -24,7 +24,8 @@ from drivers.profile import MbusProfile
 from simulators.mbus_meter import HeatReading, SimulatedMbusMeter
 
 if TYPE_CHECKING:
-    from simulators.building import Building, HeatMeterSpec
+    from simulators.building import Building
+    from simulators.building_config import HeatMeterSpec
 
 
 class BuildingMbusMeter(SimulatedMbusMeter):

@@ -21,14 +21,8 @@ import yaml
 from agent.config import load_config
 from agent.errors import RetrofitError
 from simulators import physics
-from simulators.building import (
-    Building,
-    BuildingPhysics,
-    agent_config,
-    load_building_config,
-    parse_building_config,
-    run_building,
-)
+from simulators.building import Building, BuildingPhysics, agent_config, run_building
+from simulators.building_config import load_building_config, parse_building_config
 from simulators.groundtruth import GroundTruth, GroundTruthWriter
 from tests.support import REPO, free_port, require_binary, wait_until
 

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from simulators.building import parse_building_config, run_building
+from simulators.building import run_building
+from simulators.building_config import parse_building_config
 from simulators.groundtruth import GroundTruth, prove
 from simulators.platform import DAY_S, PlatformIngest, counter_series, daily_energy, render
 from tests.support import REPO, AgentProcess, Broker, free_port, require_binary, wait_until
