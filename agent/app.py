@@ -22,7 +22,7 @@ from agent.integrity import CounterGuard
 from agent.config import LoadedConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
 from agent.health import DeviceHealth, Health
 from agent.notify import Notifier
-from agent.readings import now_ms
+from drivers.core.readings import now_ms
 from agent.uplink import Uplink
 from agent.worker import BusWorker, DevicePoller
 from drivers import modbus

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import logs
-from agent.errors import StorageError
-from agent.readings import Reading
+from drivers.core.errors import StorageError
+from drivers.core.readings import Reading
 
 SCHEMA_VERSION = "1"
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.errors import ConfigError, ProfileError, RetrofitError
+from drivers.core.errors import ConfigError, ProfileError, RetrofitError
 
 if TYPE_CHECKING:
     from drivers.profile import SerialDefaults

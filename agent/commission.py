@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from agent.config import Config, MbusBus, ModbusRtuBus, ModbusTcpBus
-from agent.errors import BusError, ExceptionResponse
+from drivers.core.errors import BusError, ExceptionResponse
 from agent.worker import group_by_interval
 from drivers import modbus
 from drivers.mbus import TelegramHeader

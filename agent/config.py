@@ -16,9 +16,9 @@ from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Union
 
-from agent.errors import ConfigError, did_you_mean
-from agent.records import Invalid, Parse, Problem, Rule, dotted, json_schema, validate
-from agent.yamlsource import Located, YamlProblem, load_located
+from drivers.core.errors import ConfigError, did_you_mean
+from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, json_schema, validate
+from drivers.core.yamlsource import Located, YamlProblem, load_located
 from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

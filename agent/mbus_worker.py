@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, field, replace
 
 from agent.clock import ClockState
-from agent.errors import BusError
+from drivers.core.errors import BusError
 from agent.health import DeviceHealth, Health
 from agent.integrity import CounterGuard, CounterLimits
 from agent.worker import BusWorker, PollGroup, Sink, device_offset

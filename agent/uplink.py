@@ -31,10 +31,10 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, wait_exponen
 from agent import logs
 from agent.buffer import BufferReader, IdRange
 from agent.config import MqttConfig
-from agent.errors import ConfigError, RetrofitError
+from drivers.core.errors import ConfigError, RetrofitError
 from agent.health import Health
 from agent.payload import STATUS_SCHEMA, CompactEncoder, FlatEncoder, encode_events, encode_meta, topic
-from agent.readings import now_ms
+from drivers.core.readings import now_ms
 
 
 FLAP_WINDOW_S = 10.0

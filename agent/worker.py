@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from agent import failpoints, logs
-from agent.errors import BusError, ExceptionResponse
+from drivers.core.errors import BusError, ExceptionResponse
 from agent.health import DeviceHealth, Health
 from agent.clock import ClockState
 from agent.integrity import CounterGuard, CounterLimits, Key, State
-from agent.readings import Reading, now_ms, with_flag
+from drivers.core.readings import Reading, now_ms, with_flag
 from drivers.codec import registers_to_bytes
 from drivers.modbus import RegisterReader
 from drivers.plan import Hole, LinkCost, ReadRequest, gaps_inside, plan_requests

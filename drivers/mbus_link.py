@@ -11,7 +11,7 @@ import time
 
 import serial
 
-from agent.errors import BusError, DecodeError
+from drivers.core.errors import BusError, DecodeError
 from drivers.mbus import (
     NETWORK_LAYER_ADDRESS,
     LongFrame,

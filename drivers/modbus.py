@@ -17,7 +17,7 @@ from pymodbus import FramerType
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
-from agent.errors import BusError, ExceptionResponse
+from drivers.core.errors import BusError, ExceptionResponse
 from drivers.profile import Table
 
 # pymodbus logs every timeout and retry itself; the bus worker reports state

@@ -20,8 +20,8 @@ from typing import Annotated, Literal
 
 import yaml
 
-from agent.errors import ProfileError
-from agent.records import Invalid, Rule, dotted, validate
+from drivers.core.errors import ProfileError
+from drivers.core.records import Invalid, Rule, dotted, validate
 from drivers.codec import (
     REGISTER_TYPES,
     WORD_ORDERS,

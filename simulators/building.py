@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from agent.errors import RetrofitError
+from drivers.core.errors import RetrofitError
 from drivers.codec import encode
 from drivers.profile import MbusProfile, ModbusPoint, Profile, load_catalogue
 from simulators import physics

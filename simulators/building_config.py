@@ -1,5 +1,5 @@
 """The building file of `retrofit-sim building`: its typed model, parsed and
-checked in one pass (agent/records.py), with every problem named.
+checked in one pass (drivers/core/records.py), with every problem named.
 
 simulators/building.py runs what this describes; docs/simulators.md is the
 technician's reference for the keys.
@@ -16,8 +16,8 @@ from typing import Annotated, Literal
 import yaml
 
 from agent.config import parse_duration
-from agent.errors import RetrofitError
-from agent.records import Invalid, Parse, Problem, Rule, dotted, validate
+from drivers.core.errors import RetrofitError
+from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, validate
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 

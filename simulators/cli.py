@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from agent.errors import RetrofitError
+from drivers.core.errors import RetrofitError
 from drivers.profile import SITE_PROFILE_DIR, load_catalogue
 from simulators.meters import SimulatedDevice, model_for
 from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer

@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.errors import RetrofitError
+from drivers.core.errors import RetrofitError
 from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice, model_for
 from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer

@@ -38,7 +38,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.errors import RetrofitError
+from drivers.core.errors import RetrofitError
 
 DAY_S = 86_400
 ENERGY_UNITS = {"Wh": 0.001, "kWh": 1.0, "MWh": 1000.0}

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from agent.errors import RetrofitError
+from drivers.core.errors import RetrofitError
 
 
 class PtyPair:

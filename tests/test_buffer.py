@@ -10,8 +10,8 @@ import pytest
 
 from agent import buffer as buffer_module
 from agent.buffer import Buffer, BufferReader, BufferWriter
-from agent.errors import StorageError
-from agent.readings import Reading
+from drivers.core.errors import StorageError
+from drivers.core.readings import Reading
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from agent.config import load_config
-from agent.errors import RetrofitError
+from drivers.core.errors import RetrofitError
 from simulators import physics
 from simulators.building import Building, BuildingPhysics, agent_config, run_building
 from simulators.building_config import load_building_config, parse_building_config

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import DecodeError, FrameError
+from drivers.core.errors import DecodeError, FrameError
 from drivers.mbus import (
     DataCoding,
     DataRecord,

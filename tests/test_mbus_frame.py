@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import FrameError
+from drivers.core.errors import FrameError
 from drivers.mbus import frame
 from drivers.mbus.frame import (
     LongFrame,

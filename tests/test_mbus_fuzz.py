@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.errors import DecodeError
+from drivers.core.errors import DecodeError
 from drivers.mbus import (
     LongFrame,
     bytes_needed,

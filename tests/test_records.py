@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from agent.config import Config, GatewayConfig, MqttConfig
-from agent.records import Invalid, Parse, Rule, dotted, json_schema, validate
+from drivers.core.records import Invalid, Parse, Rule, dotted, json_schema, validate
 
 pytestmark = pytest.mark.timeout(30)
 record = dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ProfileError
+from drivers.core.errors import ProfileError
 from agent.health import Health
 from drivers.profile import Profile, load_profile_file
 from tests.independent_meter import IndependentMeter

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.health import DeviceHealth, Health
-from agent.readings import Reading
+from drivers.core.readings import Reading
 from agent.worker import BusWorker, DevicePoller, next_slot
 from drivers.modbus import tcp_link
 from drivers.plan import LinkCost

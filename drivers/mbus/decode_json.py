@@ -15,7 +15,7 @@ import re
 from datetime import date, datetime
 from decimal import Decimal
 
-from agent.errors import DecodeError
+from drivers.core.errors import DecodeError
 from drivers.mbus.records import DataRecord, RecordValue
 from drivers.mbus.telegram import Telegram, TelegramHeader, decode_telegram
 

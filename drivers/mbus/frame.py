@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.errors import FrameError
+from drivers.core.errors import FrameError
 
 ACK = 0xE5
 SHORT_START = 0x10

@@ -21,7 +21,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from agent.errors import DecodeError
+from drivers.core.errors import DecodeError
 from drivers.mbus import datafield
 from drivers.mbus.datafield import EXACT, DataCoding, Invalid
 from drivers.mbus.vif import (

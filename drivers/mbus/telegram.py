@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from agent.errors import DecodeError
+from drivers.core.errors import DecodeError
 from drivers.mbus import datafield
 from drivers.mbus.datafield import EXACT, DataCoding
 from drivers.mbus.frame import LongFrame, parse_frame

@@ -764,7 +764,7 @@ class Bench:
 def prefill(db: Path, total: int) -> str:
     """A buffer file with ``total`` readings, written through the agent's own Buffer.commit."""
     from agent.buffer import Buffer
-    from agent.readings import Reading
+    from drivers.core.readings import Reading
     from drivers.profile import load_catalogue
 
     catalogue = load_catalogue([PROFILE_DIR])

@@ -32,7 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from agent.errors import did_you_mean
+from drivers.core.errors import did_you_mean
 
 Loc = tuple[str | int, ...]
 
