@@ -37,11 +37,12 @@ ENV_VAR = "RETROFIT_MBUS_TESTDATA"
 
 
 def testdata_dir() -> Path:
-    """Where the reference telegrams are (may not exist: callers must fail)."""
+    """Where the reference telegrams are: in the repository (tests/data/mbus,
+    with libmbus' licence), unless the environment names another set."""
     configured = os.environ.get(ENV_VAR)
     if configured:
         return Path(configured)
-    return REPO.parent / "shared" / "testdata" / "mbus"
+    return REPO / "tests" / "data" / "mbus"
 
 
 def missing_testdata_message(root: Path) -> str:
