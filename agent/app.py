@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent import logs
-from agent.buffer import Buffer, BufferReader, BufferWriter, file_size
+from agent.buffer import Buffer, BufferWriter, file_size
 from agent.clock import ClockState, ClockWatch
 from agent.integrity import CounterGuard
 from agent.config import LoadedConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
@@ -60,23 +60,24 @@ class Agent:
         self.stop_event = threading.Event()
         self.notifier = notifier or Notifier()
         self._log = logs.get("agent")
-        self.buffer = Buffer(self.cfg.buffer.path, self.cfg.buffer.synchronous,
-                             max_bytes=int(self.cfg.buffer.max_size_mb * 1024 * 1024),
-                             max_age_s=self.cfg.buffer.max_age)
-        self._reader = BufferReader(self.cfg.buffer.path)
-        self._reader_lock = threading.Lock()  # the uplink thread asks for figures too
+        self.buffer = Buffer(self.cfg.buffer.path, max_bytes=int(self.cfg.buffer.max_size_mb * 1024 * 1024),
+                             max_age_s=self.cfg.buffer.max_age, flush_interval_s=self.cfg.buffer.flush_interval)
+        self._reader = self.buffer.reader()
         self.clock = ClockWatch(self.cfg.health.timesync_flag, use_timedatectl=self.cfg.health.use_timedatectl)
         self._stalled: list[str] = []
         self._next_snapshot = 0.0
         self.uplink = Uplink(
             self.cfg.uplink.mqtt, self.cfg.gateway.id, self.cfg.gateway.site, self.buffer.stream,
-            self.cfg.buffer.path, on_ack=self._ack, health=self.health, status_extra=self.status_figures,
+            self.buffer.reader, on_ack=self._ack, health=self.health, status_extra=self.status_figures,
+            on_reported=self._reported, on_corrupt=self._corrupt,
         )
+        self.uplink.resume_after = self.buffer.acked_through
         self.uplink.preflight()
         self._counter_state = self.buffer.counter_state()
         self._meters = self.buffer.meter_ids()
         self.clock_state = ClockState(trusted=self.clock.synchronised() is not False)
-        self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify)
+        self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify,
+                                   flush_interval=self.cfg.buffer.flush_interval)
         # Modbus points' resolutions come from their profiles; an M-Bus
         # meter's are added by its bus worker from the first telegram's VIFs,
         # before that telegram's readings are put, so the meta message
@@ -84,11 +85,14 @@ class Agent:
         self.uplink.resolutions = self._resolutions()
         self.workers = [self._worker(bus) for bus in self.cfg.buses if self.cfg.devices_on(bus.id)]
 
-    def _ack(self, id_range: tuple[int, int]) -> None:
-        self.writer.ack(id_range)
+    def _ack(self, watermark: int) -> None:
+        self.writer.ack_through(watermark)
 
-    def _reported(self, first_ids: list[int]) -> None:
-        self.writer.reported(first_ids)
+    def _reported(self, seqs: list[int]) -> None:
+        self.writer.reported(seqs)
+
+    def _corrupt(self, id_range: tuple[int, int]) -> None:
+        self.writer.corrupt(id_range)
 
     def _worker(self, bus: ModbusRtuBus | ModbusTcpBus | MbusBus) -> BusWorker:
         guard = CounterGuard(last=self._counter_state)
@@ -133,9 +137,8 @@ class Agent:
 
     def status_figures(self) -> dict[str, object]:
         """Health figures for the retained status message and the status file."""
-        with self._reader_lock:
-            oldest = self._reader.oldest()
-            depth = self._reader.depth()
+        oldest = self._reader.oldest()
+        depth = self._reader.depth()
         figures = self.health.snapshot()
         figures["buffer"] = {
             "path": str(self.cfg.buffer.path),
@@ -238,6 +241,7 @@ class Agent:
         self.uplink.join(timeout=max(0.1, deadline - time.monotonic()))
         self._write_final_snapshot()
         self._reader.close()
-        self.buffer.close()
+        # A clean stop is written down only when everything read was committed.
+        self.buffer.close(clean=not self.writer.is_alive() and self.writer.held_in_memory == 0)
         self._log.info("agent.stopped", committed=self.writer.committed,
                        acked=self.health.uplink.readings_acked, next_id=self.buffer.next_id)

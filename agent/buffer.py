@@ -1,27 +1,37 @@
-"""The durable buffer: every reading lives in SQLite until the broker acked it.
+"""The durable buffer: every reading lives in SQLite until the platform acknowledged it.
 
-One thread (the :class:`BufferWriter`) owns the write connection; readings
-arrive from the bus workers through a bounded queue and are committed one
-transaction per flush interval, with deletions of acknowledged ranges folded
-into the same transaction. The uplink reads through its own connection (WAL
-lets a reader and the writer work at once).
+The promise (docs/payload.md): ids per stream are strictly increasing,
+contiguous and never reused, and nothing leaves the gateway before it is
+durable on the card, so a power cut can never make an id the platform has
+seen be issued again.
 
-Ids: per stream, strictly increasing, contiguous, never reused. They are
-assigned from a counter stored in the file (``meta.next_id``) in the same
-transaction as the rows, so neither deleting every row nor a restart can
-bring an old id back (SQLite's rowid alone would reuse the largest id once
-it is deleted). The stream id is a UUID made when the file is made.
+How it is kept:
 
-When the buffer outgrows ``max_size_mb`` (a long outage), the oldest gauge
-readings go first, then the oldest counters; each eviction is recorded as a
-report in the ``events`` table and kept until the broker acknowledged it.
+- Every commit is synced (WAL with ``synchronous=FULL``): when ``commit``
+  returns, its readings and their ids survive a power cut, and only then
+  does the forwarder see them. Ids come from ``meta.next_id``, written in
+  the same transaction as the readings they number.
+- The SD card pays per commit (the WAL page a commit touches is written
+  again at every sync), so commits are few and full: the buffer writer
+  gathers readings for up to ``flush_interval`` (or until a row's worth has
+  gathered) and stores each kind's readings as packed rows (agent/chunks.py)
+  instead of one row per reading.
+- The connection holds SQLite's EXCLUSIVE lock, so the WAL index lives in
+  the process's memory instead of a ``-shm`` file the kernel would write
+  out again and again, and no second process can open the file meanwhile.
+  The forwarder reads through the same connection, under a lock.
+- Every stored row, series, report and meta value carries a CRC-32: SQLite
+  has no page checksums, and a flipped bit on an SD card must become a
+  reported gap, never a changed value (agent/salvage.py reads what it can
+  of a file SQLite itself calls corrupt).
+- A clean stop writes ``running = 0``; a start that finds ``running = 1``
+  reports an ``unclean_stop`` naming the last durable id.
 
-Acknowledged readings are not deleted at once: the highest id below which
-everything is acknowledged (``meta.acked_through``) is written with the next
-transaction, on the page that already holds ``next_id``, and readers skip
-what lies below it. The rows themselves go in one sweep about once a minute,
-so an SD card sees one small write per flush instead of a delete transaction
-after every PUBACK.
+Acknowledged readings are hidden below a watermark (``acked_through``,
+written with the next commit) and swept out in whole rows now and then, so
+an acknowledgement costs no write of its own. When the buffer outgrows
+``max_size_mb`` the oldest gauge rows go first, then the oldest counters;
+each eviction is a report kept until the platform acknowledged it.
 """
 
 from __future__ import annotations
@@ -30,22 +40,24 @@ import json
 import os
 import queue
 import sqlite3
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import logs
+from agent import chunks, logs
 from drivers.core.errors import StorageError
 from drivers.core.readings import Reading
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY,
     device TEXT NOT NULL,
@@ -53,29 +65,34 @@ CREATE TABLE IF NOT EXISTS series (
     unit TEXT NOT NULL,
     kind TEXT NOT NULL,
     meter TEXT NOT NULL DEFAULT '',
+    attrs TEXT NOT NULL DEFAULT '',  -- JSON: what the platform needs to read the series (resolution)
+    crc INTEGER NOT NULL,
     UNIQUE (device, point, unit, kind, meter)
 );
-CREATE TABLE IF NOT EXISTS readings (
-    id INTEGER PRIMARY KEY,
-    series INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    value,
-    quality TEXT NOT NULL,
-    mono INTEGER  -- monotonic ms, kept only while the wall clock is not trusted
+-- Readings, packed: the readings with ids first_id .. first_id + count - 1,
+-- all of one kind (0 counter, 1 gauge), as chunks (agent/chunks.py).
+CREATE TABLE IF NOT EXISTS batches (
+    first_id INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    ts_min INTEGER NOT NULL,
+    ts_max INTEGER NOT NULL,
+    mono INTEGER NOT NULL,  -- 1: some readings carry monotonic stamps (clock not yet trusted)
+    body BLOB NOT NULL,
+    crc INTEGER NOT NULL
 );
--- Reports for the platform (evictions, meter swaps, clock corrections), kept
--- until the broker acknowledged them.
-CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
--- The last accepted value of every counter, so integrity checks survive restarts.
-CREATE TABLE IF NOT EXISTS counters (
-    device TEXT NOT NULL, point TEXT NOT NULL, value NOT NULL, ts INTEGER NOT NULL,
-    PRIMARY KEY (device, point)) WITHOUT ROWID;
--- The identification number each device last reported (meter swaps).
-CREATE TABLE IF NOT EXISTS meters (device TEXT PRIMARY KEY, meter TEXT NOT NULL) WITHOUT ROWID;
--- Sent readings that were stamped before the clock was trusted: their
--- monotonic time, so a later correction can be reported to the platform.
-CREATE TABLE IF NOT EXISTS unsynced_sent (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, mono INTEGER NOT NULL, boot TEXT NOT NULL);
+-- Reports for the platform (evictions, meter swaps, clock corrections,
+-- unclean stops), kept until the platform acknowledged them.
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, crc INTEGER NOT NULL);
 """
+
+
+
+def schema_statements() -> list[str]:
+    """The schema, one statement each (executescript would commit an open transaction)."""
+    text = "\n".join(line.split("--")[0] for line in _SCHEMA.splitlines())
+    return [statement.strip() for statement in text.split(";") if statement.strip()]
+
 
 Row = tuple[int, int, int, float | int | str | None, str]  # id, series, ts, value, quality
 Series = tuple[str, str, str, str, str]  # device, point, unit, kind, meter
@@ -84,45 +101,60 @@ Event = dict[str, object]
 StoredEvent = tuple[int, str]  # seq, JSON body
 CounterState = dict[tuple[str, str], tuple[float | int, int]]  # (device, point) -> (value, ts)
 
-EVICT_CHUNK = 20_000
-MAX_PER_TRANSACTION = 20_000
-# Reports the broker acknowledged are forgotten promptly: they are rare, and
-# a crash before would send them twice.
+KIND_CODE = {"counter": 0, "gauge": 1}
+KIND_NAME = {code: name for name, code in KIND_CODE.items()}
+
+# A stored row holds about this many readings at most (whole chunks): small
+# enough that a forwarder batch decodes little more than it sends, large
+# enough that a commit at 300 readings/s is a handful of rows.
+ROW_READINGS = 2048
+EVICT_ROWS = 256
+# Reports the platform acknowledged are forgotten promptly: they are rare,
+# and a crash before would send them twice.
 ACK_DELAY_S = 0.1
-# An acknowledged id range waits for the next transaction of readings (at most
-# this long) instead of costing a transaction of its own. A crash in between
+# An acknowledged watermark waits for the next commit of readings (at most
+# this long) instead of costing a commit of its own. A power cut in between
 # sends those readings once more, with the same ids: the platform drops the
-# duplicates. At one poll per 10 s this halves the writes to the SD card.
-ACK_HOLD_S = 30.0
-COUNTER_PERSIST_S = 60.0
-# Acknowledged rows are swept out once this many have gathered, or this often.
-PURGE_ROWS = 50_000
-PURGE_S = 60.0
-# Page cache per connection: the writer appends and the reader streams, so a
-# small cache does; SQLite's default (2 MB each) would be most of it idle RSS.
-# A backlog drain fills both caches (start-up's quick_check fills one): 512
-# KiB each grew RSS by 2.6 MB during a 1,000,000-reading drain, 128 by 1.0 MB,
-# at the same drain rate.
-CACHE_KIB = 128
-# Every commit appends each page it changed to the WAL, and the kernel writes
-# out every 4 KiB block those frames touch. A poll cycle changes a handful of
-# pages (the last leaf, the tree above it, the meta row), so small pages write
-# less per commit: measured with ./scripts/bench, 1 KiB pages cut the bytes
-# written per reading from 76 to 47 at 300/s and from 341 to 216 at 60 points
-# every 10 s; 512 and 2048 both did worse. Files made with another size keep it.
+# duplicates.
+ACK_HOLD_S = 60.0
+COUNTER_PERSIST_S = 300.0
+# Acknowledged rows are swept out once this many readings have gathered, or this often.
+PURGE_READINGS = 50_000
+PURGE_S = 600.0
+# Page cache per connection (one connection now serves writer and forwarder).
+CACHE_KIB = 256
+# Every commit appends each page it changed to the WAL; small pages write
+# less per commit (measured with ./scripts/bench: docs/performance.md).
 PAGE_BYTES = 1024
-# Readers see only what lies above the acknowledged watermark.
-_PENDING = "id > coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'acked_through'), 0)"
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-    conn.execute(f"PRAGMA page_size={PAGE_BYTES}")  # takes effect only on a new, empty file
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-    conn.execute("PRAGMA busy_timeout=10000")
-    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-    return conn
+def crc(*parts: object) -> int:
+    """CRC-32 of the parts, each length-prefixed, so that ('ab','c') != ('a','bc')."""
+    value = 0
+    for part in parts:
+        data = part if isinstance(part, (bytes, bytearray, memoryview)) else str(part).encode()
+        value = zlib.crc32(struct.pack("<I", len(data)), value)
+        value = zlib.crc32(data, value)
+    return value
+
+
+def batch_crc(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, body: bytes) -> int:
+    return crc(struct.pack("<qqqqqq", first_id, count, kind, ts_min, ts_max, mono), body)
+
+
+def series_crc(sid: int, device: str, point: str, unit: str, kind: str, meter: str, attrs: str) -> int:
+    return crc(sid, device, point, unit, kind, meter, attrs)
+
+
+def _runs(ids: Iterable[int]) -> list[IdRange]:
+    """Sorted ids -> runs of consecutive ids."""
+    runs: list[IdRange] = []
+    for rid in ids:
+        if runs and runs[-1][1] == rid - 1:
+            runs[-1] = (runs[-1][0], rid)
+        else:
+            runs.append((rid, rid))
+    return runs
 
 
 def _delta_runs(rows: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
@@ -136,15 +168,23 @@ def _delta_runs(rows: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _runs(ids: Sequence[int]) -> list[IdRange]:
-    """Sorted ids -> runs of consecutive ids."""
-    runs: list[IdRange] = []
-    for rid in ids:
-        if runs and runs[-1][1] == rid - 1:
-            runs[-1] = (runs[-1][0], rid)
-        else:
-            runs.append((rid, rid))
-    return runs
+@dataclass
+class NewRow:
+    """Readings of one kind on their way into one stored row."""
+
+    kind: int
+    parts: list[bytes] = field(default_factory=list)
+    count: int = 0
+    ts_min: int = 2**62
+    ts_max: int = -(2**62)
+    mono: int = 0
+
+    def add(self, chunk: bytes, count: int, ts_min: int, ts_max: int, mono: bool) -> None:
+        self.parts.append(chunk)
+        self.count += count
+        self.ts_min = min(self.ts_min, ts_min)
+        self.ts_max = max(self.ts_max, ts_max)
+        self.mono |= int(mono)
 
 
 @dataclass(frozen=True)
@@ -153,78 +193,167 @@ class BufferInfo:
     next_id: int
     created: bool
     moved_aside: str | None = None
+    unclean: bool = False  # the last run did not stop cleanly (a crash or a power cut)
+
+
+class CorruptBuffer(StorageError):
+    """The file fails a check SQLite or our checksums make: move it aside."""
 
 
 class Buffer:
-    """The write side. Only the writer thread calls its mutating methods."""
+    """The file, its schema and every statement. Thread-safe: one lock around the connection."""
 
-    def __init__(self, path: Path, synchronous: str = "normal", max_bytes: int | None = None,
-                 max_age_s: float | None = None) -> None:
+    def __init__(self, path: Path, max_bytes: int | None = None, max_age_s: float | None = None,
+                 flush_interval_s: float | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
+        self.lock = threading.RLock()
+        self.evicted_total = 0
+        self.boot_id = boot_id()
+        self._log = logs.get("buffer")
         moved_aside = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                conn, existed = self._open(path, synchronous)
-            except sqlite3.DatabaseError as exc:
-                if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
-                    raise
+                existed = self._open()
+            except CorruptBuffer as exc:
                 moved_aside = _move_aside(path)
-                logs.get("buffer").error("buffer.corrupt_moved_aside", path=str(path),
-                                         moved_to=moved_aside, error=str(exc))
-                conn, existed = self._open(path, synchronous)
-            self._conn = conn
-            meta = dict(conn.execute("SELECT key, value FROM meta"))
-            if "stream" not in meta:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [("stream", str(uuid.uuid4())), ("next_id", "1"), ("schema", SCHEMA_VERSION)],
-                )
-                conn.execute("COMMIT")
-                meta = dict(conn.execute("SELECT key, value FROM meta"))
-            if "acked_through" not in meta:  # made by an agent that deleted at once
-                conn.execute("INSERT INTO meta (key, value) VALUES ('acked_through', '0')")
-                meta["acked_through"] = "0"
-            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                self._log.error("buffer.corrupt_moved_aside", path=str(path), moved_to=moved_aside, error=str(exc))
+                existed = self._open()
         except (sqlite3.Error, OSError) as exc:
-            raise StorageError(f"cannot open buffer {path}: {exc}") from None
-        self.info = BufferInfo(stream=meta["stream"], next_id=int(meta["next_id"]),
-                               created=not existed, moved_aside=moved_aside)
+            raise StorageError(f"cannot open buffer {path}: {_why(exc)}") from None
+        meta = self._meta
+        unclean = existed and meta.get("running") == "1"
+        self.info = BufferInfo(stream=meta["stream"], next_id=int(meta["next_id"]), created=not existed,
+                               moved_aside=moved_aside, unclean=unclean)
         self._next_id = self.info.next_id
-        self._acked_through = int(meta["acked_through"])
-        self._purged_through = 0
+        self._acked_through = int(meta.get("acked_through", "0"))
         self._purged_at = time.monotonic()
-        self._series = self._load_series()
-        self.evicted_total = 0
-        self.boot_id = boot_id()
-        self._unsynced_pending = self._forget_other_boots(meta.get("mono_boot"))
+        self._series: dict[Series, int] = {}
+        self._series_by_id: dict[int, Series] = {}
+        self._attrs: dict[int, str] = {}
+        self._new_series: dict[int, tuple[Series, str]] = {}
+        self._load_series()
+        self._next_sid = max(self._series_by_id, default=0) + 1
         try:
+            startup = [self._unclean_report()] if unclean else []
             with self._transaction():
-                self._purge()
+                self._forget_other_boots()
+                # Durable before the first reading of this run is read: a run
+                # that dies before its first commit is still seen as unclean.
+                self._put_meta("running", "1")
+                if flush_interval_s is not None:
+                    self._put_meta("flush_interval_s", str(float(flush_interval_s)))
+                self._insert_events(startup)
+                self._purge(self._acked_through)
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open buffer {path}: {exc}") from None
+            raise StorageError(f"cannot open buffer {path}: {_why(exc)}") from None
+        if moved_aside is not None:
+            from agent import salvage
 
-    @staticmethod
-    def _open(path: Path, synchronous: str) -> tuple[sqlite3.Connection, bool]:
+            salvage.recover_into(self, moved_aside)
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _open(self) -> bool:
+        """Open (or make) the file; raise CorruptBuffer when it cannot be trusted."""
+        path = self.path
         existed = path.exists() and path.stat().st_size > 0
-        conn = _connect(path, synchronous)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=2)
         try:
-            check = conn.execute("PRAGMA quick_check(1)").fetchone()
+            conn.execute(f"PRAGMA page_size={PAGE_BYTES}")  # takes effect only on a new, empty file
+            # Before the first WAL access: the WAL index then lives in this
+            # process's memory, not in a -shm file written out to the card.
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            if mode is None or mode[0].lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode})")
+            try:
+                check = conn.execute("PRAGMA quick_check(1)").fetchone()
+            except sqlite3.DatabaseError as exc:
+                if _locked(exc):
+                    raise
+                raise CorruptBuffer(f"integrity check failed: {exc}") from None
             if check is None or check[0] != "ok":
-                raise sqlite3.DatabaseError(f"integrity check: {check[0] if check else 'no answer'}")
-            conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError:
+                raise CorruptBuffer(f"integrity check: {check[0] if check else 'no answer'}")
+            self._conn = conn
+            tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+            if "readings" in tables and "batches" not in tables:
+                from agent import migrate
+
+                migrate.from_v1(conn)
+            for statement in schema_statements():
+                conn.execute(statement)
+            self._meta = self._load_meta()
+            if "stream" not in self._meta:
+                if existed and self._meta:
+                    raise CorruptBuffer("the meta table has no stream id")
+                with self._transaction():
+                    for key, value in (("stream", str(uuid.uuid4())), ("next_id", "1"),
+                                       ("schema", str(SCHEMA_VERSION)), ("acked_through", "0")):
+                        self._put_meta(key, value)
+                self._meta = self._load_meta()
+                _sync_directory(path.parent)  # the new file's name survives a power cut too
+            schema = int(self._meta.get("schema", "0") or 0)
+            if schema > SCHEMA_VERSION:
+                raise StorageError(f"buffer {path} was written by a newer retrofit-agent (buffer schema {schema}; "
+                                   f"this version reads {SCHEMA_VERSION}): upgrade, or move the file away")
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and (_locked(exc) or "unable to open" in str(exc)
+                                                               or "readonly" in str(exc)
+                                                               or "disk" in str(exc)):
+                raise
+            raise CorruptBuffer(str(exc)) from None
+        except BaseException:
             conn.close()
             raise
-        return conn, existed
+        return existed
 
-    def _load_series(self) -> dict[tuple[str, str, str, str, str], int]:
-        rows = self._conn.execute("SELECT id, device, point, unit, kind, meter FROM series")
-        return {(d, p, u, k, m): i for i, d, p, u, k, m in rows}
+    def _load_meta(self) -> dict[str, str]:
+        meta = {}
+        for key, value, check in self._conn.execute("SELECT key, value, crc FROM meta"):
+            if check != crc(key, value):
+                raise CorruptBuffer(f"meta value {key!r} fails its checksum")
+            meta[key] = value
+        return meta
 
+    def _put_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT OR REPLACE INTO meta (key, value, crc) VALUES (?, ?, ?)",
+                           (key, value, crc(key, value)))
+        self._meta[key] = value
+
+    def _load_series(self) -> None:
+        for sid, device, point, unit, kind, meter, attrs, check in self._conn.execute(
+                "SELECT id, device, point, unit, kind, meter, attrs, crc FROM series"):
+            if check != series_crc(sid, device, point, unit, kind, meter, attrs):
+                # Its readings cannot be attributed: they are reported as
+                # corrupt when read, never sent under a wrong name.
+                self._log.error("buffer.series_corrupt", series=sid)
+                continue
+            key = (device, point, unit, kind, meter)
+            self._series[key] = sid
+            self._series_by_id[sid] = key
+            self._attrs[sid] = attrs
+
+    def _unclean_report(self) -> Event:
+        last = self._conn.execute("SELECT first_id + count - 1, ts_max FROM batches ORDER BY first_id DESC LIMIT 1"
+                                  ).fetchone()
+        report: Event = {"type": "unclean_stop", "last_id": int(self._meta["next_id"]) - 1,
+                         "ts": now_ms()}
+        if last is not None and last[0] == report["last_id"]:
+            report["last_ts"] = int(last[1])
+        previous = self._meta.get("flush_interval_s")
+        if previous:
+            report["may_have_lost_s"] = float(previous)
+        self._log.warning("buffer.unclean_stop", last_id=report["last_id"],
+                          may_have_lost_s=report.get("may_have_lost_s"))
+        return report
+
+    # -- properties ------------------------------------------------------------------------------
     @property
     def stream(self) -> str:
         return self.info.stream
@@ -233,60 +362,109 @@ class Buffer:
     def next_id(self) -> int:
         return self._next_id
 
-    def _series_id(self, reading: Reading) -> int:
-        key = (reading.device, reading.point, reading.unit, reading.kind, reading.meter)
+    @property
+    def acked_through(self) -> int:
+        return self._acked_through
+
+    # -- series ----------------------------------------------------------------------------------
+    def series_id(self, device: str, point: str, unit: str, kind: str, meter: str) -> int:
+        """The series number of these readings; a new one is stored with the next commit."""
+        key = (device, point, unit, kind, meter)
         sid = self._series.get(key)
         if sid is None:
-            cur = self._conn.execute(
-                "INSERT INTO series (device, point, unit, kind, meter) VALUES (?, ?, ?, ?, ?)", key)
-            sid = int(cur.lastrowid or 0)
+            sid = self._next_sid
+            self._next_sid += 1
             self._series[key] = sid
+            self._new_series[sid] = (key, "")
         return sid
 
-    def commit(self, readings: Sequence[Reading], acked: Iterable[IdRange] = (),
+    def set_attrs(self, sid: int, attrs: str) -> None:
+        """What the platform needs to read a series (e.g. its resolution), JSON."""
+        if self._attrs.get(sid) == attrs:
+            return
+        key = self._new_series.get(sid, (self._series_by_id.get(sid), ""))[0]
+        if key is None:
+            return
+        self._new_series[sid] = (key, attrs)
+
+    def series(self) -> dict[int, Series]:
+        """Series number -> (device, point, unit, kind, meter), of committed rows."""
+        return self._series_by_id
+
+    def series_attrs(self) -> dict[int, str]:
+        return self._attrs
+
+    # -- writing (the writer thread) -------------------------------------------------------------
+    def commit(self, rows: Sequence[NewRow] = (), acked_through: int | None = None,
                reported: Iterable[int] = (), events: Sequence[Event] = (),
                counters: CounterState | None = None, meters: dict[str, str] | None = None) -> IdRange | None:
-        """One transaction: store readings and events, forget what the broker
-        acknowledged, remember counter and meter state.
+        """One synced transaction: store rows and reports, move the acknowledged
+        watermark, remember counter and meter state.
 
-        Returns the id range given to the readings. On failure nothing is
+        Returns the id range given to the rows' readings. On failure nothing is
         changed (ids included) and StorageError is raised.
         """
         first = self._next_id
         conn = self._conn
-        purged, purged_at = self._purged_through, self._purged_at
+        new_series = dict(self._new_series)
         try:
-            with self._transaction():
-                watermark = self._advance_watermark(acked)
+            with self.lock, self._transaction():
+                for sid, ((device, point, unit, kind, meter), attrs) in new_series.items():
+                    conn.execute(
+                        "INSERT INTO series (id, device, point, unit, kind, meter, attrs, crc) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET attrs = excluded.attrs, "
+                        "crc = excluded.crc",
+                        (sid, device, point, unit, kind, meter, attrs,
+                         series_crc(sid, device, point, unit, kind, meter, attrs)))
+                next_id = first
+                for row in rows:
+                    if not row.count:
+                        continue
+                    body = b"".join(row.parts)
+                    conn.execute(
+                        "INSERT INTO batches (first_id, count, kind, ts_min, ts_max, mono, body, crc) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (next_id, row.count, row.kind, row.ts_min, row.ts_max, row.mono, body,
+                         batch_crc(next_id, row.count, row.kind, row.ts_min, row.ts_max, row.mono, body)))
+                    next_id += row.count
+                if next_id != first:
+                    self._put_meta("next_id", str(next_id))
+                if acked_through is not None and acked_through > self._acked_through:
+                    self._put_meta("acked_through", str(min(acked_through, next_id - 1)))
                 conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq in reported])
-                conn.executemany("INSERT INTO events (body) VALUES (?)",
-                                 [(json.dumps(e, separators=(",", ":")),) for e in events])
-                if readings:
-                    series = self._series_id
-                    conn.executemany(
-                        "INSERT INTO readings (id, series, ts, value, quality, mono) VALUES (?, ?, ?, ?, ?, ?)",
-                        [(first + n, series(r), r.ts, r.value, r.quality, r.mono) for n, r in enumerate(readings)],
-                    )
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(first + len(readings)),))
-                    if any(r.mono is not None for r in readings):
-                        self._unsynced_pending = True
+                self._insert_events(events)
                 if counters:
-                    conn.executemany("INSERT OR REPLACE INTO counters (device, point, value, ts) VALUES (?, ?, ?, ?)",
-                                     [(d, p, v, t) for (d, p), (v, t) in counters.items()])
+                    self._put_meta("counters", json.dumps([[d, p, v, t] for (d, p), (v, t) in counters.items()]))
                 if meters:
-                    conn.executemany("INSERT OR REPLACE INTO meters (device, meter) VALUES (?, ?)", meters.items())
-                if watermark - purged >= PURGE_ROWS or (
-                        watermark > purged and time.monotonic() - purged_at >= PURGE_S):
-                    self._purge(watermark)
+                    known = json.loads(self._meta.get("meters", "{}"))
+                    known.update(meters)
+                    self._put_meta("meters", json.dumps(known, sort_keys=True))
         except sqlite3.Error as exc:
-            self._series = self._load_series()  # rows of the failed transaction are gone
-            self._purged_through, self._purged_at = purged, purged_at
-            raise StorageError(f"buffer {self.path}: {exc}") from None
-        self._acked_through = watermark
-        if not readings:
+            self._meta = self._load_meta_quietly()
+            raise StorageError(f"buffer {self.path}: {_why(exc)}") from None
+        for sid, (key, attrs) in new_series.items():
+            if self._new_series.get(sid) == (key, attrs):
+                del self._new_series[sid]
+            self._attrs[sid] = attrs
+        if new_series:
+            # Readers see a new dict: never one changing under their feet.
+            self._series_by_id = {**self._series_by_id, **{sid: key for sid, (key, _) in new_series.items()}}
+        if acked_through is not None:
+            self._acked_through = max(self._acked_through, min(acked_through, next_id - 1))
+        if next_id == first:
             return None
-        self._next_id = first + len(readings)
-        return first, self._next_id - 1
+        self._next_id = next_id
+        return first, next_id - 1
+
+    def _load_meta_quietly(self) -> dict[str, str]:
+        try:
+            return self._load_meta()
+        except (sqlite3.Error, StorageError):
+            return self._meta
+
+    def _insert_events(self, events: Sequence[Event]) -> None:
+        bodies = [json.dumps(e, separators=(",", ":")) for e in events]
+        self._conn.executemany("INSERT INTO events (body, crc) VALUES (?, ?)", [(b, crc(b)) for b in bodies])
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -300,95 +478,100 @@ class Buffer:
                 conn.execute("ROLLBACK")
             raise
 
-    def _advance_watermark(self, acked: Iterable[IdRange]) -> int:
-        """Move ``acked_through`` over the acknowledged ranges that continue it.
+    def maintain(self, now_ms_: int, force_purge: bool = False) -> list[Event]:
+        """After a commit: sweep out what was acknowledged (now and then), and
+        evict what the size cap and the age limit say must go. Returns the
+        eviction reports (already stored)."""
+        try:
+            with self.lock:
+                due = force_purge or time.monotonic() - self._purged_at >= PURGE_S or (
+                    self._acked_through - self._purged_floor() >= PURGE_READINGS)
+                if due:
+                    with self._transaction():
+                        self._purge(self._acked_through)
+                return self._enforce_limits(now_ms_)
+        except sqlite3.Error as exc:
+            raise StorageError(f"buffer {self.path}: {_why(exc)}") from None
 
-        A range starting above the watermark continues it when no stored
-        reading lies in between (evicted ids leave gaps); one acknowledged out
-        of order is deleted at once instead. Returns the new watermark.
-        """
-        watermark = self._acked_through
-        for low, high in sorted(acked):
-            if high <= watermark:
-                continue
-            if low <= watermark + 1 or self._conn.execute(
-                    "SELECT 1 FROM readings WHERE id > ? AND id < ? LIMIT 1", (watermark, low)).fetchone() is None:
-                watermark = high
-            else:
-                self._delete(low, high)
-        if watermark != self._acked_through:
-            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'acked_through'", (str(watermark),))
-        return watermark
+    def _purged_floor(self) -> int:
+        row = self._conn.execute("SELECT first_id FROM batches ORDER BY first_id LIMIT 1").fetchone()
+        return int(row[0]) - 1 if row else self._acked_through
 
-    def _delete(self, low: int, high: int) -> None:
-        """Delete sent readings; remember the untrusted stamps among them."""
-        if self._unsynced_pending:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO unsynced_sent (id, ts, mono, boot) SELECT r.id, r.ts, r.mono, ? "
-                "FROM readings r WHERE r.id BETWEEN ? AND ? AND r.mono IS NOT NULL",
-                (self.boot_id, low, high))
-        self._conn.execute("DELETE FROM readings WHERE id BETWEEN ? AND ?", (low, high))
+    def _purge(self, watermark: int) -> None:
+        """Delete whole rows the platform acknowledged (inside a transaction).
 
-    def _purge(self, watermark: int | None = None) -> None:
-        """Sweep out the acknowledged readings below the watermark (inside a transaction)."""
-        watermark = self._acked_through if watermark is None else watermark
-        self._delete(self._purged_through + 1, watermark)
-        self._purged_through = watermark
+        Rows with monotonic stamps of this boot stay until the clock is
+        trusted: the correction report covers sent readings too."""
+        self._conn.execute("DELETE FROM batches WHERE first_id <= ? AND first_id + count - 1 <= ? AND mono = 0",
+                           (watermark, watermark))
         self._purged_at = time.monotonic()
 
-    def _forget_other_boots(self, stored_boot: str | None) -> bool:
-        """Monotonic times of an earlier boot cannot be corrected any more:
+    def _forget_other_boots(self) -> None:
+        """Monotonic stamps of an earlier boot cannot be corrected any more:
         those readings keep their clock_unsynced flag for good."""
-        conn = self._conn
-        pending = conn.execute("SELECT 1 FROM readings WHERE mono IS NOT NULL LIMIT 1").fetchone() is not None
-        if stored_boot == self.boot_id:
-            return pending
-        with self._transaction():
-            conn.execute("UPDATE readings SET mono = NULL WHERE mono IS NOT NULL")
-            conn.execute("DELETE FROM unsynced_sent")
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('mono_boot', ?)", (self.boot_id,))
-        return False
+        if self._meta.get("mono_boot") == self.boot_id:
+            return
+        for first_id, columns in self._decoded("WHERE mono = 1"):
+            columns.monos = [None] * len(columns)
+            self._rewrite(first_id, columns)
+        self._put_meta("mono_boot", self.boot_id)
+
+    def _decoded(self, where: str, args: tuple[object, ...] = ()) -> Iterator[tuple[int, chunks.Columns]]:
+        for first_id, count, kind, ts_min, ts_max, mono, body, check in self._conn.execute(
+                f"SELECT first_id, count, kind, ts_min, ts_max, mono, body, crc FROM batches {where} "
+                "ORDER BY first_id", args).fetchall():
+            if check != batch_crc(first_id, count, kind, ts_min, ts_max, mono, body):
+                continue  # reported when the forwarder reads it
+            yield first_id, chunks.decode(body)
+
+    def _rewrite(self, first_id: int, columns: chunks.Columns) -> None:
+        row = self._conn.execute("SELECT count, kind FROM batches WHERE first_id = ?", (first_id,)).fetchone()
+        body = chunks.encode_columns(columns)
+        mono = int(columns.has_mono)
+        ts_min, ts_max = min(columns.stamps), max(columns.stamps)
+        self._conn.execute(
+            "UPDATE batches SET body = ?, mono = ?, ts_min = ?, ts_max = ?, crc = ? WHERE first_id = ?",
+            (body, mono, ts_min, ts_max, batch_crc(first_id, row[0], row[1], ts_min, ts_max, mono, body), first_id))
 
     def counter_state(self) -> CounterState:
-        rows = self._conn.execute("SELECT device, point, value, ts FROM counters")
-        return {(d, p): (v, t) for d, p, v, t in rows}
+        return {(d, p): (v, t) for d, p, v, t in json.loads(self._meta.get("counters", "[]"))}
 
     def meter_ids(self) -> dict[str, str]:
-        return dict(self._conn.execute("SELECT device, meter FROM meters").fetchall())
+        return dict(json.loads(self._meta.get("meters", "{}")))
 
-    def restamp(self, boot_id: str, wall_minus_mono_ms: int, now_ms: int) -> tuple[int, list[Event]]:
+    def restamp(self, wall_minus_mono_ms: int, now_ms_: int) -> tuple[int, list[Event]]:
         """The clock is trusted now: give readings of this boot stamped before
         it their true time (monotonic + offset).
 
-        Readings still here are corrected in place and flagged ``restamped``.
-        Every reading stamped untrusted in this boot, sent or not, is also
-        covered by a ``clock_corrected`` event (id runs and the milliseconds
-        to add), because a reading may have been published just before and
-        be acknowledged later: the platform applies a correction only to a
-        reading that arrived flagged ``clock_unsynced``, so each reading is
-        corrected exactly once whichever version reached it.
+        Readings still waiting are corrected in place and flagged
+        ``restamped``. Every reading stamped untrusted in this boot, sent or
+        not, is also covered by a ``clock_corrected`` event (id runs and the
+        milliseconds to add), because a reading may have been published just
+        before and be acknowledged later: the platform applies a correction
+        only to a reading that arrived flagged ``clock_unsynced``, so each
+        reading is corrected exactly once whichever version reached it.
         """
-        conn = self._conn
+        fixed = 0
+        deltas: list[tuple[int, int]] = []
         try:
-            with self._transaction():
-                rows = conn.execute(
-                    "SELECT id, ts, mono FROM unsynced_sent WHERE boot = ? "
-                    "UNION ALL SELECT id, ts, mono FROM readings WHERE mono IS NOT NULL ORDER BY 1",
-                    (boot_id,)).fetchall()
-                cur = conn.execute(
-                    "UPDATE readings SET ts = mono + ?, quality = replace(quality, 'clock_unsynced', 'restamped'), "
-                    "mono = NULL WHERE mono IS NOT NULL", (wall_minus_mono_ms,))
-                fixed = cur.rowcount
+            with self.lock, self._transaction():
+                for first_id, columns in self._decoded("WHERE mono = 1"):
+                    for offset, (ts, mono) in enumerate(zip(columns.stamps, columns.monos)):
+                        if mono is None:
+                            continue
+                        deltas.append((first_id + offset, mono + wall_minus_mono_ms - ts))
+                        columns.stamps[offset] = mono + wall_minus_mono_ms
+                        columns.monos[offset] = None
+                        columns.qualities[offset] = columns.qualities[offset].replace("clock_unsynced", "restamped")
+                        if first_id + offset > self._acked_through:
+                            fixed += 1
+                    self._rewrite(first_id, columns)
                 events: list[Event] = [
-                    {"type": "clock_corrected", "first_id": first, "last_id": last, "add_ms": delta, "ts": now_ms}
-                    for first, last, delta in _delta_runs(
-                        (rid, mono + wall_minus_mono_ms - ts) for rid, ts, mono in rows)]
-                conn.execute("DELETE FROM unsynced_sent")
-                conn.executemany("INSERT INTO events (body) VALUES (?)",
-                                 [(json.dumps(e, separators=(",", ":")),) for e in events])
+                    {"type": "clock_corrected", "first_id": first, "last_id": last, "add_ms": delta, "ts": now_ms_}
+                    for first, last, delta in _delta_runs(deltas)]
+                self._insert_events(events)
         except sqlite3.Error as exc:
-            raise StorageError(f"buffer {self.path}: restamp failed: {exc}") from None
-        self._unsynced_pending = False
+            raise StorageError(f"buffer {self.path}: restamp failed: {_why(exc)}") from None
         return fixed, events
 
     def used_bytes(self) -> int:
@@ -396,70 +579,206 @@ class Buffer:
         free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
         return int(pages - free) * self._page_size
 
-    def enforce_limits(self, now_ms: int) -> list[Event]:
-        """Evict what the size cap and the age limit say must go; return the runs evicted."""
+    def _enforce_limits(self, now_ms_: int) -> list[Event]:
+        """Evict what the size cap and the age limit say must go; return the reports."""
         evicted: list[Event] = []
         acked = self._acked_through
-        try:
-            if self.max_age_s is not None:
-                cutoff = now_ms - int(self.max_age_s * 1000)
-                while True:
-                    rows = self._conn.execute(
-                        "SELECT id, ts FROM readings WHERE id > ? ORDER BY id LIMIT ?", (acked, EVICT_CHUNK)).fetchall()
-                    old = [rid for rid, ts in rows if ts < cutoff]
-                    if not old:
-                        break
-                    evicted += self._evict(old, "max_age", now_ms)
-                    if len(old) < len(rows):
-                        break
-            if self.max_bytes is not None:
-                target = int(self.max_bytes * 0.9)
+        if self.max_age_s is not None:
+            cutoff = now_ms_ - int(self.max_age_s * 1000)
+            while True:
+                rows = self._conn.execute(
+                    "SELECT first_id, count FROM batches WHERE first_id + count - 1 > ? AND ts_max < ? "
+                    "ORDER BY first_id LIMIT ?", (acked, cutoff, EVICT_ROWS)).fetchall()
+                if not rows:
+                    break
+                evicted += self._evict(rows, "max_age", now_ms_, ("counter", "gauge"))
+        if self.max_bytes is not None:
+            target = int(self.max_bytes * 0.9)
+            used = self.used_bytes()
+            if used > self.max_bytes:
+                with self._transaction():
+                    self._conn.execute("DELETE FROM batches WHERE first_id + count - 1 <= ?", (acked,))
+                self._purged_at = time.monotonic()
                 used = self.used_bytes()
-                if used > self.max_bytes and acked > self._purged_through:
-                    with self._transaction():
-                        self._purge()  # what was sent goes before anything is evicted
-                    used = self.used_bytes()
-                while used > self.max_bytes or (evicted and used > target):
-                    span = self._conn.execute(
-                        "SELECT max(id) - min(id) + 1 FROM readings WHERE id > ?", (acked,)).fetchone()[0] or 0
-                    if not span:
-                        break
-                    per_reading = max(1, used // span)
-                    wanted = max(1, min(EVICT_CHUNK, (used - target) // per_reading + 1))
-                    ids = [r[0] for r in self._conn.execute(
-                        "SELECT r.id FROM readings r JOIN series s ON s.id = r.series "
-                        "WHERE s.kind = 'gauge' AND r.id > ? ORDER BY r.id LIMIT ?", (acked, wanted))]
-                    kinds: tuple[str, ...] = ("gauge",)
-                    if not ids:
-                        ids = [r[0] for r in self._conn.execute(
-                            "SELECT id FROM readings WHERE id > ? ORDER BY id LIMIT ?", (acked, wanted))]
-                        kinds = ("counter", "gauge")
-                    if not ids:
-                        break
-                    evicted += self._evict(ids, "max_size", now_ms, kinds)
-                    used = self.used_bytes()
-        except sqlite3.Error as exc:
-            raise StorageError(f"buffer {self.path}: eviction failed: {exc}") from None
+            while used > self.max_bytes or (evicted and used > target):
+                rows = self._conn.execute(
+                    "SELECT first_id, count FROM batches WHERE kind = 1 AND first_id + count - 1 > ? "
+                    "ORDER BY first_id LIMIT ?", (acked, self._rows_to_free(used - target))).fetchall()
+                kinds: tuple[str, ...] = ("gauge",)
+                if not rows:
+                    rows = self._conn.execute(
+                        "SELECT first_id, count FROM batches WHERE first_id + count - 1 > ? "
+                        "ORDER BY first_id LIMIT ?", (acked, self._rows_to_free(used - target))).fetchall()
+                    kinds = ("counter", "gauge")
+                if not rows:
+                    break
+                evicted += self._evict(rows, "max_size", now_ms_, kinds)
+                used = self.used_bytes()
         return evicted
 
-    def _evict(self, ids: list[int], reason: str, now_ms: int, kinds: tuple[str, ...] = ("counter", "gauge")
-               ) -> list[Event]:
-        """Delete these readings and record one report: every reading of these
+    def _rows_to_free(self, excess: int) -> int:
+        stats = self._conn.execute("SELECT count(*) FROM batches").fetchone()
+        rows = max(1, int(stats[0] or 1))
+        per_row = max(1, self.used_bytes() // rows)
+        return max(1, min(EVICT_ROWS, excess // per_row + 1))
+
+    def _evict(self, rows: list[tuple[int, int]], reason: str, now_ms_: int, kinds: tuple[str, ...]) -> list[Event]:
+        """Delete these rows and record one report: every reading of these
         kinds with an id from first_id to last_id is gone (count of them)."""
-        ids = sorted(ids)
-        report: Event = {"type": "evicted", "first_id": ids[0], "last_id": ids[-1], "count": len(ids),
-                         "kinds": list(kinds), "reason": reason, "ts": now_ms}
+        first = rows[0][0]
+        last = rows[-1][0] + rows[-1][1] - 1
+        count = sum(n for _, n in rows)
+        report: Event = {"type": "evicted", "first_id": first, "last_id": last, "count": count,
+                         "kinds": list(kinds), "reason": reason, "ts": now_ms_}
         with self._transaction():
-            self._conn.executemany("DELETE FROM readings WHERE id BETWEEN ? AND ?", _runs(ids))
-            self._conn.execute("INSERT INTO events (body) VALUES (?)", (json.dumps(report, separators=(",", ":")),))
-        self.evicted_total += len(ids)
+            self._conn.executemany("DELETE FROM batches WHERE first_id = ?", [(f,) for f, _ in rows])
+            self._insert_events([report])
+        self.evicted_total += count
         return [report]
 
-    def close(self) -> None:
+    def drop_corrupt(self, first_id: int, last_id: int, now_ms_: int) -> Event:
+        """A stored row failed its checksum: delete it and report its ids as lost."""
+        report: Event = {"type": "corrupt", "first_id": first_id, "last_id": last_id,
+                         "count": last_id - first_id + 1, "ts": now_ms_}
         try:
-            self._conn.close()
+            with self.lock, self._transaction():
+                self._conn.execute("DELETE FROM batches WHERE first_id = ?", (first_id,))
+                self._insert_events([report])
+        except sqlite3.Error as exc:
+            raise StorageError(f"buffer {self.path}: {_why(exc)}") from None
+        return report
+
+    def close(self, clean: bool = True) -> None:
+        """Close; a clean stop is written down, so the next start knows nothing was lost."""
+        try:
+            with self.lock:
+                if clean:
+                    with self._transaction():
+                        self._put_meta("running", "0")
+                self._conn.close()
         except sqlite3.Error:
-            pass
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+
+    # -- reading (the forwarder, health figures) -------------------------------------------------
+    def reader(self) -> BufferReader:
+        return BufferReader(self)
+
+    def stored_rows(self, after_id: int, limit: int) -> list[tuple[int, int, int, int, int, int, bytes, int]]:
+        """Raw stored rows holding ids above ``after_id``, in id order."""
+        with self.lock:
+            straddling = self._conn.execute(
+                "SELECT first_id, count, kind, ts_min, ts_max, mono, body, crc FROM batches "
+                "WHERE first_id <= ? ORDER BY first_id DESC LIMIT 1", (after_id,)).fetchall()
+            rows = self._conn.execute(
+                "SELECT first_id, count, kind, ts_min, ts_max, mono, body, crc FROM batches "
+                "WHERE first_id > ? ORDER BY first_id LIMIT ?", (after_id, limit)).fetchall()
+        if straddling and straddling[0][0] + straddling[0][1] - 1 > after_id:
+            rows = straddling + rows
+        return rows
+
+    def events_after(self, after_seq: int, limit: int) -> list[StoredEvent]:
+        with self.lock:
+            rows = self._conn.execute("SELECT seq, body, crc FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (after_seq, limit)).fetchall()
+        good = []
+        for seq, body, check in rows:
+            if check == crc(body):
+                good.append((seq, body))
+            else:
+                good.append((seq, json.dumps({"type": "corrupt_report", "seq": seq}, separators=(",", ":"))))
+        return good
+
+    def oldest(self) -> tuple[int, int] | None:
+        """(id, ts) of the oldest reading still waiting, or None when none waits."""
+        with self.lock:
+            row = self._conn.execute(
+                "SELECT first_id, count, ts_min FROM batches WHERE first_id + count - 1 > ? ORDER BY first_id LIMIT 1",
+                (self._acked_through,)).fetchone()
+        if row is None:
+            return None
+        return max(int(row[0]), self._acked_through + 1), int(row[2])
+
+    def depth(self) -> int:
+        """Readings waiting (stored above the acknowledged watermark)."""
+        with self.lock:
+            row = self._conn.execute(
+                "SELECT sum(min(count, first_id + count - 1 - ?)) FROM batches WHERE first_id + count - 1 > ?",
+                (self._acked_through, self._acked_through)).fetchone()
+        return int(row[0] or 0)
+
+
+class BufferReader:
+    """The forwarder's view: readings above a cursor, decoded, checksums verified."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        self._buffer = buffer
+        self._cached: tuple[int, int, chunks.Columns] | None = None  # first_id, crc, decoded
+        self.corrupt: list[IdRange] = []  # rows that failed their checksum, for the writer to report
+
+    def batch_after(self, after_id: int, limit: int) -> list[Row]:
+        """Up to ``limit`` readings with ids above ``after_id``, in id order."""
+        out: list[Row] = []
+        series = self._buffer.series()
+        cursor = after_id
+        while len(out) < limit:
+            rows = self._buffer.stored_rows(cursor, 8)
+            if not rows:
+                break
+            for first_id, count, kind, ts_min, ts_max, mono, body, check in rows:
+                cursor = first_id + count - 1
+                columns = self._decode(first_id, count, kind, ts_min, ts_max, mono, body, check, series)
+                if columns is None:
+                    continue
+                start = max(0, after_id + 1 - first_id)
+                stop = min(count, start + limit - len(out))
+                out += zip(range(first_id + start, first_id + stop), columns.sids[start:stop],
+                           columns.stamps[start:stop], columns.values[start:stop], columns.qualities[start:stop])
+                if len(out) >= limit:
+                    break
+        return out
+
+    def _decode(self, first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, body: bytes,
+                check: int, series: dict[int, Series]) -> chunks.Columns | None:
+        cached = self._cached
+        if cached is not None and cached[0] == first_id and cached[1] == check:
+            return cached[2]
+        try:
+            if check != batch_crc(first_id, count, kind, ts_min, ts_max, mono, body):
+                raise chunks.ChunkError("checksum mismatch")
+            columns = chunks.decode(body)
+            if len(columns) != count or any(sid not in series for sid in set(columns.sids)):
+                raise chunks.ChunkError("readings do not match their row")
+        except chunks.ChunkError:
+            self.corrupt.append((first_id, first_id + count - 1))
+            return None
+        self._cached = (first_id, check, columns)
+        return columns
+
+    def take_corrupt(self) -> list[IdRange]:
+        found, self.corrupt = self.corrupt, []
+        return found
+
+    def series(self) -> dict[int, Series]:
+        return self._buffer.series()
+
+    def events_after(self, after_seq: int, limit: int) -> list[StoredEvent]:
+        return self._buffer.events_after(after_seq, limit)
+
+    def oldest(self) -> tuple[int, int] | None:
+        return self._buffer.oldest()
+
+    def depth(self) -> int:
+        return self._buffer.depth()
+
+    def close(self) -> None:
+        self._cached = None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def boot_id() -> str:
@@ -470,228 +789,39 @@ def boot_id() -> str:
         return "unknown"
 
 
+def _locked(exc: BaseException) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _why(exc: BaseException) -> str:
+    if _locked(exc):
+        return f"{exc} (another process holds the buffer: is a second agent running?)"
+    return str(exc)
+
+
+def _sync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _move_aside(path: Path) -> str:
-    """Keep a corrupt buffer for forensics, out of the agent's way."""
+    """Keep a corrupt buffer for forensics and salvage, out of the agent's way."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = f"{path}.corrupt-{stamp}"
     for suffix in ("", "-wal", "-shm"):
         source = Path(f"{path}{suffix}")
         if source.exists():
             os.replace(source, f"{target}{suffix}")
+    _sync_directory(path.parent)
     return target
-
-
-class BufferReader:
-    """The read side, for the uplink and for health figures."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                                     check_same_thread=False, timeout=10)
-        self._conn.execute("PRAGMA busy_timeout=10000")
-        self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        self._series: dict[int, Series] = {}
-
-    def batch_after(self, after_id: int, limit: int) -> list[Row]:
-        """The next readings in id order; their series are in :meth:`series`."""
-        rows = self._conn.execute(
-            f"SELECT id, series, ts, value, quality FROM readings WHERE id > ? AND {_PENDING} ORDER BY id LIMIT ?",
-            (after_id, limit),
-        ).fetchall()
-        if rows and any(row[1] not in self._series for row in rows):
-            self._load_series()
-        return rows
-
-    def series(self) -> dict[int, Series]:
-        """Series id -> (device, point, unit, kind, meter); a small table, cached."""
-        return self._series
-
-    def _load_series(self) -> None:
-        self._series = {sid: (d, p, u, k, m) for sid, d, p, u, k, m in self._conn.execute(
-            "SELECT id, device, point, unit, kind, meter FROM series")}
-
-    def events_after(self, after_seq: int, limit: int) -> list[StoredEvent]:
-        return self._conn.execute(
-            "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
-
-    def oldest(self) -> tuple[int, int] | None:
-        """(id, ts) of the oldest reading still waiting, or None when empty."""
-        row = self._conn.execute(f"SELECT id, ts FROM readings WHERE {_PENDING} ORDER BY id LIMIT 1").fetchone()
-        return (int(row[0]), int(row[1])) if row else None
-
-    def depth(self) -> int:
-        """Readings waiting (an upper bound when acknowledged rows sit inside the span)."""
-        row = self._conn.execute(f"SELECT max(id) - min(id) + 1 FROM readings WHERE {_PENDING}").fetchone()
-        return int(row[0] or 0)
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-CommitListener = Callable[[IdRange | None], None]
-
-
-class BufferWriter(threading.Thread):
-    """Owns the buffer's write connection; one transaction per flush interval.
-
-    Producers call :meth:`put` (bus workers, with a poll's readings),
-    :meth:`ack` (the uplink, with an acknowledged id range) and
-    :meth:`reported` (the uplink, with eviction reports the platform
-    acknowledged). When the disk refuses a write, readings are kept in memory
-    up to ``max_pending`` and the commit is retried; the state change is
-    logged once, and once again when writing resumes.
-    """
-
-    def __init__(self, buffer: Buffer, on_commit: CommitListener, flush_interval: float = 1.0,
-                 queue_size: int = 10_000, max_pending: int = 200_000, retry_s: float = 1.0) -> None:
-        super().__init__(name="buffer-writer", daemon=True)
-        self.buffer = buffer
-        self._on_commit = on_commit
-        self._flush_interval = flush_interval
-        self._queue: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=queue_size)
-        self._max_pending = max_pending
-        self._retry_s = retry_s
-        self._log = logs.get("buffer")
-        self.committed = 0
-        self.dropped = 0
-        self.failing_since: float | None = None
-        self.held_in_memory = 0
-        self.last_progress = time.monotonic()
-        self._offset: int | None = None  # wall - monotonic once the clock is trusted
-        self._counters_due = 0.0
-        self._urgent = threading.Event()
-
-    def put(self, readings: list[Reading], counters: CounterState | None = None,
-            meters: dict[str, str] | None = None, events: list[Event] | None = None) -> None:
-        """A poll's readings, with the state and reports it produced."""
-        self._queue.put(("r", (readings, counters, meters, events)))
-
-    def restamp(self, wall_minus_mono_ms: int) -> None:
-        """The wall clock is trusted from now on (see Buffer.restamp)."""
-        self._queue.put(("t", wall_minus_mono_ms))
-        self._urgent.set()
-
-    def ack(self, id_range: IdRange) -> None:
-        self._queue.put(("a", id_range))
-
-    def reported(self, first_ids: list[int]) -> None:
-        self._queue.put(("e", first_ids))
-
-    def stop(self) -> None:
-        self._queue.put(("stop", None))
-        self._urgent.set()
-
-    def run(self) -> None:
-        pending: list[Reading] = []
-        acked: list[IdRange] = []
-        reported: list[int] = []
-        counters: CounterState = {}
-        meters: dict[str, str] = {}
-        events: list[Event] = []
-        restamp_offset: int | None = None
-        deadline: float | None = None  # when the next transaction is due
-        stopping = False
-        while not stopping:
-            self.last_progress = time.monotonic()
-            try:
-                if pending:
-                    # Readings wait for their transaction: sleep until it is due
-                    # (or until something urgent) and take everything queued
-                    # meanwhile at once, one wake-up per flush, not per poll.
-                    # Readings put meanwhile are due no sooner.
-                    self._urgent.wait(min(1.0, max(0.0, deadline - time.monotonic())))  # type: ignore[operator]
-                    self._urgent.clear()
-                    kind, payload = self._queue.get_nowait()
-                else:
-                    wait = 0.5 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
-                    kind, payload = self._queue.get(timeout=wait)
-                while True:
-                    now = time.monotonic()
-                    if kind == "r":
-                        batch, counter_changes, meter_changes, new_events = payload  # type: ignore[misc]
-                        pending.extend(self._fix_stamps(batch))
-                        if counter_changes:
-                            counters.update(counter_changes)
-                        if meter_changes:
-                            meters.update(meter_changes)
-                        if new_events:
-                            events.extend(new_events)
-                        due = now + self._flush_interval
-                    elif kind == "t":
-                        restamp_offset = int(payload)  # type: ignore[call-overload]
-                        due = now
-                    elif kind == "a":
-                        acked.append(payload)  # type: ignore[arg-type]
-                        due = now + ACK_HOLD_S
-                    elif kind == "e":
-                        reported.extend(payload)  # type: ignore[arg-type]
-                        due = now + ACK_DELAY_S
-                    else:
-                        stopping, due = True, now
-                    if len(pending) >= MAX_PER_TRANSACTION:
-                        due = now
-                    deadline = due if deadline is None else min(deadline, due)
-                    kind, payload = self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            if deadline is None or (time.monotonic() < deadline and not stopping):
-                continue
-            # Counter baselines change with every poll; writing them once a
-            # minute is enough (an older baseline only widens the first check).
-            persist = counters if (stopping or time.monotonic() >= self._counters_due) else {}
-            if self._flush(pending, acked, reported, persist, meters, events, restamp_offset):
-                if persist:
-                    counters = {}
-                    self._counters_due = time.monotonic() + COUNTER_PERSIST_S
-                pending, acked, reported, meters, events, restamp_offset = [], [], [], {}, [], None
-                deadline = None
-            else:
-                deadline = time.monotonic() + self._retry_s
-                if len(pending) > self._max_pending:
-                    overflow = len(pending) - self._max_pending
-                    pending = pending[overflow:]
-                    self.dropped += overflow
-                    self._log.error("buffer.memory_full_dropping", dropped=overflow, dropped_total=self.dropped)
-                if stopping:
-                    self._log.error("buffer.unsaved_at_stop", readings=len(pending))
-            self.held_in_memory = len(pending)
-
-    def _fix_stamps(self, readings: list[Reading]) -> list[Reading]:
-        """Readings stamped just before the clock became trusted get the
-        corrected time at once (they arrive after the restamp)."""
-        if self._offset is None or all(r.mono is None for r in readings):
-            return readings
-        offset = self._offset
-        return [r if r.mono is None else r._replace(ts=r.mono + offset, mono=None,
-                                                     quality=r.quality.replace("clock_unsynced", "restamped"))
-                for r in readings]
-
-    def _flush(self, pending: list[Reading], acked: list[IdRange], reported: list[int], counters: CounterState,
-               meters: dict[str, str], events: list[Event], restamp_offset: int | None) -> bool:
-        try:
-            ids = self.buffer.commit(pending, acked, reported, events, counters, meters)
-            if restamp_offset is not None:
-                fixed, corrections = self.buffer.restamp(self.buffer.boot_id, restamp_offset,
-                                                         time.time_ns() // 1_000_000)
-                self._offset = restamp_offset
-                self._log.info("clock.restamped", in_buffer=fixed, already_sent_runs=len(corrections))
-            evicted = self.buffer.enforce_limits(time.time_ns() // 1_000_000)
-        except StorageError as exc:
-            if self.failing_since is None:
-                self.failing_since = time.monotonic()
-                self._log.error("buffer.write_failed", error=str(exc), held_in_memory=len(pending))
-            return False
-        if self.failing_since is not None:
-            self._log.info("buffer.write_resumed", after_s=round(time.monotonic() - self.failing_since, 1),
-                           written=len(pending))
-            self.failing_since = None
-        if evicted:
-            self._log.warning("buffer.evicting", readings=sum(int(e["count"]) for e in evicted),  # type: ignore[call-overload]
-                              runs=len(evicted), reason=evicted[0]["reason"],
-                              evicted_total=self.buffer.evicted_total,
-                              first_id=evicted[0]["first_id"], last_id=evicted[-1]["last_id"])
-        self.committed += len(pending)
-        self._on_commit(ids)
-        return True
 
 
 def file_size(path: Path) -> int:
@@ -703,3 +833,299 @@ def file_size(path: Path) -> int:
         except OSError:
             pass
     return total
+
+
+def pack(buffer: Buffer, readings: Sequence[Reading]) -> list[NewRow]:
+    """Readings -> rows ready to commit (tests, the bench and the writer)."""
+    rows = {0: NewRow(0), 1: NewRow(1)}
+    by_kind: dict[int, list[Reading]] = {0: [], 1: []}
+    for reading in readings:
+        by_kind[KIND_CODE.get(reading.kind, 1)].append(reading)
+    for kind, members in by_kind.items():
+        for low in range(0, len(members), chunks.MAX_READINGS):
+            part = members[low:low + chunks.MAX_READINGS]
+            sids = [buffer.series_id(r.device, r.point, r.unit, r.kind, r.meter) for r in part]
+            stamps = [r.ts for r in part]
+            rows[kind].add(chunks.encode_readings(sids, part), len(part), min(stamps), max(stamps),
+                           any(r.mono is not None for r in part))
+    return [row for row in rows.values() if row.count]
+
+
+CommitListener = Callable[[IdRange | None], None]
+
+
+class BufferWriter(threading.Thread):
+    """Owns every write to the buffer; one synced commit per flush.
+
+    Producers call :meth:`put` (bus workers, with a poll's readings),
+    :meth:`ack_through` (the forwarder, with the id below which everything
+    is acknowledged) and :meth:`reported` (the forwarder, with reports the
+    platform acknowledged). Readings wait in memory, packed, until their
+    flush is due: ``flush_interval`` after the first of them arrived, or
+    sooner once a row's worth has gathered. When the disk refuses a write,
+    readings are kept in memory up to ``max_pending`` and the commit is
+    retried; the state change is logged once, and once again when writing
+    resumes. A reading gets exactly one id whatever fails after its commit.
+    """
+
+    def __init__(self, buffer: Buffer, on_commit: CommitListener, flush_interval: float = 1.0,
+                 queue_size: int = 10_000, max_pending: int = 200_000, retry_s: float = 1.0,
+                 flush_readings: int = ROW_READINGS) -> None:
+        super().__init__(name="buffer-writer", daemon=True)
+        self.buffer = buffer
+        self._on_commit = on_commit
+        self._flush_interval = flush_interval
+        self._flush_readings = flush_readings
+        self._queue: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=queue_size)
+        self._max_pending = max_pending
+        self._retry_s = retry_s
+        self._log = logs.get("buffer")
+        self.committed = 0
+        self.dropped = 0
+        self.failing_since: float | None = None
+        self.held_in_memory = 0
+        self.last_progress = time.monotonic()
+        self._offset: int | None = None  # wall - monotonic once the clock is trusted
+        self._urgent = threading.Event()
+        # pending, owned by the writer thread
+        self._rows: dict[int, list[NewRow]] = {0: [], 1: []}
+        self._pending_count = 0
+        self._acked_through: int | None = None
+        self._reported: list[int] = []
+        self._events: list[Event] = []
+        self._counters: CounterState = {}
+        self._counters_due = 0.0
+        self._meters: dict[str, str] = {}
+        self._restamp: int | None = None
+        self._corrupt: list[IdRange] = []
+        self._dropped_since: list[int] = []  # count, first ts, last ts of readings dropped meanwhile
+
+    # -- called from other threads ---------------------------------------------------------------
+    def put(self, readings: list[Reading], counters: CounterState | None = None,
+            meters: dict[str, str] | None = None, events: list[Event] | None = None) -> None:
+        """A poll's readings, with the state and reports it produced."""
+        self._queue.put(("r", (readings, counters, meters, events)))
+
+    def restamp(self, wall_minus_mono_ms: int) -> None:
+        """The wall clock is trusted from now on (see Buffer.restamp)."""
+        self._queue.put(("t", wall_minus_mono_ms))
+        self._urgent.set()
+
+    def ack_through(self, watermark: int) -> None:
+        """Every id up to ``watermark`` is acknowledged (or was evicted)."""
+        self._queue.put(("a", watermark))
+
+    def reported(self, seqs: list[int]) -> None:
+        self._queue.put(("e", seqs))
+
+    def corrupt(self, id_range: IdRange) -> None:
+        self._queue.put(("c", id_range))
+        self._urgent.set()
+
+    def stop(self) -> None:
+        self._queue.put(("stop", None))
+        self._urgent.set()
+
+    # -- the thread ------------------------------------------------------------------------------
+    def run(self) -> None:
+        deadline: float | None = None  # when the next commit is due
+        stopping = False
+        while not stopping:
+            self.last_progress = time.monotonic()
+            wait = 0.5 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+            try:
+                kind, payload = self._queue.get(timeout=wait)
+                while True:
+                    due = self._take(kind, payload)
+                    if due is None:
+                        stopping, due = True, time.monotonic()
+                    deadline = due if deadline is None else min(deadline, due)
+                    kind, payload = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            if self._pending_count >= self._flush_readings:
+                deadline = time.monotonic()
+            if deadline is None or (time.monotonic() < deadline and not stopping):
+                continue
+            if self._flush(stopping):
+                deadline = None
+            else:
+                deadline = time.monotonic() + self._retry_s
+                if stopping and self._pending_count:
+                    self._log.error("buffer.unsaved_at_stop", readings=self._pending_count)
+            self.held_in_memory = self._pending_count
+
+    def _take(self, kind: str, payload: object) -> float | None:
+        """Take one message; return when the next commit is due for it (None: stop)."""
+        now = time.monotonic()
+        if kind == "r":
+            readings, counters, meters, events = payload  # type: ignore[misc]
+            if readings:
+                self._pack(self._fix_stamps(readings))
+            if counters:
+                self._counters.update(counters)
+            if meters:
+                self._meters.update(meters)
+            if events:
+                self._events.extend(events)
+            return now + self._flush_interval if (readings or events or meters) else now + COUNTER_PERSIST_S
+        if kind == "t":
+            self._restamp = int(payload)  # type: ignore[call-overload]
+            return now
+        if kind == "a":
+            self._acked_through = max(self._acked_through or 0, int(payload))  # type: ignore[call-overload]
+            return now + ACK_HOLD_S
+        if kind == "e":
+            self._reported.extend(payload)  # type: ignore[arg-type]
+            return now + ACK_DELAY_S
+        if kind == "c":
+            self._corrupt.append(payload)  # type: ignore[arg-type]
+            return now
+        return None
+
+    def _pack(self, readings: list[Reading]) -> None:
+        buffer = self.buffer
+        for part_kind, members in _by_kind(readings):
+            sids = [buffer.series_id(r.device, r.point, r.unit, r.kind, r.meter) for r in members]
+            stamps = [r.ts for r in members]
+            rows = self._rows[part_kind]
+            if not rows or rows[-1].count >= ROW_READINGS:
+                rows.append(NewRow(part_kind))
+            rows[-1].add(chunks.encode_readings(sids, members), len(members), min(stamps), max(stamps),
+                         any(r.mono is not None for r in members))
+            self._pending_count += len(members)
+        if self._pending_count > self._max_pending:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Memory is bounded while the disk refuses: the oldest waiting readings go, and are reported."""
+        while self._pending_count > self._max_pending:
+            rows = self._rows[1] or self._rows[0]
+            row = rows.pop(0)
+            self._pending_count -= row.count
+            self.dropped += row.count
+            if self._dropped_since:
+                self._dropped_since = [self._dropped_since[0] + row.count, min(self._dropped_since[1], row.ts_min),
+                                       max(self._dropped_since[2], row.ts_max)]
+            else:
+                self._dropped_since = [row.count, row.ts_min, row.ts_max]
+            self._log.error("buffer.memory_full_dropping", dropped=row.count, dropped_total=self.dropped)
+
+    def _fix_stamps(self, readings: list[Reading]) -> list[Reading]:
+        """Readings stamped just before the clock became trusted get the
+        corrected time at once (they arrive after the restamp)."""
+        if self._offset is None or all(r.mono is None for r in readings):
+            return readings
+        offset = self._offset
+        return [r if r.mono is None else r._replace(ts=r.mono + offset, mono=None,
+                                                     quality=r.quality.replace("clock_unsynced", "restamped"))
+                for r in readings]
+
+    def _flush(self, stopping: bool) -> bool:
+        """Commit what waits; then the follow-up work, whose failure never re-commits."""
+        now = now_ms()
+        buffer = self.buffer
+        events = list(self._events)
+        if self._dropped_since:
+            count, first_ts, last_ts = self._dropped_since
+            events.append({"type": "dropped", "count": count, "first_ts": first_ts, "last_ts": last_ts,
+                           "reason": "disk_refused_writes", "ts": now})
+        counters = self._counters if (stopping or time.monotonic() >= self._counters_due) else {}
+        rows = self._rows[0] + self._rows[1]
+        try:
+            ids = buffer.commit(rows, self._acked_through, self._reported, events, counters, self._meters)
+        except StorageError as exc:
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+                self._log.error("buffer.write_failed", error=str(exc), held_in_memory=self._pending_count)
+            return False
+        # Committed: these readings have their ids, whatever happens next.
+        written = self._pending_count
+        self.committed += written
+        self._rows = {0: [], 1: []}
+        self._pending_count = 0
+        self._reported, self._events, self._meters, self._dropped_since = [], [], {}, []
+        if counters:
+            self._counters = {}
+            self._counters_due = time.monotonic() + COUNTER_PERSIST_S
+        if self.failing_since is not None:
+            self._log.info("buffer.write_resumed", after_s=round(time.monotonic() - self.failing_since, 1),
+                           written=written)
+            self.failing_since = None
+        self._on_commit(ids)
+        return self._follow_up(now)
+
+    def _follow_up(self, now: int) -> bool:
+        """Restamp, reports of corrupt rows, sweeping and eviction: each may fail on its own and is retried."""
+        buffer = self.buffer
+        try:
+            if self._restamp is not None:
+                fixed, corrections = buffer.restamp(self._restamp, now)
+                self._offset = self._restamp
+                self._restamp = None
+                self._log.info("clock.restamped", in_buffer=fixed, correction_runs=len(corrections))
+            while self._corrupt:
+                low, high = self._corrupt[0]
+                buffer.drop_corrupt(low, high, now)
+                self._corrupt.pop(0)
+                self._log.error("buffer.corrupt_row", first_id=low, last_id=high)
+            evicted = buffer.maintain(now)
+        except StorageError as exc:
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+                self._log.error("buffer.write_failed", error=str(exc), held_in_memory=self._pending_count)
+            return False
+        if evicted:
+            self._log.warning("buffer.evicting", readings=sum(int(e["count"]) for e in evicted),  # type: ignore[call-overload]
+                              runs=len(evicted), reason=evicted[0]["reason"],
+                              evicted_total=buffer.evicted_total,
+                              first_id=evicted[0]["first_id"], last_id=evicted[-1]["last_id"])
+            self._on_commit(None)
+        return True
+
+
+def _by_kind(readings: list[Reading]) -> list[tuple[int, list[Reading]]]:
+    """Split a hand-over by kind (rows hold one kind), in chunks a chunk can hold."""
+    first = readings[0].kind
+    if all(r.kind == first for r in readings) and len(readings) <= chunks.MAX_READINGS:
+        return [(KIND_CODE.get(first, 1), readings)]
+    groups: dict[int, list[Reading]] = {}
+    for reading in readings:
+        groups.setdefault(KIND_CODE.get(reading.kind, 1), []).append(reading)
+    return [(kind, members[low:low + chunks.MAX_READINGS]) for kind, members in sorted(groups.items())
+            for low in range(0, len(members), chunks.MAX_READINGS)]
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What a stopped agent's buffer holds (tests, and a technician's look)."""
+
+    stream: str
+    next_id: int
+    acked_through: int
+    waiting: list[IdRange]  # stored id ranges above the acknowledged watermark
+    events: list[Event]
+    unclean: bool
+
+    def waiting_ids(self) -> set[int]:
+        return {i for low, high in self.waiting for i in range(low, high + 1)}
+
+
+def inspect(path: Path) -> Inspection:
+    """Read a buffer no agent holds (read-only; raises StorageError while one runs)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot read buffer {path}: {_why(exc)}") from None
+    try:
+        meta = {k: v for k, v, _ in conn.execute("SELECT key, value, crc FROM meta")}
+        acked = int(meta.get("acked_through", "0"))
+        waiting = [(max(f, acked + 1), f + n - 1) for f, n in conn.execute(
+            "SELECT first_id, count FROM batches WHERE first_id + count - 1 > ? ORDER BY first_id", (acked,))]
+        events = [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot read buffer {path}: {_why(exc)}") from None
+    finally:
+        conn.close()
+    return Inspection(stream=meta.get("stream", ""), next_id=int(meta.get("next_id", "1")), acked_through=acked,
+                      waiting=waiting, events=events, unclean=meta.get("running") == "1")

@@ -81,7 +81,7 @@ class BufferConfig:
     synchronous: Literal["normal", "full"] = "normal"
     # Readings are committed together at most this long after they were read:
     # one transaction per interval instead of one per poll spares the SD card.
-    flush_interval: Annotated[float, Parse(parse_duration, _DURATION_SCHEMA), Rule(le=60)] = 1.0
+    flush_interval: Annotated[float, Parse(parse_duration, _DURATION_SCHEMA), Rule(le=600)] = 1.0
     # Optionally evict readings older than this even when there is room.
     max_age: Duration | None = None
 

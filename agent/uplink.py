@@ -63,32 +63,35 @@ class ConnectFailed(RetrofitError):
 
 
 class AckedRanges:
-    """Id ranges the broker acknowledged that the writer has not deleted yet."""
+    """What the platform acknowledged, as a watermark and the ranges above it.
 
-    def __init__(self) -> None:
+    A batch covers the ids from just after the previous batch to its last
+    reading, so ids skipped because they were evicted or failed their
+    checksum lie inside a batch's range and never hold the watermark back.
+    """
+
+    def __init__(self, watermark: int = 0) -> None:
+        self.watermark = watermark
         self._ranges: list[IdRange] = []
-        self._lock = threading.Lock()
 
-    def add(self, id_range: IdRange) -> None:
-        with self._lock:
-            self._ranges.append(id_range)
-
-    def forget_through(self, oldest_in_buffer: int | None) -> None:
-        """Drop ranges that lie wholly below the oldest id still stored."""
-        with self._lock:
-            if oldest_in_buffer is None:
-                self._ranges.clear()
-            else:
-                self._ranges = [r for r in self._ranges if r[1] >= oldest_in_buffer]
+    def add(self, id_range: IdRange) -> bool:
+        """Take an acknowledged range; True when the watermark moved."""
+        self._ranges.append(id_range)
+        self._ranges.sort()
+        moved = False
+        while self._ranges and self._ranges[0][0] <= self.watermark + 1:
+            low, high = self._ranges.pop(0)
+            if high > self.watermark:
+                self.watermark = high
+                moved = True
+        return moved
 
     def covers(self, row_id: int) -> bool:
-        with self._lock:
-            return any(low <= row_id <= high for low, high in self._ranges)
+        return row_id <= self.watermark or any(low <= row_id <= high for low, high in self._ranges)
 
     def highest(self) -> int:
-        """The highest acknowledged id still remembered (0 when none)."""
-        with self._lock:
-            return max((high for _, high in self._ranges), default=0)
+        """The highest acknowledged id (the watermark when nothing lies above it)."""
+        return max([self.watermark] + [high for _, high in self._ranges])
 
 
 @dataclass
@@ -108,11 +111,12 @@ class Uplink(threading.Thread):
         gateway: str,
         site: str,
         stream: str,
-        buffer_path: Path,
-        on_ack: Callable[[IdRange], None],
+        reader: Callable[[], BufferReader],
+        on_ack: Callable[[int], None],
         health: Health,
         status_extra: Callable[[], dict[str, object]],
-        on_reported: Callable[[list[int]], None] = lambda _ids: None,
+        on_reported: Callable[[list[int]], None],
+        on_corrupt: Callable[[IdRange], None],
     ) -> None:
         super().__init__(name="uplink", daemon=True)
         self.cfg = cfg
@@ -128,14 +132,16 @@ class Uplink(threading.Thread):
             else FlatEncoder(gateway, site, stream))
         self._on_reported = on_reported
         self.resolutions: dict[tuple[str, str], dict[str, float | str]] = {}
-        self._buffer_path = buffer_path
+        self._reader = reader
         self._on_ack = on_ack
+        self._on_corrupt = on_corrupt
         self._health = health
         self._status_extra = status_extra
         self._stop_event = threading.Event()
         self._wake = threading.Event()
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._acked = AckedRanges()
+        self.resume_after = 0  # the buffer's acknowledged watermark at start
         self._lost = threading.Event()
         self._connack: queue.SimpleQueue[mqtt.ReasonCode] = queue.SimpleQueue()
         self._log = logs.get("uplink").bind(broker=f"{cfg.host}:{cfg.port}")
@@ -171,7 +177,8 @@ class Uplink(threading.Thread):
 
     # -- the thread -------------------------------------------------------------
     def run(self) -> None:
-        reader = BufferReader(self._buffer_path)
+        reader = self._reader()
+        self._acked = AckedRanges(self.resume_after)
         flaps = 0
         try:
             while not self._stop_event.is_set():
@@ -320,9 +327,7 @@ class Uplink(threading.Thread):
     def _serve(self, client: mqtt.Client, reader: BufferReader) -> None:
         """Publish batches while connected; return when the connection ends."""
         inflight: dict[int, Inflight] = {}
-        oldest = reader.oldest()
-        self._acked.forget_through(oldest[0] if oldest else None)
-        cursor = (oldest[0] - 1) if oldest else 0
+        cursor = self._acked.watermark  # everything unacknowledged is sent again
         event_cursor = 0
         meta_published = -1
         ack_timeout = self.cfg.ack_timeout
@@ -338,8 +343,6 @@ class Uplink(threading.Thread):
             if time.monotonic() >= next_status:
                 client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
                 next_status = time.monotonic() + self.cfg.status_interval
-                oldest = reader.oldest()
-                self._acked.forget_through(oldest[0] if oldest else None)  # deleted by now
             if len(inflight) >= self.cfg.inflight:
                 self._wake.wait(1.0)
                 continue
@@ -355,15 +358,20 @@ class Uplink(threading.Thread):
                 event_cursor = events[-1][0]
                 continue
             batch = reader.batch_after(cursor, self.cfg.batch)
+            for corrupt in reader.take_corrupt():
+                self._on_corrupt(corrupt)
             if not batch:
                 self._wake.wait(1.0)
                 continue
-            # Acknowledged but not yet deleted (only possible right after a
-            # reconnect, below the highest acknowledged id): never resend.
+            covered_from = cursor + 1
+            # Acknowledged on an earlier connection (only possible right after
+            # a reconnect, below the highest acknowledged id): never resend.
             rows = batch if batch[0][0] > self._acked.highest() else [
                 r for r in batch if not self._acked.covers(r[0])]
             if not rows:
                 cursor = batch[-1][0]
+                if self._acked.add((covered_from, cursor)):
+                    self._on_ack(self._acked.watermark)
                 continue
             series = reader.series()
             if len(series) != meta_published:
@@ -378,7 +386,7 @@ class Uplink(threading.Thread):
             info = client.publish(self.readings_topic, payload, qos=self.cfg.qos)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return  # connection gone under us; the next one resends
-            inflight[info.mid] = Inflight(time.monotonic(), ids=(rows[0][0], rows[-1][0]), count=len(rows))
+            inflight[info.mid] = Inflight(time.monotonic(), ids=(covered_from, rows[-1][0]), count=len(rows))
             cursor = rows[-1][0]
         if self._lost.is_set() and not self._stop_event.is_set():
             self._log.warning("uplink.lost", unacked_batches=len(inflight))
@@ -402,8 +410,8 @@ class Uplink(threading.Thread):
             self._on_reported(entry.reported)
             return
         if entry.ids is not None:
-            self._acked.add(entry.ids)
-            self._on_ack(entry.ids)
+            if self._acked.add(entry.ids):
+                self._on_ack(self._acked.watermark)
             self._health.uplink.batches_acked += 1
             self._health.uplink.readings_acked += entry.count
             self._health.uplink.last_ack_ms = now_ms()

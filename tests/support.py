@@ -207,3 +207,21 @@ def write_config(path: Path, *, broker_port: int, buffer: Path, buses: list[dict
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def agent_status(config: Path) -> dict[str, Any]:
+    """The running agent's status snapshot (written every few seconds; {} before the first).
+
+    The buffer itself is locked while an agent runs: what it holds is seen
+    here, or with agent.buffer.inspect once the agent stopped."""
+    path = config.parent / f"{config.stem}.status.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def committed_through(config: Path) -> int:
+    """The highest id the running agent committed, from its status snapshot (0 before the first)."""
+    buffer = agent_status(config).get("buffer") or {}
+    return int(buffer.get("next_id", 1)) - 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -14,7 +13,17 @@ from simulators.meters import MeterModel, SimulatedDevice
 from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer
 from simulators.pty import PtyPair
 from tests.independent_meter import IndependentMeter, float32_words, int16_word
-from tests.support import AgentProcess, Broker, Subscriber, free_port, require_binary, wait_until, write_config
+from agent.buffer import inspect
+from tests.support import (
+    AgentProcess,
+    Broker,
+    Subscriber,
+    committed_through,
+    free_port,
+    require_binary,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -188,7 +197,7 @@ def test_broker_down_at_start_then_up(tmp_path: Path) -> None:
     subscriber = None
     try:
         # Polling and buffering go on without a broker.
-        wait_until(lambda: buffer.exists() and _stored(buffer) >= 6, 20, "readings buffered while the broker is down")
+        wait_until(lambda: committed_through(config) >= 6, 20, "readings buffered while the broker is down")
         broker.start()
         subscriber = Subscriber(broker.port, "buildings/#").start()
         wait_until(lambda: len(subscriber.unique_readings()) >= 10, 30, "the backlog after the broker came up")
@@ -206,11 +215,8 @@ def test_broker_down_at_start_then_up(tmp_path: Path) -> None:
 
 
 def _stored(buffer: Path) -> int:
-    with sqlite3.connect(buffer) as conn:
-        try:
-            return int(conn.execute("SELECT value FROM meta WHERE key='next_id'").fetchone()[0]) - 1
-        except (sqlite3.OperationalError, TypeError):
-            return 0
+    """The highest id committed, read once the agent stopped."""
+    return inspect(buffer).next_id - 1
 
 
 def test_restart_continues_ids_and_sigterm_loses_nothing(tmp_path: Path, broker: Broker,
@@ -238,8 +244,7 @@ def test_restart_continues_ids_and_sigterm_loses_nothing(tmp_path: Path, broker:
         server.stop()
     time.sleep(0.3)
     received = set(subscriber.unique_readings())
-    with sqlite3.connect(buffer) as conn:
-        still_buffered = {row[0] for row in conn.execute("SELECT id FROM readings")}
+    still_buffered = inspect(buffer).waiting_ids()
     committed = set(range(1, last_ids[-1] + 1))
     # Nothing read is lost: every committed id was delivered or is still waiting in the buffer.
     assert committed - received - still_buffered == set()

@@ -11,7 +11,7 @@ import pytest
 
 from simulators.mbus_meter import CI_RSP_VARIABLE, HeatMeterState, MbusLineServer, SimulatedMbusMeter, long_frame
 from simulators.pty import PtyPair
-from tests.mbus_support.libmbus_reference import testdata_dir
+from tests.mbus_support.libmbus_reference import testdata_dir as reference_telegrams
 from tests.support import AgentProcess, Broker, Subscriber, require_binary, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(90)
@@ -146,7 +146,7 @@ def test_mbus_decode_command_on_a_captured_frame_and_on_junk(tmp_path: Path) -> 
     import sys
 
     from tests.support import REPO
-    frame = testdata_dir() / "frames" / "engelmann_sensostar2c.hex"
+    frame = reference_telegrams() / "frames" / "engelmann_sensostar2c.hex"
     if not frame.exists():
         pytest.fail(f"the reference telegrams are missing: {frame}")
     result = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(frame)], capture_output=True,
@@ -174,7 +174,7 @@ def test_replayed_real_telegrams_through_retrofit_sim(tmp_path: Path, broker: Br
 
     from tests.support import REPO
     require_binary("socat")
-    frame = testdata_dir() / "frames" / "engelmann_sensostar2c.hex"
+    frame = reference_telegrams() / "frames" / "engelmann_sensostar2c.hex"
     if not frame.exists():
         pytest.fail(f"the reference telegrams are missing: {frame}")
     link = tmp_path / "ttyM"

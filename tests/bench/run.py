@@ -403,9 +403,12 @@ def status_path(workdir: Path, name: str) -> Path:
 def agent_config(workdir: Path, name: str, broker_port: int, sim_port: int,
                  devices: list[tuple[int, str]], interval: float, buffer: Path | None = None,
                  mqtt_extra: dict[str, Any] | None = None) -> Path:
+    buffer_section: dict[str, Any] = {"path": str(buffer or workdir / f"{name}.db")}
+    if os.environ.get("RETROFIT_BENCH_FLUSH"):  # to measure other flush intervals than the default
+        buffer_section["flush_interval"] = os.environ["RETROFIT_BENCH_FLUSH"]
     config = {
         "gateway": {"id": name, "site": SITE},
-        "buffer": {"path": str(buffer or workdir / f"{name}.db")},
+        "buffer": buffer_section,
         "uplink": {"mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": PREFIX,
                             **(mqtt_extra or {})}},
         "buses": [{"id": "gw-tcp", "type": "modbus-tcp", "host": "127.0.0.1", "port": sim_port}],
@@ -763,7 +766,7 @@ class Bench:
 
 def prefill(db: Path, total: int) -> str:
     """A buffer file with ``total`` readings, written through the agent's own Buffer.commit."""
-    from agent.buffer import Buffer
+    from agent.buffer import Buffer, pack
     from drivers.core.readings import Reading
     from drivers.profile import load_catalogue
 
@@ -782,14 +785,12 @@ def prefill(db: Path, total: int) -> str:
                 device, point, unit, kind = series[k % len(series)]
                 readings.append(Reading(device, point, 100.0 + (k % 997) * 0.125, unit,
                                         ts0 + (k // len(series)) * 1000, "ok", kind))
-            buffer.commit(readings)
+            buffer.commit(pack(buffer, readings))
             made += n
         stream = buffer.stream
     finally:
         buffer.close()
-    with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return stream
+    return stream  # closing checkpointed the WAL into the file
 
 
 def import_times(repeats: int) -> dict[str, Any]:
