@@ -162,6 +162,12 @@ def strip_crcs(frame: bytes, frame_format: FrameFormat) -> bytes:
     return bytes([len(body) - 1]) + body[1:]
 
 
+def _first_block_ok(frame: bytes) -> bool:
+    return crc16_en13757(frame[:HEADER_LENGTH]) == int.from_bytes(
+        frame[HEADER_LENGTH : HEADER_LENGTH + 2], "big"
+    )
+
+
 def _looks_like(frame: bytes, frame_format: FrameFormat) -> bool:
     blocks = _format_a_blocks(frame) if frame_format is FrameFormat.A else _format_b_blocks(frame)
     return _bad_block(frame, blocks) is None
@@ -194,18 +200,19 @@ def parse_link(frame: bytes, frame_format: FrameFormat | None = None) -> LinkFra
         trailing = len(frame) - end
         body = strip_crcs(frame[:end], frame_format)
         detected = frame_format
-    elif len(frame) >= with_a_crcs and _looks_like(frame[:with_a_crcs], FrameFormat.A):
+    elif len(frame) >= with_a_crcs and _first_block_ok(frame):
+        # The header block's CRC holds: format A with CRCs, every block must hold.
         trailing = len(frame) - with_a_crcs
         body = strip_crcs(frame[:with_a_crcs], FrameFormat.A)
         detected = FrameFormat.A
     elif len(frame) == l_field + 1 and l_field >= 12 and _looks_like(frame, FrameFormat.B):
         body = strip_crcs(frame, FrameFormat.B)
         detected = FrameFormat.B
+    elif len(frame) == with_a_crcs:
+        strip_crcs(frame, FrameFormat.A)  # a damaged header block: raises, naming it
     elif len(frame) >= l_field + 1:
         trailing = len(frame) - (l_field + 1)
         body = frame[: l_field + 1]
-    elif len(frame) == with_a_crcs:
-        strip_crcs(frame, FrameFormat.A)  # raises with the failing block
     else:
         raise FrameError(
             f"telegram shorter than its L-field says: L={l_field} announces {l_field} bytes "
