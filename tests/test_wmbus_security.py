@@ -26,7 +26,7 @@ def _keys(example: dict[str, Any]) -> KeyRing:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e["name"] for e in EXAMPLES])
 def test_published_example_decodes_to_the_documented_values(example: dict[str, Any]) -> None:
-    result = decode_wmbus(_telegram(example), _keys(example)).to_json()
+    result: dict[str, Any] = decode_wmbus(_telegram(example), _keys(example)).to_json()
     expected = example["expected"]
     header = result["header"]
     assert result.get("error") is None
