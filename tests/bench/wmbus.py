@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from drivers.wmbus import KeyRing, decode_wmbus  # noqa: E402
-from drivers.wmbus.link import FrameFormat  # noqa: E402
-from simulators.wmbus_meter import (  # noqa: E402
+from drivers.wmbus import KeyRing, decode_wmbus
+from drivers.wmbus.link import FrameFormat
+from simulators.wmbus_meter import (
     MeterKind,
     RadioMeterSpec,
     SimulatedRadioMeter,
