@@ -30,7 +30,7 @@ from pathlib import Path
 
 from drivers.wmbus import amb8465, crypto, im871a
 from drivers.wmbus.crc import crc16_en13757
-from drivers.wmbus.link import FrameFormat, add_crcs
+from drivers.wmbus.link import FrameFormat, add_crcs, strip_crcs
 
 C_SND_NR = 0x44
 CI_SHORT = 0x7A
@@ -305,8 +305,6 @@ def strip_to_crcless(meter: SimulatedRadioMeter, telegram: bytes) -> bytes:
     """What a stick makes of an on-air telegram: the CRC-less form (L-field recomputed)."""
     if not meter.spec.with_crcs:
         return telegram
-    from drivers.wmbus.link import strip_crcs
-
     return strip_crcs(telegram, meter.spec.frame_format)
 
 

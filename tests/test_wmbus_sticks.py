@@ -115,3 +115,19 @@ def test_rtl_wmbus_line() -> None:
 def test_bad_lines_say_what_is_wrong(line: str, message: str) -> None:
     with pytest.raises(DecodeError, match=message):
         sdr.parse_line(line)
+
+
+def test_an_on_air_format_b_telegram_through_a_stick_decodes_to_its_truth() -> None:
+    from drivers.wmbus import KeyRing, decode_wmbus
+    from drivers.wmbus.link import FrameFormat
+    from simulators.wmbus_meter import MeterKind, generate_keys, strip_to_crcless
+
+    key = generate_keys(1, seed=8)[0]
+    meter = SimulatedRadioMeter(RadioMeterSpec(20000002, MeterKind.HCA, security_mode=5, key=key,
+                                                frame_format=FrameFormat.B, with_crcs=True), seed=8)
+    on_air, truth = meter.transmit(60, datetime(2025, 1, 1))
+    (message,) = im871a.HciDecoder().feed(im871a_frame(strip_to_crcless(meter, on_air)))
+    received = im871a.to_received(message)
+    assert received is not None
+    result = decode_wmbus(received.telegram, KeyRing({"20000002": key}))
+    assert [r.value for r in result.records if r.quantity == "hca"] == [truth.values["hca"], truth.values["hca@1"]]

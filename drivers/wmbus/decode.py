@@ -13,7 +13,7 @@ The application layer is the same EN 13757-3 decoder as the wired bus
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from drivers.core.errors import DecodeError
 from drivers.mbus.decode_json import record_to_json
@@ -89,8 +89,6 @@ def decode_wmbus(
 
 
 def _replace(result: WmbusResult, **changes: object) -> WmbusResult:
-    from dataclasses import replace
-
     return replace(result, **changes)  # type: ignore[arg-type]
 
 
