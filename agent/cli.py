@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     mbus_commands = mbus.add_subparsers(dest="mbus_command", required=True, metavar="ACTION")
     decode = mbus_commands.add_parser("decode", help="decode a telegram written as hex (file or -)")
     decode.add_argument("file", nargs="?", default="-")
+    _wmbus_parser(commands)
     return parser
 
 
@@ -126,6 +127,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EX_OK
     if args.command == "mbus":
         return _mbus_decode(args.file)
+    if args.command == "wmbus":
+        return _wmbus_decode(args)
     raise AssertionError(args.command)
 
 
@@ -375,6 +378,41 @@ def _mbus_decode(file: str) -> int:
         print(f"retrofit-agent: {file} is not text; expected hex bytes like '68 1F 1F 68 ...'", file=sys.stderr)
         return EX_FAILURE
     print(json.dumps(telegram_to_json(parse_hex(text)), indent=2, default=str))
+    return EX_OK
+
+
+# --- wireless M-Bus: `retrofit-agent wmbus decode` (the logic is drivers/wmbus/command.py) ---
+
+
+def _wmbus_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    wmbus = commands.add_parser("wmbus", help="wireless M-Bus tools")
+    actions = wmbus.add_subparsers(dest="wmbus_command", required=True, metavar="ACTION")
+    decode = actions.add_parser(
+        "decode", help="decode telegrams, one hex telegram per line (file or -), to JSON lines")
+    keys = decode.add_mutually_exclusive_group()
+    keys.add_argument("--key", metavar="HEX", help="one AES key for every meter (shows in shell history: prefer --keys)")
+    keys.add_argument("--keys", type=Path, metavar="FILE", help="per-meter key file: meter id, key (docs/wmbus.md)")
+    decode.add_argument("file", nargs="?", default="-")
+
+
+def _wmbus_decode(args: argparse.Namespace) -> int:
+    from drivers.wmbus.command import decode_lines, keys_from_options
+
+    keys = keys_from_options(args.key, args.keys)
+    try:
+        source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        print(f"retrofit-agent: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EX_FAILURE
+    try:
+        for line in decode_lines(source, keys):
+            print(line, flush=True)
+    except UnicodeDecodeError:
+        print(f"retrofit-agent: {args.file} is not text; expected hex telegrams, one per line", file=sys.stderr)
+        return EX_FAILURE
+    finally:
+        if source is not sys.stdin:
+            source.close()
     return EX_OK
 
 

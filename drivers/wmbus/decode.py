@@ -1,0 +1,218 @@
+"""One telegram in, one result out: link, transport, security, application.
+
+``decode_wmbus`` never raises for bad input. Its result always says what
+could be read (the link header, at least, once the CRCs are good), what
+protected the data and whether it could be opened (``security.state``),
+and either the records or an ``error``. A telegram that could not be
+decrypted has no records: a caller cannot take a value from it by mistake.
+
+The application layer is the same EN 13757-3 decoder as the wired bus
+(drivers.mbus.records), and ``to_json`` gives records the shape of
+``retrofit-agent mbus decode``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from drivers.core.errors import DecodeError
+from drivers.mbus.decode_json import record_to_json
+from drivers.mbus.records import DataRecord, decode_records
+from drivers.mbus.telegram import APPLICATION_ERRORS
+from drivers.wmbus.keys import EMPTY, KeyRing
+from drivers.wmbus.link import FrameFormat, LinkAddress, LinkFrame, parse_link
+from drivers.wmbus.transport import (
+    ALARM,
+    APPLICATION_ERROR,
+    COMPACT_FRAME,
+    FORMAT_FRAME,
+    FULL_FRAME,
+    NO_APPLICATION,
+    AuthenticationLayer,
+    ExtendedLinkLayer,
+    Security,
+    SecurityState,
+    TransportHeader,
+    unwrap,
+)
+
+
+@dataclass(frozen=True)
+class WmbusResult:
+    """What one telegram said. ``error`` is set when it could not be read to the end."""
+
+    link: LinkFrame | None
+    security: Security
+    ell: ExtendedLinkLayer | None = None
+    afl: AuthenticationLayer | None = None
+    tpl: TransportHeader | None = None
+    records: tuple[DataRecord, ...] = ()
+    more_records_follow: bool = False
+    manufacturer_data: bytes = b""
+    error: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def meter(self) -> LinkAddress | None:
+        """The meter's address: the long transport header's, else the link layer's."""
+        if self.tpl is not None and self.tpl.address is not None:
+            return self.tpl.address
+        return self.link.address if self.link is not None else None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.security.readable
+
+    def to_json(self) -> dict[str, object]:
+        return result_to_json(self)
+
+
+_NOT_DECODED = Security(SecurityState.NONE)
+
+
+def decode_wmbus(
+    frame: bytes, keys: KeyRing = EMPTY, frame_format: FrameFormat | None = None
+) -> WmbusResult:
+    """Decode one telegram (from its L-field, with or without block CRCs)."""
+    try:
+        link = parse_link(frame, frame_format)
+    except DecodeError as exc:
+        return WmbusResult(None, _NOT_DECODED, error=str(exc))
+    try:
+        layers = unwrap(link, keys)
+    except DecodeError as exc:
+        return WmbusResult(link, _NOT_DECODED, error=str(exc))
+    result = WmbusResult(link, layers.security, layers.ell, layers.afl, layers.tpl)
+    if not layers.security.readable or layers.tpl is None:
+        return result
+    return _application(result, layers.tpl.ci, layers.application)
+
+
+def _replace(result: WmbusResult, **changes: object) -> WmbusResult:
+    return replace(result, **changes)  # type: ignore[arg-type]
+
+
+def _application(result: WmbusResult, ci: int, data: bytes) -> WmbusResult:
+    if ci in FULL_FRAME:
+        try:
+            block = decode_records(data)
+        except DecodeError as exc:
+            return _replace(result, error=str(exc))
+        return _replace(
+            result,
+            records=block.records,
+            more_records_follow=block.more_records_follow,
+            manufacturer_data=block.manufacturer_data,
+        )
+    if ci in NO_APPLICATION:
+        return result  # a transport-only message (ACC-NR, acknowledgement): no data
+    if ci in APPLICATION_ERROR:
+        code = data[0] if data else None
+        reason = APPLICATION_ERRORS.get(code, "reserved error code") if code is not None else "no code"
+        return _replace(result, error=f"meter reports an application error: {reason}")
+    if ci in ALARM:
+        alarm = data[0] if data else None
+        return _replace(result, notes=(f"alarm 0x{alarm:02X}" if alarm is not None else "alarm",))
+    if ci in COMPACT_FRAME:
+        signature = data[:2][::-1].hex().upper() if len(data) >= 2 else "?"
+        return _replace(
+            result,
+            error=(
+                f"compact frame (CI 0x{ci:02X}, format signature {signature}): its records are "
+                "described only by an earlier full frame; not supported, wait for a full frame"
+            ),
+        )
+    if ci in FORMAT_FRAME:
+        return _replace(result, error=f"format frame (CI 0x{ci:02X}) carries no values")
+    if 0xA0 <= ci <= 0xB7:
+        return _replace(
+            result,
+            error=f"manufacturer-specific application layer (CI 0x{ci:02X}): not decoded",
+        )
+    return _replace(result, error=f"CI 0x{ci:02X} is not a meter message this decoder reads")
+
+
+# --- JSON --------------------------------------------------------------------------------
+
+
+def _address_json(address: LinkAddress) -> dict[str, object]:
+    return {
+        "identification": address.identification,
+        "manufacturer": address.manufacturer,
+        "version": address.version,
+        "medium": address.medium,
+        "medium_code": address.device_type,
+    }
+
+
+def header_json(result: WmbusResult) -> dict[str, object]:
+    """The meter's identity and the transport fields, one flat object plus the layers."""
+    header: dict[str, object] = {}
+    meter = result.meter
+    if meter is not None:
+        header.update(_address_json(meter))
+    link = result.link
+    tpl = result.tpl
+    ell = result.ell
+    if tpl is not None:
+        header["ci"] = tpl.ci
+    elif link is not None:
+        header["ci"] = link.ci
+    access = tpl.access_number if tpl is not None else None
+    if access is None and ell is not None:
+        access = ell.access_number
+    header["access_number"] = access
+    header["status"] = tpl.status if tpl is not None else None
+    header["configuration"] = tpl.configuration if tpl is not None else None
+    if link is not None:
+        header["c_field"] = link.c_field
+        header["message_type"] = link.message_type
+        header["frame_format"] = link.frame_format.value if link.frame_format else None
+        header["link"] = _address_json(link.address)
+    if ell is not None:
+        ell_json: dict[str, object] = {
+            "ci": ell.ci,
+            "communication_control": ell.communication_control,
+            "access_number": ell.access_number,
+        }
+        if ell.session_number is not None:
+            ell_json["session_number"] = ell.session_number
+        if ell.receiver is not None:
+            ell_json["receiver"] = _address_json(ell.receiver)
+        header["ell"] = ell_json
+    if result.afl is not None:
+        afl = result.afl
+        header["afl"] = {
+            "fragmentation_control": afl.fragmentation_control,
+            "message_control": afl.message_control,
+            "message_counter": (
+                int.from_bytes(afl.message_counter, "little") if afl.message_counter else None
+            ),
+            "mac_length": len(afl.mac) if afl.mac else 0,
+        }
+    header["more_records_follow"] = result.more_records_follow
+    header["manufacturer_data"] = result.manufacturer_data.hex(" ").upper()
+    return header
+
+
+def security_json(security: Security) -> dict[str, object]:
+    return {
+        "mode": security.mode,
+        "state": security.state.value,
+        "layer": security.layer,
+        "encrypted_bytes": security.encrypted_bytes,
+        "reason": security.reason,
+    }
+
+
+def result_to_json(result: WmbusResult) -> dict[str, object]:
+    out: dict[str, object] = {
+        "header": header_json(result),
+        "security": security_json(result.security),
+        "records": [record_to_json(record) for record in result.records],
+    }
+    if result.notes:
+        out["notes"] = list(result.notes)
+    if result.error is not None:
+        out["error"] = result.error
+    return out
