@@ -3,12 +3,11 @@
 Exit codes: 0 success; 1 the command ran but failed (a device did not
 answer, a scan found nothing or stopped early); 2 a usage error; 3 `status`:
 the daemon is not running; 65 (EX_DATAERR) the input is not what the command
-reads (`mbus decode` of something that is not a telegram); 69
-(EX_UNAVAILABLE) the port or host cannot be opened at all; 78 (EX_CONFIG) a
-bad configuration, so systemd's RestartPreventExitStatus=78 stops a crash
-loop on a typo. A person never sees a Python traceback for bad input: every
-error is one line.
-"""
+reads (`mbus decode` of something that is not a telegram); 66 (EX_NOINPUT)
+the input file cannot be read; 69 (EX_UNAVAILABLE) the port or host cannot
+be opened at all; 78 (EX_CONFIG) a bad configuration, so systemd's
+RestartPreventExitStatus=78 stops a crash loop on a typo. A person never
+sees a Python traceback for bad input: every error is one line."""
 
 from __future__ import annotations
 
@@ -34,6 +33,7 @@ EX_FAILURE = 1
 EX_USAGE = 2
 EX_NOT_RUNNING = 3
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78
 DEFAULT_CONFIG = Path("/etc/retrofit-agent/config.yaml")
@@ -428,6 +428,8 @@ def _scan(args: argparse.Namespace) -> int:
     if args.secondary:
         raise UsageError("--secondary is for M-Bus lines: add --mbus")
     units = _parse_units(args.addresses or "1-247")
+    if not 0 <= args.register <= 0xFFFF:
+        raise UsageError(f"--register {args.register}: a register address is 0..65535")
     if bus is not None:
         settings = [bus]
     else:
@@ -571,7 +573,7 @@ def _mbus_decode(file: str) -> int:
         text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
     except OSError as exc:
         print(f"retrofit-agent mbus: cannot read {file}: {exc.strerror}", file=sys.stderr)
-        return EX_FAILURE
+        return EX_NOINPUT
     except UnicodeDecodeError:
         raise DecodeError(f"{file} is not text; expected hex bytes like '68 1F 1F 68 ...'") from None
     print(json.dumps(telegrams_to_json(text), indent=2, default=str))

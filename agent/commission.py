@@ -62,6 +62,8 @@ def check_serial_port(port: str, baudrate: int, parity: str, stopbits: int = 1, 
                               "the adapters present)")
     if not os.access(port, os.R_OK | os.W_OK):
         raise PortUnavailable(f"{port}: no permission to open it (is this user in the dialout group?)")
+    if not _is_terminal(port):
+        raise PortUnavailable(f"{port} is not a serial port")
     settings = f"{baudrate} {bytesize}{parity}{stopbits}"
     # A pty refuses parity (EINVAL), though not always on its first open.
     if os.path.realpath(port).startswith("/dev/pts/") and parity != "N":
@@ -80,6 +82,18 @@ def refused_settings(port: str, settings: str) -> Iterator[None]:
         yield
     except (serial.SerialException, TermiosError, ValueError) as exc:
         raise PortUnavailable(f"{port} refuses {settings}: {_reason(exc)}", settings_refused=True) from None
+
+
+def _is_terminal(port: str) -> bool:
+    """A serial port is a terminal device; a plain file or /dev/null is not."""
+    try:
+        descriptor = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise PortUnavailable(f"{port}: cannot open: {_reason(exc)}") from None
+    try:
+        return os.isatty(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def check_tcp(host: str, port: int, timeout: float, what: str | None = None) -> None:

@@ -90,6 +90,8 @@ def test_scan_on_a_port_that_does_not_exist_says_so(tmp_path: Path) -> None:
         (("--serial", str(tmp_path / "ttyUSB9"), "--addresses", "1-3"), "no such port"),
         (("--mbus", "--serial", str(tmp_path / "ttyUSB9"), "--addresses", "1-3"), "no such port"),
         (("--host", "127.0.0.1", "--port", str(free_port()), "--addresses", "1-3"), "connection refused"),
+        (("--serial", "/dev/null", "--addresses", "1-3"), "/dev/null is not a serial port"),
+        (("--mbus", "--serial", f"socket://127.0.0.1:{free_port()}", "--addresses", "1-3"), "connection refused"),
     ]:
         result = cli("scan", *args)
         assert result.returncode == 69, (args, result.stdout, result.stderr)
@@ -226,6 +228,8 @@ def test_bad_scan_and_probe_arguments_are_one_line_and_exit_2(tmp_path: Path) ->
         (("scan", "--config", str(config), "--bus", "rs485-2"), "no bus 'rs485-2' (did you mean 'rs485-1'?)"),
         (("scan", "--secondary", "--host", "127.0.0.1"), "add --mbus"),
         (("scan", "--mbus"), "--serial PORT"),
+        (("scan", "--host", "127.0.0.1", "--register", "70000"), "0..65535"),
+        (("scan", "--mbus", "--serial", "/dev/null", "--secondary", "--max-time", "soon"), "--max-time"),
         (("probe", "--config", str(config), "--device", "elec-mian"), "(did you mean 'elec-main'?)"),
         (("probe", "--host", "127.0.0.1", "--address", "300", "--profile", "eastron-sdm630"), "1..247"),
         (("probe", "--host", "127.0.0.1", "--address", "1"), "--profile"),

@@ -635,6 +635,13 @@ def test_mbus_decode_reads_several_telegrams_one_per_line() -> None:
     assert decoded[0]["header"]["identification"] == "10380010"
 
 
+def test_mbus_decode_of_a_missing_file_is_one_line_and_exit_66(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(tmp_path / "absent.hex")],
+                            check=False, capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert result.returncode == 66
+    assert result.stderr == f"retrofit-agent mbus: cannot read {tmp_path / 'absent.hex'}: No such file or directory\n"
+
+
 @pytest.mark.parametrize(("text", "said"), [
     ("not hex at all", "line 1: 'not' is not hex"),
     ("68939368", "telegram 1 is cut short"),
