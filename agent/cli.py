@@ -421,6 +421,8 @@ def _scan(args: argparse.Namespace) -> int:
     from agent.config import MbusBus, ModbusRtuBus
 
     bus = _bus_from_config(args)
+    if bus is not None and args.timeout:  # a scan may wait less per unit than polling does
+        bus = dataclasses.replace(bus, timeout=args.timeout)
     if isinstance(bus, MbusBus) or (bus is None and args.mbus):
         return _scan_mbus(args, bus or _adhoc_mbus_bus(args))
     if args.mbus:
