@@ -115,9 +115,20 @@ def _bus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stopbits", type=int, choices=(1, 2), help="default 1")
     parser.add_argument("--host", help="Modbus TCP host (M-Bus: a TCP-to-serial gateway, with --port)")
     parser.add_argument("--port", type=int, help="TCP port (Modbus default 502)")
-    parser.add_argument("--timeout", type=float,
+    parser.add_argument("--timeout", type=_seconds,
                         help="seconds to wait for an answer (default: scan 0.3 on TCP, 0.5 on serial; probe 0.5; "
                              "M-Bus from the baud rate)")
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds for --timeout; argparse makes a refusal a usage error (exit 2)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0 and at most 3600, e.g. 0.5 (got {text!r})")
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
