@@ -268,7 +268,11 @@ def _probe(args: argparse.Namespace) -> int:
         profile_name = args.profile or ("mbus" if args.mbus else None)
         if profile_name is None:
             raise UsageError("without --config, give --profile (`retrofit-agent profiles list`), or --mbus")
-        profile, points = load_catalogue([SITE_PROFILE_DIR]).get(profile_name), None
+        catalogue = load_catalogue([SITE_PROFILE_DIR])
+        if profile_name not in catalogue:
+            raise UsageError(f"--profile: unknown profile {profile_name!r}{did_you_mean(profile_name, catalogue.names())}; "
+                             "`retrofit-agent profiles list` shows them")
+        profile, points = catalogue.get(profile_name), None
         if args.mbus and profile.protocol != "mbus":
             raise UsageError(f"--mbus, but {profile.name} is a Modbus profile")
         address = _parse_address(args.address, profile.protocol == "mbus")

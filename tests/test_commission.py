@@ -233,6 +233,7 @@ def test_bad_scan_and_probe_arguments_are_one_line_and_exit_2(tmp_path: Path) ->
         (("probe", "--config", str(config), "--device", "elec-mian"), "(did you mean 'elec-main'?)"),
         (("probe", "--host", "127.0.0.1", "--address", "300", "--profile", "eastron-sdm630"), "1..247"),
         (("probe", "--host", "127.0.0.1", "--address", "1"), "--profile"),
+        (("probe", "--host", "127.0.0.1", "--address", "1", "--profile", "SDM630"), "(did you mean 'eastron-sdm630'?)"),
     ]:
         result = cli(*args)
         assert result.returncode == 2, (args, result.stderr)
