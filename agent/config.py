@@ -53,6 +53,40 @@ Port = Annotated[int, Rule(ge=1, le=65535)]
 NonEmpty = Annotated[str, Rule(min_length=1)]
 
 
+def parse_host(value: object) -> str:
+    """A host name or address as a socket takes it. A URL (``mqtt://broker``)
+    or ``host:port`` would pass as text and fail only at run time, so it is
+    refused here, naming the host part to write instead."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a host name or IP address (got {value!r})")
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host, port = authority, ""
+    if authority.startswith("[") and "]" in authority:  # [::1]:1883
+        host, _, tail = authority[1:].partition("]")
+        port = tail.removeprefix(":")
+    elif authority.count(":") == 1:  # host:port; more colons are a bare IPv6 address
+        host, _, port = authority.partition(":")
+    if not (sep or port or "/" in rest or "@" in rest or any(c.isspace() for c in text)):
+        return text
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{text!r} is not a host name or IP address")
+    what = "a URL" if sep else ("host:port" if port else "not a host name")
+    hints = [f"give the host alone (did you mean {host!r}?)"]
+    if port:
+        hints.append(f"the port goes in `port: {port}`")
+    if scheme.lower() in ("mqtts", "ssl", "tls", "wss", "https"):
+        hints.append("TLS is switched on with a `tls:` section")
+    raise ValueError(f"{text!r} is {what}: " + "; ".join(hints))
+
+
+Host = Annotated[str, Parse(parse_host, {"type": "string", "minLength": 1, "pattern": r"^[^\s/@]+$",
+                                         "description": "a host name or IP address, without scheme or port"})]
+
+
 # systemd's RuntimeDirectory= (a tmpfs): the status snapshot, rewritten every
 # few seconds, belongs there rather than on the SD card.
 RUNTIME_DIR = Path("/run/retrofit-agent")
@@ -110,7 +144,7 @@ class TlsConfig:
 
 @_record
 class MqttConfig:
-    host: NonEmpty
+    host: Host
     port: Port = 1883
     topic_prefix: Annotated[str, Rule(pattern=r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")] = (
         "buildings"
@@ -158,7 +192,7 @@ class ModbusRtuBus:
 class ModbusTcpBus:
     id: Identifier
     type: Literal["modbus-tcp"]
-    host: NonEmpty
+    host: Host
     port: Port = 502
     # "rtu": an RTU-over-TCP serial server (raw RTU frames inside TCP).
     framing: Literal["socket", "rtu"] = "socket"
@@ -253,18 +287,23 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
     base = path.absolute().parent
     data = dict(located.data)
     problems: list[tuple[int, str]] = []
+    invalid: list[Problem] = []
     config: Config | None = None
     try:
         config = validate(Config, data)
     except Invalid as exc:
-        problems.extend(_describe(problem, located) for problem in exc.problems)
+        invalid = exc.problems
 
     profile_dirs = [SITE_PROFILE_DIR] + [
         _resolve(base, Path(p)) for p in _as_list(data.get("profile_dirs")) if isinstance(p, str)
     ]
     catalogue = (catalogue_loader or load_catalogue)(profile_dirs)
     problems.extend((1, p) for p in catalogue.problems)
-    problems.extend(_cross_check(located, catalogue))
+    # The cross-check judges an address knowing its bus's protocol; the type's
+    # own "0..255 or 8 digits" would only say the same again, less clearly.
+    judged: set[tuple[str | int, ...]] = set()
+    problems.extend(_cross_check(located, catalogue, judged))
+    problems.extend(_describe(problem, located) for problem in invalid if problem.loc not in judged)
 
     if problems or config is None:
         unique = sorted(set(problems), key=lambda item: (item[0], item[1]))
@@ -296,9 +335,11 @@ def _describe(problem: Problem, located: Located) -> tuple[int, str]:
     return located.line_of(problem.loc), f"{dotted(problem.loc)}: {message}"
 
 
-def _cross_check(located: Located, catalogue: Catalogue) -> list[tuple[int, str]]:
+def _cross_check(located: Located, catalogue: Catalogue,
+                 judged: set[tuple[str | int, ...]]) -> list[tuple[int, str]]:
     """References and uniqueness, checked on the raw data so that every
-    problem is found even when other parts of the file are invalid."""
+    problem is found even when other parts of the file are invalid. The key
+    paths of addresses it found wrong are added to ``judged``."""
     data = located.data
     problems: list[tuple[int, str]] = []
     buses = [b for b in _as_list(data.get("buses")) if isinstance(b, dict)]
@@ -353,11 +394,13 @@ def _cross_check(located: Located, catalogue: Catalogue) -> list[tuple[int, str]
             else:
                 addresses[key] = index
             if bus_types.get(bus_id) in MODBUS_BUS_TYPES and not (isinstance(address, int) and 1 <= address <= 247):
+                judged.add(where + ("address",))
                 problems.append(
                     (located.line_of(where + ("address",)),
                      f"devices[{index}].address: a Modbus unit id is 1..247 (got {address!r})")
                 )
             if bus_types.get(bus_id) == "mbus" and isinstance(address, int) and not 1 <= address <= 250:
+                judged.add(where + ("address",))
                 problems.append(
                     (located.line_of(where + ("address",)),
                      f"devices[{index}].address: an M-Bus primary address is 1..250, or give the "

@@ -8,6 +8,7 @@ and shows the last known state when the daemon is down.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,31 +27,59 @@ def _ago(ms: int | None, now_ms: int) -> str:
     return f"{seconds // 3600} h ago"
 
 
-def render(snapshot: dict[str, Any], now_ms: int | None = None) -> tuple[str, bool]:
-    """The text for a person, and whether the daemon looks alive."""
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def explain_clock(flag: Path, use_timedatectl: bool) -> str:
+    """Why nothing on this machine tells whether the clock is synchronised,
+    found the way the agent looks (agent/clock.py): the flag file
+    systemd-timesyncd writes, then `timedatectl`."""
+    if not use_timedatectl:
+        asked = "timedatectl switched off (health.use_timedatectl: false)"
+    elif shutil.which("timedatectl") is None:
+        asked = "timedatectl not available"
+    else:
+        asked = "timedatectl gave no answer (no systemd?)"
+    flag_state = f"no flag file {flag}" if not flag.exists() else f"flag file {flag} present"
+    return f"{asked} and {flag_state}; readings carry the wall clock as it is, unflagged"
+
+
+def render(snapshot: dict[str, Any], now_ms: int | None = None, clock_unknown: str = "") -> tuple[str, bool]:
+    """The text for a person, and whether the daemon looks alive.
+    ``clock_unknown`` says why the clock's state is unknown, when it is."""
     now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     age_s = (now - int(snapshot.get("ts", 0))) / 1000
     stopped = snapshot.get("state") == "stopped"
     alive = not stopped and age_s < STALE_AFTER_S
     head = "running" if alive else ("stopped" if stopped else f"NOT RUNNING? snapshot is {age_s:.0f} s old")
-    uplink = snapshot.get("uplink", {})
-    buffer = snapshot.get("buffer", {})
+    uplink = _mapping(snapshot.get("uplink"))
+    buffer = _mapping(snapshot.get("buffer"))
     clock = snapshot.get("clock_synchronised")
+    if clock:
+        clock_text = "synchronised"
+    elif clock is False:
+        clock_text = "NOT synchronised: readings are flagged and re-stamped once NTP has synchronised"
+    else:
+        clock_text = "unknown" + (f": {clock_unknown}" if clock_unknown else "")
+    connected = bool(uplink.get("connected"))
+    # An error from before the connection was made again is history, not news.
+    last_error = "" if connected or not uplink.get("last_error") else f", last error: {uplink['last_error']}"
     lines = [
-        f"retrofit-agent: {head} (up {snapshot.get('uptime_s', 0):.0f} s)",
-        f"uplink: {'connected' if uplink.get('connected') else 'DISCONNECTED'}, last ack "
-        f"{_ago(uplink.get('last_ack_ms'), now)}, {uplink.get('readings_acked', 0)} readings acked, "
-        f"{uplink.get('reconnects', 0)} reconnects" + (f", last error: {uplink['last_error']}"
-                                                        if uplink.get("last_error") else ""),
-        f"buffer: {buffer.get('depth', 0)} waiting, oldest {buffer.get('oldest_age_s', 0):.0f} s old, "
-        f"{buffer.get('bytes', 0) / 1e6:.1f} MB on disk, evicted {buffer.get('evicted_total', 0)}"
-        + (", WRITES FAILING" if buffer.get("write_failing") else ""),
-        f"clock: {'synchronised' if clock else ('NOT synchronised' if clock is False else 'unknown')}",
+        f"retrofit-agent: {head} (up {float(snapshot.get('uptime_s', 0)):.0f} s)",
+        (f"uplink: {'connected' if connected else 'DISCONNECTED'}, last ack "
+         f"{_ago(uplink.get('last_ack_ms'), now)}, {uplink.get('readings_acked', 0)} readings acked, "
+         f"{uplink.get('reconnects', 0)} reconnects{last_error}"),
+        (f"buffer: {buffer.get('depth', 0)} waiting, oldest {float(buffer.get('oldest_age_s', 0)):.0f} s old, "
+         f"{float(buffer.get('bytes', 0)) / 1e6:.1f} MB on disk, evicted {buffer.get('evicted_total', 0)}"
+         + (", WRITES FAILING" if buffer.get("write_failing") else "")),
+        f"clock: {clock_text}",
     ]
     if snapshot.get("stalled"):
-        lines.append(f"STUCK: {', '.join(snapshot['stalled'])}")
+        lines.append(f"STUCK: {', '.join(map(str, snapshot['stalled']))}")
     lines.append(f"{'device':16} {'bus':12} {'state':8} {'last good read':15} {'polls':>6} {'failures':>8}  last error")
-    for name, device in snapshot.get("devices", {}).items():
+    for name, value in _mapping(snapshot.get("devices")).items():
+        device = _mapping(value)
         lines.append(
             f"{name:16} {device.get('bus', ''):12} {device.get('state', '?'):8} "
             f"{_ago(device.get('last_ok_ms'), now):15} {device.get('polls', 0):>6} {device.get('failures', 0):>8}  "
@@ -59,4 +88,8 @@ def render(snapshot: dict[str, Any], now_ms: int | None = None) -> tuple[str, bo
 
 
 def read_snapshot(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The snapshot the daemon wrote; ValueError when the file is not one."""
+    snapshot = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(snapshot, dict):
+        raise ValueError("not an agent status snapshot (expected a JSON object)")  # noqa: TRY004 - reported as unreadable
+    return snapshot

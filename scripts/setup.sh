@@ -39,4 +39,5 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
   touch "$stamp"
+  echo "setup: the commands are in $VENV/bin (not on PATH): $VENV/bin/retrofit-agent --help, or 'source $VENV/bin/activate'" >&2
 fi

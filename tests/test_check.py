@@ -37,7 +37,7 @@ devices:
 def run_check(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agent.cli", "check", "--config", str(path)],
-        capture_output=True, text=True, cwd=REPO, timeout=30,
+        check=False, capture_output=True, text=True, cwd=REPO, timeout=30,
     )
 
 
@@ -155,10 +155,69 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_the_published_schema_is_current() -> None:
     """configs/example.yaml points editors at configs/config.schema.json (installed beside it)."""
-    result = subprocess.run([sys.executable, "-m", "agent.cli", "schema"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "schema"], check=False, capture_output=True, text=True,
                             cwd=REPO, timeout=30)
     assert result.returncode == 0
     published = (REPO / "configs" / "config.schema.json").read_text()
     assert json.loads(result.stdout) == json.loads(published), \
         "regenerate: retrofit-agent schema > configs/config.schema.json"
     assert "$schema=config.schema.json" in (REPO / "configs" / "example.yaml").read_text()
+
+
+# Issue 15 item 13: mistakes `check` let through or reported confusingly.
+@pytest.mark.parametrize(("written", "host", "extra"), [
+    ("mqtt://broker.example.com:1883", "broker.example.com", "`port: 1883`"),
+    ("mqtts://broker.example.com", "broker.example.com", "`tls:`"),
+    ("broker.example.com:8883", "broker.example.com", "`port: 8883`"),
+])
+def test_a_url_as_mqtt_host_is_refused_naming_the_host_part(tmp_path: Path, written: str, host: str,
+                                                             extra: str) -> None:
+    path = tmp_path / "url.yaml"
+    path.write_text(GOOD.replace("    host: 127.0.0.1", f"    host: {written}", 1))
+    result = run_check(path)
+    assert result.returncode == 78, result.stdout
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"{path}:5: uplink.mqtt.host: "), result.stderr
+    assert f"(did you mean {host!r}?)" in result.stderr
+    assert extra in result.stderr
+
+
+def test_a_url_as_modbus_tcp_host_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tcp.yaml"
+    path.write_text(GOOD.replace("host: 127.0.0.1, port: 5020", "host: tcp://10.0.0.5, port: 5020"))
+    result = run_check(path)
+    assert result.returncode == 78
+    assert result.stderr.startswith(f"{path}:10: buses[1].host: 'tcp://10.0.0.5' is a URL"), result.stderr
+    assert "(did you mean '10.0.0.5'?)" in result.stderr
+
+
+def test_plain_hosts_and_ipv6_addresses_stay_valid(tmp_path: Path) -> None:
+    for host in ("broker.example.com", "10.0.0.5", "'::1'", "'fe80::1'"):
+        path = tmp_path / "ok.yaml"
+        path.write_text(GOOD.replace("    host: 127.0.0.1", f"    host: {host}", 1))
+        result = run_check(path)
+        assert result.returncode == 0, (host, result.stderr)
+
+
+@pytest.mark.parametrize(("bus", "address", "message"), [
+    ("plant-room", "300", "devices[1].address: a Modbus unit id is 1..247 (got 300)"),
+    ("plant-room", "'12345678'", "devices[1].address: a Modbus unit id is 1..247 (got '12345678')"),
+])
+def test_a_modbus_unit_id_out_of_range_is_one_clear_line(tmp_path: Path, bus: str, address: str,
+                                                         message: str) -> None:
+    path = tmp_path / "unit.yaml"
+    path.write_text(GOOD.replace("bus: plant-room, address: 10", f"bus: {bus}, address: {address}"))
+    result = run_check(path)
+    assert result.returncode == 78
+    assert result.stderr.splitlines() == [f"{path}:13: {message}"]
+
+
+@pytest.mark.parametrize(("written", "meant"), [("SDM630", "eastron-sdm630"), ("XY-MD02", "xy-md02"),
+                                                ("sdm72", "eastron-sdm72")])
+def test_a_profile_written_as_on_the_meter_gets_a_did_you_mean(tmp_path: Path, written: str,
+                                                               meant: str) -> None:
+    path = tmp_path / "sdm.yaml"
+    path.write_text(GOOD.replace("profile: eastron-sdm630", f"profile: {written}"))
+    result = run_check(path)
+    assert result.returncode == 78
+    assert f"unknown profile {written!r} (did you mean {meant!r}?)" in result.stderr

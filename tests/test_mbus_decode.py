@@ -10,6 +10,8 @@ to a telegram that says plainly why it is incomplete.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +30,7 @@ from drivers.mbus import (
     parse_hex,
     telegram_to_json,
 )
+from drivers.mbus.decode_json import split_frames
 from drivers.mbus.telegram import manufacturer_code
 from tests.mbus_support.libmbus_reference import (
     header_problems,
@@ -38,6 +41,7 @@ from tests.mbus_support.libmbus_reference import (
 from tests.mbus_support.libmbus_reference import (
     testdata_dir as reference_dir,
 )
+from tests.support import REPO
 
 TESTDATA = reference_dir()
 
@@ -566,16 +570,88 @@ def test_telegram_to_json_is_serialisable() -> None:
         ("e5\n", b"\xe5"),
         ("10 5b\n01 5C 16\n", bytes.fromhex("105b015c16")),
         ("  0a  ", b"\x0a"),
+        # Issue 15 item 14: the forms tools and logs print.
+        ("6803", b"\x68\x03"),
+        ("68030368\r\n", b"\x68\x03\x03\x68"),
+        ("68 0x03", b"\x68\x03"),
+        ("0x68,0x03,0X03", b"\x68\x03\x03"),
+        ("68,03", b"\x68\x03"),
+        ("68|03|03|68", b"\x68\x03\x03\x68"),
+        ("68:03:03:68", b"\x68\x03\x03\x68"),
+        ("# captured 2025-01-12 21:00 at heat-5\n68 03 # start, L\n03 68\n", b"\x68\x03\x03\x68"),
     ],
 )
 def test_parse_hex(text: str, expected: bytes) -> None:
     assert parse_hex(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "   \n", "D 04", "6803", "zz", "68 0x03", "68,03"])
+@pytest.mark.parametrize("text", ["", "   \n", "D 04", "680", "zz", "68 G1", "0x", "# only a comment\n",
+                                  "68 03 - 03"])
 def test_parse_hex_rejects_junk(text: str) -> None:
     with pytest.raises(DecodeError):
         parse_hex(text)
+
+
+def test_parse_hex_names_the_line_of_a_bad_token() -> None:
+    with pytest.raises(DecodeError, match=r"line 2: '6Z' is not hex"):
+        parse_hex("68 03\n6Z 68\n")
+    with pytest.raises(DecodeError, match=r"line 1: '680' has an odd number of hex digits"):
+        parse_hex("680 3")
+
+
+def test_split_frames_cuts_at_each_frames_own_length() -> None:
+    first, second = _frame(0x72, _long_header()), _frame(0x72, _long_header() + bytes.fromhex("04133930 0000"))
+    assert split_frames(first + second + b"\xe5") == [first, second, b"\xe5"]
+    with pytest.raises(FrameError, match="telegram 2 is cut short"):
+        split_frames(first + second[:-3])
+    with pytest.raises(FrameError, match="telegram 2: unexpected start byte 0x3F"):
+        split_frames(first + b"\x3f\x00")
+
+
+def _decode_cli(text: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", "-"], check=False, input=text,
+                          capture_output=True, text=True, cwd=REPO, timeout=30)
+
+
+def test_mbus_decode_reads_hex_without_spaces_as_logs_print_it() -> None:
+    spaced = (TESTDATA / "frames" / "engelmann_sensostar2c.hex").read_text(encoding="ascii")
+    reference = _decode_cli(spaced)
+    assert reference.returncode == 0, reference.stderr
+    for text in ("".join(spaced.split()), "|".join(spaced.split()), ":".join(spaced.split()).lower(),
+                 ", ".join(f"0x{b}" for b in spaced.split()), f"# heat meter, cellar\n{spaced} # end\n"):
+        result = _decode_cli(text)
+        assert result.returncode == 0, (text[:40], result.stderr)
+        assert json.loads(result.stdout) == json.loads(reference.stdout)
+
+
+def test_mbus_decode_reads_several_telegrams_one_per_line() -> None:
+    names = ("engelmann_sensostar2c", "EDC")
+    texts = [(TESTDATA / "frames" / f"{name}.hex").read_text(encoding="ascii").strip() for name in names]
+    result = _decode_cli("\n".join("".join(text.split()) for text in texts) + "\n")
+    assert result.returncode == 0, result.stderr
+    decoded = json.loads(result.stdout)
+    singles = [json.loads(_decode_cli(text).stdout) for text in texts]
+    assert decoded == singles
+    assert decoded[0]["header"]["identification"] == "10380010"
+
+
+def test_mbus_decode_of_a_missing_file_is_one_line_and_exit_66(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(tmp_path / "absent.hex")],
+                            check=False, capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert result.returncode == 66
+    assert result.stderr == f"retrofit-agent mbus: cannot read {tmp_path / 'absent.hex'}: No such file or directory\n"
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("not hex at all", "line 1: 'not' is not hex"),
+    ("68939368", "telegram 1 is cut short"),
+    ("", "no hex bytes found"),
+])
+def test_mbus_decode_of_junk_is_one_line_and_exit_65(text: str, said: str) -> None:
+    result = _decode_cli(text)
+    assert result.returncode == 65, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and said in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_frame_errors_surface_through_the_decoder() -> None:

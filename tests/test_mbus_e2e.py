@@ -162,7 +162,7 @@ def test_mbus_decode_command_on_a_captured_frame_and_on_junk(tmp_path: Path) -> 
     junk.write_text("68 03 03 68 zz\n")
     bad = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(junk)], capture_output=True,
                          text=True, cwd=REPO, timeout=30)
-    assert bad.returncode == 1
+    assert bad.returncode == 65  # EX_DATAERR: the input is not a telegram
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
 
 

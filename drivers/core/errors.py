@@ -12,12 +12,21 @@ from collections.abc import Iterable
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when none is close.
 
-    difflib is imported here, on the error path only: the running agent
-    never needs it."""
+    Case is ignored (a technician types the model as printed on the meter:
+    ``SDM630``), and a word that is part of exactly one choice names it
+    (``sdm72`` -> ``eastron-sdm72``). difflib is imported here, on the error
+    path only: the running agent never needs it."""
     import difflib
 
-    guess = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {guess[0]!r}?)" if guess else ""
+    by_lower = {choice.lower(): choice for choice in choices}
+    lowered = word.lower()
+    if lowered in by_lower:
+        return f" (did you mean {by_lower[lowered]!r}?)"
+    containing = [choice for low, choice in by_lower.items() if len(lowered) >= 3 and lowered in low]
+    if len(containing) == 1:
+        return f" (did you mean {containing[0]!r}?)"
+    guess = difflib.get_close_matches(lowered, list(by_lower), n=1)
+    return f" (did you mean {by_lower[guess[0]]!r}?)" if guess else ""
 
 
 class RetrofitError(Exception):

@@ -15,27 +15,57 @@ import re
 from datetime import date, datetime
 from decimal import Decimal
 
-from drivers.core.errors import DecodeError
+from drivers.core.errors import DecodeError, FrameError
+from drivers.mbus.frame import frame_length
 from drivers.mbus.records import DataRecord, RecordValue
 from drivers.mbus.telegram import Telegram, TelegramHeader, decode_telegram
 
 JsonScalar = str | int | bool | None
 
-_HEX_BYTE = re.compile(r"[0-9A-Fa-f]{2}")
+_HEX_DIGITS = re.compile(r"[0-9A-Fa-f]+")
+# What dumps put between bytes: spaces, '|' columns, ':' (Wireshark), ',' (C arrays).
+_SEPARATORS = re.compile(r"[\s|:,]+")
 
 
 def parse_hex(text: str) -> bytes:
-    """Bytes from space-separated hex pairs ("68 1E 1E 68 ..."), newlines allowed."""
-    tokens = text.split()
-    if not tokens:
+    """Bytes from hex as tools and logs print it: pairs separated by spaces
+    ("68 1E 1E 68"), or not ("681E1E68"), or by '|', ':' or ','; a "0x"
+    before a number, and '#' comments to the end of a line, are allowed."""
+    out = bytearray()
+    for number, line in enumerate(text.splitlines(), 1):
+        for token in _SEPARATORS.split(line.split("#", 1)[0]):
+            digits = token[2:] if token[:2] in ("0x", "0X") else token
+            if not token:
+                continue
+            if not _HEX_DIGITS.fullmatch(digits):
+                raise DecodeError(f"line {number}: {token[:20]!r} is not hex: expected bytes like '68 1F 1F 68' "
+                                  "or '681F1F68'")
+            if len(digits) % 2:
+                raise DecodeError(f"line {number}: {token[:20]!r} has an odd number of hex digits: "
+                                  "a byte is two digits")
+            out += bytes.fromhex(digits)
+    if not out:
         raise DecodeError("no hex bytes found: the input is empty")
-    for position, token in enumerate(tokens):
-        if not _HEX_BYTE.fullmatch(token):
-            raise DecodeError(
-                f"token {position + 1} ({token[:20]!r}) is not a hex byte: "
-                "expected pairs of hex digits separated by spaces"
-            )
-    return bytes(int(token, 16) for token in tokens)
+    return bytes(out)
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """The frames one after another in ``data`` (a dump of several
+    telegrams, one per line or run together), cut where each frame's own
+    length field says it ends."""
+    frames: list[bytes] = []
+    while data:
+        where = f"telegram {len(frames) + 1}"
+        try:
+            length = frame_length(data)
+        except FrameError as exc:
+            raise FrameError(f"{where}: {exc}") from None
+        if length is None or length > len(data):
+            raise FrameError(f"{where} is cut short: {len(data)} byte(s), "
+                             f"{length if length is not None else 'at least 9'} needed")
+        frames.append(data[:length])
+        data = data[length:]
+    return frames
 
 
 def _json_value(value: RecordValue) -> JsonScalar:
@@ -94,3 +124,18 @@ def telegram_json(telegram: Telegram) -> dict[str, object]:
 def telegram_to_json(data: bytes) -> dict[str, object]:
     """Decode one long frame into a JSON-serialisable dict (see module docstring)."""
     return telegram_json(decode_telegram(data))
+
+
+def telegrams_to_json(text: str) -> dict[str, object] | list[dict[str, object]]:
+    """What ``mbus decode`` prints for a hex dump: one telegram's dict, or a
+    list of them when the dump holds several (a multi-telegram readout)."""
+    frames = split_frames(parse_hex(text))
+    if len(frames) == 1:
+        return telegram_to_json(frames[0])
+    decoded = []
+    for number, frame in enumerate(frames, 1):
+        try:
+            decoded.append(telegram_to_json(frame))
+        except DecodeError as exc:
+            raise type(exc)(f"telegram {number}: {exc}") from None
+    return decoded
