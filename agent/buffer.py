@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from agent import chunks, logs
 from drivers.core.errors import StorageError
@@ -78,6 +79,8 @@ CREATE TABLE IF NOT EXISTS batches (
     ts_min INTEGER NOT NULL,
     ts_max INTEGER NOT NULL,
     mono INTEGER NOT NULL,  -- 1: some readings carry monotonic stamps (clock not yet trusted)
+    acked INTEGER NOT NULL,  -- the acknowledged watermark when this row was stored
+    zlib INTEGER NOT NULL,  -- 1: the body is zlib-compressed
     body BLOB NOT NULL,
     crc INTEGER NOT NULL
 );
@@ -138,8 +141,57 @@ def crc(*parts: object) -> int:
     return value
 
 
-def batch_crc(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, body: bytes) -> int:
-    return crc(struct.pack("<qqqqqq", first_id, count, kind, ts_min, ts_max, mono), body)
+_ROW = "first_id, count, kind, ts_min, ts_max, mono, acked, zlib, body, crc"
+
+
+class StoredRow(NamedTuple):
+    """One row of the batches table, as read."""
+
+    first_id: int
+    count: int
+    kind: int
+    ts_min: int
+    ts_max: int
+    mono: int
+    acked: int
+    zlib: int
+    body: bytes
+    crc: int
+
+    @property
+    def last_id(self) -> int:
+        return self.first_id + self.count - 1
+
+    def intact(self) -> bool:
+        return self.crc == row_crc(*self[:-1])
+
+    def columns(self) -> chunks.Columns:
+        """The readings, decoded; ChunkError when they fail any check."""
+        if not self.intact():
+            raise chunks.ChunkError("the row fails its checksum")
+        try:
+            body = zlib.decompress(self.body) if self.zlib else self.body
+        except zlib.error as exc:
+            raise chunks.ChunkError(f"the row does not decompress: {exc}") from None
+        columns = chunks.decode(body)
+        if len(columns) != self.count:
+            raise chunks.ChunkError("the row holds another number of readings than it says")
+        return columns
+
+
+def row_crc(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, acked: int,
+            compressed: int, body: bytes) -> int:
+    return crc(struct.pack("<qqqqqqqq", first_id, count, kind, ts_min, ts_max, mono, acked, compressed), body)
+
+
+def stored_row(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, acked: int,
+               raw: bytes) -> StoredRow:
+    """A row ready to insert: compressed where that saves a tenth, checksummed."""
+    packed = zlib.compress(raw, 6) if len(raw) > 64 else raw
+    compressed = int(len(packed) <= len(raw) * 0.9)
+    body = packed if compressed else raw
+    return StoredRow(first_id, count, kind, ts_min, ts_max, mono, acked, compressed, body,
+                     row_crc(first_id, count, kind, ts_min, ts_max, mono, acked, compressed, body))
 
 
 def series_crc(sid: int, device: str, point: str, unit: str, kind: str, meter: str, attrs: str) -> int:
@@ -225,10 +277,14 @@ class Buffer:
             raise StorageError(f"cannot open buffer {path}: {_why(exc)}") from None
         meta = self._meta
         unclean = existed and meta.get("running") == "1"
-        self.info = BufferInfo(stream=meta["stream"], next_id=int(meta["next_id"]), created=not existed,
+        # next_id and the watermark are written to meta only when rows go;
+        # between those, the newest stored row carries them.
+        last = self._conn.execute("SELECT first_id + count, acked FROM batches ORDER BY first_id DESC LIMIT 1"
+                                  ).fetchone()
+        self._next_id = max(int(meta["next_id"]), int(last[0]) if last else 0)
+        self._acked_through = max(int(meta.get("acked_through", "0")), int(last[1]) if last else 0)
+        self.info = BufferInfo(stream=meta["stream"], next_id=self._next_id, created=not existed,
                                moved_aside=moved_aside, unclean=unclean)
-        self._next_id = self.info.next_id
-        self._acked_through = int(meta.get("acked_through", "0"))
         self._purged_at = time.monotonic()
         self._series: dict[Series, int] = {}
         self._series_by_id: dict[int, Series] = {}
@@ -342,8 +398,7 @@ class Buffer:
     def _unclean_report(self) -> Event:
         last = self._conn.execute("SELECT first_id + count - 1, ts_max FROM batches ORDER BY first_id DESC LIMIT 1"
                                   ).fetchone()
-        report: Event = {"type": "unclean_stop", "last_id": int(self._meta["next_id"]) - 1,
-                         "ts": now_ms()}
+        report: Event = {"type": "unclean_stop", "last_id": self._next_id - 1, "ts": now_ms()}
         if last is not None and last[0] == report["last_id"]:
             report["last_ts"] = int(last[1])
         previous = self._meta.get("flush_interval_s")
@@ -417,20 +472,18 @@ class Buffer:
                         (sid, device, point, unit, kind, meter, attrs,
                          series_crc(sid, device, point, unit, kind, meter, attrs)))
                 next_id = first
+                watermark = self._acked_through
+                if acked_through is not None:
+                    watermark = max(watermark, min(acked_through, first - 1))
                 for row in rows:
                     if not row.count:
                         continue
-                    body = b"".join(row.parts)
-                    conn.execute(
-                        "INSERT INTO batches (first_id, count, kind, ts_min, ts_max, mono, body, crc) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (next_id, row.count, row.kind, row.ts_min, row.ts_max, row.mono, body,
-                         batch_crc(next_id, row.count, row.kind, row.ts_min, row.ts_max, row.mono, body)))
+                    self._insert_row(stored_row(next_id, row.count, row.kind, row.ts_min, row.ts_max, row.mono,
+                                                watermark, b"".join(row.parts)))
                     next_id += row.count
-                if next_id != first:
-                    self._put_meta("next_id", str(next_id))
-                if acked_through is not None and acked_through > self._acked_through:
-                    self._put_meta("acked_through", str(min(acked_through, next_id - 1)))
+                if next_id == first and watermark != self._acked_through:
+                    # No row to carry the watermark: meta does (rarely: acks wait for readings).
+                    self._put_meta("acked_through", str(watermark))
                 conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq in reported])
                 self._insert_events(events)
                 if counters:
@@ -449,8 +502,7 @@ class Buffer:
         if new_series:
             # Readers see a new dict: never one changing under their feet.
             self._series_by_id = {**self._series_by_id, **{sid: key for sid, (key, _) in new_series.items()}}
-        if acked_through is not None:
-            self._acked_through = max(self._acked_through, min(acked_through, next_id - 1))
+        self._acked_through = watermark
         if next_id == first:
             return None
         self._next_id = next_id
@@ -461,6 +513,16 @@ class Buffer:
             return self._load_meta()
         except (sqlite3.Error, StorageError):
             return self._meta
+
+    def _insert_row(self, row: StoredRow) -> None:
+        self._conn.execute(f"INSERT INTO batches ({_ROW}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def _before_deleting_rows(self) -> None:
+        """Rows are about to go: meta takes over what the newest row carried."""
+        if self._meta.get("next_id") != str(self._next_id):
+            self._put_meta("next_id", str(self._next_id))
+        if self._meta.get("acked_through") != str(self._acked_through):
+            self._put_meta("acked_through", str(self._acked_through))
 
     def _insert_events(self, events: Sequence[Event]) -> None:
         bodies = [json.dumps(e, separators=(",", ":")) for e in events]
@@ -502,6 +564,7 @@ class Buffer:
 
         Rows with monotonic stamps of this boot stay until the clock is
         trusted: the correction report covers sent readings too."""
+        self._before_deleting_rows()
         self._conn.execute("DELETE FROM batches WHERE first_id <= ? AND first_id + count - 1 <= ? AND mono = 0",
                            (watermark, watermark))
         self._purged_at = time.monotonic()
@@ -511,27 +574,26 @@ class Buffer:
         those readings keep their clock_unsynced flag for good."""
         if self._meta.get("mono_boot") == self.boot_id:
             return
-        for first_id, columns in self._decoded("WHERE mono = 1"):
+        for row, columns in self._decoded("WHERE mono = 1"):
             columns.monos = [None] * len(columns)
-            self._rewrite(first_id, columns)
+            self._rewrite(row, columns)
         self._put_meta("mono_boot", self.boot_id)
 
-    def _decoded(self, where: str, args: tuple[object, ...] = ()) -> Iterator[tuple[int, chunks.Columns]]:
-        for first_id, count, kind, ts_min, ts_max, mono, body, check in self._conn.execute(
-                f"SELECT first_id, count, kind, ts_min, ts_max, mono, body, crc FROM batches {where} "
-                "ORDER BY first_id", args).fetchall():
-            if check != batch_crc(first_id, count, kind, ts_min, ts_max, mono, body):
-                continue  # reported when the forwarder reads it
-            yield first_id, chunks.decode(body)
+    def _rows(self, where: str, args: tuple[object, ...] = (), limit: int = -1) -> list[StoredRow]:
+        return [StoredRow(*r) for r in self._conn.execute(
+            f"SELECT {_ROW} FROM batches {where} ORDER BY first_id LIMIT ?", (*args, limit))]
 
-    def _rewrite(self, first_id: int, columns: chunks.Columns) -> None:
-        row = self._conn.execute("SELECT count, kind FROM batches WHERE first_id = ?", (first_id,)).fetchone()
-        body = chunks.encode_columns(columns)
-        mono = int(columns.has_mono)
-        ts_min, ts_max = min(columns.stamps), max(columns.stamps)
-        self._conn.execute(
-            "UPDATE batches SET body = ?, mono = ?, ts_min = ?, ts_max = ?, crc = ? WHERE first_id = ?",
-            (body, mono, ts_min, ts_max, batch_crc(first_id, row[0], row[1], ts_min, ts_max, mono, body), first_id))
+    def _decoded(self, where: str, args: tuple[object, ...] = ()) -> Iterator[tuple[StoredRow, chunks.Columns]]:
+        for row in self._rows(where, args):
+            try:
+                yield row, row.columns()
+            except chunks.ChunkError:
+                continue  # reported when the forwarder reads it
+
+    def _rewrite(self, row: StoredRow, columns: chunks.Columns) -> None:
+        new = stored_row(row.first_id, row.count, row.kind, min(columns.stamps), max(columns.stamps),
+                         int(columns.has_mono), row.acked, chunks.encode_columns(columns))
+        self._conn.execute(f"INSERT OR REPLACE INTO batches ({_ROW}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
 
     def counter_state(self) -> CounterState:
         return {(d, p): (v, t) for d, p, v, t in json.loads(self._meta.get("counters", "[]"))}
@@ -555,7 +617,8 @@ class Buffer:
         deltas: list[tuple[int, int]] = []
         try:
             with self.lock, self._transaction():
-                for first_id, columns in self._decoded("WHERE mono = 1"):
+                for row, columns in self._decoded("WHERE mono = 1"):
+                    first_id = row.first_id
                     for offset, (ts, mono) in enumerate(zip(columns.stamps, columns.monos)):
                         if mono is None:
                             continue
@@ -565,7 +628,7 @@ class Buffer:
                         columns.qualities[offset] = columns.qualities[offset].replace("clock_unsynced", "restamped")
                         if first_id + offset > self._acked_through:
                             fixed += 1
-                    self._rewrite(first_id, columns)
+                    self._rewrite(row, columns)
                 events: list[Event] = [
                     {"type": "clock_corrected", "first_id": first, "last_id": last, "add_ms": delta, "ts": now_ms_}
                     for first, last, delta in _delta_runs(deltas)]
@@ -596,7 +659,8 @@ class Buffer:
             target = int(self.max_bytes * 0.9)
             used = self.used_bytes()
             if used > self.max_bytes:
-                with self._transaction():
+                with self._transaction():  # what was sent goes before anything is evicted
+                    self._before_deleting_rows()
                     self._conn.execute("DELETE FROM batches WHERE first_id + count - 1 <= ?", (acked,))
                 self._purged_at = time.monotonic()
                 used = self.used_bytes()
@@ -631,6 +695,7 @@ class Buffer:
         report: Event = {"type": "evicted", "first_id": first, "last_id": last, "count": count,
                          "kinds": list(kinds), "reason": reason, "ts": now_ms_}
         with self._transaction():
+            self._before_deleting_rows()
             self._conn.executemany("DELETE FROM batches WHERE first_id = ?", [(f,) for f, _ in rows])
             self._insert_events([report])
         self.evicted_total += count
@@ -642,6 +707,7 @@ class Buffer:
                          "count": last_id - first_id + 1, "ts": now_ms_}
         try:
             with self.lock, self._transaction():
+                self._before_deleting_rows()
                 self._conn.execute("DELETE FROM batches WHERE first_id = ?", (first_id,))
                 self._insert_events([report])
         except sqlite3.Error as exc:
@@ -652,8 +718,9 @@ class Buffer:
         """Close; a clean stop is written down, so the next start knows nothing was lost."""
         try:
             with self.lock:
-                if clean:
-                    with self._transaction():
+                with self._transaction():
+                    self._before_deleting_rows()  # a watermark that waited for readings is kept too
+                    if clean:
                         self._put_meta("running", "0")
                 self._conn.close()
         except sqlite3.Error:
@@ -666,17 +733,15 @@ class Buffer:
     def reader(self) -> BufferReader:
         return BufferReader(self)
 
-    def stored_rows(self, after_id: int, limit: int) -> list[tuple[int, int, int, int, int, int, bytes, int]]:
-        """Raw stored rows holding ids above ``after_id``, in id order."""
+    def stored_rows(self, after_id: int, limit: int) -> list[StoredRow]:
+        """Stored rows holding ids above ``after_id``, in id order."""
         with self.lock:
             straddling = self._conn.execute(
-                "SELECT first_id, count, kind, ts_min, ts_max, mono, body, crc FROM batches "
-                "WHERE first_id <= ? ORDER BY first_id DESC LIMIT 1", (after_id,)).fetchall()
-            rows = self._conn.execute(
-                "SELECT first_id, count, kind, ts_min, ts_max, mono, body, crc FROM batches "
-                "WHERE first_id > ? ORDER BY first_id LIMIT ?", (after_id, limit)).fetchall()
-        if straddling and straddling[0][0] + straddling[0][1] - 1 > after_id:
-            rows = straddling + rows
+                f"SELECT {_ROW} FROM batches WHERE first_id <= ? ORDER BY first_id DESC LIMIT 1",
+                (after_id,)).fetchall()
+            rows = self._rows("WHERE first_id > ?", (after_id,), limit)
+        if straddling and StoredRow(*straddling[0]).last_id > after_id:
+            rows.insert(0, StoredRow(*straddling[0]))
         return rows
 
     def events_after(self, after_seq: int, limit: int) -> list[StoredEvent]:
@@ -727,34 +792,32 @@ class BufferReader:
             rows = self._buffer.stored_rows(cursor, 8)
             if not rows:
                 break
-            for first_id, count, kind, ts_min, ts_max, mono, body, check in rows:
-                cursor = first_id + count - 1
-                columns = self._decode(first_id, count, kind, ts_min, ts_max, mono, body, check, series)
+            for row in rows:
+                cursor = row.last_id
+                columns = self._decode(row, series)
                 if columns is None:
                     continue
+                first_id = row.first_id
                 start = max(0, after_id + 1 - first_id)
-                stop = min(count, start + limit - len(out))
+                stop = min(row.count, start + limit - len(out))
                 out += zip(range(first_id + start, first_id + stop), columns.sids[start:stop],
                            columns.stamps[start:stop], columns.values[start:stop], columns.qualities[start:stop])
                 if len(out) >= limit:
                     break
         return out
 
-    def _decode(self, first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, body: bytes,
-                check: int, series: dict[int, Series]) -> chunks.Columns | None:
+    def _decode(self, row: StoredRow, series: dict[int, Series]) -> chunks.Columns | None:
         cached = self._cached
-        if cached is not None and cached[0] == first_id and cached[1] == check:
+        if cached is not None and cached[0] == row.first_id and cached[1] == row.crc:
             return cached[2]
         try:
-            if check != batch_crc(first_id, count, kind, ts_min, ts_max, mono, body):
-                raise chunks.ChunkError("checksum mismatch")
-            columns = chunks.decode(body)
-            if len(columns) != count or any(sid not in series for sid in set(columns.sids)):
-                raise chunks.ChunkError("readings do not match their row")
+            columns = row.columns()
+            if any(sid not in series for sid in set(columns.sids)):
+                raise chunks.ChunkError("readings of a series the buffer does not know (or whose record is damaged)")
         except chunks.ChunkError:
-            self.corrupt.append((first_id, first_id + count - 1))
+            self.corrupt.append((row.first_id, row.last_id))
             return None
-        self._cached = (first_id, check, columns)
+        self._cached = (row.first_id, row.crc, columns)
         return columns
 
     def take_corrupt(self) -> list[IdRange]:

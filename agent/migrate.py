@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 
 from agent import chunks
 
@@ -19,10 +20,10 @@ def from_v1(conn: sqlite3.Connection) -> None:
         KIND_CODE,
         ROW_READINGS,
         SCHEMA_VERSION,
-        batch_crc,
         crc,
         schema_statements,
         series_crc,
+        stored_row,
     )
 
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
@@ -56,7 +57,7 @@ def from_v1(conn: sqlite3.Connection) -> None:
             conn.executemany("INSERT INTO events (seq, body, crc) VALUES (?, ?, ?)",
                              [(seq, body, crc(body)) for seq, body in conn.execute("SELECT seq, body FROM v1_events")])
         if "readings" in tables:
-            _pack_readings(conn, acked, kinds, ROW_READINGS, batch_crc)
+            _pack_readings(conn, acked, kinds, ROW_READINGS, stored_row)
         for name in ("meta", "series", "readings", "events", "counters", "meters", "unsynced_sent"):
             if name in tables:
                 conn.execute(f"DROP TABLE v1_{name}")
@@ -68,7 +69,7 @@ def from_v1(conn: sqlite3.Connection) -> None:
 
 
 def _pack_readings(conn: sqlite3.Connection, acked: int, kinds: dict[int, int], row_readings: int,
-                   batch_crc: object) -> None:
+                   stored_row: Callable[..., tuple[object, ...]]) -> None:
     """Waiting readings, in id order, as rows of consecutive ids of one kind."""
     run: list[tuple[int, int, int, object, str, int | None]] = []
 
@@ -81,10 +82,9 @@ def _pack_readings(conn: sqlite3.Connection, acked: int, kinds: dict[int, int], 
         stamps = [r[2] for r in run]
         mono = int(any(r[5] is not None for r in run))
         kind = kinds.get(run[0][1], 1)
-        conn.execute("INSERT INTO batches (first_id, count, kind, ts_min, ts_max, mono, body, crc) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                     (first_id, len(run), kind, min(stamps), max(stamps), mono, body,
-                      batch_crc(first_id, len(run), kind, min(stamps), max(stamps), mono, body)))  # type: ignore[operator]
+        row = stored_row(first_id, len(run), kind, min(stamps), max(stamps), mono, acked, body)
+        conn.execute("INSERT INTO batches (first_id, count, kind, ts_min, ts_max, mono, acked, zlib, body, crc) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         run.clear()
 
     cursor = conn.execute("SELECT id, series, ts, value, quality, mono FROM v1_readings WHERE id > ? ORDER BY id",
