@@ -29,7 +29,13 @@ DEFAULT_CONFIG = Path("/etc/retrofit-agent/config.yaml")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retrofit-agent", description=__doc__.splitlines()[0])
+    from agent.version import VersionAction
+
+    parser = argparse.ArgumentParser(
+        prog="retrofit-agent", description=__doc__.splitlines()[0],
+        epilog=f"Commands that read a config take --config FILE; run, check and status default to "
+               f"{DEFAULT_CONFIG}. 'retrofit-agent COMMAND --help' lists a command's options.")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
@@ -85,6 +91,11 @@ def _bus_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="Modbus TCP host")
     parser.add_argument("--port", type=int, default=502, help="Modbus TCP port")
     parser.add_argument("--timeout", type=float, default=0.5, help="seconds per request")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, for scripts/manpage.py (the package's man page)."""
+    return _parser()
 
 
 def main(argv: list[str] | None = None) -> int:
