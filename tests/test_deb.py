@@ -468,3 +468,11 @@ def test_debian_orders_the_mapped_versions_as_python_does() -> None:
                                  helper.debian_version(higher)], timeout=10, check=False)
         assert result.returncode == 0, f"{lower} -> {helper.debian_version(lower)} does not sort " \
                                        f"before {higher} -> {helper.debian_version(higher)}"
+
+
+def test_build_script_is_shellcheck_clean() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+    result = subprocess.run([shellcheck, str(BUILD_DEB)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
