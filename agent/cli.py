@@ -44,7 +44,13 @@ class UsageError(RetrofitError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="retrofit-agent", description=__doc__.splitlines()[0])
+    from agent.version import VersionAction
+
+    parser = argparse.ArgumentParser(
+        prog="retrofit-agent", description=__doc__.splitlines()[0],
+        epilog=f"Commands that read a config take --config FILE; run, check and status default to "
+               f"{DEFAULT_CONFIG}. 'retrofit-agent COMMAND --help' lists a command's options.")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
@@ -130,6 +136,11 @@ def _seconds(text: str) -> float:
     if not 0 < seconds <= 3600:
         raise argparse.ArgumentTypeError(f"expected seconds above 0 and at most 3600, e.g. 0.5 (got {text!r})")
     return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, for scripts/manpage.py (the package's man page)."""
+    return _parser()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install, upgrade or remove retrofit-agent on a Debian / Raspberry Pi OS
-# gateway. Run as root from a checkout (or unpacked release) of the project:
+# gateway from a checkout, with pip and a network. On Debian and Raspberry Pi
+# OS the Debian package (./scripts/build-deb) is the way: it installs with no
+# network; this script stays for other systems and for trying a checkout.
+# Run as root from a checkout (or unpacked release) of the project:
 #
 #   sudo ./scripts/install.sh                       install, or upgrade in place
 #   sudo ./scripts/install.sh --uninstall           remove service and code;
@@ -268,6 +271,11 @@ switch_venv() {
 
 install_all() {
   require_root
+  # Two installs of one service: this script's unit in /usr/local would
+  # override the package's, and an upgrade of either would miss the other.
+  if [ -z "$DESTDIR" ] && dpkg-query -W -f='${Status}' "$NAME" 2>/dev/null | grep -q 'install ok installed'; then
+    die "the Debian package $NAME is installed: upgrade with a newer package (docs/operations.md)"
+  fi
   check_python
   local venv config_ok=0 previous=0 config=$DESTDIR$CONF_DIR/config.yaml
   [ -L "$DESTDIR$PREFIX/venv" ] && previous=1

@@ -30,7 +30,10 @@ def _host_port(spec: str) -> tuple[str, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from agent.version import VersionAction
+
     parser = argparse.ArgumentParser(prog="retrofit-sim", description=__doc__)
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modbus = commands.add_parser("modbus", help="serve simulated Modbus meters over TCP and/or serial")
     modbus.add_argument("--device", action="append", type=_device, required=True, metavar="UNIT=PROFILE",
@@ -66,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     building.add_cli(commands)
     platform.add_cli(commands)
     return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, for scripts/manpage.py (the package's man page)."""
+    return _parser()
 
 
 def main(argv: list[str] | None = None) -> int:
