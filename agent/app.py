@@ -137,8 +137,9 @@ class Agent:
 
     def status_figures(self) -> dict[str, object]:
         """Health figures for the retained status message and the status file."""
-        oldest = self._reader.oldest()
-        depth = self._reader.depth()
+        acked = self.uplink.acked_watermark  # acknowledgements wait for the next commit to be stored
+        oldest = self._reader.oldest(acked)
+        depth = self._reader.depth(acked)
         figures = self.health.snapshot()
         figures["buffer"] = {
             "path": str(self.cfg.buffer.path),

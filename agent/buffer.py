@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from agent import chunks, logs
+from agent import chunks, failpoints, logs
 from drivers.core.errors import StorageError
 from drivers.core.readings import Reading
 
@@ -286,6 +286,7 @@ class Buffer:
         self.info = BufferInfo(stream=meta["stream"], next_id=self._next_id, created=not existed,
                                moved_aside=moved_aside, unclean=unclean)
         self._purged_at = time.monotonic()
+        self._purge_s = float(failpoints.value("buffer-purge-s") or PURGE_S)
         self._series: dict[Series, int] = {}
         self._series_by_id: dict[int, Series] = {}
         self._attrs: dict[int, str] = {}
@@ -324,6 +325,8 @@ class Buffer:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            # Tests cut the power during checkpoints: they ask for many more of them.
+            conn.execute(f"PRAGMA wal_autocheckpoint={int(failpoints.value('buffer-checkpoint-pages') or 1000)}")
             if mode is None or mode[0].lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode})")
             try:
@@ -546,7 +549,7 @@ class Buffer:
         eviction reports (already stored)."""
         try:
             with self.lock:
-                due = force_purge or time.monotonic() - self._purged_at >= PURGE_S or (
+                due = force_purge or time.monotonic() - self._purged_at >= self._purge_s or (
                     self._acked_through - self._purged_floor() >= PURGE_READINGS)
                 if due:
                     with self._transaction():
@@ -756,22 +759,26 @@ class Buffer:
                 good.append((seq, json.dumps({"type": "corrupt_report", "seq": seq}, separators=(",", ":"))))
         return good
 
-    def oldest(self) -> tuple[int, int] | None:
-        """(id, ts) of the oldest reading still waiting, or None when none waits."""
+    def oldest(self, acked: int = 0) -> tuple[int, int] | None:
+        """(id, ts) of the oldest reading still waiting, or None when none waits.
+
+        ``acked``: a watermark the forwarder knows of and the buffer may not yet."""
+        acked = max(acked, self._acked_through)
         with self.lock:
             row = self._conn.execute(
                 "SELECT first_id, count, ts_min FROM batches WHERE first_id + count - 1 > ? ORDER BY first_id LIMIT 1",
-                (self._acked_through,)).fetchone()
+                (acked,)).fetchone()
         if row is None:
             return None
-        return max(int(row[0]), self._acked_through + 1), int(row[2])
+        return max(int(row[0]), acked + 1), int(row[2])
 
-    def depth(self) -> int:
+    def depth(self, acked: int = 0) -> int:
         """Readings waiting (stored above the acknowledged watermark)."""
+        acked = max(acked, self._acked_through)
         with self.lock:
             row = self._conn.execute(
                 "SELECT sum(min(count, first_id + count - 1 - ?)) FROM batches WHERE first_id + count - 1 > ?",
-                (self._acked_through, self._acked_through)).fetchone()
+                (acked, acked)).fetchone()
         return int(row[0] or 0)
 
 
@@ -830,11 +837,11 @@ class BufferReader:
     def events_after(self, after_seq: int, limit: int) -> list[StoredEvent]:
         return self._buffer.events_after(after_seq, limit)
 
-    def oldest(self) -> tuple[int, int] | None:
-        return self._buffer.oldest()
+    def oldest(self, acked: int = 0) -> tuple[int, int] | None:
+        return self._buffer.oldest(acked)
 
-    def depth(self) -> int:
-        return self._buffer.depth()
+    def depth(self, acked: int = 0) -> int:
+        return self._buffer.depth(acked)
 
     def close(self) -> None:
         self._cached = None
@@ -1175,14 +1182,35 @@ class Inspection:
 
 
 def inspect(path: Path) -> Inspection:
-    """Read a buffer no agent holds (read-only; raises StorageError while one runs)."""
+    """Read a buffer no agent holds, without changing a byte of it.
+
+    SQLite needs to write a WAL index to read a WAL file, and the last
+    connection to close checkpoints: so the file and its WAL are read from a
+    copy. Raises StorageError while an agent holds the buffer."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="retrofit-inspect-") as scratch:
+        copy = Path(scratch) / "buffer.db"
+        try:
+            shutil.copyfile(path, copy)
+            if Path(f"{path}-wal").exists():
+                shutil.copyfile(f"{path}-wal", f"{copy}-wal")
+        except OSError as exc:
+            raise StorageError(f"cannot read buffer {path}: {exc}") from None
+        return _inspect(copy)
+
+
+def _inspect(path: Path) -> Inspection:
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+        conn = sqlite3.connect(path, timeout=0.5)
     except sqlite3.Error as exc:
         raise StorageError(f"cannot read buffer {path}: {_why(exc)}") from None
     try:
         meta = {k: v for k, v, _ in conn.execute("SELECT key, value, crc FROM meta")}
-        acked = int(meta.get("acked_through", "0"))
+        last = conn.execute("SELECT first_id + count, acked FROM batches ORDER BY first_id DESC LIMIT 1").fetchone()
+        next_id = max(int(meta.get("next_id", "1")), int(last[0]) if last else 0)
+        acked = max(int(meta.get("acked_through", "0")), int(last[1]) if last else 0)
         waiting = [(max(f, acked + 1), f + n - 1) for f, n in conn.execute(
             "SELECT first_id, count FROM batches WHERE first_id + count - 1 > ? ORDER BY first_id", (acked,))]
         events = [json.loads(b) for (b,) in conn.execute("SELECT body FROM events ORDER BY seq")]
@@ -1190,5 +1218,5 @@ def inspect(path: Path) -> Inspection:
         raise StorageError(f"cannot read buffer {path}: {_why(exc)}") from None
     finally:
         conn.close()
-    return Inspection(stream=meta.get("stream", ""), next_id=int(meta.get("next_id", "1")), acked_through=acked,
+    return Inspection(stream=meta.get("stream", ""), next_id=next_id, acked_through=acked,
                       waiting=waiting, events=events, unclean=meta.get("running") == "1")

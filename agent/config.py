@@ -109,7 +109,7 @@ class GatewayConfig:
 @_record
 class BufferConfig:
     path: Path = field(default_factory=lambda: default_state_dir() / "buffer.db")
-    max_size_mb: Annotated[float, Rule(ge=0.1, le=1_000_000)] = 512
+    max_size_mb: Annotated[float, Rule(ge=0.05, le=1_000_000)] = 512
     # "normal": a power cut may lose the last flush interval (WAL, fsync at
     # checkpoints: kind to SD cards). "full": fsync on every commit.
     synchronous: Literal["normal", "full"] = "normal"

@@ -148,6 +148,11 @@ class Uplink(threading.Thread):
         self._password = self._read_password()
         self.last_progress = time.monotonic()
 
+    @property
+    def acked_watermark(self) -> int:
+        """Every id up to this one is acknowledged by the platform (or was never sent: evicted)."""
+        return self._acked.watermark
+
     def preflight(self) -> None:
         """Load password, certificates and key now, so a bad path is a config
         error at start (exit 78), not a dead uplink thread later."""
