@@ -130,26 +130,29 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _check(path: Path) -> int:
-    from agent.config import load_config, summarise
-
     from agent.commission import load_warnings
+    from agent.config import check_files, load_config, summarise
 
     loaded = load_config(path)
+    check_files(loaded)
     print("\n".join(summarise(loaded)))
     print("\n".join(load_warnings(loaded.config, loaded.catalogue)))
+    for warning in loaded.warnings:
+        print(f"warning: {warning}")
     return EX_OK
 
 
 def _run(path: Path, log_level: str) -> int:
     from agent import logs
     from agent.app import Agent
-    from agent.config import load_config
+    from agent.config import check_files, load_config
 
     # The watchdog's SIGABRT (and a crash) dump every thread's stack to the
     # journal before systemd restarts the service.
     faulthandler.enable(all_threads=True)
     logs.configure(log_level)
     loaded = load_config(path)
+    check_files(loaded)
     return Agent(loaded).run()
 
 
