@@ -1,8 +1,9 @@
 """`retrofit-agent`: the command line technicians and systemd use.
 
-Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) for
-a bad configuration, so systemd's RestartPreventExitStatus=78 stops a crash
-loop on a typo. A person never sees a Python traceback for bad input.
+Exit codes: 0 success, 1 runtime failure, 2 usage error, 75 (EX_TEMPFAIL)
+when another agent already runs on the same buffer, 78 (EX_CONFIG) for a bad
+configuration, so systemd's RestartPreventExitStatus=78 stops a crash loop on
+a typo. A person never sees a Python traceback for bad input.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 EX_OK = 0
 EX_FAILURE = 1
 EX_USAGE = 2
+EX_ALREADY_RUNNING = 75  # EX_TEMPFAIL: it may start once the other one stopped
 EX_CONFIG = 78
 DEFAULT_CONFIG = Path("/etc/retrofit-agent/config.yaml")
 
@@ -143,17 +145,44 @@ def _check(path: Path) -> int:
 
 
 def _run(path: Path, log_level: str) -> int:
-    from agent import logs
-    from agent.app import Agent
-    from agent.config import check_files, load_config
+    # First thing, before the imports, the config and the buffer (a few
+    # tenths of a second): a stop signal from here on is a clean stop.
+    from agent import lifecycle
+
+    stop = lifecycle.StopRequest().install()
+    lifecycle.private_umask()  # before any file is made: the buffer, its WAL, the status file
+    from agent import failpoints, logs
 
     # The watchdog's SIGABRT (and a crash) dump every thread's stack to the
     # journal before systemd restarts the service.
     faulthandler.enable(all_threads=True)
     logs.configure(log_level)
-    loaded = load_config(path)
-    check_files(loaded)
-    return Agent(loaded).run()
+    log = logs.get("agent")
+
+    def step(name: str) -> None:
+        stop.check(name, failpoints.ACTIVE, lambda held: log.warning("failpoint.holding", step=held))
+
+    try:
+        step("imports")
+        from agent.app import Agent
+        from agent.config import check_files, load_config
+
+        step("config")
+        loaded = load_config(path)
+        check_files(loaded)
+        for warning in loaded.warnings:
+            log.warning("config.warning", warning=warning)
+        step("lock")
+        try:  # before the buffer is opened; held until the process ends
+            lifecycle.BufferLock(loaded.config.buffer.path)
+        except lifecycle.AlreadyRunning as exc:
+            print(f"retrofit-agent: {exc}", file=sys.stderr)
+            return EX_ALREADY_RUNNING
+        agent = Agent(loaded, stop=stop)
+    except lifecycle.StartupInterrupted as interrupted:
+        log.info("agent.stopped", signal=stop.signal, during="start-up", step=interrupted.step)
+        return EX_OK
+    return agent.run()
 
 
 def _adhoc_bus(args: argparse.Namespace, serial: SerialDefaults | None = None):  # noqa: ANN202
