@@ -124,7 +124,8 @@ class Agent:
         self._counter_state = self.buffer.counter_state()
         self._meters = self.buffer.meter_ids()
         self.clock_state = ClockState(trusted=self.clock.synchronised() is not False)
-        self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify)
+        self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify,
+                                   flush_interval=self.cfg.buffer.flush_interval)
         # Modbus points' resolutions come from their profiles; an M-Bus
         # meter's are added by its bus worker from the first telegram's VIFs,
         # before that telegram's readings are put, so the meta message

@@ -9,7 +9,6 @@ on a ladder wants one round trip, not ten.
 from __future__ import annotations
 
 import os
-import re
 import ssl
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -17,36 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+from drivers.core.durations import DURATION_SCHEMA, Duration, parse_duration
 from drivers.core.errors import ConfigError, did_you_mean
 from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, json_schema, validate
 from drivers.core.yamlsource import Located, YamlProblem, load_located
 from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from ``90``, ``2.5``, ``"10s"``, ``"15m"``, ``"1h"``, ``"1d"``."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 10s, 15m or 1h, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"expected a duration like 10s, 15m or 1h, got {value!r}")
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    return seconds
-
-
-_DURATION_SCHEMA = {
-    "anyOf": [{"type": "number", "exclusiveMinimum": 0},
-              {"type": "string", "pattern": _DURATION.pattern}],
-    "description": "seconds, or a number with ms, s, m, h or d (10s, 15m, 1h)",
-}
-Duration = Annotated[float, Parse(parse_duration, _DURATION_SCHEMA)]
 # Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
 Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
                                  explain="use letters, digits, '_', '.' or '-' (it becomes part of MQTT topics)")]
@@ -87,7 +62,7 @@ class BufferConfig:
     synchronous: Literal["normal", "full"] = "normal"
     # Readings are committed together at most this long after they were read:
     # one transaction per interval instead of one per poll spares the SD card.
-    flush_interval: Annotated[float, Parse(parse_duration, _DURATION_SCHEMA), Rule(le=60)] = 1.0
+    flush_interval: Annotated[float, Parse(parse_duration, DURATION_SCHEMA), Rule(le=60)] = 1.0
     # Optionally evict readings older than this even when there is room.
     max_age: Duration | None = None
 

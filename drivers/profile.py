@@ -27,6 +27,7 @@ from drivers.codec import (
     make_decoder,
     register_count,
 )
+from drivers.core.durations import Duration
 from drivers.core.errors import ProfileError
 from drivers.core.records import Invalid, Rule, dotted, validate
 from drivers.core.yamlsource import YamlProblem, load_plain
@@ -74,6 +75,10 @@ class ModbusPoint:
     unit: str
     kind: Kind
     description: str = ""
+    # Read this point no more often than this (a device polled every 10 s
+    # reads its energy counters every 15 min, aligned to :00, :15, ...); a
+    # device's `intervals` entry in the config overrides it.
+    interval: Duration | None = None
 
     def __post_init__(self) -> None:
         if (self.type == "string") != (self.length is not None):
