@@ -368,10 +368,12 @@ def _profiles(action: str, name: str | None, config: Path | None) -> int:
     if profile.protocol == "mbus":
         print(f"{'point':26} {'quantity':24} {'storage':>7} {'tariff':>6} {'subunit':>7} {'unit':5} kind")
         for mp in profile.points:
-            print(f"{mp.name:26} {mp.quantity:24} {mp.storage:>7} {mp.tariff:>6} {mp.subunit:>7} {mp.unit:5} "
+            print(f"{mp.name:26} {mp.quantity:24} {mp.storage:>7} {mp.tariff:>6} {mp.subunit:>7} "
+                  f"{mp.unit or '(sent)':5} "
                   f"{mp.kind}  {mp.description}")
         if profile.all_records:
-            print("(every record of the telegram becomes a point, in its base unit)")
+            print("(every record of the telegram becomes a point, in its base unit; the points above are "
+                  "the counters it knows by name)")
         return EX_OK
     quirks = profile.workarounds
     if quirks.serial:

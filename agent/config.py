@@ -20,7 +20,7 @@ from drivers.core.durations import DURATION_SCHEMA, Duration, parse_duration
 from drivers.core.errors import ConfigError, did_you_mean
 from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, json_schema, validate
 from drivers.core.yamlsource import Located, YamlProblem, load_located
-from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
+from drivers.profile import SITE_PROFILE_DIR, Catalogue, MbusProfile, load_catalogue
 
 # Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
 Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
@@ -494,7 +494,8 @@ def summarise(loaded: LoadedConfig) -> list[str]:
         lines.append(f"bus {bus.id} ({bus.type}, {where}): {len(by_bus[bus.id])} device(s)")
         for device in by_bus[bus.id]:
             profile = loaded.catalogue.get(device.profile)
-            points = device.points or tuple(p.name for p in profile.points) or ("every record",)
+            every_record = isinstance(profile, MbusProfile) and profile.all_records
+            points = device.points or (("every record",) if every_record else tuple(p.name for p in profile.points))
             min_interval = getattr(profile, "min_interval", None)
             if min_interval and device.interval < min_interval:
                 lines.append(f"  warning: device {device.id} every {format_duration(device.interval)}: "

@@ -218,9 +218,22 @@ class MbusPoint:
     tariff: Annotated[int, Rule(ge=0)] = 0
     subunit: Annotated[int, Rule(ge=0)] = 0
     function: Literal["instantaneous", "maximum", "minimum", "error_state"] = "instantaneous"
-    unit: str  # the unit sent to the platform (the record is converted to it)
+    # The unit sent to the platform (the record is converted to it); absent:
+    # the record's own base unit, as the meter sends it (Wh, J, m3, ...).
+    unit: str | None = None
     kind: Kind
     description: str = ""
+
+
+# What an every-record profile (``all_records``) makes of a record: the point
+# is named after its quantity, and its storage, tariff and subunit when not 0;
+# these quantities are counters, the others gauges.
+RECORD_COUNTERS = ("energy", "volume", "mass")
+
+
+def record_point_name(quantity: str, storage: int, tariff: int, subunit: int) -> str:
+    """``energy``, ``energy_s1`` (due date), ``volume_t2``, ``energy_s1_u1`` ..."""
+    return quantity + "".join(f"_{p}{n}" for p, n in (("s", storage), ("t", tariff), ("u", subunit)) if n)
 
 
 @_record
@@ -244,6 +257,19 @@ class MbusProfile:
 
     workarounds: Workarounds = field(default_factory=Workarounds)
     identity: None = None
+
+    def __post_init__(self) -> None:
+        if not self.all_records:
+            return
+        # Here a point only declares a point every-record makes, so that it is
+        # known before the first telegram: a counter's limits (its step and
+        # BCD wrap), `max_rate` and `intervals` in the config.
+        for point in self.points:
+            name = record_point_name(point.quantity, point.storage, point.tariff, point.subunit)
+            kind = "counter" if point.quantity in RECORD_COUNTERS else "gauge"
+            if (point.name, point.kind, point.function, point.unit) != (name, kind, "instantaneous", None):
+                raise ValueError(f"point {point.name}: with all_records a point names a record as every-record "
+                                 f"does: name {name}, kind {kind}, no function, no unit (the meter's)")
 
 
 AnyProfile = Profile | MbusProfile
