@@ -49,19 +49,13 @@ def _write_atomically(path: Path | None, figures: dict[str, object]) -> None:
         return
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        temporary.unlink(missing_ok=True)  # a leftover keeps its mode through O_TRUNC: make it anew
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            os.fchmod(fd, PRIVATE_FILE_MODE & ~_current_umask())  # a leftover may have had another mode
             out.write(json.dumps({"ts": now_ms(), **figures}, default=str))
         os.replace(temporary, path)
     except OSError:
         pass  # a full disk is reported by the buffer; the snapshot is best effort
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
 
 
 def _link_for(bus: ModbusRtuBus | ModbusTcpBus) -> tuple[modbus.RegisterReader, LinkCost]:

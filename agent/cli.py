@@ -174,7 +174,7 @@ def _run(path: Path, log_level: str) -> int:
             log.warning("config.warning", warning=warning)
         step("lock")
         try:  # before the buffer is opened; held until the process ends
-            lifecycle.BufferLock(loaded.config.buffer.path)
+            lock = lifecycle.BufferLock(loaded.config.buffer.path)
         except lifecycle.AlreadyRunning as exc:
             print(f"retrofit-agent: {exc}", file=sys.stderr)
             return EX_ALREADY_RUNNING
@@ -182,7 +182,10 @@ def _run(path: Path, log_level: str) -> int:
     except lifecycle.StartupInterrupted as interrupted:
         log.info("agent.stopped", signal=stop.signal, during="start-up", step=interrupted.step)
         return EX_OK
-    return agent.run()
+    try:
+        return agent.run()
+    finally:
+        lock.release()  # after the buffer is closed (the kernel would at exit anyway)
 
 
 def _adhoc_bus(args: argparse.Namespace, serial: SerialDefaults | None = None):  # noqa: ANN202
