@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -142,7 +143,7 @@ def _plain(tp: Any) -> list[Any]:
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
         return _plain(typing.get_args(tp)[0])
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return [r for arg in typing.get_args(tp) for r in _plain(arg)]
     if origin is tuple:
         return [r for arg in typing.get_args(tp) if arg is not Ellipsis for r in _plain(arg)]

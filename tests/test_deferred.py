@@ -16,7 +16,8 @@ pytestmark = pytest.mark.timeout(60)
 
 def run_python(code: str) -> str:
     # A fresh interpreter: this test process has imported urllib.request long ago.
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                          check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -5,14 +5,14 @@ never gigabytes of memory (issue 20, item 7)."""
 
 from __future__ import annotations
 
-import resource
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import REPO
+from tests.support import REPO, AgentProcess, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,16 +29,15 @@ devices:
   - {id: room-101, bus: plant-room, address: 10, profile: xy-md02, interval: 5m}
 health: {status_file: status.json}
 """
-MEMORY_LIMIT = 1 << 30  # the 617-byte bomb took 2.4 GB before the loader was bounded
-
-
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+MEMORY_LIMIT_KB = 1024 * 1024  # the 617-byte bomb took 2.4 GB before the loader was bounded
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=60, preexec_fn=_limit_memory)
+    """The command line as a technician runs it, within 1 GB of address space
+    (set by the shell: preexec_fn is not safe in a process with threads)."""
+    command = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "agent.cli", *args))
+    return subprocess.run(["sh", "-c", f"ulimit -v {MEMORY_LIMIT_KB} && exec {command}"], capture_output=True,
+                          text=True, cwd=REPO, timeout=60, check=False)
 
 
 def one_clean_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -130,6 +129,22 @@ def test_an_unused_site_profile_that_is_not_utf8_is_a_warning_not_a_crash(tmp_pa
     assert listed.returncode == 0, listed.stderr
     assert "xy-md02" in listed.stdout
     assert "not UTF-8" in one_clean_line(listed)
+
+
+def test_run_starts_beside_an_unused_site_profile_that_is_not_utf8(tmp_path: Path) -> None:
+    """`run` logs the broken file once and goes on; start-up is held at the
+    buffer lock (a failpoint), where the test stops it: no broker needed."""
+    config = _site_profiles(tmp_path, {"cafe-meter.yaml": LATIN1_PROFILE})
+    agent = AgentProcess(config, tmp_path / "agent.log", env={"RETROFIT_FAILPOINTS": "hold-start:lock"}).start()
+    proc = agent.proc
+    assert proc is not None
+    wait_until(lambda: any(e.get("event") == "failpoint.holding" for e in agent.events())
+               or proc.poll() is not None, 30, "start-up")
+    assert proc.poll() is None, agent.log.read_text()[-2000:]
+    assert agent.stop() == 0
+    warnings = [e for e in agent.events() if e.get("event") == "config.warning"]
+    assert len(warnings) == 1 and "cafe-meter.yaml" in warnings[0]["warning"], agent.events()
+    assert "not UTF-8" in warnings[0]["warning"]
 
 
 def test_a_used_site_profile_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import stat
@@ -18,10 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from drivers.profile import load_catalogue
+from drivers.profile import Profile, load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
-from tests.support import REPO, AgentProcess, Broker, Subscriber, free_port, wait_until, write_config
+from tests.support import (
+    REPO,
+    AgentProcess,
+    Broker,
+    Subscriber,
+    free_port,
+    wait_until,
+    write_config,
+)
 from tests.test_e2e import ROOM_VALUES, SDM630_VALUES, FixedModel
 
 pytestmark = pytest.mark.timeout(90)
@@ -32,10 +41,10 @@ EX_ALREADY_RUNNING = 75
 def _setup(tmp_path: Path, broker_port: int, *, interval: str = "1s", mqtt_extra: dict | None = None,
            buffer_extra: dict | None = None) -> tuple[ModbusTcpServer, Path]:
     catalogue = load_catalogue()
-    server = ModbusTcpServer({
-        1: SimulatedDevice(catalogue.get("eastron-sdm630"), FixedModel(SDM630_VALUES)),
-        10: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES)),
-    }).start()
+    meter, room = catalogue.get("eastron-sdm630"), catalogue.get("xy-md02")
+    assert isinstance(meter, Profile) and isinstance(room, Profile)
+    server = ModbusTcpServer({1: SimulatedDevice(meter, FixedModel(SDM630_VALUES)),
+                              10: SimulatedDevice(room, FixedModel(ROOM_VALUES))}).start()
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker_port, buffer=tmp_path / "state" / "buffer.db",
         buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
@@ -71,14 +80,15 @@ def test_a_second_agent_on_the_same_buffer_is_refused_naming_the_first(tmp_path:
     try:
         wait_until(lambda: _events(first, "agent.started"), 20, "the first agent to start")
         second = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
-                                capture_output=True, text=True, cwd=REPO, timeout=30)
+                                capture_output=True, text=True, cwd=REPO, timeout=30, check=False)
         assert second.returncode == EX_ALREADY_RUNNING, second.stderr
         assert second.stdout == ""  # not one event: it never started
         assert "Traceback" not in second.stderr
-        assert second.stderr.strip().splitlines() == [
-            f"retrofit-agent: another agent (pid {first.proc.pid}) is running on the buffer "  # type: ignore[union-attr]
+        assert first.proc is not None
+        assert second.stderr.strip().splitlines() == [(
+            f"retrofit-agent: another agent (pid {first.proc.pid}) is running on the buffer "
             f"{tmp_path / 'state' / 'buffer.db'}; stop it first (`systemctl stop retrofit-agent`, "
-            "or Ctrl-C where it was started by hand)"]
+            "or Ctrl-C where it was started by hand)")]
         # The first one goes on undisturbed: new readings, no duplicate ids, one connection.
         seen = len(subscriber.unique_readings())
         wait_until(lambda: len(subscriber.unique_readings()) >= seen + 24, 20, "readings after the refusal")
@@ -130,8 +140,9 @@ def test_sigterm_the_moment_the_handler_exists_is_a_clean_stop(tmp_path: Path) -
     and the config that took about 0.15 s and ended in exit 143."""
     _, config = _setup(tmp_path, broker_port=free_port())
     agent = AgentProcess(config, tmp_path / "agent.log").start()
-    assert agent.proc is not None
-    wait_until(lambda: _sigterm_caught(agent.proc.pid), 20, "the SIGTERM handler", interval=0.001)
+    proc = agent.proc
+    assert proc is not None
+    wait_until(lambda: _sigterm_caught(proc.pid), 20, "the SIGTERM handler", interval=0.001)
     assert agent.stop(signal.SIGTERM) == 0
     stopped = _events(agent, "agent.stopped")
     assert len(stopped) == 1 and stopped[0]["signal"] == "SIGTERM", agent.events()
@@ -200,9 +211,10 @@ def test_buffer_wal_status_and_lock_are_private_under_a_permissive_umask(tmp_pat
     status = tmp_path / "agent.status.json"
     log = tmp_path / "agent.log"
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=lambda: os.umask(0))
+        # The shell sets the umask (preexec_fn is not safe in a process with threads).
+        command = f"umask 000 && exec {shlex.quote(sys.executable)} -m agent.cli run --config {shlex.quote(str(config))}"
+        proc = subprocess.Popen(["sh", "-c", command], stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         wait_until(lambda: len(subscriber.unique_readings()) >= 12 and status.exists(), 20, "readings and a snapshot")
         buffer = tmp_path / "state" / "buffer.db"

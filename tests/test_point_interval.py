@@ -89,9 +89,9 @@ def test_check_accepts_a_profile_point_interval(tmp_path: Path) -> None:
 
 def test_the_agent_reads_a_slow_point_once_per_its_interval(tmp_path: Path, broker: Broker,
                                                             subscriber: Subscriber) -> None:
-    _profile(tmp_path)
-    server = ModbusTcpServer({10: SimulatedDevice(load_profile_file(_profile(tmp_path)), FixedModel(ROOM_VALUES))})
-    server.start()
+    profile = load_profile_file(_profile(tmp_path))
+    assert isinstance(profile, Profile)
+    server = ModbusTcpServer({10: SimulatedDevice(profile, FixedModel(ROOM_VALUES))}).start()
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "state" / "buffer.db",
         buses=[{"id": "plant", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
