@@ -2,9 +2,10 @@
 
 paho-mqtt imports ``urllib.request`` at module level, which pulls in
 ``http.client`` and the ``email`` package: 28 modules and about 1.8 MB of
-resident memory (measured on Python 3.11, importing agent.app and paho:
-30.9 MB with the stand-in, 32.7 MB without), some 6 % of the agent at
-start. paho only calls it to look for an ``mqtt_proxy`` environment
+resident memory at start (Python 3.11, importing agent.app and paho: 30.9
+MB with the stand-in, 32.7 MB without), 1.4 MB in the benchmark's steady
+state (docs/performance.md): some 5 % of the agent's memory, not more.
+paho only calls it to look for an ``mqtt_proxy`` environment
 variable, and only when PySocks is installed, which the agent does not
 depend on.
 
