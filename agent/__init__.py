@@ -2,6 +2,6 @@
 
 from agent import deferred
 
-# Before any module here imports paho-mqtt, which loads urllib.request (3 MB)
+# Before any module here imports paho-mqtt, which loads urllib.request (1.8 MB)
 # only to look up a proxy the agent never uses: see agent/deferred.py.
 deferred.defer("urllib.request")

@@ -3,42 +3,56 @@
 Threads: one per bus, one buffer writer (owns the SQLite write connection),
 one uplink (paho runs its own network thread), and the main thread for
 signals, health and sd_notify.
+
+Stopping runs the data flow's order backwards where it matters: the bus
+workers and the uplink stop first (the uplink waits a moment for the
+acknowledgements still on their way), and the buffer writer stops last, so
+its final transaction holds both the last readings and the last
+acknowledgements. A writer stopped first dropped every acknowledgement that
+came during shutdown, and their readings were sent again after the restart.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
-from agent import logs
+from agent import failpoints, logs
 from agent.buffer import Buffer, BufferWriter, file_size
 from agent.clock import ClockState, ClockWatch
-from agent.integrity import CounterGuard
 from agent.config import LoadedConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
 from agent.health import DeviceHealth, Health
+from agent.integrity import CounterGuard
+from agent.lifecycle import PRIVATE_FILE_MODE, StopRequest, make_private
 from agent.notify import Notifier
-from drivers.core.readings import now_ms
 from agent.uplink import Uplink
 from agent.worker import BusWorker, DevicePoller
 from drivers import modbus
+from drivers.core.readings import now_ms
 from drivers.plan import LinkCost
 
 STOP_BUDGET_S = 4.0
+# Of the stop budget, what the buffer writer keeps for its final transaction.
+WRITER_STOP_S = 1.0
 SNAPSHOT_EVERY_S = 5.0
 
 
 def _write_atomically(path: Path | None, figures: dict[str, object]) -> None:
-    """Readers of the status file see the old or the new snapshot, never half."""
+    """Readers of the status file see the old or the new snapshot, never
+    half. Its mode is set here, not left to the umask: it names the
+    building's devices and figures."""
     if path is None:
         return
     temporary = path.with_name(f".{path.name}.tmp")
     try:
-        temporary.write_text(json.dumps({"ts": now_ms(), **figures}, default=str))
+        temporary.unlink(missing_ok=True)  # a leftover keeps its mode through O_TRUNC: make it anew
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(json.dumps({"ts": now_ms(), **figures}, default=str))
         os.replace(temporary, path)
     except OSError:
         pass  # a full disk is reported by the buffer; the snapshot is best effort
@@ -53,19 +67,46 @@ def _link_for(bus: ModbusRtuBus | ModbusTcpBus) -> tuple[modbus.RegisterReader, 
 
 
 class Agent:
-    def __init__(self, loaded: LoadedConfig, notifier: Notifier | None = None) -> None:
+    """The running agent. Construction is start-up: it opens the buffer and
+    checks the uplink's credentials; a stop signal during it raises
+    StartupInterrupted with everything opened so far closed again."""
+
+    def __init__(self, loaded: LoadedConfig, notifier: Notifier | None = None,
+                 stop: StopRequest | None = None) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
         self.health = Health()
-        self.stop_event = threading.Event()
+        self.stop = stop or StopRequest()
+        self._install_signals = stop is None  # run() installs them; a caller that passed one did
+        self.stop_event = self.stop.event
         self.notifier = notifier or Notifier()
         self._log = logs.get("agent")
+        self._closers: list[Callable[[], None]] = []
+        try:
+            self._start_up()
+        except BaseException:
+            self._close_opened()
+            raise
+
+    def step(self, name: str) -> None:
+        """A point of start-up where a stop signal is honoured (and where the
+        ``hold-start:NAME`` failpoint holds start-up for a test)."""
+        self.stop.check(name, failpoints.ACTIVE,
+                        lambda held: self._log.warning("failpoint.holding", step=held))
+
+    def _start_up(self) -> None:
+        self.step("buffer")
+        for path in make_private(self.cfg.buffer.path):
+            self._log.warning("buffer.permissions_tightened", path=path,
+                              why="other users could read the building's readings")
         self.buffer = Buffer(self.cfg.buffer.path, max_bytes=int(self.cfg.buffer.max_size_mb * 1024 * 1024),
                              max_age_s=self.cfg.buffer.max_age, flush_interval_s=self.cfg.buffer.flush_interval)
+        self._closers.append(self.buffer.close)
         self._reader = self.buffer.reader()
         self.clock = ClockWatch(self.cfg.health.timesync_flag, use_timedatectl=self.cfg.health.use_timedatectl)
         self._stalled: list[str] = []
         self._next_snapshot = 0.0
+        self.step("uplink")
         self.uplink = Uplink(
             self.cfg.uplink.mqtt, self.cfg.gateway.id, self.cfg.gateway.site, self.buffer.stream,
             self.buffer.reader, on_ack=self._ack, health=self.health, status_extra=self.status_figures,
@@ -83,7 +124,18 @@ class Agent:
         # before that telegram's readings are put, so the meta message
         # describing a new series has them.
         self.uplink.resolutions = self._resolutions()
+        self.step("workers")
         self.workers = [self._worker(bus) for bus in self.cfg.buses if self.cfg.devices_on(bus.id)]
+        for worker in self.workers:
+            self._closers.append(worker.link.close)
+
+    def _close_opened(self) -> None:
+        for close in reversed(self._closers):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - start-up failed already; say what else did, go on
+                self._log.warning("agent.close_failed", error=str(exc))
+        self._closers.clear()
 
     def _ack(self, watermark: int) -> None:
         self.writer.ack_through(watermark)
@@ -158,13 +210,9 @@ class Agent:
         return figures
 
     def run(self) -> int:
-        """Run until SIGTERM or SIGINT; return the process exit code."""
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            self._log.info("agent.stopping", signal=signal.Signals(signum).name)
-            self.stop_event.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        """Run until SIGTERM, SIGINT or SIGHUP; return the process exit code."""
+        if self._install_signals:
+            self.stop.install()
         self.writer.start()
         self.uplink.start()
         for worker in self.workers:
@@ -178,6 +226,7 @@ class Agent:
         try:
             while not self.stop_event.wait(1.0):
                 self._heartbeat()
+            self._log.info("agent.stopping", signal=self.stop.signal)
         finally:
             self._shutdown()
         return 0
@@ -234,15 +283,22 @@ class Agent:
         deadline = time.monotonic() + STOP_BUDGET_S
         self.notifier.send("STOPPING=1")
         self.stop_event.set()
-        for worker in self.workers:
-            worker.join(timeout=max(0.1, deadline - time.monotonic() - 1.5))
-        self.writer.stop()
-        self.writer.join(timeout=max(0.1, deadline - time.monotonic() - 1.0))
+        # Bus workers finish their poll while the uplink waits for the
+        # acknowledgements still on their way; both before the writer stops.
         self.uplink.stop()
-        self.uplink.join(timeout=max(0.1, deadline - time.monotonic()))
+        for worker in self.workers:
+            worker.join(timeout=max(0.1, deadline - time.monotonic() - WRITER_STOP_S))
+        self.uplink.join(timeout=max(0.1, deadline - time.monotonic() - WRITER_STOP_S))
+        if self.uplink.is_alive():
+            self._log.warning("uplink.stop_timeout", after_s=STOP_BUDGET_S - WRITER_STOP_S,
+                              meaning="acknowledgements after this are lost; their readings are sent again")
+        self.writer.stop()
+        self.writer.join(timeout=max(0.1, deadline - time.monotonic()))
         self._write_final_snapshot()
+        self._closers.clear()
         self._reader.close()
         # A clean stop is written down only when everything read was committed.
         self.buffer.close(clean=not self.writer.is_alive() and self.writer.held_in_memory == 0)
-        self._log.info("agent.stopped", committed=self.writer.committed,
+        self._log.info("agent.stopped", signal=self.stop.signal, committed=self.writer.committed,
                        acked=self.health.uplink.readings_acked, next_id=self.buffer.next_id)
+

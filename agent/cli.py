@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the command ran but failed (a device did not
 answer, a scan found nothing or stopped early); 2 a usage error; 3 `status`:
-the daemon is not running; 65 (EX_DATAERR) the input is not what the command
+the daemon is not running; 75 (EX_TEMPFAIL) `run`: another agent already
+runs on the same buffer; 65 (EX_DATAERR) the input is not what the command
 reads (`mbus decode` of something that is not a telegram); 66 (EX_NOINPUT)
 the input file cannot be read; 69 (EX_UNAVAILABLE) the port or host cannot
 be opened at all; 78 (EX_CONFIG) a bad configuration, so systemd's
@@ -35,6 +36,7 @@ EX_NOT_RUNNING = 3
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
+EX_ALREADY_RUNNING = 75  # EX_TEMPFAIL: it may start once the other one stopped
 EX_CONFIG = 78
 DEFAULT_CONFIG = Path("/etc/retrofit-agent/config.yaml")
 
@@ -199,25 +201,59 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _check(path: Path) -> int:
     from agent.commission import load_warnings
-    from agent.config import load_config, summarise
+    from agent.config import check_files, load_config, summarise
 
     loaded = load_config(path)
+    check_files(loaded)
     print("\n".join(summarise(loaded)))
     print("\n".join(load_warnings(loaded.config, loaded.catalogue)))
+    for warning in loaded.warnings:
+        print(f"warning: {warning}")
     return EX_OK
 
 
 def _run(path: Path, log_level: str) -> int:
-    from agent import logs
-    from agent.app import Agent
-    from agent.config import load_config
+    # First thing, before the imports, the config and the buffer (a few
+    # tenths of a second): a stop signal from here on is a clean stop.
+    from agent import lifecycle
+
+    stop = lifecycle.StopRequest().install()
+    lifecycle.private_umask()  # before any file is made: the buffer, its WAL, the status file
+    from agent import failpoints, logs
 
     # The watchdog's SIGABRT (and a crash) dump every thread's stack to the
     # journal before systemd restarts the service.
     faulthandler.enable(all_threads=True)
     logs.configure(log_level)
-    loaded = load_config(path)
-    return Agent(loaded).run()
+    log = logs.get("agent")
+
+    def step(name: str) -> None:
+        stop.check(name, failpoints.ACTIVE, lambda held: log.warning("failpoint.holding", step=held))
+
+    try:
+        step("imports")
+        from agent.app import Agent
+        from agent.config import check_files, load_config
+
+        step("config")
+        loaded = load_config(path)
+        check_files(loaded)
+        for warning in loaded.warnings:
+            log.warning("config.warning", warning=warning)
+        step("lock")
+        try:  # before the buffer is opened; held until the process ends
+            lock = lifecycle.BufferLock(loaded.config.buffer.path)
+        except lifecycle.AlreadyRunning as exc:
+            print(f"retrofit-agent: {exc}", file=sys.stderr)
+            return EX_ALREADY_RUNNING
+        agent = Agent(loaded, stop=stop)
+    except lifecycle.StartupInterrupted as interrupted:
+        log.info("agent.stopped", signal=stop.signal, during="start-up", step=interrupted.step)
+        return EX_OK
+    try:
+        return agent.run()
+    finally:
+        lock.release()  # after the buffer is closed (the kernel would at exit anyway)
 
 
 def _adhoc_bus(args: argparse.Namespace, serial: SerialDefaults | None = None,
@@ -573,10 +609,12 @@ def _profiles(action: str, name: str | None, config: Path | None) -> int:
     if profile.protocol == "mbus":
         print(f"{'point':26} {'quantity':24} {'storage':>7} {'tariff':>6} {'subunit':>7} {'unit':5} kind")
         for mp in profile.points:
-            print(f"{mp.name:26} {mp.quantity:24} {mp.storage:>7} {mp.tariff:>6} {mp.subunit:>7} {mp.unit:5} "
+            print(f"{mp.name:26} {mp.quantity:24} {mp.storage:>7} {mp.tariff:>6} {mp.subunit:>7} "
+                  f"{mp.unit or '(sent)':5} "
                   f"{mp.kind}  {mp.description}")
         if profile.all_records:
-            print("(every record of the telegram becomes a point, in its base unit)")
+            print("(every record of the telegram becomes a point, in its base unit; the points above are "
+                  "the counters it knows by name)")
         return EX_OK
     quirks = profile.workarounds
     if quirks.serial:

@@ -9,48 +9,29 @@ on a ladder wants one round trip, not ten.
 from __future__ import annotations
 
 import os
-import re
+import ssl
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+from drivers.core.durations import DURATION_SCHEMA, Duration, parse_duration
 from drivers.core.errors import ConfigError, did_you_mean
 from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, json_schema, validate
 from drivers.core.yamlsource import Located, YamlProblem, load_located
-from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
+from drivers.profile import SITE_PROFILE_DIR, Catalogue, MbusProfile, load_catalogue
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from ``90``, ``2.5``, ``"10s"``, ``"15m"``, ``"1h"``, ``"1d"``."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 10s, 15m or 1h, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"expected a duration like 10s, 15m or 1h, got {value!r}")
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    return seconds
-
-
-_DURATION_SCHEMA = {
-    "anyOf": [{"type": "number", "exclusiveMinimum": 0},
-              {"type": "string", "pattern": _DURATION.pattern}],
-    "description": "seconds, or a number with ms, s, m, h or d (10s, 15m, 1h)",
-}
-Duration = Annotated[float, Parse(parse_duration, _DURATION_SCHEMA)]
 # Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
 Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
                                  explain="use letters, digits, '_', '.' or '-' (it becomes part of MQTT topics)")]
 Port = Annotated[int, Rule(ge=1, le=65535)]
 NonEmpty = Annotated[str, Rule(min_length=1)]
+# MQTT forbids U+0000 in a string and advises against the other control
+# characters; a NUL would also cut the name short in C brokers' logs and ACLs.
+PrintableText = Annotated[str, Rule(pattern=r"[^\x00-\x1f\x7f-\x9f]+",
+                                    explain="no control characters (NUL, tab, line break ...); "
+                                            "is the value quoted right?")]
 
 
 def parse_host(value: object) -> str:
@@ -115,7 +96,7 @@ class BufferConfig:
     synchronous: Literal["normal", "full"] = "normal"
     # Readings are committed together at most this long after they were read:
     # one transaction per interval instead of one per poll spares the SD card.
-    flush_interval: Annotated[float, Parse(parse_duration, _DURATION_SCHEMA), Rule(le=600)] = 1.0
+    flush_interval: Annotated[float, Parse(parse_duration, DURATION_SCHEMA), Rule(le=600)] = 1.0
     # Optionally evict readings older than this even when there is room.
     max_age: Duration | None = None
 
@@ -154,7 +135,7 @@ class MqttConfig:
     keepalive: Duration = 60.0
     batch: Annotated[int, Rule(ge=1, le=10_000)] = 500
     inflight: Annotated[int, Rule(ge=1, le=100)] = 20
-    username: str | None = None
+    username: PrintableText | None = None
     password_file: Path | None = None
     tls: TlsConfig | None = None
     status_interval: Duration = 60.0
@@ -264,6 +245,9 @@ class LoadedConfig:
     path: Path
     config: Config
     catalogue: Catalogue
+    # Not errors: a broken site profile no device uses, for example.
+    warnings: tuple[str, ...] = ()
+    located: Located | None = None  # the line of each key, for later checks
 
 
 CatalogueLoader = Callable[[Sequence[Path]], Catalogue]
@@ -298,12 +282,19 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
         _resolve(base, Path(p)) for p in _as_list(data.get("profile_dirs")) if isinstance(p, str)
     ]
     catalogue = (catalogue_loader or load_catalogue)(profile_dirs)
-    problems.extend((1, p) for p in catalogue.problems)
     # The cross-check judges an address knowing its bus's protocol; the type's
     # own "0..255 or 8 digits" would only say the same again, less clearly.
     judged: set[tuple[str | int, ...]] = set()
     problems.extend(_cross_check(located, catalogue, judged))
     problems.extend(_describe(problem, located) for problem in invalid if problem.loc not in judged)
+    # A broken site profile is an error only for a device that names it (or
+    # when a device names a profile nobody knows: the broken file may be it).
+    used = {d.get("profile") for d in _as_list(data.get("devices")) if isinstance(d, dict)}
+    wanted = any(name not in catalogue for name in used if isinstance(name, str))
+    warnings = tuple(problem for name, problem in catalogue.broken.items() if name not in used)
+    if wanted:
+        problems.extend((1, problem) for problem in warnings)
+        warnings = ()
 
     if problems or config is None:
         unique = sorted(set(problems), key=lambda item: (item[0], item[1]))
@@ -312,9 +303,82 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
     buffer_path = _resolve(base, config.buffer.path)
     status_file = _resolve(base, config.health.status_file) if config.health.status_file else (
         RUNTIME_DIR / "status.json" if RUNTIME_DIR.is_dir() else buffer_path.parent / "status.json")
+    mqtt = config.uplink.mqtt
+    tls = mqtt.tls and replace(mqtt.tls, **{
+        name: _resolve(base, value) for name in ("ca_file", "cert_file", "key_file")
+        if (value := getattr(mqtt.tls, name)) is not None})
+    mqtt = replace(mqtt, tls=tls, password_file=mqtt.password_file and _resolve(base, mqtt.password_file))
     resolved = replace(config, buffer=replace(config.buffer, path=buffer_path),
-                       health=replace(config.health, status_file=status_file), profile_dirs=tuple(profile_dirs))
-    return LoadedConfig(path=path, config=resolved, catalogue=catalogue)
+                       health=replace(config.health, status_file=status_file), profile_dirs=tuple(profile_dirs),
+                       uplink=replace(config.uplink, mqtt=mqtt))
+    return LoadedConfig(path=path, config=resolved, catalogue=catalogue, warnings=warnings, located=located)
+
+
+def credential(explicit: Path | None, name: str) -> Path | None:
+    """A configured file, else systemd's LoadCredential= copy, else nothing.
+
+    The unit gives every credential a one-newline fallback (systemd refuses
+    empty ones): a blank credential means "not configured"."""
+    if explicit is not None:
+        return explicit
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    candidate = Path(directory) / name
+    try:
+        return candidate if candidate.is_file() and candidate.read_bytes().strip() else None
+    except OSError:
+        return None
+
+
+def check_files(loaded: LoadedConfig) -> None:
+    """The secrets and certificates the uplink reads at start, read now.
+
+    `run` would stop on them with exit 78 anyway; `check` must say so first,
+    and `run` must say it in one line (a password file that is not UTF-8
+    ended in a traceback). Raises ConfigError listing every problem."""
+    mqtt = loaded.config.uplink.mqtt
+    problems: list[str] = []
+
+    def where(*key: str | int) -> str:
+        line = loaded.located.line_of(("uplink", "mqtt", *key)) if loaded.located else 1
+        return f"{loaded.path}:{line}: uplink.mqtt.{'.'.join(map(str, key))}"
+
+    password = credential(mqtt.password_file, "mqtt-password")
+    if password is not None:
+        try:
+            password.read_bytes().decode("utf-8")
+        except OSError as exc:
+            problems.append(f"{where('password_file')}: cannot read {password}: {exc.strerror}")
+        except UnicodeDecodeError as exc:
+            problems.append(f"{where('password_file')}: {password} is not UTF-8 text (byte {exc.start}); "
+                            "write the password as plain text")
+    tls = mqtt.tls
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        for key, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file)):
+            if path is not None and not os.access(path, os.R_OK):
+                problems.append(f"{where('tls', key)}: cannot read {path}"
+                                + ("" if path.exists() else ": no such file"))
+                return _raise_if(problems)
+        try:
+            if tls.ca_file is not None:
+                context.load_verify_locations(cafile=str(tls.ca_file))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            problems.append(f"{where('tls', 'ca_file')}: {tls.ca_file} is not a PEM certificate: {exc}")
+        key_file = credential(tls.key_file, "mqtt-client-key") if tls.cert_file else None
+        try:
+            if tls.cert_file is not None:
+                context.load_cert_chain(str(tls.cert_file), str(key_file) if key_file else None)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            problems.append(f"{where('tls', 'cert_file')}: cannot load {tls.cert_file}"
+                            + (f" with the key {key_file}" if key_file else "") + f": {exc}")
+    _raise_if(problems)
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(problems)
 
 
 def _resolve(base: Path, path: Path) -> Path:
@@ -408,7 +472,12 @@ def _cross_check(located: Located, catalogue: Catalogue,
                 )
         profile_name = device.get("profile")
         if isinstance(profile_name, str):
-            if profile_name not in catalogue:
+            if profile_name in catalogue.broken:
+                problems.append(
+                    (located.line_of(where + ("profile",)),
+                     f"devices[{index}].profile: profile {profile_name!r} cannot be used: "
+                     + catalogue.broken[profile_name]))
+            elif profile_name not in catalogue:
                 problems.append(
                     (located.line_of(where + ("profile",)),
                      f"devices[{index}].profile: unknown profile {profile_name!r}"
@@ -467,7 +536,8 @@ def summarise(loaded: LoadedConfig) -> list[str]:
         lines.append(f"bus {bus.id} ({bus.type}, {where}): {len(by_bus[bus.id])} device(s)")
         for device in by_bus[bus.id]:
             profile = loaded.catalogue.get(device.profile)
-            points = device.points or tuple(p.name for p in profile.points) or ("every record",)
+            every_record = isinstance(profile, MbusProfile) and profile.all_records
+            points = device.points or (("every record",) if every_record else tuple(p.name for p in profile.points))
             min_interval = getattr(profile, "min_interval", None)
             if min_interval and device.interval < min_interval:
                 lines.append(f"  warning: device {device.id} every {format_duration(device.interval)}: "

@@ -88,8 +88,63 @@ def render(snapshot: dict[str, Any], now_ms: int | None = None, clock_unknown: s
 
 
 def read_snapshot(path: Path) -> dict[str, Any]:
-    """The snapshot the daemon wrote; ValueError when the file is not one."""
-    snapshot = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(snapshot, dict):
-        raise ValueError("not an agent status snapshot (expected a JSON object)")  # noqa: TRY004 - reported as unreadable
+    """The snapshot, checked against the shape :func:`render` reads; ValueError
+    names the first value that does not fit (a file written by hand, by
+    another version, or half by a full disk)."""
+    try:
+        snapshot = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not a status snapshot (not UTF-8 text at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not a status snapshot (not JSON: {exc.msg}, line {exc.lineno})") from None
+    problem = _misfit(snapshot, _SNAPSHOT, "")
+    if problem:
+        raise ValueError(f"not a status snapshot of this version ({problem})")
     return snapshot
+
+
+_NUMBER = (int, float)
+_OPTIONAL_INT = (int, type(None))
+_OPTIONAL_TEXT = (str, type(None))
+# key -> the types render() can format; a nested dict is a section, checked in turn.
+_DEVICE: dict[str, Any] = {"bus": str, "state": str, "last_ok_ms": _OPTIONAL_INT, "polls": int,
+                           "failures": int, "last_error": _OPTIONAL_TEXT}
+_SNAPSHOT: dict[str, Any] = {
+    "ts": _NUMBER, "uptime_s": _NUMBER, "state": str, "clock_synchronised": (bool, type(None)),
+    "stalled": list,
+    "uplink": {"connected": bool, "last_ack_ms": _OPTIONAL_INT, "readings_acked": int, "reconnects": int,
+               "last_error": _OPTIONAL_TEXT},
+    "buffer": {"depth": int, "oldest_age_s": _NUMBER, "bytes": int, "evicted_total": int,
+               "write_failing": bool},
+    "devices": {"*": _DEVICE},
+}
+
+
+def _misfit(value: Any, shape: dict[str, Any], where: str) -> str | None:
+    """The first key whose value render() could not format (missing keys are fine)."""
+    if not isinstance(value, dict):
+        return f"{where or 'the top level'} is {_kind(value)}, not a mapping"
+    for key, expected in (((k, shape["*"]) for k in value) if "*" in shape else shape.items()):
+        if key not in value:
+            continue
+        path = f"{where}.{key}" if where else str(key)
+        if isinstance(expected, dict):
+            problem = _misfit(value[key], expected, path)
+            if problem:
+                return problem
+        elif not _fits(value[key], expected if isinstance(expected, tuple) else (expected,)):
+            return f"{path} is {_kind(value[key])}"
+    if "stalled" in shape and any(not isinstance(name, str) for name in value.get("stalled", [])):
+        return "stalled holds something other than names"
+    return None
+
+
+def _fits(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):  # JSON's true is no count
+        return bool in types
+    return isinstance(value, types)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)

@@ -65,11 +65,13 @@ def device_offset(device_id: str, interval: float) -> float:
 
 def group_by_interval(points: tuple[ModbusPoint, ...], device_interval: float,
                       overrides: dict[str, float] | None = None) -> dict[float, tuple[ModbusPoint, ...]]:
-    """Points by the interval they are read at: the device's own, a profile
-    point's ``interval``, or the device config's per-point override."""
+    """Points by the interval they are read at: the device config's
+    per-point override, else the device's own, slowed to the profile
+    point's ``interval`` where it has one (a profile never makes a point
+    read more often than its device)."""
     groups: dict[float, list[ModbusPoint]] = {}
     for point in points:
-        interval = (overrides or {}).get(point.name) or getattr(point, "interval", None) or device_interval
+        interval = (overrides or {}).get(point.name) or max(device_interval, point.interval or 0.0)
         groups.setdefault(float(interval), []).append(point)
     return {interval: tuple(members) for interval, members in sorted(groups.items())}
 
@@ -135,7 +137,7 @@ def counter_limits(point: ModbusPoint, max_rate: float | None) -> CounterLimits:
     bits = _INT_BITS.get(point.type)
     scale = float(point.scale)
     return CounterLimits(
-        max_rate_per_h=max_rate if max_rate is not None else getattr(point, "max_rate", None),
+        max_rate_per_h=max_rate,
         rollover_at=(2 ** bits) * scale if bits else None,
         slack=abs(scale) if bits else 0.0,
     )

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from drivers.mbus import DataRecord
 from drivers.mbus.datafield import DataCoding
-from drivers.profile import MbusPoint, MbusProfile
+from drivers.profile import RECORD_COUNTERS, MbusPoint, MbusProfile, record_point_name
 
 # (base unit of the record, unit wanted) -> factor
 _CONVERT: dict[tuple[str, str], Decimal] = {
@@ -61,17 +61,16 @@ def _chosen(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tuple[s
         for r in records:
             if r.base_value is None or r.function.value != "instantaneous":
                 continue
-            name = r.quantity + "".join(f"_{p}{n}" for p, n in (("s", r.storage), ("t", r.tariff), ("u", r.subunit)) if n)
+            name = record_point_name(r.quantity, r.storage, r.tariff, r.subunit)
             if name in seen:
                 continue
             seen.add(name)
-            out.append((name, r, r.base_unit,
-                        "counter" if r.quantity in ("energy", "volume", "mass") else "gauge"))
+            out.append((name, r, r.base_unit, "counter" if r.quantity in RECORD_COUNTERS else "gauge"))
         return out
     for point in profile.points:
         record = next((r for r in records if _matches(point, r)), None)
         if record is not None:
-            out.append((point.name, record, point.unit, point.kind))
+            out.append((point.name, record, point.unit or record.base_unit, point.kind))
     return out
 
 

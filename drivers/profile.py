@@ -13,15 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-
-from drivers.core.errors import ProfileError
-from drivers.core.records import Invalid, Rule, dotted, validate
 from drivers.codec import (
     REGISTER_TYPES,
     WORD_ORDERS,
@@ -31,6 +27,10 @@ from drivers.codec import (
     make_decoder,
     register_count,
 )
+from drivers.core.durations import Duration
+from drivers.core.errors import ProfileError
+from drivers.core.records import Invalid, Rule, dotted, validate
+from drivers.core.yamlsource import YamlProblem, load_plain
 
 SITE_PROFILE_DIR = Path("/etc/retrofit-agent/profiles")
 
@@ -75,6 +75,10 @@ class ModbusPoint:
     unit: str
     kind: Kind
     description: str = ""
+    # Read this point no more often than this (a device polled every 10 s
+    # reads its energy counters every 15 min, aligned to :00, :15, ...); a
+    # device's `intervals` entry in the config overrides it.
+    interval: Duration | None = None
 
     def __post_init__(self) -> None:
         if (self.type == "string") != (self.length is not None):
@@ -214,9 +218,22 @@ class MbusPoint:
     tariff: Annotated[int, Rule(ge=0)] = 0
     subunit: Annotated[int, Rule(ge=0)] = 0
     function: Literal["instantaneous", "maximum", "minimum", "error_state"] = "instantaneous"
-    unit: str  # the unit sent to the platform (the record is converted to it)
+    # The unit sent to the platform (the record is converted to it); absent:
+    # the record's own base unit, as the meter sends it (Wh, J, m3, ...).
+    unit: str | None = None
     kind: Kind
     description: str = ""
+
+
+# What an every-record profile (``all_records``) makes of a record: the point
+# is named after its quantity, and its storage, tariff and subunit when not 0;
+# these quantities are counters, the others gauges.
+RECORD_COUNTERS = ("energy", "volume", "mass")
+
+
+def record_point_name(quantity: str, storage: int, tariff: int, subunit: int) -> str:
+    """``energy``, ``energy_s1`` (due date), ``volume_t2``, ``energy_s1_u1`` ..."""
+    return quantity + "".join(f"_{p}{n}" for p, n in (("s", storage), ("t", tariff), ("u", subunit)) if n)
 
 
 @_record
@@ -241,16 +258,28 @@ class MbusProfile:
     workarounds: Workarounds = field(default_factory=Workarounds)
     identity: None = None
 
+    def __post_init__(self) -> None:
+        if not self.all_records:
+            return
+        # Here a point only declares a point every-record makes, so that it is
+        # known before the first telegram: a counter's limits (its step and
+        # BCD wrap), `max_rate` and `intervals` in the config.
+        for point in self.points:
+            name = record_point_name(point.quantity, point.storage, point.tariff, point.subunit)
+            kind = "counter" if point.quantity in RECORD_COUNTERS else "gauge"
+            if (point.name, point.kind, point.function, point.unit) != (name, kind, "instantaneous", None):
+                raise ValueError(f"point {point.name}: with all_records a point names a record as every-record "
+                                 f"does: name {name}, kind {kind}, no function, no unit (the meter's)")
+
 
 AnyProfile = Profile | MbusProfile
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _read_yaml(text: str, origin: str) -> AnyProfile:
     try:
-        raw = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader (libyaml's when present)
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{origin}: not valid YAML: {exc}") from None
+        raw = load_plain(text)
+    except YamlProblem as problem:
+        raise ProfileError(f"{origin}:{problem.line}: not a valid profile: {problem.message}") from None
     if not isinstance(raw, dict):
         raise ProfileError(f"{origin}: a profile is a mapping with name, points, ...")
     defaults = raw.pop("defaults", {}) or {}
@@ -285,6 +314,8 @@ def load_profile_file(path: Path) -> AnyProfile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ProfileError(f"{path}: cannot read profile: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: not UTF-8 text (byte {exc.start}); save the profile as UTF-8") from None
     return _read_yaml(text, str(path))
 
 
@@ -298,6 +329,10 @@ class Catalogue:
 
     profiles: dict[str, AnyProfile] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    # Site files that could not be read, by the name their file gives
+    # (profiles are named after their file): a device using that name must
+    # not silently get the bundled profile the file meant to override.
+    broken: dict[str, str] = field(default_factory=dict)
     pending: dict[str, Callable[[], AnyProfile]] = field(default_factory=dict)
 
     def get(self, name: str) -> AnyProfile:
@@ -332,16 +367,19 @@ def _bundled_entries() -> list[Path]:
     return sorted(BUNDLED_DIR.glob("*.yaml"))
 
 
+def _bundled_reader(entry: Path) -> Callable[[], AnyProfile]:
+    return lambda: _read_yaml(entry.read_text(encoding="utf-8"), f"bundled:{entry.name}")
+
+
 def load_catalogue(extra_dirs: Iterable[Path] = ()) -> Catalogue:
     """Bundled profiles, then each directory in order; a later file wins.
 
     A broken site profile is reported, not fatal for the others: `check`
-    prints the problem and a device that uses it is an error there.
+    prints the problem as a warning, and a device that uses it is an error.
     """
     catalogue = Catalogue()
     for entry in _bundled_entries():
-        catalogue.pending[entry.name.removesuffix(".yaml")] = (
-            lambda entry=entry: _read_yaml(entry.read_text(encoding="utf-8"), f"bundled:{entry.name}"))
+        catalogue.pending[entry.name.removesuffix(".yaml")] = _bundled_reader(entry)
     for directory in extra_dirs:
         if not directory.is_dir():
             continue
@@ -350,7 +388,9 @@ def load_catalogue(extra_dirs: Iterable[Path] = ()) -> Catalogue:
                 profile = load_profile_file(path)
             except ProfileError as exc:
                 catalogue.problems.append(str(exc))
+                catalogue.broken[path.stem] = str(exc)
                 continue
             catalogue.profiles[profile.name] = profile
             catalogue.pending.pop(profile.name, None)
+            catalogue.broken.pop(profile.name, None)
     return catalogue

@@ -1,0 +1,267 @@
+"""Every config key reaches the code that uses it (issue 15, item 9).
+
+`buffer.flush_interval` was documented and validated but never passed to
+the buffer writer: a technician's setting silently did nothing. This test
+walks every record of agent/config.py (recursively, each bus type apart)
+and needs an entry for each key in REACHES below, so a new key without one
+fails here. Each entry sets the key to a value unlike its default; the
+agent is then built from the config (start-up only: buffer opened, uplink
+credentials loaded, bus workers made, nothing started) and the value must
+be found in the object that uses it. A record handed whole to one consumer
+(the MQTT settings to the uplink) is found there, and the consumer's code
+must read the field.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.app import Agent
+from agent.config import Config, check_files, load_config
+from agent.lifecycle import StopRequest
+from drivers.core.records import hints, is_record, key_of
+from tests.support import REPO
+from tests.test_tls import make_ca, make_cert
+
+pytestmark = pytest.mark.timeout(60)
+
+Observe = Callable[[Agent], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadBy:
+    """The record reaches ``module`` whole (``record(agent)`` is the configured
+    one) and the module's code reads this field of it."""
+
+    module: str
+    record: Observe
+
+
+def _worker(agent: Agent, bus_id: str) -> Any:
+    return next(w for w in agent.workers if w.name == f"bus-{bus_id}")
+
+
+def _poller(agent: Agent, device_id: str) -> Any:
+    return next(d for w in agent.workers for d in w.devices if d.device_id == device_id)
+
+
+def _comm(agent: Agent, bus_id: str) -> Any:
+    return _worker(agent, bus_id).link._client.comm_params  # pymodbus's own record of the line
+
+
+def _synchronous(agent: Agent) -> str:
+    level = agent.buffer._conn.execute("PRAGMA synchronous").fetchone()[0]
+    return {1: "normal", 2: "full"}[level]
+
+
+UPLINK = ReadBy("agent/uplink.py", lambda a: a.uplink.cfg)
+TLS = ReadBy("agent/uplink.py", lambda a: a.uplink.cfg.tls)
+APP = ReadBy("agent/app.py", lambda a: a.cfg.health)
+
+# key -> (value in the YAML, the value the agent must hold, where it holds it)
+REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
+    "gateway.id": ("gw-keys", "gw-keys", lambda a: a.uplink.gateway),
+    "gateway.site": ("site-keys", "site-keys", lambda a: a.uplink.site),
+    "buffer.path": ("state/keys.db", "state/keys.db", lambda a: a.buffer.path),
+    "buffer.max_size_mb": (3, 3 * 1024 * 1024, lambda a: a.buffer.max_bytes),
+    "buffer.synchronous": ("full", "full", _synchronous),
+    "buffer.flush_interval": ("7s", 7.0, lambda a: a.writer._flush_interval),
+    "buffer.max_age": ("2d", 172800.0, lambda a: a.buffer.max_age_s),
+    "uplink.mqtt.host": ("127.0.0.3", "127.0.0.3", UPLINK),
+    "uplink.mqtt.port": (8883, 8883, UPLINK),
+    "uplink.mqtt.topic_prefix": ("city/keys", "city/keys", lambda a: a.uplink.readings_topic.split("/site-keys")[0]),
+    "uplink.mqtt.client_id": ("keys-client", "keys-client", UPLINK),
+    "uplink.mqtt.qos": (1, 1, UPLINK),  # the one value allowed: it must still be what is sent with
+    "uplink.mqtt.keepalive": ("45s", 45.0, UPLINK),
+    "uplink.mqtt.batch": (77, 77, UPLINK),
+    "uplink.mqtt.inflight": (7, 7, UPLINK),
+    "uplink.mqtt.username": ("keys-user", "keys-user", UPLINK),
+    "uplink.mqtt.password_file": ("password", "password", UPLINK),
+    "uplink.mqtt.tls": ({}, None, UPLINK),  # a section: its keys follow
+    "uplink.mqtt.tls.ca_file": ("ca.pem", "ca.pem", TLS),
+    "uplink.mqtt.tls.cert_file": ("client.pem", "client.pem", TLS),
+    "uplink.mqtt.tls.key_file": ("client.key", "client.key", TLS),
+    "uplink.mqtt.tls.insecure_skip_hostname_check": (True, True, TLS),
+    "uplink.mqtt.status_interval": ("9s", 9.0, UPLINK),
+    "uplink.mqtt.max_message_bytes": (5000, 5000, UPLINK),
+    "uplink.mqtt.encoding": ("compact", "compact", UPLINK),
+    "uplink.mqtt.compression": ("zlib", "zlib", UPLINK),
+    "uplink.mqtt.ack_timeout": ("11s", 11.0, UPLINK),
+    "buses[modbus-rtu].id": ("line-a", "bus-line-a", lambda a: _worker(a, "line-a").name),
+    "buses[modbus-rtu].type": ("modbus-rtu", "SERIAL", lambda a: _comm(a, "line-a").comm_type.name),
+    "buses[modbus-rtu].port": ("/dev/ttyKEYS0", "/dev/ttyKEYS0", lambda a: _comm(a, "line-a").host),
+    "buses[modbus-rtu].baudrate": (19200, 19200, lambda a: _comm(a, "line-a").baudrate),
+    "buses[modbus-rtu].parity": ("E", "E", lambda a: _comm(a, "line-a").parity),
+    "buses[modbus-rtu].stopbits": (2, 2, lambda a: _comm(a, "line-a").stopbits),
+    "buses[modbus-rtu].bytesize": (7, 7, lambda a: _comm(a, "line-a").bytesize),
+    "buses[modbus-rtu].timeout": ("0.7s", 0.7, lambda a: _comm(a, "line-a").timeout_connect),
+    "buses[modbus-tcp].id": ("plant", "bus-plant", lambda a: _worker(a, "plant").name),
+    "buses[modbus-tcp].type": ("modbus-tcp", "TCP", lambda a: _comm(a, "plant").comm_type.name),
+    "buses[modbus-tcp].host": ("127.0.0.4", "127.0.0.4", lambda a: _comm(a, "plant").host),
+    "buses[modbus-tcp].port": (5021, 5021, lambda a: _comm(a, "plant").port),
+    "buses[modbus-tcp].framing": ("rtu", "FramerRTU", lambda a: type(_worker(a, "plant").link._client.framer).__name__),
+    "buses[modbus-tcp].timeout": ("2.5s", 2.5, lambda a: _comm(a, "plant").timeout_connect),
+    "buses[mbus].id": ("heat-line", "bus-heat-line", lambda a: _worker(a, "heat-line").name),
+    "buses[mbus].type": ("mbus", "MbusBusWorker", lambda a: type(_worker(a, "heat-line")).__name__),
+    "buses[mbus].port": ("/dev/ttyKEYS1", "/dev/ttyKEYS1", lambda a: _worker(a, "heat-line").mbus.port),
+    "buses[mbus].baudrate": (9600, 9600, lambda a: _worker(a, "heat-line").mbus.baudrate),
+    "buses[mbus].parity": ("N", "N", lambda a: _worker(a, "heat-line").mbus.parity),
+    "buses[mbus].timeout": ("0.4s", 0.4, lambda a: _worker(a, "heat-line").mbus.timeout),
+    "buses[mbus].retries": (4, 4, lambda a: _worker(a, "heat-line").mbus.retries),
+    "devices[].id": ("elec-keys", "elec-keys", lambda a: _poller(a, "elec-keys").device_id),
+    "devices[].bus": ("line-a", "bus-line-a", lambda a: next(
+        w.name for w in a.workers if any(d.device_id == "elec-keys" for d in w.devices))),
+    "devices[].address": (17, 17, lambda a: _poller(a, "elec-keys").unit),
+    "devices[].profile": ("eastron-sdm120", "eastron-sdm120", lambda a: _poller(a, "elec-keys").profile.name),
+    "devices[].interval": ("20s", 20.0, lambda a: _poller(a, "elec-keys").interval),
+    "devices[].points": (["voltage", "energy_active_import"], ["voltage", "energy_active_import"],
+                         lambda a: [p.name for p in _poller(a, "elec-keys").points]),
+    "devices[].max_rate": ({"energy_active_import": 4.5}, 4.5,
+                           lambda a: _poller(a, "elec-keys").limits["energy_active_import"].max_rate_per_h),
+    "devices[].intervals": ({"energy_active_import": "15m"}, [20.0, 900.0],
+                            lambda a: [g.interval for g in _poller(a, "elec-keys").groups]),
+    "profile_dirs": (["site-profiles"], "site-profiles/keys-meter.yaml",
+                     lambda a: str(Path(_poller(a, "room-keys").profile.origin).relative_to(a.loaded.path.parent))),
+    "health.stall_after": ("13s", 13.0, APP),
+    "health.status_file": ("keys-status.json", "keys-status.json", APP),
+    "health.timesync_flag": ("synced-flag", "synced-flag", lambda a: a.clock.flag_path),
+    "health.use_timedatectl": (False, False, lambda a: a.clock.use_timedatectl),
+}
+
+
+def _plain(tp: Any) -> list[Any]:
+    """The record types behind a hint: X | None, Annotated[X, ...], unions, tuples of them."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _plain(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [r for arg in typing.get_args(tp) for r in _plain(arg)]
+    if origin is tuple:
+        return [r for arg in typing.get_args(tp) if arg is not Ellipsis for r in _plain(arg)]
+    return [tp] if is_record(tp) else []
+
+
+def _tag(record: type) -> str | None:
+    """The Literal value a record of a union fixes (a bus's ``type``)."""
+    hint = hints(record).get("type")
+    return str(typing.get_args(hint)[0]) if typing.get_origin(hint) is typing.Literal else None
+
+
+def _unwrapped(tp: Any) -> Any:
+    return _unwrapped(typing.get_args(tp)[0]) if typing.get_origin(tp) is typing.Annotated else tp
+
+
+def config_keys(record: type = Config, prefix: str = "") -> list[str]:
+    """Every key a config may hold, as the file spells it."""
+    keys: list[str] = []
+    for field in dataclasses.fields(record):
+        hint = _unwrapped(hints(record)[field.name])
+        path = f"{prefix}.{key_of(field)}" if prefix else key_of(field)
+        members = _plain(hint)
+        if not members:
+            keys.append(path)
+            continue
+        if type(None) in typing.get_args(hint):
+            keys.append(path)  # an optional section is a setting of its own (tls: {} switches TLS on)
+        listed = typing.get_origin(hint) is tuple
+        for member in members:
+            tag = _tag(member) if len(members) > 1 else None
+            keys += config_keys(member, f"{path}[{tag}]" if tag else f"{path}[]" if listed else path)
+    return keys
+
+
+def test_the_walk_finds_the_keys_of_every_record() -> None:
+    """The walk itself, against keys written out here: nested records, each
+    bus type apart, devices as a list, an optional section (tls)."""
+    keys = config_keys()
+    for key in ("gateway.id", "buffer.flush_interval", "uplink.mqtt.tls.ca_file", "uplink.mqtt.tls",
+                "buses[modbus-rtu].bytesize", "buses[modbus-tcp].framing", "buses[mbus].retries",
+                "devices[].intervals", "profile_dirs", "health.use_timedatectl"):
+        assert key in keys
+    assert len(keys) == len(set(keys))
+
+
+def test_every_config_key_has_an_entry_saying_where_it_lands() -> None:
+    keys = set(config_keys())
+    assert sorted(keys - set(REACHES)) == [], "a config key nobody checks: add it to REACHES"
+    assert sorted(set(REACHES) - keys) == [], "REACHES names a key the config no longer has"
+
+
+def _set(tree: dict[str, Any], key: str, value: Any) -> None:
+    """'buses[mbus].port' -> the bus of that type; 'devices[].interval' -> the first device."""
+    node: Any = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        name, _, tag = part.partition("[")
+        node = node[name]
+        if tag:
+            tag = tag.rstrip("]")
+            node = next(item for item in node if not tag or item["type"] == tag)
+    name, _, tag = parts[-1].partition("[")
+    if isinstance(node.get(name), dict) and isinstance(value, dict) and not value:
+        return  # a section whose keys are set one by one
+    node[name] = value
+
+
+def _config(tmp_path: Path) -> Path:
+    make_ca(tmp_path, "ca")
+    make_cert(tmp_path, "client", "ca", "DNS:client")
+    (tmp_path / "password").write_text("secret\n")
+    (tmp_path / "site-profiles").mkdir()
+    (tmp_path / "site-profiles" / "keys-meter.yaml").write_text(
+        "name: keys-meter\nmanufacturer: x\nmodel: x\nsource: this test\n"
+        "points:\n  temperature: {table: input, address: 1, type: int16, scale: 0.1, unit: Cel, kind: gauge}\n")
+    tree: dict[str, Any] = {
+        "gateway": {}, "buffer": {}, "uplink": {"mqtt": {"tls": {}}},
+        "buses": [{"type": "modbus-rtu"}, {"type": "modbus-tcp"}, {"type": "mbus"}],
+        "devices": [{}, {"id": "room-keys", "bus": "plant", "address": 10, "profile": "keys-meter"},
+                    {"id": "heat-keys", "bus": "heat-line", "address": 5, "profile": "mbus-heat"}],
+        "health": {},
+    }
+    for key, (value, _, _) in REACHES.items():
+        _set(tree, key, value)
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def test_every_config_key_reaches_the_code_that_uses_it(tmp_path: Path) -> None:
+    loaded = load_config(_config(tmp_path))
+    check_files(loaded)
+    agent = Agent(loaded, stop=StopRequest())  # start-up only: nothing runs, nothing connects
+    try:
+        missed = []
+        for key, (_, expected, where) in REACHES.items():
+            if isinstance(where, ReadBy):
+                record = where.record(agent)
+                field = key.rsplit(".", 1)[1]
+                value = getattr(record, field) if expected is not None else None
+                value = _relative(value, tmp_path)
+                read = field in _attributes_read(where.module)
+                if value != expected or not read:
+                    missed.append(f"{key}: {value!r} (expected {expected!r}); read in {where.module}: {read}")
+            elif (value := _relative(where(agent), tmp_path)) != expected:
+                missed.append(f"{key}: {value!r}, expected {expected!r}")
+    finally:
+        agent._close_opened()
+    assert missed == []
+
+
+def _relative(value: Any, base: Path) -> Any:
+    if isinstance(value, Path):
+        return str(value.relative_to(base)) if value.is_relative_to(base) else str(value)
+    return value
+
+
+def _attributes_read(module: str) -> set[str]:
+    tree = ast.parse((REPO / module).read_text())
+    return {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
