@@ -38,7 +38,6 @@ from drivers.plan import LinkCost
 STOP_BUDGET_S = 4.0
 # Of the stop budget, what the buffer writer keeps for its final transaction.
 WRITER_STOP_S = 1.0
-SNAPSHOT_EVERY_S = 5.0
 
 
 def _write_atomically(path: Path | None, figures: dict[str, object]) -> None:
@@ -263,7 +262,7 @@ class Agent:
             if not stalled:
                 self.notifier.send("WATCHDOG=1")
             return
-        self._next_snapshot = now + SNAPSHOT_EVERY_S
+        self._next_snapshot = now + self.cfg.health.snapshot_interval
         figures = self.status_figures()
         _write_atomically(self.cfg.health.status_file, figures)
         if not stalled:

@@ -400,7 +400,10 @@ def mbus_probe(telegrams: list[Telegram], profile: MbusProfile) -> tuple[list[Mb
     for record in records:  # one record at a time: the first matching record wins, as when polling
         for name, value, unit, _kind in point_values(profile, [record]):
             taken.setdefault(name, MbusProbeRow(name, value, unit, record))
-    rows = [taken.pop(p.name, MbusProbeRow(p.name, None, p.unit, None)) for p in profile.points]
+    # An every-record profile's points only name the counters a meter may
+    # send: one it does not send is no missing point.
+    rows = [taken.pop(p.name, MbusProbeRow(p.name, None, p.unit or "", None)) for p in profile.points
+            if p.name in taken or not profile.all_records]
     rows += taken.values()  # a profile taking every record has no list of points
     used = {id(row.record) for row in rows}
     return rows, [record for record in records if id(record) not in used]

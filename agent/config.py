@@ -90,7 +90,7 @@ class GatewayConfig:
 @_record
 class BufferConfig:
     path: Path = field(default_factory=lambda: default_state_dir() / "buffer.db")
-    max_size_mb: Annotated[float, Rule(ge=0.05, le=1_000_000)] = 512
+    max_size_mb: Annotated[float, Rule(ge=0.02, le=1_000_000)] = 512
     # "normal": a power cut may lose the last flush interval (WAL, fsync at
     # checkpoints: kind to SD cards). "full": fsync on every commit.
     synchronous: Literal["normal", "full"] = "normal"
@@ -109,6 +109,8 @@ class HealthConfig:
     # The snapshot `retrofit-agent status` reads; default: /run/retrofit-agent/
     # when that exists (the service's RuntimeDirectory, in RAM), else beside the buffer.
     status_file: Path | None = None
+    # How often that snapshot is written (in RAM under systemd: /run).
+    snapshot_interval: Annotated[float, Parse(parse_duration, DURATION_SCHEMA), Rule(ge=0.1, le=3600)] = 5.0
     # Where systemd-timesyncd signals a synchronised clock; `timedatectl` is
     # asked too unless switched off.
     timesync_flag: Path = Path("/run/systemd/timesync/synchronized")

@@ -65,12 +65,12 @@ def _chosen(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tuple[s
             if name in seen:
                 continue
             seen.add(name)
-            out.append((name, r, r.base_unit, "counter" if r.quantity in RECORD_COUNTERS else "gauge"))
+            out.append((name, r, r.base_unit or "", "counter" if r.quantity in RECORD_COUNTERS else "gauge"))
         return out
     for point in profile.points:
         record = next((r for r in records if _matches(point, r)), None)
         if record is not None:
-            out.append((point.name, record, point.unit or record.base_unit, point.kind))
+            out.append((point.name, record, point.unit or record.base_unit or "", point.kind))
     return out
 
 

@@ -171,6 +171,12 @@ class AgentProcess:
             )
         return self
 
+    def wait_started(self, timeout: float = 30.0) -> AgentProcess:
+        """Until the agent logged agent.started (its signal handlers are in place)."""
+        wait_until(lambda: any(e.get("event") == "agent.started" for e in self.events())
+                   or (self.proc is not None and self.proc.poll() is not None), timeout, "the agent to start")
+        return self
+
     def events(self) -> list[dict[str, Any]]:
         out = []
         for line in self.log.read_text().splitlines():
@@ -203,7 +209,8 @@ def write_config(path: Path, *, broker_port: int, buffer: Path, buses: list[dict
         "buses": buses,
         "devices": devices,
         # Never the machine's /run/retrofit-agent/: a developer may run the service there.
-        "health": {"status_file": str(path.parent / f"{path.stem}.status.json")},
+        # Snapshots often: tests watch a running agent's buffer through it.
+        "health": {"status_file": str(path.parent / f"{path.stem}.status.json"), "snapshot_interval": "0.5s"},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -105,7 +105,7 @@ def test_agent_kills_and_broker_restarts_lose_nothing(tmp_path: Path) -> None:
             agent.stop(signal.SIGKILL)
             kills += 1
         committed = inspect(buffer).next_id - 1  # what the killed runs committed
-        final = AgentProcess(config, tmp_path / "agent-final.log").start()
+        final = AgentProcess(config, tmp_path / "agent-final.log").start().wait_started()
         wait_until(lambda: set(range(1, committed + 1)) <= platform.ids(), 60,
                    "every committed reading at the platform")
         assert final.stop() == 0

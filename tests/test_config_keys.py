@@ -133,6 +133,7 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
                      lambda a: str(Path(_poller(a, "room-keys").profile.origin).relative_to(a.loaded.path.parent))),
     "health.stall_after": ("13s", 13.0, APP),
     "health.status_file": ("keys-status.json", "keys-status.json", APP),
+    "health.snapshot_interval": ("2.5s", 2.5, APP),
     "health.timesync_flag": ("synced-flag", "synced-flag", lambda a: a.clock.flag_path),
     "health.use_timedatectl": (False, False, lambda a: a.clock.use_timedatectl),
 }

@@ -384,7 +384,7 @@ def test_man_page_gives_the_config_default_and_installed_paths(tmp_path: Path) -
     agent_page = as_text(manpage("retrofit-agent"), tmp_path)
     assert "retrofit-agent run\n" in agent_page
     run = agent_page.split("retrofit-agent run\n", 1)[-1].split("retrofit-agent check", 1)[0]
-    assert "--config CONFIG" in run and "(default: /etc/retrofit-agent/config.yaml)" in run, run
+    assert "--config FILE" in run and "(default /etc/retrofit-agent/config.yaml)" in run, run
     # Defaults that point into the tree the page was made from are written as
     # where the package installs that tree.
     sim_page = as_text(manpage("retrofit-sim"), tmp_path)

@@ -103,7 +103,7 @@ def test_long_outage_with_a_small_buffer_evicts_gauges_and_reports_every_run(tmp
         devices=[{"id": f"elec-{u}", "bus": "gw", "address": u, "profile": "eastron-sdm630", "interval": "0.1s"}
                  for u in units],
     )
-    text = config.read_text().replace(f"path: {buffer}", f"path: {buffer}\n  max_size_mb: 0.25")
+    text = config.read_text().replace(f"path: {buffer}", f"path: {buffer}\n  max_size_mb: 0.06")
     config.write_text(text)
     agent = AgentProcess(config, tmp_path / "agent.log").start()
     rss: list[int] = []

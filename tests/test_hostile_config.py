@@ -224,4 +224,4 @@ def test_status_on_a_snapshot_of_the_wrong_shape_is_one_line(tmp_path: Path, con
     result = cli("status", "--config", str(config))
     assert result.returncode == 1
     line = one_clean_line(result)
-    assert line.startswith(f"retrofit-agent: cannot read {tmp_path / 'status.json'}: not a status snapshot"), line
+    assert line.startswith(f"retrofit-agent status: cannot read {tmp_path / 'status.json'}: not a status snapshot"), line

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.buffer import inspect
 from drivers.profile import Profile, load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
@@ -27,6 +28,7 @@ from tests.support import (
     AgentProcess,
     Broker,
     Subscriber,
+    committed_through,
     free_port,
     wait_until,
     write_config,
@@ -66,9 +68,13 @@ def _events(agent: AgentProcess, name: str) -> list[dict]:
 
 
 def _next_id(buffer: Path) -> int:
-    with sqlite3.connect(f"file:{buffer}?mode=ro", uri=True) as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
-    return int(row[0]) if row else 1
+    """Once the agent stopped (a running agent holds its buffer locked)."""
+    return inspect(buffer).next_id
+
+
+def _committed_next_id(config: Path) -> int:
+    """While the agent runs: from its status snapshot."""
+    return committed_through(config) + 1
 
 
 # -- one agent per buffer (issue 20, item 6) ----------------------------------------------------
@@ -153,7 +159,7 @@ def test_sighup_is_a_clean_stop_with_the_last_flush(tmp_path: Path, broker: Brok
     agent = AgentProcess(config, tmp_path / "agent.log").start()
     try:
         wait_until(lambda: _events(agent, "agent.started"), 20, "start")
-        wait_until(lambda: _next_id(tmp_path / "state" / "buffer.db") > 12, 20, "a first commit")
+        wait_until(lambda: _committed_next_id(config) > 12, 20, "a first commit")
         code = agent.stop(signal.SIGHUP)
     finally:
         server.stop()
@@ -179,10 +185,11 @@ def test_acknowledgements_that_arrive_while_stopping_are_kept(tmp_path: Path, br
     try:
         wait_until(lambda: len(subscriber.unique_readings()) >= 24, 20, "readings flowing")
         broker.pause()
-        paused_at = _next_id(buffer)
+        paused_at = _committed_next_id(config)
         # Two more commits: the batches of the first are published (the uplink
         # sends on every commit) and wait for their PUBACK.
-        wait_until(lambda: _next_id(buffer) >= paused_at + 40, 20, "readings committed while the broker is paused")
+        wait_until(lambda: _committed_next_id(config) >= paused_at + 40, 20,
+                   "readings committed while the broker is paused")
         agent.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         wait_until(lambda: _events(agent, "agent.stopping"), 10, "the agent to begin stopping")
         time.sleep(0.3)  # the acknowledgements' lateness (see the docstring)
@@ -218,7 +225,8 @@ def test_buffer_wal_status_and_lock_are_private_under_a_permissive_umask(tmp_pat
     try:
         wait_until(lambda: len(subscriber.unique_readings()) >= 12 and status.exists(), 20, "readings and a snapshot")
         buffer = tmp_path / "state" / "buffer.db"
-        files = [buffer, Path(f"{buffer}-wal"), Path(f"{buffer}-shm"), Path(f"{buffer}.lock"), status]
+        # No -shm file: the buffer keeps its WAL index in memory (exclusive locking).
+        files = [buffer, Path(f"{buffer}-wal"), Path(f"{buffer}.lock"), status]
         modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
         directory = stat.S_IMODE(buffer.parent.stat().st_mode)
     finally:

@@ -22,6 +22,7 @@ import json
 import random
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,9 @@ def test_power_cuts_never_renumber_lose_or_alter_a_durable_reading(tmp_path: Pat
     rng = random.Random(f"power-{synchronous}")
     catalogue = load_catalogue()
     sdm, room = catalogue.get("eastron-sdm630"), catalogue.get("xy-md02")
-    models = {f"elec-{u}": CountingModel([p.name for p in sdm.points]) for u in range(1, 5)}
+    models = {f"elec-{u}": CountingModel([p.name for p in sdm.points]) for u in range(1, 7)}
     models["room"] = CountingModel([p.name for p in room.points], scale=0.1)
-    units = {u: SimulatedDevice(sdm, models[f"elec-{u}"]) for u in range(1, 5)}
+    units = {u: SimulatedDevice(sdm, models[f"elec-{u}"]) for u in range(1, 7)}
     units[10] = SimulatedDevice(room, models["room"])
     server = ModbusTcpServer(units).start()
     card = PowerCutMount(tmp_path / "card", tmp_path / "fs.log").start()
@@ -108,14 +109,14 @@ def test_power_cuts_never_renumber_lose_or_alter_a_durable_reading(tmp_path: Pat
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
         buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
-        devices=[{"id": f"elec-{u}", "bus": "gw", "address": u, "profile": "eastron-sdm630", "interval": "0.2s"}
-                 for u in range(1, 5)] + [
+        devices=[{"id": f"elec-{u}", "bus": "gw", "address": u, "profile": "eastron-sdm630", "interval": "0.1s"}
+                 for u in range(1, 7)] + [
                 {"id": "room", "bus": "gw", "address": 10, "profile": "xy-md02", "interval": "0.5s"}],
         mqtt_extra={"batch": 200, "inflight": 5},
     )
     text = config.read_text().replace(
         f"path: {buffer}", f"path: {buffer}\n  synchronous: {synchronous}\n  flush_interval: 0.5s\n"
-                           "  max_size_mb: 0.06")
+                           "  max_size_mb: 0.03")
     config.write_text(text)
     # Checkpoints and sweeps many times a minute, so cuts land inside them too.
     env = {"RETROFIT_FAILPOINTS": "buffer-checkpoint-pages=40,buffer-purge-s=2"}
@@ -126,7 +127,7 @@ def test_power_cuts_never_renumber_lose_or_alter_a_durable_reading(tmp_path: Pat
         for cut in range(CUTS):
             # The broker goes away for a stretch (a backlog builds, the cap
             # evicts), comes back (a drain), then flaps.
-            wanted_up = not (12 <= cut < 24) and not (cut >= 36 and rng.random() < 0.3)
+            wanted_up = not (10 <= cut < 26) and not (cut >= 36 and rng.random() < 0.3)
             if wanted_up != broker_up:
                 (broker.start if wanted_up else broker.stop)()
                 broker_up = wanted_up
@@ -143,8 +144,9 @@ def test_power_cuts_never_renumber_lose_or_alter_a_durable_reading(tmp_path: Pat
             broker.start()
         # The end: the meters go quiet, one more run delivers what is left.
         server.stop()
-        final = AgentProcess(config, tmp_path / "agent-final.log", env=env).start()
-        wait_until(lambda: _settled(config, platform), 90, "every committed reading at the platform")
+        final = AgentProcess(config, tmp_path / "agent-final.log", env=env).start().wait_started()
+        started = time.time()
+        wait_until(lambda: _settled(config, platform, started), 90, "every committed reading at the platform")
         assert final.stop() == 0
         figures = card.figures()
         last = inspect(buffer).next_id - 1
@@ -180,9 +182,12 @@ def _explained(platform: Platform) -> set[int]:
                 for i in range(e["first_id"], e["last_id"] + 1)}
 
 
-def _settled(config: Path, platform: Platform) -> bool:
+def _settled(config: Path, platform: Platform, since: float) -> bool:
     """The running agent has nothing left to send, and the platform has it all."""
-    buffer = agent_status(config).get("buffer") or {}
+    status = agent_status(config)
+    if status.get("ts", 0) / 1000 < since:
+        return False  # a snapshot of an earlier run
+    buffer = status.get("buffer") or {}
     if buffer.get("depth") != 0 or buffer.get("held_in_memory"):
         return False
     through = int(buffer["next_id"]) - 1
