@@ -322,19 +322,20 @@ class BusWorker(threading.Thread):
         if state == health.state:
             return
         previous, health.state = health.state, state
-        if state == "rejected" or (state == "ok" and previous == "rejected"):
-            pass  # told by _count_mismatch, once per kind and hour, not at every flip
+        if state == "rejected":
+            pass  # _count_mismatch tells, once per kind and hour: a device flapping between its own
+            # answers and foreign ones must not write a line per poll
         elif state == "silent":
             device.silent_since = time.monotonic()
             device.identity_due = 0.0  # a meter that was away may be another meter when it answers
             self._log.warning("device.silent", device=device.device_id, error=str(error))
         elif state == "partial":
             self._log.warning("device.partial", device=device.device_id, error=str(error))
-        elif previous == "silent":
+        elif previous == "silent" or device.silent_since is not None:  # also back by way of 'rejected'
             self._log.info("device.back", device=device.device_id,
                            failed_polls=health.consecutive_failures,
                            silent_s=round(time.monotonic() - (device.silent_since or 0), 1))
-        else:
+        elif previous != "rejected":
             self._log.info("device.ok", device=device.device_id, requests=len(device.plan))
         if state == "ok":
             health.consecutive_failures = 0

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from agent.health import DeviceHealth, Health
-from drivers.core.readings import Reading
 from agent.worker import BusWorker, DevicePoller, next_slot
+from drivers.core.readings import Reading
 from drivers.modbus import tcp_link
 from drivers.plan import LinkCost
 from drivers.profile import Profile, load_catalogue
@@ -223,3 +223,32 @@ def test_a_gateway_closing_idle_connections_loses_no_poll_and_is_counted() -> No
     assert health.snapshot()["buses"] == {"b": {"idle_reconnects": health.buses["b"].idle_reconnects, "floods": 0}}
     assert [e["event"] for e in logged if e.get("device") == "room"] == ["device.ok"]
     assert len(collector.of("room")) >= 5
+
+
+def test_a_device_back_from_silence_by_way_of_wrong_answers_is_told_back() -> None:
+    """Silent, then answering another question, then well again: one line
+    each (silent, the mismatch, back), none per poll; and never a value
+    before it answers well."""
+    catalogue = load_catalogue()
+    server = HostileModbusTcp({3: "silent"}, {3: SimulatedDevice(catalogue.get("xy-md02"),
+                                                                 FixedModel(ROOM_VALUES))}).start()
+    health = Health()
+    device = poller("room", 3, "xy-md02", 0.2, health)
+    collector, stop = Collector(), threading.Event()
+    worker = BusWorker("b", tcp_link("127.0.0.1", server.port, 0.2), [device], collector, health, stop)
+    try:
+        with capture_logs() as logged:
+            worker.start()
+            for behaviour, state in (("silent", "silent"), ("more_registers", "rejected"), ("good", "ok")):
+                server.behaviours[3] = behaviour
+                wait_until(lambda s=state: health.devices["room"].state == s and health.devices["room"].polls >= 3,
+                           10, f"the device {state}")
+                if state != "ok":
+                    assert collector.of("room") == []
+            wait_until(lambda: len(collector.of("room")) >= 3, 10, "readings")
+    finally:
+        stop.set()
+        worker.join(5)
+        server.stop()
+    assert [e["event"] for e in logged if e.get("device") == "room"] == \
+        ["device.silent", "device.mismatched_reply", "device.back"]
