@@ -160,7 +160,7 @@ class PymodbusLink:
     def __init__(self, client: _TcpClient | _SerialClient, describe: str, serial: bool,
                  timeout: float, transaction_ids: bool) -> None:
         self._client = client
-        self._meter = client.meter
+        self._meter = client.meter = _ReplyMeter()
         self._describe = describe
         self._serial = serial
         self._timeout = timeout
@@ -310,7 +310,6 @@ def tcp_link(host: str, port: int, timeout: float, rtu_framing: bool = False) ->
         retries=0,
         reconnect_delay=0,
     )
-    client.meter = _ReplyMeter()
     return PymodbusLink(client, f"tcp://{host}:{port}", serial=False, timeout=timeout,
                         transaction_ids=not rtu_framing)
 
@@ -331,6 +330,5 @@ def serial_link(
         retries=0,
         reconnect_delay=0,
     )
-    client.meter = _ReplyMeter()
     return PymodbusLink(client, f"{port} ({baudrate} {bytesize}{parity}{stopbits})", serial=True,
                         timeout=timeout, transaction_ids=False)
