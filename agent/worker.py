@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from agent import failpoints, logs
-from drivers.core.errors import BusError, ExceptionResponse
-from agent.health import DeviceHealth, Health
 from agent.clock import ClockState
+from agent.health import BusHealth, DeviceHealth, Health
 from agent.integrity import CounterGuard, CounterLimits, Key, State
-from drivers.core.readings import Reading, now_ms, with_flag
 from drivers.codec import registers_to_bytes
+from drivers.core.errors import BusError, ExceptionResponse, MismatchedReply
+from drivers.core.readings import Reading, now_ms, with_flag
 from drivers.modbus import RegisterReader
 from drivers.plan import Hole, LinkCost, ReadRequest, gaps_inside, plan_requests
 from drivers.profile import ModbusPoint, Profile
@@ -46,6 +46,11 @@ class Sink(Protocol):
 
 
 IDENTITY_EVERY_S = 3600.0
+# A device that answers another question (a foreign meter on its address, a
+# gateway mixing up replies) is counted at every reply and logged once per
+# kind of mismatch and hour, with the count since: a device flapping between
+# its own answers and foreign ones must not write a line per poll.
+MISMATCH_LOG_EVERY_S = 3600.0
 # A poll due this soon after the previous one follows it at once instead of
 # after a sleep of a few ms: one wake-up for the devices a bus spreads over
 # the first moments of a slot, not one each.
@@ -157,6 +162,8 @@ class BusWorker(threading.Thread):
         self._health = health
         self._stop_event = stop
         self._log = logs.get("bus").bind(bus=bus_id)
+        self._bus_health = health.buses.setdefault(bus_id, BusHealth())
+        self._mismatches: dict[tuple[str, str], tuple[float, int]] = {}  # (device, kind) -> (logged at, repeats since)
 
     def run(self) -> None:
         start = time.time()
@@ -175,6 +182,8 @@ class BusWorker(threading.Thread):
                     self._stop_event.wait(min(wait, 1.0))
                     continue
                 self.poll(device, group)
+                self._bus_health.idle_reconnects = self.link.idle_reconnects
+                self._bus_health.floods = self.link.floods
                 # From the slot, not the clock: a poll chained a little early
                 # must not land in the same slot again.
                 group.next_due = next_slot(max(time.time(), group.next_due), group.interval, group.offset)
@@ -240,6 +249,9 @@ class BusWorker(threading.Thread):
                     continue
                 error = exc
                 continue  # the device answers; other blocks may still be fine
+            except MismatchedReply as exc:
+                error = exc
+                continue  # never a value; the device answers quickly, so the other blocks are still asked
             except BusError as exc:
                 error = exc
                 break  # no answer: the rest would only cost more timeouts
@@ -305,22 +317,41 @@ class BusWorker(threading.Thread):
             health.failures += 1
             health.consecutive_failures += 1
             health.last_error = str(error)
-        state = "ok" if error is None else ("partial" if got_any else "silent")
+        if isinstance(error, MismatchedReply):
+            self._count_mismatch(device, error)
+        state = "ok" if error is None else ("partial" if got_any else
+                                             "rejected" if isinstance(error, MismatchedReply) else "silent")
         if state == health.state:
             return
         previous, health.state = health.state, state
-        if state == "silent":
+        if state == "rejected":
+            pass  # _count_mismatch tells, once per kind and hour: a device flapping between its own
+            # answers and foreign ones must not write a line per poll
+        elif state == "silent":
             device.silent_since = time.monotonic()
             device.identity_due = 0.0  # a meter that was away may be another meter when it answers
             self._log.warning("device.silent", device=device.device_id, error=str(error))
         elif state == "partial":
             self._log.warning("device.partial", device=device.device_id, error=str(error))
-        elif previous == "silent":
+        elif previous == "silent" or device.silent_since is not None:  # also back by way of 'rejected'
             self._log.info("device.back", device=device.device_id,
                            failed_polls=health.consecutive_failures,
                            silent_s=round(time.monotonic() - (device.silent_since or 0), 1))
-        else:
+        elif previous != "rejected":
             self._log.info("device.ok", device=device.device_id, requests=len(device.plan))
         if state == "ok":
             health.consecutive_failures = 0
             device.silent_since = None
+
+    def _count_mismatch(self, device: DevicePoller | MbusDevicePoller, error: MismatchedReply) -> None:
+        """Count a refused reply; log the first of its kind, then once an hour with the repeats."""
+        device.health.mismatched_replies += 1
+        key = (device.device_id, error.kind)
+        now = time.monotonic()
+        logged_at, repeats = self._mismatches.get(key, (None, 0))
+        if logged_at is not None and now - logged_at < MISMATCH_LOG_EVERY_S:
+            self._mismatches[key] = (logged_at, repeats + 1)
+            return
+        self._mismatches[key] = (now, 0)
+        self._log.warning("device.mismatched_reply", device=device.device_id, kind=error.kind, error=str(error),
+                          repeats=repeats, mismatched_replies=device.health.mismatched_replies)

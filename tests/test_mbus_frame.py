@@ -18,6 +18,7 @@ from drivers.mbus.frame import (
     checksum,
     encode_secondary_address,
     frame_length,
+    is_rsp_ud,
     parse_frame,
     split_frame,
 )
@@ -166,3 +167,15 @@ def test_long_frame_data_limit() -> None:
         LongFrame(0x08, 1, 0x72, bytes(253)).to_bytes()
     with pytest.raises(FrameError, match="control"):
         ShortFrame(0x100, 1).to_bytes()
+
+
+# EN 13757-2: a meter answers RSP_UD, C = 08h, with its ACD (20h) and DFC
+# (10h) bits set or not; every frame a master sends has PRM (40h) set.
+@pytest.mark.parametrize(("control", "from_a_meter"), [
+    (0x08, True), (0x18, True), (0x28, True), (0x38, True),
+    (0x53, False), (0x73, False),  # SND_UD (a selection, an application reset): a second master or an echo
+    (0x5B, False), (0x7B, False),  # REQ_UD2, either FCB
+    (0x40, False), (0x00, False), (0x09, False), (0x88, False), (0x48, False),
+])
+def test_only_a_meters_rsp_ud_control_field_is_an_answer(control: int, from_a_meter: bool) -> None:
+    assert is_rsp_ud(control) is from_a_meter

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.health import DeviceHealth, Health
-from drivers.core.readings import Reading
 from agent.worker import BusWorker, DevicePoller, next_slot
+from drivers.core.readings import Reading
 from drivers.modbus import tcp_link
 from drivers.plan import LinkCost
 from drivers.profile import Profile, load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
+from tests.hostile.modbus_tcp import HostileModbusTcp
 from tests.independent_meter import IndependentMeter, float32_words
 from tests.support import free_port, wait_until
 from tests.test_e2e import ROOM_VALUES, SDM630_ADDRESSES, SDM630_VALUES, FixedModel
@@ -168,3 +170,85 @@ def test_points_are_read_at_their_own_interval_aligned_to_the_clock() -> None:
     for reading in energy[1:]:
         phase = (reading.ts / 1000 - group.offset) % 2.0
         assert min(phase, 2.0 - phase) < 0.25, phase
+
+
+def test_a_device_answering_another_question_publishes_nothing_and_logs_once() -> None:
+    """Issue 20, item 2, at the bus worker: a unit that answers every read
+    with another function code (03 to the 04 the profile asks) published
+    its registers as values. Now: no reading, the device is 'rejected', each
+    refused reply counted, one log line for the kind, and the good device
+    on the same gateway reads on."""
+    catalogue = load_catalogue()
+    server = HostileModbusTcp({7: "other_read_function", 1: "good"},
+                              {1: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))}).start()
+    health = Health()
+    bad = poller("bad", 7, "xy-md02", 0.2, health)
+    good = poller("good", 1, "xy-md02", 0.2, health)
+    try:
+        with capture_logs() as logged:
+            collector = run_worker(server.port, [bad, good], health,
+                                   lambda c: len(c.of("good")) >= 8 and health.devices["bad"].mismatched_replies >= 8,
+                                   "polls of both devices")
+    finally:
+        server.stop()
+    assert collector.of("bad") == []
+    assert health.devices["bad"].state == "rejected"
+    assert "function 0x03" in health.devices["bad"].last_error
+    about_bad = [e["event"] for e in logged if e.get("device") == "bad"]
+    assert about_bad == ["device.mismatched_reply"], about_bad
+    for _, batch in collector.of("good"):
+        assert {r.point: r.value for r in batch} == ROOM_VALUES
+    assert health.devices["good"].failures == 0
+
+
+def test_a_gateway_closing_idle_connections_loses_no_poll_and_is_counted() -> None:
+    """Issue 20, item 5, at the bus worker: a gateway closing connections
+    idle for 0.2 s, polled every 0.5 s, lost the poll after every pause.
+    Now each poll reconnects at once; the bus health counts it, the log
+    stays quiet."""
+    catalogue = load_catalogue()
+    server = HostileModbusTcp({1: "good"}, {1: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))},
+                              idle_close_s=0.2).start()
+    health = Health()
+    device = poller("room", 1, "xy-md02", 0.5, health)
+    try:
+        with capture_logs() as logged:
+            collector = run_worker(server.port, [device], health,
+                                   lambda c: len(c.of("room")) >= 5 and server.counters.idle_closes >= 4,
+                                   "polls across idle closes")
+    finally:
+        server.stop()
+    assert health.devices["room"].failures == 0
+    assert health.buses["b"].idle_reconnects >= 3
+    assert health.snapshot()["buses"] == {"b": {"idle_reconnects": health.buses["b"].idle_reconnects, "floods": 0}}
+    assert [e["event"] for e in logged if e.get("device") == "room"] == ["device.ok"]
+    assert len(collector.of("room")) >= 5
+
+
+def test_a_device_back_from_silence_by_way_of_wrong_answers_is_told_back() -> None:
+    """Silent, then answering another question, then well again: one line
+    each (silent, the mismatch, back), none per poll; and never a value
+    before it answers well."""
+    catalogue = load_catalogue()
+    server = HostileModbusTcp({3: "silent"}, {3: SimulatedDevice(catalogue.get("xy-md02"),
+                                                                 FixedModel(ROOM_VALUES))}).start()
+    health = Health()
+    device = poller("room", 3, "xy-md02", 0.2, health)
+    collector, stop = Collector(), threading.Event()
+    worker = BusWorker("b", tcp_link("127.0.0.1", server.port, 0.2), [device], collector, health, stop)
+    try:
+        with capture_logs() as logged:
+            worker.start()
+            for behaviour, state in (("silent", "silent"), ("more_registers", "rejected"), ("good", "ok")):
+                server.behaviours[3] = behaviour
+                wait_until(lambda s=state: health.devices["room"].state == s and health.devices["room"].polls >= 3,
+                           10, f"the device {state}")
+                if state != "ok":
+                    assert collector.of("room") == []
+            wait_until(lambda: len(collector.of("room")) >= 3, 10, "readings")
+    finally:
+        stop.set()
+        worker.join(5)
+        server.stop()
+    assert [e["event"] for e in logged if e.get("device") == "room"] == \
+        ["device.silent", "device.mismatched_reply", "device.back"]

@@ -57,6 +57,18 @@ class BusError(RetrofitError):
     """A transaction on a bus failed: timeout, no answer, garbled reply."""
 
 
+class MismatchedReply(BusError):
+    """A reply that does not answer the request sent: another function code,
+    unit, transaction, register count, address or meter. Never a value.
+
+    ``kind`` names the mismatch in a word, so repeats can be counted without
+    logging each one."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
 class ExceptionResponse(BusError):
     """The device answered with a Modbus exception (e.g. 02 illegal address)."""
 

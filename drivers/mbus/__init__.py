@@ -23,6 +23,7 @@ from drivers.mbus.frame import (
     bytes_needed,
     checksum,
     frame_length,
+    is_rsp_ud,
     parse_frame,
     split_frame,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "decode_telegram",
     "decode_user_data",
     "frame_length",
+    "is_rsp_ud",
     "parse_frame",
     "parse_hex",
     "split_frame",

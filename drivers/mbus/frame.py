@@ -40,6 +40,9 @@ C_SND_UD = 0x53  # send user data (FCV set)
 C_REQ_UD2 = 0x5B  # request class 2 data (FCV set)
 C_REQ_UD1 = 0x5A  # request class 1 (alarm) data
 C_RSP_UD = 0x08  # response with user data
+ACD_BIT = 0x20  # in a meter's answer: access demand (class 1 data waiting)
+DFC_BIT = 0x10  # in a meter's answer: data flow control (the meter's buffer is full)
+PRM_BIT = 0x40  # set in every frame a master sends, clear in every meter's answer
 FCB_BIT = 0x20  # frame count bit: toggles between successive REQ_UD2s
 FCV_BIT = 0x10  # frame count bit valid
 
@@ -109,6 +112,13 @@ Frame = SingleChar | ShortFrame | LongFrame
 def checksum(body: bytes) -> int:
     """Arithmetic sum of the bytes modulo 256, as the link layer defines it."""
     return sum(body) & 0xFF
+
+
+def is_rsp_ud(control: int) -> bool:
+    """Is this C field a meter's RSP_UD (08, with its ACD and DFC bits either
+    way)? A master's frame (SND_UD 53, REQ_UD2 5B/7B: an echo, a second
+    master) or anything else is not an answer to a read."""
+    return control & ~(ACD_BIT | DFC_BIT) == C_RSP_UD
 
 
 def _check_byte(name: str, value: int) -> None:
