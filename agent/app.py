@@ -23,6 +23,8 @@ from pathlib import Path
 
 from agent import failpoints, logs
 from agent.buffer import Buffer, BufferWriter, file_size
+from agent.spool import Spool
+from agent.spool import path_for as spool_path_for
 from agent.clock import ClockState, ClockWatch
 from agent.config import LoadedConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
 from agent.health import DeviceHealth, Health
@@ -116,8 +118,9 @@ class Agent:
         self._counter_state = self.buffer.counter_state()
         self._meters = self.buffer.meter_ids()
         self.clock_state = ClockState(trusted=self.clock.synchronised() is not False)
+        self.spool = self._spool()
         self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify,
-                                   flush_interval=self.cfg.buffer.flush_interval)
+                                   flush_interval=self.cfg.buffer.flush_interval, spool=self.spool)
         # Modbus points' resolutions come from their profiles; an M-Bus
         # meter's are added by its bus worker from the first telegram's VIFs,
         # before that telegram's readings are put, so the meta message
@@ -135,6 +138,18 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - start-up failed already; say what else did, go on
                 self._log.warning("agent.close_failed", error=str(exc))
         self._closers.clear()
+
+    def _spool(self) -> Spool | None:
+        directory = self.cfg.buffer.spool_dir
+        try:
+            if directory is None:
+                raise OSError("no directory in RAM (neither /run/retrofit-agent nor /dev/shm)")
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            self._log.warning("spool.unavailable", directory=str(directory), error=str(exc),
+                              meaning="a crash would lose the readings of the last flush interval")
+            return None
+        return Spool(spool_path_for(directory, self.cfg.buffer.path), self.buffer.stream)
 
     def _ack(self, watermark: int) -> None:
         self.writer.ack_through(watermark)
@@ -297,7 +312,10 @@ class Agent:
         self._closers.clear()
         self._reader.close()
         # A clean stop is written down only when everything read was committed.
-        self.buffer.close(clean=not self.writer.is_alive() and self.writer.held_in_memory == 0)
+        clean = not self.writer.is_alive() and self.writer.held_in_memory == 0
+        self.buffer.close(clean=clean)
+        if self.spool is not None:
+            self.spool.close(remove=clean)
         self._log.info("agent.stopped", signal=self.stop.signal, committed=self.writer.committed,
                        acked=self.health.uplink.readings_acked, next_id=self.buffer.next_id)
 

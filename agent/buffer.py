@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from agent import chunks, failpoints, logs
+from agent import spool as spool_module
+from agent.spool import Spool
 from drivers.core.errors import StorageError
 from drivers.core.readings import Reading
 
@@ -80,6 +82,7 @@ CREATE TABLE IF NOT EXISTS batches (
     ts_max INTEGER NOT NULL,
     mono INTEGER NOT NULL,  -- 1: some readings carry monotonic stamps (clock not yet trusted)
     acked INTEGER NOT NULL,  -- the acknowledged watermark when this row was stored
+    spool INTEGER NOT NULL,  -- the highest spool record this commit covered (agent/spool.py)
     zlib INTEGER NOT NULL,  -- 1: the body is zlib-compressed
     body BLOB NOT NULL,
     crc INTEGER NOT NULL
@@ -141,7 +144,8 @@ def crc(*parts: object) -> int:
     return value
 
 
-_ROW = "first_id, count, kind, ts_min, ts_max, mono, acked, zlib, body, crc"
+_ROW = "first_id, count, kind, ts_min, ts_max, mono, acked, spool, zlib, body, crc"
+_ROW_VALUES = ", ".join("?" * len(_ROW.split(",")))
 
 
 class StoredRow(NamedTuple):
@@ -154,6 +158,7 @@ class StoredRow(NamedTuple):
     ts_max: int
     mono: int
     acked: int
+    spool: int
     zlib: int
     body: bytes
     crc: int
@@ -179,19 +184,20 @@ class StoredRow(NamedTuple):
         return columns
 
 
-def row_crc(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, acked: int,
+def row_crc(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, acked: int, spool: int,
             compressed: int, body: bytes) -> int:
-    return crc(struct.pack("<qqqqqqqq", first_id, count, kind, ts_min, ts_max, mono, acked, compressed), body)
+    return crc(struct.pack("<qqqqqqqqq", first_id, count, kind, ts_min, ts_max, mono, acked, spool, compressed),
+               body)
 
 
 def stored_row(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, acked: int,
-               raw: bytes) -> StoredRow:
+               spool: int, raw: bytes) -> StoredRow:
     """A row ready to insert: compressed where that saves a tenth, checksummed."""
     packed = zlib.compress(raw, 6) if len(raw) > 64 else raw
     compressed = int(len(packed) <= len(raw) * 0.9)
     body = packed if compressed else raw
-    return StoredRow(first_id, count, kind, ts_min, ts_max, mono, acked, compressed, body,
-                     row_crc(first_id, count, kind, ts_min, ts_max, mono, acked, compressed, body))
+    return StoredRow(first_id, count, kind, ts_min, ts_max, mono, acked, spool, compressed, body,
+                     row_crc(first_id, count, kind, ts_min, ts_max, mono, acked, spool, compressed, body))
 
 
 def series_crc(sid: int, device: str, point: str, unit: str, kind: str, meter: str, attrs: str) -> int:
@@ -279,10 +285,11 @@ class Buffer:
         unclean = existed and meta.get("running") == "1"
         # next_id and the watermark are written to meta only when rows go;
         # between those, the newest stored row carries them.
-        last = self._conn.execute("SELECT first_id + count, acked FROM batches ORDER BY first_id DESC LIMIT 1"
-                                  ).fetchone()
+        last = self._conn.execute(
+            "SELECT first_id + count, acked, spool FROM batches ORDER BY first_id DESC LIMIT 1").fetchone()
         self._next_id = max(int(meta["next_id"]), int(last[0]) if last else 0)
         self._acked_through = max(int(meta.get("acked_through", "0")), int(last[1]) if last else 0)
+        self.spooled_through = max(int(meta.get("spooled_through", "0")), int(last[2]) if last else 0)
         self.info = BufferInfo(stream=meta["stream"], next_id=self._next_id, created=not existed,
                                moved_aside=moved_aside, unclean=unclean)
         self._purged_at = time.monotonic()
@@ -445,6 +452,11 @@ class Buffer:
             return
         self._new_series[sid] = (key, attrs)
 
+    def pending_series(self, sid: int) -> Series | None:
+        """The key of a series given out but not yet stored."""
+        entry = self._new_series.get(sid)
+        return entry[0] if entry else None
+
     def series(self) -> dict[int, Series]:
         """Series number -> (device, point, unit, kind, meter), of committed rows."""
         return self._series_by_id
@@ -455,7 +467,8 @@ class Buffer:
     # -- writing (the writer thread) -------------------------------------------------------------
     def commit(self, rows: Sequence[NewRow] = (), acked_through: int | None = None,
                reported: Iterable[int] = (), events: Sequence[Event] = (),
-               counters: CounterState | None = None, meters: dict[str, str] | None = None) -> IdRange | None:
+               counters: CounterState | None = None, meters: dict[str, str] | None = None,
+               spooled_through: int | None = None) -> IdRange | None:
         """One synced transaction: store rows and reports, move the acknowledged
         watermark, remember counter and meter state.
 
@@ -478,15 +491,19 @@ class Buffer:
                 watermark = self._acked_through
                 if acked_through is not None:
                     watermark = max(watermark, min(acked_through, first - 1))
+                spool = max(self.spooled_through, spooled_through or 0)
                 for row in rows:
                     if not row.count:
                         continue
                     self._insert_row(stored_row(next_id, row.count, row.kind, row.ts_min, row.ts_max, row.mono,
-                                                watermark, b"".join(row.parts)))
+                                                watermark, spool, b"".join(row.parts)))
                     next_id += row.count
-                if next_id == first and watermark != self._acked_through:
-                    # No row to carry the watermark: meta does (rarely: acks wait for readings).
-                    self._put_meta("acked_through", str(watermark))
+                if next_id == first:
+                    # No row to carry them: meta does (rarely: acks wait for readings).
+                    if watermark != self._acked_through:
+                        self._put_meta("acked_through", str(watermark))
+                    if spool != self.spooled_through:
+                        self._put_meta("spooled_through", str(spool))
                 conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq in reported])
                 self._insert_events(events)
                 if counters:
@@ -506,6 +523,7 @@ class Buffer:
             # Readers see a new dict: never one changing under their feet.
             self._series_by_id = {**self._series_by_id, **{sid: key for sid, (key, _) in new_series.items()}}
         self._acked_through = watermark
+        self.spooled_through = spool
         if next_id == first:
             return None
         self._next_id = next_id
@@ -518,7 +536,7 @@ class Buffer:
             return self._meta
 
     def _insert_row(self, row: StoredRow) -> None:
-        self._conn.execute(f"INSERT INTO batches ({_ROW}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        self._conn.execute(f"INSERT INTO batches ({_ROW}) VALUES ({_ROW_VALUES})", row)
 
     def _before_deleting_rows(self) -> None:
         """Rows are about to go: meta takes over what the newest row carried."""
@@ -526,6 +544,8 @@ class Buffer:
             self._put_meta("next_id", str(self._next_id))
         if self._meta.get("acked_through") != str(self._acked_through):
             self._put_meta("acked_through", str(self._acked_through))
+        if self._meta.get("spooled_through", "0") != str(self.spooled_through):
+            self._put_meta("spooled_through", str(self.spooled_through))
 
     def _insert_events(self, events: Sequence[Event]) -> None:
         bodies = [json.dumps(e, separators=(",", ":")) for e in events]
@@ -595,8 +615,8 @@ class Buffer:
 
     def _rewrite(self, row: StoredRow, columns: chunks.Columns) -> None:
         new = stored_row(row.first_id, row.count, row.kind, min(columns.stamps), max(columns.stamps),
-                         int(columns.has_mono), row.acked, chunks.encode_columns(columns))
-        self._conn.execute(f"INSERT OR REPLACE INTO batches ({_ROW}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
+                         int(columns.has_mono), row.acked, row.spool, chunks.encode_columns(columns))
+        self._conn.execute(f"INSERT OR REPLACE INTO batches ({_ROW}) VALUES ({_ROW_VALUES})", new)
 
     def counter_state(self) -> CounterState:
         return {(d, p): (v, t) for d, p, v, t in json.loads(self._meta.get("counters", "[]"))}
@@ -940,9 +960,12 @@ class BufferWriter(threading.Thread):
 
     def __init__(self, buffer: Buffer, on_commit: CommitListener, flush_interval: float = 1.0,
                  queue_size: int = 10_000, max_pending: int = 200_000, retry_s: float = 1.0,
-                 flush_readings: int = ROW_READINGS) -> None:
+                 flush_readings: int = ROW_READINGS, spool: Spool | None = None) -> None:
         super().__init__(name="buffer-writer", daemon=True)
         self.buffer = buffer
+        self._spool = spool
+        self._seq = buffer.spooled_through  # the last spool record numbered
+        self._spooled_sids: set[int] = set()
         self._on_commit = on_commit
         self._flush_interval = flush_interval
         self._flush_readings = flush_readings
@@ -969,6 +992,9 @@ class BufferWriter(threading.Thread):
         self._restamp: int | None = None
         self._corrupt: list[IdRange] = []
         self._dropped_since: list[int] = []  # count, first ts, last ts of readings dropped meanwhile
+        self.recovered = 0
+        if spool is not None:
+            self._recover(spool)
 
     # -- called from other threads ---------------------------------------------------------------
     def put(self, readings: list[Reading], counters: CounterState | None = None,
@@ -998,7 +1024,8 @@ class BufferWriter(threading.Thread):
 
     # -- the thread ------------------------------------------------------------------------------
     def run(self) -> None:
-        deadline: float | None = None  # when the next commit is due
+        # Readings a crashed run left in the spool are committed first thing.
+        deadline: float | None = time.monotonic() if self._pending_count else None  # when the next commit is due
         stopping = False
         while not stopping:
             self.last_progress = time.monotonic()
@@ -1032,6 +1059,8 @@ class BufferWriter(threading.Thread):
             readings, counters, meters, events = payload  # type: ignore[misc]
             if readings:
                 self._pack(self._fix_stamps(readings))
+            if (events or meters) and self._spool is not None:
+                self._append(spool_module.EXTRAS, json.dumps({"events": events or [], "meters": meters or {}}).encode())
             if counters:
                 self._counters.update(counters)
             if meters:
@@ -1058,14 +1087,81 @@ class BufferWriter(threading.Thread):
         for part_kind, members in _by_kind(readings):
             sids = [buffer.series_id(r.device, r.point, r.unit, r.kind, r.meter) for r in members]
             stamps = [r.ts for r in members]
-            rows = self._rows[part_kind]
-            if not rows or rows[-1].count >= ROW_READINGS:
-                rows.append(NewRow(part_kind))
-            rows[-1].add(chunks.encode_readings(sids, members), len(members), min(stamps), max(stamps),
-                         any(r.mono is not None for r in members))
-            self._pending_count += len(members)
+            mono = any(r.mono is not None for r in members)
+            chunk = chunks.encode_readings(sids, members)
+            if self._spool is not None:
+                self._spool_series(sids)
+                self._append(spool_module.READINGS, spool_module.readings_record(
+                    part_kind, len(members), min(stamps), max(stamps), mono, chunk))
+            self._add_chunk(part_kind, chunk, len(members), min(stamps), max(stamps), mono)
+
+    def _add_chunk(self, kind: int, chunk: bytes, count: int, ts_min: int, ts_max: int, mono: bool) -> None:
+        rows = self._rows[kind]
+        if not rows or rows[-1].count >= ROW_READINGS:
+            rows.append(NewRow(kind))
+        rows[-1].add(chunk, count, ts_min, ts_max, mono)
+        self._pending_count += count
         if self._pending_count > self._max_pending:
             self._drop_oldest()
+
+    # -- the spool (agent/spool.py) --------------------------------------------------------------
+    def _append(self, kind: int, payload: bytes) -> None:
+        assert self._spool is not None
+        self._seq += 1
+        self._spool.append(self._seq, kind, payload)
+
+    def _spool_series(self, sids: list[int]) -> None:
+        """A series not yet in the file goes into the spool before readings that use it."""
+        committed = self.buffer.series()
+        for sid in set(sids) - self._spooled_sids:
+            if sid in committed:
+                continue
+            key = self.buffer.pending_series(sid)
+            if key is not None:
+                self._append(spool_module.SERIES, json.dumps([sid, *key]).encode())
+                self._spooled_sids.add(sid)
+
+    def _recover(self, spool: Spool) -> None:
+        """Readings a crashed run spooled and did not commit are taken up first."""
+        buffer = self.buffer
+        renumber: dict[int, int] = {}
+        records = [r for r in spool.leftovers() if r.seq > buffer.spooled_through]
+        for record in records:
+            if record.type == spool_module.SERIES:
+                old, device, point, unit, kind, meter = json.loads(record.payload)
+                renumber[old] = buffer.series_id(device, point, unit, kind, meter)
+            elif record.type == spool_module.READINGS:
+                kind, count, ts_min, ts_max, mono, chunk = spool_module.parse_readings(record.payload)
+                if renumber:
+                    try:
+                        columns = chunks.decode(chunk)
+                    except chunks.ChunkError:
+                        continue
+                    columns.sids = [renumber.get(sid, sid) for sid in columns.sids]
+                    chunk = chunks.encode_columns(columns)
+                self._add_chunk(kind, chunk, count, ts_min, ts_max, mono)
+                self.recovered += count
+            elif record.type == spool_module.EXTRAS:
+                extras = json.loads(record.payload)
+                self._events.extend(extras.get("events", ()))
+                self._meters.update(extras.get("meters", {}))
+            self._seq = max(self._seq, record.seq)
+        if records:
+            self._log.warning("spool.recovered", readings=self.recovered, records=len(records),
+                              meaning="a run before this one stopped without committing these; they are kept")
+        spool.start(self._seq + 1)
+        self._seq += 1
+        self._spooled_sids = set()
+        if self._pending_count or self._events or self._meters:
+            # Into this run's spool too, until they are committed.
+            for kind_rows in self._rows.values():
+                for row in kind_rows:
+                    for chunk in row.parts:
+                        self._spool_series(list(set(chunks.decode(chunk).sids)))
+                        self._append(spool_module.READINGS, spool_module.readings_record(
+                            row.kind, len(chunks.decode(chunk)), row.ts_min, row.ts_max, bool(row.mono), chunk))
+            if self._events or self._meters:
+                self._append(spool_module.EXTRAS, json.dumps({"events": self._events, "meters": self._meters}).encode())
 
     def _drop_oldest(self) -> None:
         """Memory is bounded while the disk refuses: the oldest waiting readings go, and are reported."""
@@ -1103,13 +1199,17 @@ class BufferWriter(threading.Thread):
         counters = self._counters if (stopping or time.monotonic() >= self._counters_due) else {}
         rows = self._rows[0] + self._rows[1]
         try:
-            ids = buffer.commit(rows, self._acked_through, self._reported, events, counters, self._meters)
+            ids = buffer.commit(rows, self._acked_through, self._reported, events, counters, self._meters,
+                                spooled_through=self._seq)
         except StorageError as exc:
             if self.failing_since is None:
                 self.failing_since = time.monotonic()
                 self._log.error("buffer.write_failed", error=str(exc), held_in_memory=self._pending_count)
             return False
         # Committed: these readings have their ids, whatever happens next.
+        if self._spool is not None:
+            self._spool.reset()
+            self._spooled_sids = set()
         written = self._pending_count
         self.committed += written
         self._rows = {0: [], 1: []}

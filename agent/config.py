@@ -91,14 +91,19 @@ class GatewayConfig:
 class BufferConfig:
     path: Path = field(default_factory=lambda: default_state_dir() / "buffer.db")
     max_size_mb: Annotated[float, Rule(ge=0.02, le=1_000_000)] = 512
-    # "normal": a power cut may lose the last flush interval (WAL, fsync at
-    # checkpoints: kind to SD cards). "full": fsync on every commit.
-    synchronous: Literal["normal", "full"] = "normal"
-    # Readings are committed together at most this long after they were read:
-    # one transaction per interval instead of one per poll spares the SD card.
-    flush_interval: Annotated[float, Parse(parse_duration, DURATION_SCHEMA), Rule(le=600)] = 1.0
+    # Every commit is synced before its readings may leave (docs/payload.md);
+    # "normal" once meant less and is kept so that older files stay valid.
+    synchronous: Literal["normal", "full"] = "full"
+    # Readings are committed together at most this long after they were read
+    # (sooner once a row's worth gathered). Each commit costs the SD card a
+    # sync; a power cut loses at most the readings of this interval.
+    flush_interval: Annotated[float, Parse(parse_duration, DURATION_SCHEMA), Rule(ge=0.05, le=600)] = 60.0
     # Optionally evict readings older than this even when there is room.
     max_age: Duration | None = None
+    # Where readings wait for their commit, in RAM (agent/spool.py): they
+    # survive a crash of the agent, not a power cut. Default: the service's
+    # /run/retrofit-agent/, else /dev/shm.
+    spool_dir: Path | None = None
 
 
 @_record
@@ -297,12 +302,18 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
     if wanted:
         problems.extend((1, problem) for problem in warnings)
         warnings = ()
+    buffer_data = data.get("buffer")
+    if isinstance(buffer_data, dict) and buffer_data.get("synchronous") == "normal":
+        warnings += ("buffer.synchronous: 'normal' no longer weakens durability: every commit is synced "
+                     "before its readings leave (docs/config.md); the key can go",)
 
     if problems or config is None:
         unique = sorted(set(problems), key=lambda item: (item[0], item[1]))
         raise ConfigError([f"{path}:{line}: {message}" for line, message in unique])
 
     buffer_path = _resolve(base, config.buffer.path)
+    spool_dir = _resolve(base, config.buffer.spool_dir) if config.buffer.spool_dir else (
+        RUNTIME_DIR if RUNTIME_DIR.is_dir() else Path("/dev/shm"))
     status_file = _resolve(base, config.health.status_file) if config.health.status_file else (
         RUNTIME_DIR / "status.json" if RUNTIME_DIR.is_dir() else buffer_path.parent / "status.json")
     mqtt = config.uplink.mqtt
@@ -310,7 +321,7 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
         name: _resolve(base, value) for name in ("ca_file", "cert_file", "key_file")
         if (value := getattr(mqtt.tls, name)) is not None})
     mqtt = replace(mqtt, tls=tls, password_file=mqtt.password_file and _resolve(base, mqtt.password_file))
-    resolved = replace(config, buffer=replace(config.buffer, path=buffer_path),
+    resolved = replace(config, buffer=replace(config.buffer, path=buffer_path, spool_dir=spool_dir),
                        health=replace(config.health, status_file=status_file), profile_dirs=tuple(profile_dirs),
                        uplink=replace(config.uplink, mqtt=mqtt))
     return LoadedConfig(path=path, config=resolved, catalogue=catalogue, warnings=warnings, located=located)
@@ -520,7 +531,8 @@ def summarise(loaded: LoadedConfig) -> list[str]:
     lines = [
         f"config {loaded.path}: valid",
         f"gateway {cfg.gateway.id} at site {cfg.gateway.site}",
-        f"buffer {cfg.buffer.path} (max {cfg.buffer.max_size_mb} MB, synchronous={cfg.buffer.synchronous})",
+        f"buffer {cfg.buffer.path} (max {cfg.buffer.max_size_mb} MB, commits at most every "
+        f"{cfg.buffer.flush_interval:g} s)",
         f"uplink mqtt://{cfg.uplink.mqtt.host}:{cfg.uplink.mqtt.port} topic "
         f"{cfg.uplink.mqtt.topic_prefix}/{cfg.gateway.site}/{cfg.gateway.id}/readings"
         + (" (TLS)" if cfg.uplink.mqtt.tls else ""),

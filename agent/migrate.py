@@ -82,9 +82,9 @@ def _pack_readings(conn: sqlite3.Connection, acked: int, kinds: dict[int, int], 
         stamps = [r[2] for r in run]
         mono = int(any(r[5] is not None for r in run))
         kind = kinds.get(run[0][1], 1)
-        row = stored_row(first_id, len(run), kind, min(stamps), max(stamps), mono, acked, body)
-        conn.execute("INSERT INTO batches (first_id, count, kind, ts_min, ts_max, mono, acked, zlib, body, crc) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        row = stored_row(first_id, len(run), kind, min(stamps), max(stamps), mono, acked, 0, body)
+        conn.execute("INSERT INTO batches (first_id, count, kind, ts_min, ts_max, mono, acked, spool, zlib, body, crc) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         run.clear()
 
     cursor = conn.execute("SELECT id, series, ts, value, quality, mono FROM v1_readings WHERE id > ? ORDER BY id",

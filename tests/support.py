@@ -203,7 +203,8 @@ def write_config(path: Path, *, broker_port: int, buffer: Path, buses: list[dict
                  gateway: str = "gw-test", site: str = "test-site") -> Path:
     config = {
         "gateway": {"id": gateway, "site": site},
-        "buffer": {"path": str(buffer)},
+        # Commits every second, not a gateway's every minute: tests watch data flow.
+        "buffer": {"path": str(buffer), "flush_interval": "1s"},
         "uplink": {"mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": "buildings",
                             **(mqtt_extra or {})}},
         "buses": buses,

@@ -76,6 +76,7 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
     "buffer.synchronous": ("full", "full", _synchronous),
     "buffer.flush_interval": ("7s", 7.0, lambda a: a.writer._flush_interval),
     "buffer.max_age": ("2d", 172800.0, lambda a: a.buffer.max_age_s),
+    "buffer.spool_dir": ("spool", "spool", lambda a: a.spool.path.parent.name),
     "uplink.mqtt.host": ("127.0.0.3", "127.0.0.3", UPLINK),
     "uplink.mqtt.port": (8883, 8883, UPLINK),
     "uplink.mqtt.topic_prefix": ("city/keys", "city/keys", lambda a: a.uplink.readings_topic.split("/site-keys")[0]),
