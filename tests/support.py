@@ -152,7 +152,8 @@ class Broker:
         return self
 
     def __enter__(self) -> Self:
-        self.start()
+        if self._proc is None:  # a broker already started is only stopped on the way out
+            self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -257,7 +258,8 @@ class AgentProcess:
         return self
 
     def __enter__(self) -> Self:
-        self.start()
+        if self.proc is None or self.returncode is not None:  # one already running is only stopped
+            self.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
