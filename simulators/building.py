@@ -553,9 +553,20 @@ class _BusRuntime:
     noisy: bool = False
 
 
+AGENT_BUFFER = "agent-buffer.db"  # in the output directory: where agent configs made for a run keep their buffer
+
+
 class BuildingHandle:
     """A running building: servers, ptys, the ticker that applies scheduled
-    faults and keeps the metadata file current. ``stop()`` ends it all."""
+    faults and keeps the metadata file current. ``stop()`` ends it all.
+
+    The output directory holds one run: the ground truth and metadata are
+    written anew, and an agent buffer a previous run left there
+    (``agent-buffer.db``, where configs/building-agent.yaml and
+    ``--agent-config`` put it) is removed. Simulated time starts again at
+    ``building.start``: that buffer's ids, counter baselines and meter ids
+    belong to a building that no longer exists.
+    """
 
     TICK_S = 0.02
 
@@ -575,9 +586,15 @@ class BuildingHandle:
         self._logged: set[tuple[str, int]] = set()
         self._stop_lock = threading.Lock()
         self._stopped = False
+        self.removed_agent_buffer: Path | None = None
 
     def start(self) -> BuildingHandle:
         self.output.mkdir(parents=True, exist_ok=True)
+        stale = self.output / AGENT_BUFFER
+        if stale.exists():
+            self.removed_agent_buffer = stale
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{stale}{suffix}").unlink(missing_ok=True)
         self.building.truth = GroundTruthWriter(self.truth_path)
         try:
             for index, spec in enumerate(self.config.buses):
@@ -779,6 +796,8 @@ def describe(handle: BuildingHandle) -> list[str]:
         units = ", ".join(f"{d.address}={d.id}({d.profile})" for d in config.devices if d.bus == bus.id)
         lines.append(f"bus {bus.id} ({bus.type} {where}{speed}): {units}")
     lines.append(f"ground truth: {handle.truth_path}; metadata: {handle.meta_path}")
+    if handle.removed_agent_buffer is not None:
+        lines.append(f"a new run: removed the last run's agent buffer {handle.removed_agent_buffer}")
     return lines
 
 
@@ -796,7 +815,7 @@ def main_building(config_path: Path, duration: float | None, agent_config_out: P
             print(line, flush=True)
         if agent_config_out is not None:
             agent_config_out.write_text(yaml.safe_dump(
-                handle.agent_config(broker_port, handle.output / "agent-buffer.db"), sort_keys=False))
+                handle.agent_config(broker_port, handle.output / AGENT_BUFFER), sort_keys=False))
             print(f"agent config: {agent_config_out}", flush=True)
         started = time.monotonic()
         days_shown = faults_shown = 0
