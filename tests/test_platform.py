@@ -25,7 +25,15 @@ import yaml
 from simulators.building import run_building
 from simulators.building_config import parse_building_config
 from simulators.groundtruth import GroundTruth, prove
-from simulators.platform import DAY_S, PlatformIngest, counter_series, daily_energy, render
+from simulators.platform import (
+    DAY_S,
+    PlatformIngest,
+    counter_series,
+    daily_energy,
+    day_iso,
+    energy_report,
+    render,
+)
 from tests.support import (
     REPO,
     AgentProcess,
@@ -60,6 +68,42 @@ def test_counter_series_follows_the_quality_flags() -> None:
     assert covered[0] == DAY_S
     assert covered[1] < DAY_S  # the reset leaves 24h..30h unknown
     assert energy[2] == pytest.approx(5.0 + 5.0 + 12.0)  # after the swap: 65 530 -> 65 535 -> wrap -> 4 -> 16
+
+
+def test_a_counter_rise_over_days_without_a_reading_is_not_spread_over_them() -> None:
+    """The agent accepts any rise of a counter without a rate limit; the
+    platform spread it over the days between the two readings, and called
+    those days complete (a field trial: a stale buffer's jump landed on
+    earlier days). A silence over a day starts the series again instead."""
+    h = 3600.0
+    rows = [(k * 6 * h, 100.0 + 6 * k, "ok") for k in range(5)]  # day 0, every 6 h
+    rows += [(3 * 86_400 + 12 * h + k * 6 * h, 300_000.0 + 6 * k, "ok") for k in range(9)]  # after 2.5 silent days
+    series = counter_series(rows)
+    energy, covered = daily_energy(series)
+    assert series.gaps == 1 and series.breaks == 0
+    assert energy[0] == pytest.approx(24.0) and covered[0] == DAY_S
+    assert 1 not in covered and 2 not in covered, "days without a reading are not measured"
+    assert covered[3] < DAY_S and energy[4] == pytest.approx(24.0)
+
+
+def test_readings_stamped_before_the_building_started_are_left_out() -> None:
+    """A buffer that outlived a run sends that run's last readings first:
+    they are not the building's, and their counter values (another run's
+    meter) must not be joined to its first reading."""
+    wall_start_ms, sim_start = 1_800_000_000_000, 1_736_712_000.0  # a simulated midnight
+    meta = {"wall_start_ms": wall_start_ms, "sim_start": sim_start, "acceleration": 8640.0, "devices": {},
+            "days": [], "retrofit": None}
+    readings = [{"id": i, "device": "heat-b", "point": "energy_heat", "unit": "kWh", "quality": "ok",
+                 "ts": wall_start_ms - 40_000 + 1000 * i, "value": 2000.0 + i} for i in range(3)]
+    readings += [{"id": 10 + i, "device": "heat-b", "point": "energy_heat", "unit": "kWh", "quality": "ok",
+                  "ts": wall_start_ms + 500 + 1000 * i, "value": 402_310.0 + 10 * i} for i in range(25)]
+    report = energy_report(readings, meta)
+    assert report["before_start"] == 3
+    days = report["energy"]["heat-b/energy_heat"]["days"]
+    assert min(days) >= day_iso(int(sim_start // DAY_S)), days
+    assert sum(days.values()) == pytest.approx(240.0)
+    assert "left out: 3 counter reading(s) stamped before the building started" in render(
+        {"messages": 0, "readings": 0, "duplicates": 0, "streams": {}, "quality": {}, **report})
 
 
 def test_ingest_deduplicates_and_explains_gaps_by_evictions() -> None:
