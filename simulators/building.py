@@ -551,6 +551,7 @@ class _BusRuntime:
     pair: PtyPair | None = None
     down: bool = False
     noisy: bool = False
+    noisy_plans: list[FaultPlan] = field(default_factory=list)  # one per noisy period, for the counts
 
 
 AGENT_BUFFER = "agent-buffer.db"  # in the output directory: where agent configs made for a run keep their buffer
@@ -612,10 +613,13 @@ class BuildingHandle:
         if isinstance(spec, MbusBusSpec):
             meters = [d for d in self.building.devices.values()
                       if isinstance(d, BuildingMbusMeter) and d.spec.bus == spec.id]
-            runtime = _BusRuntime(spec, BusUnits(self.building, spec.id, {}), None)
+            by_address = {m.spec.address: m for m in meters}
+            plan = self._plan(spec.faults, index, by_address) if spec.faults else None
+            runtime = _BusRuntime(spec, BusUnits(self.building, spec.id, {}), plan)
             self._buses[spec.id] = runtime
             runtime.pair = PtyPair(spec.pty.with_name(spec.pty.name + ".meter"), spec.pty).start()
-            runtime.server = MbusLineServer(list(meters), str(runtime.pair.meter_end), spec.baudrate).start()
+            runtime.server = MbusLineServer(list(meters), str(runtime.pair.meter_end), spec.baudrate,
+                                            faults=plan).start()
             self.endpoints[spec.id] = str(spec.pty)
             return
         devices = {d.spec.address: d for d in self.building.devices.values()
@@ -633,7 +637,8 @@ class BuildingHandle:
                                              pace=spec.pace, faults=plan).start()
             self.endpoints[spec.id] = str(spec.pty)
 
-    def _plan(self, faults: RandomFaults, index: int, devices: dict[int, BuildingDevice]) -> FaultPlan:
+    def _plan(self, faults: RandomFaults, index: int,
+              devices: Mapping[int, BuildingDevice | BuildingMbusMeter]) -> FaultPlan:
         only = ({a for a, d in devices.items() if d.spec.id in faults.devices} if faults.devices else None)
         return FaultPlan(faults.rates, seed=self.building.seed * 1000 + index, only=only, slow_s=faults.slow)
 
@@ -682,7 +687,9 @@ class BuildingHandle:
             runtime.noisy = bool(noisy)
             plan = (FaultPlan(noisy[0], seed=building.seed * 7919 + int(t) % 100_000) if noisy
                     else runtime.base_faults)
-            if isinstance(runtime.server, ModbusTcpServer | ModbusRtuServer):
+            if noisy and plan is not None:
+                runtime.noisy_plans.append(plan)
+            if runtime.server is not None:  # Modbus servers and M-Bus lines alike
                 runtime.server.faults = plan
 
     def _log_events(self, t: float) -> None:
@@ -706,6 +713,12 @@ class BuildingHandle:
         meta["endpoints"] = self.endpoints
         meta["injected"] = {bus_id: dict(r.base_faults.injected) for bus_id, r in self._buses.items()
                             if r.base_faults is not None}
+        noisy: dict[str, dict[str, int]] = {}
+        for bus_id, runtime in self._buses.items():
+            for plan in list(runtime.noisy_plans):
+                for fault, count in plan.injected.items():
+                    noisy.setdefault(bus_id, {})[fault] = noisy.get(bus_id, {}).get(fault, 0) + count
+        meta["injected_noisy"] = noisy  # the scheduled noisy periods' faults
         self._days_written = len(meta["days"])
         temporary = self.meta_path.with_name(".meta.json.tmp")
         temporary.write_text(json.dumps(meta, indent=1))
