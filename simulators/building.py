@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from drivers.core.errors import RetrofitError
 from drivers.codec import encode
+from drivers.core.errors import RetrofitError
 from drivers.profile import MbusProfile, ModbusPoint, Profile, load_catalogue
 from simulators import physics
 from simulators.building_config import (
@@ -233,10 +233,10 @@ class CounterRegister:
     segments: list[tuple[float, Fraction, Fraction]]
 
     def value(self, t: float, physical: Fraction) -> Fraction:
-        start, base, shown = self.segments[0]
-        for segment in self.segments:
-            if segment[0] <= t:
-                start, base, shown = segment
+        _, base, shown = self.segments[0]
+        for since, segment_base, segment_shown in self.segments:
+            if since <= t:
+                base, shown = segment_base, segment_shown
         return shown + physical - base
 
 
@@ -797,8 +797,8 @@ def run_building(config: Path | BuildingConfig, stop_event: threading.Event | No
 def describe(handle: BuildingHandle) -> list[str]:
     config = handle.config
     spec = config.building
-    lines = [f"building {spec.name}: seed {spec.seed}, x{spec.acceleration:g} "
-             f"(1 simulated day = {physics.DAY_S / spec.acceleration:.1f} s), start {iso(utc_epoch(spec.start))}"]
+    lines = [(f"building {spec.name}: seed {spec.seed}, x{spec.acceleration:g} "
+             f"(1 simulated day = {physics.DAY_S / spec.acceleration:.1f} s), start {iso(utc_epoch(spec.start))}")]
     if spec.retrofit:
         lines.append(f"retrofit at {iso(utc_epoch(spec.retrofit.at))}: heat-loss coefficient "
                      f"-{spec.retrofit.heat_loss_reduction:.0%}")

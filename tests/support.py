@@ -144,10 +144,10 @@ class Broker:
             f"max_inflight_messages 100\n{self.extra_conf}\n"
         )
         with self.log.open("ab") as log:
-            self._proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
+            proc = self._proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
         _running.append(self)
-        wait_until(lambda: port_open(self.port) or self._proc.poll() is not None, 10, "mosquitto to listen")
-        if self._proc.poll() is not None:
+        wait_until(lambda: port_open(self.port) or proc.poll() is not None, 10, "mosquitto to listen")
+        if proc.poll() is not None:
             raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
         return self
 

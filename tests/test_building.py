@@ -136,11 +136,9 @@ def test_served_counters_follow_served_power(tmp_path: Path) -> None:
     start = building.physics.start
     previous = served(building, clock, "heat-a", start + 30)  # mid-step: clear of float rounding at the edges
     integral_wh = Fraction(0)
-    steps = 0
     for k in range(1, 2 * 24 * 60):
         now = served(building, clock, "heat-a", start + k * 60 + 30)
         integral_wh += Fraction(previous["power_heat"]) * 60 / 3600
-        steps += 1
         assert now["energy_heat"] >= previous["energy_heat"]
         assert now["volume"] >= previous["volume"]
         previous = now
@@ -152,7 +150,7 @@ def test_supply_above_return_and_power_matches_flow_and_delta_t(tmp_path: Path) 
     clock = FakeClock()
     building = Building(config_of(tmp_path), clock)
     checked = 0
-    for k in range(0, 4 * 24 * 4):
+    for k in range(4 * 24 * 4):
         v = served(building, clock, "heat-a", building.physics.start + k * 900)
         if v["power_heat"] <= 0:
             continue
@@ -332,7 +330,7 @@ def test_cli_building_runs_and_writes_an_agent_config(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "simulators.cli", "building", "--config", str(tmp_path / "b.yaml"),
          "--duration", "5", "--agent-config", str(tmp_path / "agent.yaml")],
-        capture_output=True, text=True, timeout=40, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        check=False, capture_output=True, text=True, timeout=40, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert "2025-01-13: outdoor" in result.stdout  # a simulated day went by and was reported
     assert load_config(tmp_path / "agent.yaml").config.devices[0].id == "heat-a"

@@ -229,6 +229,7 @@ def test_a_meter_swap_is_one_event_with_old_and_new_ids(tmp_path: Path, broker: 
             # A few polls of the new meter: the flag must be on its first reading only.
             wait_until(lambda: len(new_meter_energy()) >= 4 and subscriber.payloads("/events"), 20,
                        "readings of the new meter and the event")
+            assert agent.stop() == 0  # before the new meter goes away
     swaps = [e for m in subscriber.payloads("/events") for e in m["events"] if e["type"] == "meter_swap"]
     assert swaps == [{"type": "meter_swap", "device": "elec", "old_meter": "11112222", "new_meter": "33334444",
                       "ts": swaps[0]["ts"]}]

@@ -89,9 +89,13 @@ def test_a_view_that_stops_working_ends_the_demo_with_an_error(tmp_path: Path) -
         client.loop_stop()
         _, stderr = demo.communicate(timeout=30)
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.communicate()
+        if demo.poll() is None:  # SIGTERM: the demo stops its broker, meters and agent itself
+            demo.terminate()
+            try:
+                demo.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.communicate()
     assert demo.returncode == 1
     assert "the platform view stopped: KeyError: 'id' on buildings/x/y/readings" in stderr, stderr
     assert "Traceback" not in stderr

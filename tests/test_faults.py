@@ -398,6 +398,8 @@ def test_an_unplugged_serial_adapter_and_a_closed_socket_recover_within_an_inter
         wait_until(lambda: "tcp-room" in events("device.silent"), 10, "the TCP device silent")
         stack.enter_context(running(tcp_meter(tcp_port)))
         wait_until(lambda: "tcp-room" in events("device.back"), 10, "the TCP device back")
+        # The agent first: the meters plugged back in are stopped after it, unseen.
+        assert agent.stop() == 0
     assert events("device.silent").count("serial-room") == 1
     assert events("device.back").count("serial-room") == 1
     assert events("device.silent").count("tcp-room") == 1
