@@ -9,6 +9,7 @@ free ports: so the paths relate exactly as the committed files make them.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 SIM_DIR = "/tmp/retrofit-building"
 
 
-def _sim(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _sim(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "simulators.cli", *args], check=False, capture_output=True,
-                          text=True, cwd=REPO, timeout=timeout)
+                          text=True, cwd=REPO, timeout=timeout, env=env)
 
 
 def simple_demo_config(tmp_path: Path) -> Path:
@@ -140,6 +141,25 @@ def building_copies(tmp_path: Path) -> tuple[Path, Path, int]:
     (configs / "sim-building.yaml").write_text(yaml.safe_dump(building, sort_keys=False))
     (configs / "building-agent.yaml").write_text(yaml.safe_dump(agent, sort_keys=False))
     return configs / "sim-building.yaml", configs / "building-agent.yaml", broker_port
+
+
+def test_the_demo_says_once_when_it_skips_the_plot(tmp_path: Path) -> None:
+    """Without matplotlib the demo skipped its plot without a word. (It is
+    hidden here by a package that refuses to import: this venv may have it.)"""
+    require_binary("socat")
+    require_binary("mosquitto")
+    hidden = tmp_path / "hide" / "matplotlib"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    building, agent_config, _ = building_copies(tmp_path)
+    env = {**os.environ, "PYTHONPATH": f"{hidden.parent}:{REPO}"}
+    demo = _sim("demo", "--building", str(building), "--config", str(agent_config), "--out",
+                str(tmp_path / ".demo"), "--duration", "2", env=env)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    skipped = [line for line in demo.stdout.splitlines() if line.startswith("plot:")]
+    assert skipped == [("plot: skipped: matplotlib is not installed (./scripts/demo installs it; "
+                       "or pip install 'retrofit-agent[demo]')")]
+    assert not (tmp_path / ".demo" / "heat.png").exists()
 
 
 def test_the_hand_recipe_after_a_demo_measures_the_true_saving(tmp_path: Path) -> None:
