@@ -33,11 +33,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV" >&2
   python3 -m venv "$VENV"
 fi
+# The optional parts a script needs: ./scripts/test the test tools,
+# ./scripts/demo also the demo's (its plot). The stamp lists what is in.
+extras=${RETROFIT_EXTRAS:-test}
 stamp="$VENV/.retrofit-agent-installed"
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  echo "setup: installing retrofit-agent and its test tools into $VENV" >&2
+if [ -f "$stamp" ] && [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  rm -f "$stamp"  # pyproject.toml changed: everything again
+fi
+if [ ! -f "$stamp" ] || ! grep -qxF "$extras" "$stamp"; then
+  echo "setup: installing retrofit-agent [$extras] into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
-  touch "$stamp"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "${ROOT}[${extras}]"
+  echo "$extras" >> "$stamp"
   echo "setup: the commands are in $VENV/bin (not on PATH): $VENV/bin/retrofit-agent --help, or 'source $VENV/bin/activate'" >&2
 fi

@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
-from drivers.core.errors import RetrofitError
 from drivers.codec import encode
+from drivers.core.errors import RetrofitError
 from drivers.profile import MbusProfile, ModbusPoint, Profile, load_catalogue
 from simulators import physics
 from simulators.building_config import (
@@ -233,10 +233,10 @@ class CounterRegister:
     segments: list[tuple[float, Fraction, Fraction]]
 
     def value(self, t: float, physical: Fraction) -> Fraction:
-        start, base, shown = self.segments[0]
-        for segment in self.segments:
-            if segment[0] <= t:
-                start, base, shown = segment
+        _, base, shown = self.segments[0]
+        for since, segment_base, segment_shown in self.segments:
+            if since <= t:
+                base, shown = segment_base, segment_shown
         return shown + physical - base
 
 
@@ -551,11 +551,23 @@ class _BusRuntime:
     pair: PtyPair | None = None
     down: bool = False
     noisy: bool = False
+    noisy_plans: list[FaultPlan] = field(default_factory=list)  # one per noisy period, for the counts
+
+
+AGENT_BUFFER = "agent-buffer.db"  # in the output directory: where agent configs made for a run keep their buffer
 
 
 class BuildingHandle:
     """A running building: servers, ptys, the ticker that applies scheduled
-    faults and keeps the metadata file current. ``stop()`` ends it all."""
+    faults and keeps the metadata file current. ``stop()`` ends it all.
+
+    The output directory holds one run: the ground truth and metadata are
+    written anew, and an agent buffer a previous run left there
+    (``agent-buffer.db``, where configs/building-agent.yaml and
+    ``--agent-config`` put it) is removed. Simulated time starts again at
+    ``building.start``: that buffer's ids, counter baselines and meter ids
+    belong to a building that no longer exists.
+    """
 
     TICK_S = 0.02
 
@@ -575,9 +587,15 @@ class BuildingHandle:
         self._logged: set[tuple[str, int]] = set()
         self._stop_lock = threading.Lock()
         self._stopped = False
+        self.removed_agent_buffer: Path | None = None
 
     def start(self) -> BuildingHandle:
         self.output.mkdir(parents=True, exist_ok=True)
+        stale = self.output / AGENT_BUFFER
+        if stale.exists():
+            self.removed_agent_buffer = stale
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{stale}{suffix}").unlink(missing_ok=True)
         self.building.truth = GroundTruthWriter(self.truth_path)
         try:
             for index, spec in enumerate(self.config.buses):
@@ -595,10 +613,13 @@ class BuildingHandle:
         if isinstance(spec, MbusBusSpec):
             meters = [d for d in self.building.devices.values()
                       if isinstance(d, BuildingMbusMeter) and d.spec.bus == spec.id]
-            runtime = _BusRuntime(spec, BusUnits(self.building, spec.id, {}), None)
+            by_address = {m.spec.address: m for m in meters}
+            plan = self._plan(spec.faults, index, by_address) if spec.faults else None
+            runtime = _BusRuntime(spec, BusUnits(self.building, spec.id, {}), plan)
             self._buses[spec.id] = runtime
             runtime.pair = PtyPair(spec.pty.with_name(spec.pty.name + ".meter"), spec.pty).start()
-            runtime.server = MbusLineServer(list(meters), str(runtime.pair.meter_end), spec.baudrate).start()
+            runtime.server = MbusLineServer(list(meters), str(runtime.pair.meter_end), spec.baudrate,
+                                            faults=plan).start()
             self.endpoints[spec.id] = str(spec.pty)
             return
         devices = {d.spec.address: d for d in self.building.devices.values()
@@ -616,7 +637,8 @@ class BuildingHandle:
                                              pace=spec.pace, faults=plan).start()
             self.endpoints[spec.id] = str(spec.pty)
 
-    def _plan(self, faults: RandomFaults, index: int, devices: dict[int, BuildingDevice]) -> FaultPlan:
+    def _plan(self, faults: RandomFaults, index: int,
+              devices: Mapping[int, BuildingDevice | BuildingMbusMeter]) -> FaultPlan:
         only = ({a for a, d in devices.items() if d.spec.id in faults.devices} if faults.devices else None)
         return FaultPlan(faults.rates, seed=self.building.seed * 1000 + index, only=only, slow_s=faults.slow)
 
@@ -665,7 +687,9 @@ class BuildingHandle:
             runtime.noisy = bool(noisy)
             plan = (FaultPlan(noisy[0], seed=building.seed * 7919 + int(t) % 100_000) if noisy
                     else runtime.base_faults)
-            if isinstance(runtime.server, ModbusTcpServer | ModbusRtuServer):
+            if noisy and plan is not None:
+                runtime.noisy_plans.append(plan)
+            if runtime.server is not None:  # Modbus servers and M-Bus lines alike
                 runtime.server.faults = plan
 
     def _log_events(self, t: float) -> None:
@@ -689,6 +713,12 @@ class BuildingHandle:
         meta["endpoints"] = self.endpoints
         meta["injected"] = {bus_id: dict(r.base_faults.injected) for bus_id, r in self._buses.items()
                             if r.base_faults is not None}
+        noisy: dict[str, dict[str, int]] = {}
+        for bus_id, runtime in self._buses.items():
+            for plan in list(runtime.noisy_plans):
+                for fault, count in plan.injected.items():
+                    noisy.setdefault(bus_id, {})[fault] = noisy.get(bus_id, {}).get(fault, 0) + count
+        meta["injected_noisy"] = noisy  # the scheduled noisy periods' faults
         self._days_written = len(meta["days"])
         temporary = self.meta_path.with_name(".meta.json.tmp")
         temporary.write_text(json.dumps(meta, indent=1))
@@ -767,8 +797,8 @@ def run_building(config: Path | BuildingConfig, stop_event: threading.Event | No
 def describe(handle: BuildingHandle) -> list[str]:
     config = handle.config
     spec = config.building
-    lines = [f"building {spec.name}: seed {spec.seed}, x{spec.acceleration:g} "
-             f"(1 simulated day = {physics.DAY_S / spec.acceleration:.1f} s), start {iso(utc_epoch(spec.start))}"]
+    lines = [(f"building {spec.name}: seed {spec.seed}, x{spec.acceleration:g} "
+             f"(1 simulated day = {physics.DAY_S / spec.acceleration:.1f} s), start {iso(utc_epoch(spec.start))}")]
     if spec.retrofit:
         lines.append(f"retrofit at {iso(utc_epoch(spec.retrofit.at))}: heat-loss coefficient "
                      f"-{spec.retrofit.heat_loss_reduction:.0%}")
@@ -779,6 +809,8 @@ def describe(handle: BuildingHandle) -> list[str]:
         units = ", ".join(f"{d.address}={d.id}({d.profile})" for d in config.devices if d.bus == bus.id)
         lines.append(f"bus {bus.id} ({bus.type} {where}{speed}): {units}")
     lines.append(f"ground truth: {handle.truth_path}; metadata: {handle.meta_path}")
+    if handle.removed_agent_buffer is not None:
+        lines.append(f"a new run: removed the last run's agent buffer {handle.removed_agent_buffer}")
     return lines
 
 
@@ -796,7 +828,7 @@ def main_building(config_path: Path, duration: float | None, agent_config_out: P
             print(line, flush=True)
         if agent_config_out is not None:
             agent_config_out.write_text(yaml.safe_dump(
-                handle.agent_config(broker_port, handle.output / "agent-buffer.db"), sort_keys=False))
+                handle.agent_config(broker_port, handle.output / AGENT_BUFFER), sort_keys=False))
             print(f"agent config: {agent_config_out}", flush=True)
         started = time.monotonic()
         days_shown = faults_shown = 0

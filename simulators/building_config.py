@@ -18,6 +18,7 @@ import yaml
 from agent.config import parse_duration
 from drivers.core.errors import RetrofitError
 from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, validate
+from simulators.mbus_meter import MAX_IDENTIFICATION, MAX_INT32, MBUS_FAULTS
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -114,6 +115,7 @@ class MbusBusSpec:
     # The agent's end of a virtual M-Bus line (socat pty); the meters get PTY.meter.
     pty: Path
     baudrate: Literal[300, 2400, 9600] = 2400
+    faults: RandomFaults | None = None  # all but "busy" (a Modbus exception; M-Bus has none)
 
 
 BusSpec = TcpBusSpec | RtuBusSpec | MbusBusSpec  # told apart by their `type`
@@ -247,6 +249,13 @@ def _cross_check(config: BuildingConfig, origin: str) -> None:
         problems.append(f"building.step: {step:g} s must divide an hour (60s, 5m, 15m ...)")
     elif utc_epoch(config.building.start) % step:
         problems.append("building.start: must be a multiple of building.step after midnight")
+    for bus in config.buses:
+        if isinstance(bus, MbusBusSpec) and bus.faults and "busy" in bus.faults.rates:
+            problems.append(f"bus {bus.id}: faults.rates: busy is a Modbus exception response; an M-Bus "
+                            f"meter has none (use {', '.join(MBUS_FAULTS)})")
+    for device in config.devices:
+        if device.bus in mbus_buses:
+            problems.extend(_mbus_device_bounds(device))
     for index, fault in enumerate(config.faults):
         where = f"faults[{index}] ({fault.fault})"
         needs_device = fault.fault in ("offline", "counter_reset", "meter_swap", "rollover")
@@ -258,6 +267,9 @@ def _cross_check(config: BuildingConfig, origin: str) -> None:
             problems.append(f"{where}: for: how long (simulated), e.g. 6h")
         if fault.fault == "noisy" and not fault.rates:
             problems.append(f"{where}: rates: e.g. {{crc: 0.2, silent: 0.1}}")
+        if fault.fault == "noisy" and fault.bus in mbus_buses and "busy" in (fault.rates or {}):
+            problems.append(f"{where}: rates: busy is a Modbus exception response; an M-Bus meter has none "
+                            f"(use {', '.join(MBUS_FAULTS)})")
         if fault.fault == "rollover" and fault.point is None:
             problems.append(f"{where}: point: the counter that wraps")
         if fault.fault in ("counter_reset", "meter_swap", "rollover") and fault.device in mbus_devices:
@@ -265,3 +277,22 @@ def _cross_check(config: BuildingConfig, origin: str) -> None:
                             "Modbus meters only")
     if problems:
         raise RetrofitError(f"{origin}: " + "; ".join(problems))
+
+
+# Room for what a run adds: a start value this far below the telegram's limit.
+MBUS_COUNTER_START_MAX = 2_000_000  # kWh and m3: 2,147,483 fit in a 32-bit count of Wh or litres
+
+
+def _mbus_device_bounds(device: DeviceSpec) -> list[str]:
+    """What an M-Bus heat meter's telegrams can carry (simulators/mbus_meter.py)."""
+    problems = []
+    if device.serial is not None and device.serial > MAX_IDENTIFICATION:
+        problems.append(f"device {device.id}: serial {device.serial} does not fit an M-Bus identification "
+                        f"number (8 digits, at most {MAX_IDENTIFICATION})")
+    for key, unit, carried in (("energy_start", "kWh", "energy in Wh"), ("volume_start", "m3", "volume in litres")):
+        value = getattr(device, key, 0.0)
+        if value > MBUS_COUNTER_START_MAX:
+            problems.append(f"device {device.id}: {key} {value:g} {unit} is too large for an M-Bus meter: its "
+                            f"telegram carries {carried} as a 32-bit integer (at most {MAX_INT32 // 1000:,} "
+                            f"{unit}); give at most {MBUS_COUNTER_START_MAX:,} {unit}, leaving room for the run")
+    return problems

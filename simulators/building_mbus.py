@@ -3,9 +3,10 @@
 It answers like simulators/mbus_meter.py's meters (two RSP_UD telegrams,
 selectable by secondary address), with the building's physics behind the
 numbers: energy and volume since the start as the exact counters, power,
-flow and temperatures of the current step. What it served goes to the
-ground truth decoded through drivers/mbus and the device's profile, so it
-is the exact number an honest agent forwards.
+flow and temperatures of the current step. What each answer carried (one
+telegram per REQ_UD2, so half the points) goes to the ground truth decoded
+through drivers/mbus and the device's profile: the exact numbers an honest
+agent forwards, and only those it was sent.
 
 Counter faults (reset, swap, rollover) are simulated on Modbus meters only;
 the building's config check says so. Offline windows and a bus that is down
@@ -40,6 +41,7 @@ class BuildingMbusMeter(SimulatedMbusMeter):
         self.unmodelled: list[str] = []
         energy_start = Fraction(spec.energy_start).limit_denominator(1000)
         self._due_date_wh = math.floor(energy_start * 1000)  # the register at the start, for a due date
+        self._made_at: tuple[int, float] | None = None  # (wall ms, simulated s) of the telegrams last made
 
     def present(self) -> bool:
         t = self.building.now()
@@ -77,6 +79,11 @@ class BuildingMbusMeter(SimulatedMbusMeter):
             t = building.sim_time(wall)
             building.advance(t)
             telegrams = self.heat_telegrams(address, self.reading_at(t))
-            if building.truth is not None:
-                building.truth.served(int(wall * 1000), t, self.spec.id, self._decoded(telegrams))
+            self._made_at = (int(wall * 1000), t)
         return telegrams
+
+    def sent(self, telegram: bytes) -> None:
+        """Into the ground truth: the points of the telegram that was sent, not of both."""
+        truth, made_at = self.building.truth, self._made_at
+        if truth is not None and made_at is not None:
+            truth.served(made_at[0], made_at[1], self.spec.id, self._decoded([telegram]))

@@ -5,7 +5,9 @@ from its state (energy integrating power, volume integrating flow,
 temperatures consistent with the power), split over two telegrams (DIF 0x1F:
 more records follow). Meters can be selected by secondary address with
 wildcards; when several answer at once the line carries garbage, as a real
-bus does. A replay mode serves recorded telegrams instead.
+bus does. A replay mode serves recorded telegrams instead. A line can be
+noisy (a FaultPlan): answers lost, cut short, garbled, with a wrong checksum
+or late, as on a long M-Bus line with a weak level converter.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ import serial
 from drivers.core.errors import DecodeError
 from drivers.mbus import bytes_needed, checksum, parse_frame
 from drivers.mbus.frame import ACK, LongFrame, ShortFrame
-from simulators.modbus_server import read_burst
+from simulators.modbus_server import FaultPlan, read_burst
+
+# What goes wrong on an M-Bus line (FaultPlan names). "busy" is a Modbus
+# exception response; an M-Bus slave has none.
+MBUS_FAULTS = ("silent", "crc", "garbage", "partial", "slow")
+# The widest values the telegrams carry: the identification number is 8 BCD
+# digits, energy (Wh) and volume (litres) are 32-bit integers (type B, signed).
+MAX_IDENTIFICATION = 99_999_999
+MAX_INT32 = 2**31 - 1
 
 C_RSP_UD = 0x08
 CI_RSP_VARIABLE = 0x72
@@ -113,7 +123,12 @@ class SimulatedMbusMeter:
         telegrams = self.replay if self.replay is not None else self._telegrams(address)
         index = min(index, len(telegrams) - 1)
         self._next = 0 if index + 1 >= len(telegrams) else index + 1
+        self.sent(telegrams[index])
         return telegrams[index]
+
+    def sent(self, telegram: bytes) -> None:
+        """The telegram that went on the line for a REQ_UD2 (the building's
+        meter records what it carried in the ground truth)."""
 
     def _header(self) -> bytes:
         self.access = (self.access + 1) & 0xFF
@@ -160,8 +175,10 @@ class SimulatedMbusMeter:
 class MbusLineServer:
     """Several simulated meters on one serial line."""
 
-    def __init__(self, meters: list[SimulatedMbusMeter], port: str, baudrate: int = 2400) -> None:
+    def __init__(self, meters: list[SimulatedMbusMeter], port: str, baudrate: int = 2400,
+                 faults: FaultPlan | None = None) -> None:
         self.meters = meters
+        self.faults = faults  # may be swapped while running (a noisy period)
         self.selected: list[SimulatedMbusMeter] = []
         self.requests: list[bytes] = []
         self._serial = serial.Serial(port, baudrate=baudrate, timeout=0.05)
@@ -199,12 +216,31 @@ class MbusLineServer:
                 length = len(buffer) if buffer[0] == ACK else (5 if buffer[0] == 0x10 else buffer[1] + 6)
                 frame, buffer = buffer[:length], buffer[length:]
                 self.requests.append(frame)
-                reply = self._answer(frame)
+                reply = self._noisy(frame)
                 if reply:
                     try:
                         self._serial.write(reply)
                     except (serial.SerialException, OSError):
                         return
+
+    def _noisy(self, raw: bytes) -> bytes | None:
+        """The answer as the line delivers it: a fault is chosen per request
+        (by the address asked), before the meter answers, so a lost answer
+        is one the meter never gave."""
+        plan = self.faults
+        address = raw[2] if raw[:1] == b"\x10" and len(raw) > 2 else raw[5] if len(raw) > 5 else 0
+        fault = plan.pick(address) if plan is not None else None
+        if fault == "silent":
+            return None
+        reply = self._answer(raw)
+        if not reply or fault is None or plan is None:
+            return reply
+        if fault == "slow":
+            time.sleep(plan.slow_s)
+            return reply
+        if fault == "crc" and len(reply) > 2:  # a long frame with a wrong checksum byte
+            return reply[:-2] + bytes([reply[-2] ^ 0x5A]) + reply[-1:]
+        return plan.garble(reply, "garbage" if fault == "crc" else fault)
 
     def _answer(self, raw: bytes) -> bytes | None:
         try:

@@ -25,9 +25,11 @@ In-process use:
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import threading
+import traceback
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +43,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from drivers.core.errors import RetrofitError
 
 DAY_S = 86_400
+# Two readings further apart than this are not joined: what the counter rose
+# by between them is not spread over the days in between (they had no
+# reading; a jump of any size would land on them as consumption). The
+# series starts again at the later reading, and those days stay incomplete.
+MAX_GAP_S = DAY_S
 ENERGY_UNITS = {"Wh": 0.001, "kWh": 1.0, "MWh": 1000.0}
 BREAK_FLAGS = {"counter_backwards", "counter_jump"}
 SUMMARY_SCHEMA = "retrofit-sim/platform-summary/1"
@@ -61,6 +68,7 @@ class CounterSeries:
     breaks: int = 0
     rollovers: int = 0
     dropped: int = 0  # suspicious readings the series did not move to (garbage)
+    gaps: int = 0  # silences longer than MAX_GAP_S: the series starts again after each
 
 
 def wrap_width(previous: float, value: float) -> float:
@@ -74,20 +82,26 @@ def wrap_width(previous: float, value: float) -> float:
     return previous
 
 
-def counter_series(readings: Iterable[tuple[float, float | None, str]]) -> CounterSeries:
+def counter_series(readings: Iterable[tuple[float, float | None, str]], max_gap: float = MAX_GAP_S) -> CounterSeries:
     """Readings (t, value, quality) in time order -> segments, following the
-    rules of docs/payload.md for each quality flag."""
+    rules of docs/payload.md for each quality flag; a silence longer than
+    ``max_gap`` ends a segment too (see MAX_GAP_S)."""
     series = CounterSeries()
     current: list[tuple[float, float]] | None = None
     prev: tuple[float, float] | None = None  # last accepted (t, raw value)
     unwrapped = 0.0  # consumption of the current segment at ``prev``
     candidate: tuple[float, float] | None = None
+    last_t: float | None = None  # the last reading of any kind
     for t, value, quality in readings:
         if value is None:
             continue
         flags = set(quality.split("+"))
-        if prev is None or current is None or "meter_swap" in flags:
-            if current is not None:
+        gap = last_t is not None and t - last_t > max_gap
+        last_t = t
+        if prev is None or current is None or "meter_swap" in flags or gap:
+            if gap:
+                series.gaps += 1
+            elif current is not None:
                 series.breaks += 1
             current = [(t, 0.0)]
             series.segments.append(current)
@@ -129,7 +143,7 @@ def daily_energy(series: CounterSeries) -> tuple[dict[int, float], dict[int, flo
     energy: dict[int, float] = {}
     covered: dict[int, float] = {}
     for segment in series.segments:
-        for (t1, c1), (t2, c2) in zip(segment, segment[1:]):
+        for (t1, c1), (t2, c2) in itertools.pairwise(segment):
             if t2 <= t1:
                 continue
             rate = (c2 - c1) / (t2 - t1)
@@ -171,6 +185,7 @@ class PlatformIngest:
         self.status: dict[str, dict[str, Any]] = {}
         self.messages = 0
         self.undecodable = 0
+        self.failure: str | None = None  # why a message could not be taken in (see check())
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
@@ -195,7 +210,18 @@ class PlatformIngest:
         self._client.loop_stop()
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        self.ingest(message.topic, message.payload)
+        # An exception here would end paho's network thread, and the platform
+        # would stand still without a word: record it for check() instead.
+        try:
+            self.ingest(message.topic, bytes(message.payload))
+        except Exception as exc:  # noqa: BLE001 - reported by check(), which ends the command
+            self.failure = (f"{type(exc).__name__}: {exc} on {message.topic} "
+                            f"({traceback.extract_tb(exc.__traceback__)[-1].line!s})")
+
+    def check(self) -> None:
+        """Raise when a message could not be taken in: the figures would be wrong from then on."""
+        if self.failure is not None:
+            raise RetrofitError(f"platform: the ingest stopped: {self.failure}")
 
     def ingest(self, topic: str, payload: bytes) -> None:
         """One MQTT message (also callable directly, e.g. from a recording)."""
@@ -351,34 +377,42 @@ def _clock(meta: Mapping[str, Any] | None) -> tuple[float, float, float]:
 
 
 def energy_report(readings: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Energy per day of every counter. With the building's metadata, a
+    reading stamped before the building started is none of its readings (an
+    earlier run's, sent late from a buffer that outlived it): it is counted
+    under ``before_start`` and left out, never placed on the building's days."""
     wall0, sim0, accel = _clock(meta)
-    by_series: dict[tuple[str, str], list[tuple[float, float | None, str]]] = {}
+    by_series: dict[tuple[str, str], list[tuple[float, float | None, str, int]]] = {}
     factors: dict[tuple[str, str], float] = {}
+    before_start = 0
     for r in readings:
         factor = ENERGY_UNITS.get(r["unit"])
         if factor is None:
             continue
+        if meta and r["ts"] < meta["wall_start_ms"]:
+            before_start += 1
+            continue
         key = (r["device"], r["point"])
         factors[key] = factor
         t = sim0 + (r["ts"] / 1000 - wall0) * accel
-        by_series.setdefault(key, []).append((t, r["value"], r["quality"], r["id"]))  # type: ignore[arg-type]
+        by_series.setdefault(key, []).append((t, r["value"], r["quality"], r["id"]))
     meters: dict[str, Any] = {}
     complete_days: dict[str, set[int]] = {}
     for key, rows in sorted(by_series.items()):
-        rows.sort(key=lambda row: (row[0], row[3]))  # type: ignore[index]
-        series = counter_series((t, v, q) for t, v, q, _ in rows)  # type: ignore[misc]
+        rows.sort(key=lambda row: (row[0], row[3]))
+        series = counter_series((t, v, q) for t, v, q, _ in rows)
         energy, covered = daily_energy(series)
         full = {d for d, seconds in covered.items() if seconds >= DAY_S - 1e-6}
         name = f"{key[0]}/{key[1]}"
         complete_days[name] = full
         meters[name] = {
             "device": key[0], "point": key[1], "unit": "kWh", "breaks": series.breaks,
-            "rollovers": series.rollovers, "dropped": series.dropped,
+            "rollovers": series.rollovers, "dropped": series.dropped, "gaps": series.gaps,
             "days": {day_iso(d): round(energy[d] * factors[key], 6) for d in sorted(energy)},
             "complete_days": [day_iso(d) for d in sorted(full)],
         }
     out: dict[str, Any] = {"time": "simulated (building metadata)" if meta else "wall clock (UTC)",
-                           "energy": meters}
+                           "energy": meters, "before_start": before_start}
     if meta:
         out["heat"] = heat_saving(meters, complete_days, meta)
         out["building"] = {"name": meta.get("name"), "sim_now": meta.get("sim_now_iso"),
@@ -446,8 +480,8 @@ def _saving(usable: Sequence[str], measured: Mapping[str, float], true: Mapping[
 
 def render(report: Mapping[str, Any], max_days: int = 8) -> str:
     agents = ", ".join(f"{t.split('/')[-2]} {s}" for t, s in report.get("agents", {}).items()) or "no status yet"
-    lines = [f"platform: {agents}; {report['messages']} message(s), {report['readings']} reading(s), "
-             f"duplicates {report['duplicates']}"]
+    lines = [(f"platform: {agents}; {report['messages']} message(s), {report['readings']} reading(s), "
+             f"duplicates {report['duplicates']}")]
     for sid, c in report["streams"].items():
         if not c["received"]:
             continue
@@ -473,10 +507,14 @@ def render(report: Mapping[str, Any], max_days: int = 8) -> str:
                 mark = "*" if day in energy[n]["complete_days"] else " "
                 cells.append(f"{value:25.1f}{mark}" if value is not None else f"{'-':>26}")
             lines.append(f"{day:10} " + " ".join(cells))
-        notes = [f"{n}: {v['breaks']} break(s), {v['rollovers']} rollover(s)" for n, v in energy.items()
-                 if v["breaks"] or v["rollovers"]]
+        notes = [f"{n}: {v['breaks']} break(s), {v['rollovers']} rollover(s)"
+                 + (f", {v['gaps']} silence(s) over a day (not spread)" if v.get("gaps") else "")
+                 for n, v in energy.items() if v["breaks"] or v["rollovers"] or v.get("gaps")]
         if notes:
             lines.append("counter series: " + "; ".join(notes))
+    if report.get("before_start"):
+        lines.append(f"left out: {report['before_start']} counter reading(s) stamped before the building "
+                     "started (an earlier run's, from the agent's buffer)")
     heat = report.get("heat") or {}
     building = report.get("building") or {}
     if building.get("retrofit"):
@@ -545,11 +583,13 @@ def main_platform(broker: tuple[str, int], topic_prefix: str, meta_path: Path | 
     started = time.monotonic()
     try:
         while not stop.wait(interval):
+            ingest.check()
             print(("\x1b[2J\x1b[H" if interactive else "\n") + ingest.render(), flush=True)
             if until is not None and time.monotonic() - started >= until:
                 break
     finally:
         ingest.stop()
+    ingest.check()
     report = ingest.report()
     print("\nsummary:\n" + render(report), flush=True)
     if summary is not None:

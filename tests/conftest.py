@@ -5,23 +5,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Broker, Subscriber
+from tests.support import Broker, Subscriber, stop_leftovers
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running() -> Iterator[None]:
+    """Whatever a test started and did not stop (it failed half-way) is
+    stopped here, so no Mosquitto or agent outlives its test."""
+    yield
+    stop_leftovers()
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     """A real Mosquitto on a free loopback port."""
-    running = Broker(tmp_path / "broker").start()
-    try:
+    with Broker(tmp_path / "broker") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
 def subscriber(broker: Broker) -> Iterator[Subscriber]:
-    sub = Subscriber(broker.port, "buildings/#").start()
-    try:
+    with Subscriber(broker.port, "buildings/#") as sub:
         yield sub
-    finally:
-        sub.stop()

@@ -8,6 +8,7 @@ ones systemd would see).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -17,16 +18,58 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
 
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.buffer import inspect
+from drivers.core.errors import StorageError
+
 REPO = Path(__file__).resolve().parents[1]
+
+# Brokers, subscribers and agents a test started and has not stopped yet:
+# conftest.py stops whatever is left once the test is over, passed or failed,
+# so one failed test never leaves a Mosquitto or an agent running for the rest.
+_running: list[Broker | Subscriber | AgentProcess] = []
+
+
+def stop_leftovers() -> list[str]:
+    """Stop every part a test left running; returns what it stopped."""
+    stopped = []
+    while _running:
+        part = _running.pop()
+        stopped.append(type(part).__name__)
+        try:
+            part.stop()
+        except AssertionError:
+            pass  # an agent that had to be killed: the test already failed for its own reason
+    return stopped
+
+
+class Startable(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Startable)
+
+
+@contextmanager
+def running(part: S) -> Iterator[S]:
+    """``with running(ModbusTcpServer(units)) as server:`` starts a simulator
+    part and stops it however the block ends (an assertion failing in it too)."""
+    part.start()
+    try:
+        yield part
+    finally:
+        part.stop()
 
 
 def require_binary(name: str) -> str:
@@ -55,6 +98,48 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+# A buffer's status snapshot, for the agent that holds it (write_config fills it in).
+_STATUS_OF_BUFFER: dict[Path, Path] = {}
+
+
+def _held(buffer: Path) -> bool:
+    """Whether a running agent holds this buffer (its lock file, agent/lifecycle.py)."""
+    try:
+        fd = os.open(f"{buffer}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False
+
+
+def buffer_next_id(path: Path) -> int:
+    """The next id the agent's buffer will assign (committed ids are below it);
+    0 while the agent has not yet made the file and its schema.
+
+    A running agent holds its buffer locked: then the figure comes from its
+    status snapshot (every 0.5 s in tests); a stopped agent's buffer is read
+    with agent.buffer.inspect, which changes nothing in it."""
+    if not path.exists():
+        return 0
+    if _held(path):
+        status = _STATUS_OF_BUFFER.get(path.absolute())
+        if status is None:
+            raise AssertionError(f"{path} is held by a running agent whose config write_config did not write")
+        try:
+            return int(json.loads(status.read_text())["buffer"]["next_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0  # no snapshot yet
+    try:
+        return inspect(path).next_id
+    except StorageError:
+        return 0  # the file is there, its schema not yet
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -86,11 +171,20 @@ class Broker:
             f"max_inflight_messages 100\n{self.extra_conf}\n"
         )
         with self.log.open("ab") as log:
-            self._proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
-        wait_until(lambda: port_open(self.port) or self._proc.poll() is not None, 10, "mosquitto to listen")
-        if self._proc.poll() is not None:
+            proc = self._proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
+        _running.append(self)
+        wait_until(lambda: port_open(self.port) or proc.poll() is not None, 10, "mosquitto to listen")
+        if proc.poll() is not None:
             raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
         return self
+
+    def __enter__(self) -> Self:
+        if self._proc is None:  # a broker already started is only stopped on the way out
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def pause(self) -> None:
         """SIGSTOP: connections stay open, nothing is acknowledged."""
@@ -111,6 +205,7 @@ class Broker:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+        _forget(self)
 
 
 class Subscriber:
@@ -129,11 +224,12 @@ class Subscriber:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((message.topic, message.payload, bool(message.retain)))
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
 
     def start(self) -> Subscriber:
         self._client.connect("127.0.0.1", self.port, keepalive=30)
         self._client.loop_start()
+        _running.append(self)
         if not self._subscribed.wait(10):
             raise AssertionError("subscriber could not subscribe")
         return self
@@ -141,6 +237,14 @@ class Subscriber:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+        _forget(self)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def payloads(self, suffix: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -155,13 +259,20 @@ class Subscriber:
 
 
 class AgentProcess:
-    """`retrofit-agent run` in its own process, stdout captured to a file."""
+    """`retrofit-agent run` in its own process, stdout captured to a file.
+
+    As a context manager it is stopped (SIGTERM) however the block ends; a
+    block that ended normally also asserts the agent exited 0. A test that
+    stops it itself (another signal, an exit code of its own) checks the code
+    it gets from :meth:`stop`.
+    """
 
     def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log = log
         self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
 
     def start(self) -> AgentProcess:
         with self.log.open("ab") as out:
@@ -169,6 +280,8 @@ class AgentProcess:
                 [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
                 stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
             )
+        self.returncode = None
+        _running.append(self)
         return self
 
     def wait_started(self, timeout: float = 30.0) -> AgentProcess:
@@ -176,6 +289,25 @@ class AgentProcess:
         wait_until(lambda: any(e.get("event") == "agent.started" for e in self.events())
                    or (self.proc is not None and self.proc.poll() is not None), timeout, "the agent to start")
         return self
+
+    def __enter__(self) -> Self:
+        if self.proc is None or self.returncode is not None:  # one already running is only stopped
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.proc is None or self.returncode is not None:
+            return  # the test stopped it and judged the exit code itself
+        code = self.stop()
+        if exc_type is None and code != 0:
+            raise AssertionError(f"the agent exited with {code}, not 0; its log ends:\n{self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
 
     def events(self) -> list[dict[str, Any]]:
         out = []
@@ -188,14 +320,21 @@ class AgentProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         assert self.proc is not None
+        _forget(self)
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout=timeout)
+            self.returncode = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
+            self.returncode = self.proc.wait()
             raise AssertionError(f"agent did not stop within {timeout} s after {signal.Signals(sig).name}") from None
+        return self.returncode
+
+
+def _forget(part: Broker | Subscriber | AgentProcess) -> None:
+    while part in _running:
+        _running.remove(part)
 
 
 def write_config(path: Path, *, broker_port: int, buffer: Path, buses: list[dict[str, Any]],
@@ -214,6 +353,7 @@ def write_config(path: Path, *, broker_port: int, buffer: Path, buses: list[dict
         "health": {"status_file": str(path.parent / f"{path.stem}.status.json"), "snapshot_interval": "0.5s"},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    _STATUS_OF_BUFFER[buffer.absolute()] = path.parent / f"{path.stem}.status.json"
     return path
 
 

@@ -1,6 +1,12 @@
 """Chaos: the agent killed with SIGKILL at random moments, the broker restarted,
 while polling at 1 s; then prove from the ids and the meters' own record that
-no committed reading was lost and no value altered."""
+no committed reading was lost and no value altered.
+
+The moments are random in the agent's progress, not in wall time: each kill
+comes after a random number of new readings was committed (0: at once, while
+it starts), and the broker stays down while a random number more are
+committed, so a loaded machine gets the same mix of kills as an idle one.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,9 @@ import json
 import random
 import signal
 import threading
-import time
 from collections import Counter
 from pathlib import Path
+from typing import Self
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -19,8 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
-from agent.buffer import inspect
-from tests.support import AgentProcess, Broker, wait_until, write_config
+from tests.support import AgentProcess, Broker, buffer_next_id, running, wait_until, write_config
 from tests.test_faults import CountingModel
 
 pytestmark = pytest.mark.timeout(240)
@@ -56,6 +61,13 @@ class DurableSubscriber:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def ids(self) -> set[int]:
         with self.lock:
             return {r["id"] for r in self.raw}
@@ -74,13 +86,10 @@ def test_agent_kills_and_broker_restarts_lose_nothing(tmp_path: Path) -> None:
         1: SimulatedDevice(sdm, models["elec-1"]),
         2: SimulatedDevice(sdm, models["elec-2"]),
         10: SimulatedDevice(room, models["room"]),
-    }).start()
+    })
     broker = Broker(tmp_path / "broker", extra_conf=(
         f"persistence true\npersistence_location {tmp_path / 'broker'}/\nmax_queued_messages 100000\n"
         "autosave_interval 1\n"))
-    broker.start()
-    platform = DurableSubscriber(broker.port).start()
-    wait_until(lambda: platform.client.is_connected(), 10, "the platform to connect")
     buffer = tmp_path / "buffer.db"
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
@@ -94,25 +103,28 @@ def test_agent_kills_and_broker_restarts_lose_nothing(tmp_path: Path) -> None:
     )
     restarts_at = set(rng.sample(range(AGENT_KILLS), BROKER_RESTARTS))
     kills = 0
-    try:
+
+    def commits(count: int, what: str) -> None:
+        """Wait until the agent committed ``count`` more readings (one poll of the three meters: 22)."""
+        target = buffer_next_id(buffer) + count
+        wait_until(lambda: buffer_next_id(buffer) >= target, 30, what)
+
+    with running(server), broker, DurableSubscriber(broker.port) as platform:
+        wait_until(lambda: platform.client.is_connected(), 10, "the platform to connect")
         for round_ in range(AGENT_KILLS):
-            agent = AgentProcess(config, tmp_path / f"agent-{round_}.log").start()
-            time.sleep(rng.uniform(0.6, 2.4))
-            if round_ in restarts_at:
-                broker.stop()
-                time.sleep(rng.uniform(0.2, 0.8))
-                broker.start()
-            agent.stop(signal.SIGKILL)
-            kills += 1
-        committed = inspect(buffer).next_id - 1  # what the killed runs committed
-        final = AgentProcess(config, tmp_path / "agent-final.log").start().wait_started()
-        wait_until(lambda: set(range(1, committed + 1)) <= platform.ids(), 60,
-                   "every committed reading at the platform")
-        assert final.stop() == 0
-    finally:
-        platform.stop()
-        broker.stop()
-        server.stop()
+            with AgentProcess(config, tmp_path / f"agent-{round_}.log") as agent:
+                commits(rng.randint(0, 50), f"round {round_}: readings committed before the kill")
+                if round_ in restarts_at:
+                    broker.stop()
+                    commits(rng.randint(1, 25), f"round {round_}: readings committed while the broker is down")
+                    broker.start()
+                agent.stop(signal.SIGKILL)
+                kills += 1
+        with AgentProcess(config, tmp_path / "agent-final.log"):
+            commits(22, "the final agent to commit a poll")
+            committed = buffer_next_id(buffer) - 1
+            wait_until(lambda: set(range(1, committed + 1)) <= platform.ids(), 60,
+                       "every committed reading at the platform")
 
     with platform.lock:
         raw = list(platform.raw)
@@ -156,7 +168,7 @@ def test_a_crash_between_commits_loses_no_reading_already_read(tmp_path: Path) -
         agent = AgentProcess(config, tmp_path / "agent-1.log").start().wait_started()
         wait_until(lambda: len(model.served["energy_active_import"]) >= 15, 20, "polls before the crash")
         agent.stop(signal.SIGKILL)
-        assert inspect(buffer).next_id == 1, "nothing was committed yet: the flush interval is a minute"
+        assert buffer_next_id(buffer) == 1, "nothing was committed yet: the flush interval is a minute"
         served_before = len(model.served["energy_active_import"])
         again = AgentProcess(config, tmp_path / "agent-2.log").start().wait_started()
         wait_until(lambda: len(platform.ids()) >= 10 * (served_before - 1), 30, "the spooled readings delivered")

@@ -10,10 +10,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers.profile import load_catalogue, load_profile_file
+from drivers.profile import load_catalogue
 from simulators.meters import MeterModel, SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
-from tests.support import AgentProcess, Broker, Subscriber, wait_until, write_config
+from tests.support import (
+    AgentProcess,
+    Broker,
+    Subscriber,
+    buffer_next_id,
+    running,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,29 +86,16 @@ CASES = {
 def test_each_injected_counter_case_arrives_flagged_with_its_raw_value(
         tmp_path: Path, broker: Broker, subscriber: Subscriber, case: str) -> None:
     script, flags = CASES[case]
-    profile = load_profile_file(Path("/dev/null")) if False else None  # noqa: F841 - profile comes from profile_dirs
     model = ScriptedCounter(script)
-    heat = load_catalogue().get("xy-md02")  # placeholder replaced below
-    del heat
-    config = None
-    server = None
-    try:
-        profiles = tmp_path / "profiles"
-        profiles.mkdir(exist_ok=True)
-        (profiles / "test-heat-16bit.yaml").write_text(HEAT_PROFILE)
-        from drivers.profile import load_catalogue as load
-        device = SimulatedDevice(load([profiles]).get("test-heat-16bit"), model)
-        server = ModbusTcpServer({1: device}).start()
-        config = _heat_config(tmp_path, server.port, broker.port, case)
-        agent = AgentProcess(config, tmp_path / f"{case}.log").start()
-        try:
-            wait_until(lambda: len([r for r in subscriber.unique_readings().values()
-                                    if r["point"] == "energy_heat"]) >= len(script) + 3, 30, "the scripted polls")
-        finally:
-            assert agent.stop() == 0
-    finally:
-        if server:
-            server.stop()
+    profiles = tmp_path / "profiles"
+    profiles.mkdir(exist_ok=True)
+    (profiles / "test-heat-16bit.yaml").write_text(HEAT_PROFILE)
+    device = SimulatedDevice(load_catalogue([profiles]).get("test-heat-16bit"), model)
+    server = ModbusTcpServer({1: device})
+    config = _heat_config(tmp_path, server.port, broker.port, case)
+    with running(server), AgentProcess(config, tmp_path / f"{case}.log"):
+        wait_until(lambda: len([r for r in subscriber.unique_readings().values()
+                                if r["point"] == "energy_heat"]) >= len(script) + 3, 30, "the scripted polls")
     energy = [r for _, r in sorted(subscriber.unique_readings().items()) if r["point"] == "energy_heat"]
     served = [v % 65536 for v in script]
     assert [r["value"] for r in energy[: len(script)]] == served, "raw values are kept as served"
@@ -116,19 +111,15 @@ def test_a_clean_run_raises_no_false_alarm(tmp_path: Path, broker: Broker, subsc
     per poll) at a fast poll: not one flag."""
     catalogue = load_catalogue()
     server = ModbusTcpServer({
-        unit: SimulatedDevice(catalogue.get("eastron-sdm630")) for unit in (1, 2, 3)}).start()
+        unit: SimulatedDevice(catalogue.get("eastron-sdm630")) for unit in (1, 2, 3)})
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
         buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
         devices=[{"id": f"elec-{u}", "bus": "gw", "address": u, "profile": "eastron-sdm630", "interval": "0.1s",
                   "max_rate": {"energy_active_import": 50, "energy_active_export": 50}} for u in (1, 2, 3)],
     )
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
-    try:
+    with running(server), AgentProcess(config, tmp_path / "agent.log"):
         wait_until(lambda: len(subscriber.unique_readings()) >= 3000, 60, "3000 readings")
-    finally:
-        assert agent.stop() == 0
-        server.stop()
     flagged = [r for r in subscriber.unique_readings().values() if r["quality"] != "ok"]
     assert flagged == []
 
@@ -151,13 +142,13 @@ class TimedRoom(MeterModel):
 
 def test_readings_before_ntp_are_restamped_exactly_once(tmp_path: Path) -> None:
     room = TimedRoom()
-    server = ModbusTcpServer({10: SimulatedDevice(load_catalogue().get("xy-md02"), room)}).start()
-    broker = Broker(tmp_path / "broker").start()
-    subscriber = Subscriber(broker.port, "buildings/#").start()
+    server = ModbusTcpServer({10: SimulatedDevice(load_catalogue().get("xy-md02"), room)})
+    broker = Broker(tmp_path / "broker")
     flag = tmp_path / "timesync" / "synchronized"
     flag.parent.mkdir()
+    buffer = tmp_path / "buffer.db"
     config = write_config(
-        tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+        tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
         buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
         devices=[{"id": "room", "bus": "gw", "address": 10, "profile": "xy-md02", "interval": "0.5s"}],
     )
@@ -166,23 +157,25 @@ def test_readings_before_ntp_are_restamped_exactly_once(tmp_path: Path) -> None:
     data["uplink"]["mqtt"]["inflight"] = 1
     config.write_text(yaml.safe_dump(data))
     # The gateway's clock is a day behind until NTP arrives (a Pi without RTC after boot).
-    agent = AgentProcess(config, tmp_path / "agent.log", env={"RETROFIT_FAILPOINTS": "clock-skew-s=-86400"}).start()
-    try:
+    agent = AgentProcess(config, tmp_path / "agent.log", env={"RETROFIT_FAILPOINTS": "clock-skew-s=-86400"})
+    with running(server), broker, Subscriber(broker.port, "buildings/#") as subscriber, agent:
         wait_until(lambda: len(subscriber.unique_readings()) >= 8, 20, "unsynchronised readings sent")
         # The broker stops acknowledging: one batch stays in flight, the next
         # polls wait in the buffer while NTP arrives.
         broker.pause()
-        time.sleep(2.0)
+        # Two commits after the pause: the first may go out (and stay
+        # unacknowledged), the second then has to wait in the buffer.
+        commits = {buffer_next_id(buffer)}
+
+        def two_commits_since_pause() -> bool:
+            commits.add(buffer_next_id(buffer))
+            return len(commits) >= 3
+        wait_until(two_commits_since_pause, 10, "polls committed behind the unacknowledged batch")
         flag.touch()
         wait_until(lambda: any(e.get("event") == "clock.restamped" for e in agent.events()), 10, "the restamp")
         broker.resume()
         wait_until(lambda: subscriber.payloads("/events") and len(subscriber.unique_readings()) >= 40, 30,
                    "corrections and the rest of the readings")
-    finally:
-        assert agent.stop() == 0
-        subscriber.stop()
-        broker.stop()
-        server.stop()
 
     corrections = [e for m in subscriber.payloads("/events") for e in m["events"] if e["type"] == "clock_corrected"]
     temperatures = {rid: r for rid, r in subscriber.unique_readings().items() if r["point"] == "temperature"}
@@ -215,27 +208,28 @@ def test_a_meter_swap_is_one_event_with_old_and_new_ids(tmp_path: Path, broker: 
             return dict(values)
 
     device = SimulatedDevice(profile, Swappable(), serial=11112222)
-    server = ModbusTcpServer({1: device}).start()
+    old_meter = ModbusTcpServer({1: device})
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
-        buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
+        buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": old_meter.port}],
         devices=[{"id": "elec", "bus": "gw", "address": 1, "profile": "eastron-sdm630", "interval": "0.3s"}],
     )
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
-    try:
+
+    def new_meter_energy() -> list[dict]:
+        return [r for r in subscriber.unique_readings().values()
+                if r.get("meter") == "33334444" and r["point"] == "energy_active_import"]
+    with running(old_meter), AgentProcess(config, tmp_path / "agent.log") as agent:
         wait_until(lambda: len(subscriber.unique_readings()) >= 30, 20, "readings from the first meter")
         # The technician swaps the meter: it is away for a moment, the new one starts near zero.
-        server.stop()
+        old_meter.stop()
         wait_until(lambda: any(e.get("event") == "device.silent" for e in agent.events()), 10, "silence")
         device.serial = 33334444
         values.update(energy_active_import=0.5, energy_active_export=0.0)
-        server = ModbusTcpServer({1: device}, port=server.port).start()
-        wait_until(lambda: any(r.get("meter") == "33334444" for r in subscriber.unique_readings().values())
-                   and subscriber.payloads("/events"), 20, "readings of the new meter and the event")
-        time.sleep(1.0)
-    finally:
-        assert agent.stop() == 0
-        server.stop()
+        with running(ModbusTcpServer({1: device}, port=old_meter.port)):
+            # A few polls of the new meter: the flag must be on its first reading only.
+            wait_until(lambda: len(new_meter_energy()) >= 4 and subscriber.payloads("/events"), 20,
+                       "readings of the new meter and the event")
+            assert agent.stop() == 0  # before the new meter goes away
     swaps = [e for m in subscriber.payloads("/events") for e in m["events"] if e["type"] == "meter_swap"]
     assert swaps == [{"type": "meter_swap", "device": "elec", "old_meter": "11112222", "new_meter": "33334444",
                       "ts": swaps[0]["ts"]}]

@@ -3,13 +3,14 @@ refusing broker, a broker that never acknowledges, a long outage."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import subprocess
 import threading
-import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -22,9 +23,10 @@ from tests.support import (
     AgentProcess,
     Broker,
     Subscriber,
-    committed_through,
+    buffer_next_id,
     free_port,
     require_binary,
+    running,
     wait_until,
     write_config,
 )
@@ -66,20 +68,16 @@ def test_garbled_rtu_frames_never_become_values(tmp_path: Path, broker: Broker, 
     require_binary("socat")
     device, model = sdm_counting()
     faults = FaultPlan({"crc": 0.1, "garbage": 0.1, "partial": 0.1, "silent": 0.05, "busy": 0.05}, seed=7)
-    with PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent") as line:
-        server = ModbusRtuServer({1: device}, str(line.meter_end), faults=faults).start()
-        config = write_config(
-            tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
-            buses=[{"id": "rs485", "type": "modbus-rtu", "port": str(line.agent_end), "timeout": "0.3s"}],
-            devices=[{"id": "elec", "bus": "rs485", "address": 1, "profile": "eastron-sdm630", "interval": "0.5s"}],
-        )
-        agent = AgentProcess(config, tmp_path / "agent.log").start()
-        try:
-            wait_until(lambda: len(subscriber.unique_readings()) >= 120 and sum(faults.injected.values()) >= 10,
-                       60, "readings through a noisy line")
-        finally:
-            assert agent.stop() == 0
-            server.stop()
+    config = write_config(
+        tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+        buses=[{"id": "rs485", "type": "modbus-rtu", "port": str(tmp_path / "tty.agent"), "timeout": "0.3s"}],
+        devices=[{"id": "elec", "bus": "rs485", "address": 1, "profile": "eastron-sdm630", "interval": "0.5s"}],
+    )
+    with (PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent") as line,
+          running(ModbusRtuServer({1: device}, str(line.meter_end), faults=faults)),
+          AgentProcess(config, tmp_path / "agent.log") as agent):
+        wait_until(lambda: len(subscriber.unique_readings()) >= 120 and sum(faults.injected.values()) >= 10,
+                   60, "readings through a noisy line")
     readings = subscriber.unique_readings()
     altered = [r for r in readings.values() if r["value"] not in model.served[r["point"]]]
     assert altered == [], f"values that the meter never served: {altered[:5]}"
@@ -94,7 +92,7 @@ def test_long_outage_with_a_small_buffer_evicts_gauges_and_reports_every_run(tmp
         device, model = sdm_counting()
         units[unit] = device
         models.append(model)
-    server = ModbusTcpServer(units).start()
+    server = ModbusTcpServer(units)
     broker = Broker(tmp_path / "broker")  # down for the whole polling phase
     buffer = tmp_path / "buffer.db"
     config = write_config(
@@ -105,30 +103,25 @@ def test_long_outage_with_a_small_buffer_evicts_gauges_and_reports_every_run(tmp
     )
     text = config.read_text().replace(f"path: {buffer}", f"path: {buffer}\n  max_size_mb: 0.06")
     config.write_text(text)
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
     rss: list[int] = []
-    subscriber = None
-    try:
+    with contextlib.ExitStack() as stack:  # stops all, last started first, whatever fails
+        stack.enter_context(running(server))
+        stack.callback(broker.stop)
+        agent = stack.enter_context(AgentProcess(config, tmp_path / "agent.log"))
+
         def evicted_enough() -> bool:
             assert agent.proc is not None
             rss.append(_rss_kb(agent.proc.pid))
             return sum(1 for e in agent.events() if e.get("event") == "buffer.evicting") >= 3
         wait_until(evicted_enough, 60, "several evictions", interval=0.5)
         broker.start()
-        subscriber = Subscriber(broker.port, "buildings/#").start()
+        subscriber = stack.enter_context(Subscriber(broker.port, "buildings/#"))
 
         def all_accounted() -> bool:
-            total = committed_through(config)
+            total = buffer_next_id(buffer) - 1
             missing = set(range(1, total - 200)) - set(subscriber.unique_readings())
             return total > 0 and _explained(missing, _evictions(subscriber))
         wait_until(all_accounted, 60, "every id delivered or explained by an eviction report")
-    finally:
-        code = agent.stop()
-        if subscriber:
-            subscriber.stop()
-        broker.stop()
-        server.stop()
-    assert code == 0
     reports = _evictions(subscriber)
     received = set(subscriber.unique_readings())
     missing = set(range(1, max(received) + 1)) - received
@@ -154,11 +147,6 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def _next_id(buffer: Path) -> int:
-    """Read once the agent stopped (a running agent holds the buffer locked)."""
-    return inspect(buffer).next_id
 
 
 def _evictions(subscriber: Subscriber) -> list[dict]:
@@ -196,7 +184,7 @@ def small_disk(tmp_path: Path):
             pytest.fail("CI runs as root and must run the full-disk test")
         pytest.skip("mounting a small tmpfs needs root")
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                            capture_output=True, text=True, timeout=10)
+                            check=False, capture_output=True, text=True, timeout=10)
     if result.returncode != 0:
         if os.environ.get("CI"):
             pytest.fail(f"cannot mount a tmpfs: {result.stderr}")
@@ -204,35 +192,33 @@ def small_disk(tmp_path: Path):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
+        subprocess.run(["umount", "-l", str(mount)], check=False, capture_output=True, timeout=10)
 
 
 def test_disk_full_holds_readings_in_memory_and_writes_them_when_space_returns(
         tmp_path: Path, small_disk: Path, broker: Broker, subscriber: Subscriber) -> None:
     device, model = sdm_counting()
-    server = ModbusTcpServer({1: device}).start()
+    server = ModbusTcpServer({1: device})
     buffer = small_disk / "buffer.db"
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
         buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
         devices=[{"id": "elec", "bus": "gw", "address": 1, "profile": "eastron-sdm630", "interval": "0.2s"}],
     )
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
     filler = small_disk / "filler"
-    try:
+    with running(server), AgentProcess(config, tmp_path / "agent.log") as agent:
         wait_until(lambda: len(subscriber.unique_readings()) >= 20, 20, "readings before the disk fills")
         _fill(filler)
         wait_until(lambda: any(e.get("event") == "buffer.write_failed" for e in agent.events()), 20,
                    "the agent to notice the full disk")
-        time.sleep(2.0)  # polling goes on meanwhile
+        polled = len(model.served["voltage_l1"])
+        wait_until(lambda: len(model.served["voltage_l1"]) >= polled + 8, 20,
+                   "polling to go on while the disk is full")
         filler.unlink()
         wait_until(lambda: any(e.get("event") == "buffer.write_resumed" for e in agent.events()), 20,
                    "writing to resume")
-        wait_until(lambda: committed_through(config) > 0 and set(range(1, committed_through(config) + 1))
-                   <= set(subscriber.unique_readings()), 30, "the catch-up")
-    finally:
-        assert agent.stop() == 0
-        server.stop()
+        final = buffer_next_id(buffer) - 1
+        wait_until(lambda: set(range(1, final + 1)) <= set(subscriber.unique_readings()), 20, "the catch-up")
     events = [e["event"] for e in agent.events()]
     assert events.count("buffer.write_failed") == 1, "one event per state change"
     readings = subscriber.unique_readings()
@@ -249,18 +235,14 @@ def test_a_corrupt_buffer_is_moved_aside_and_a_new_stream_starts(tmp_path: Path,
     buffer = tmp_path / "buffer.db"
     buffer.write_bytes(b"SQLite format 3\0" + os.urandom(8192))
     device, _ = sdm_counting()
-    server = ModbusTcpServer({1: device}).start()
+    server = ModbusTcpServer({1: device})
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
         buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
         devices=[{"id": "elec", "bus": "gw", "address": 1, "profile": "eastron-sdm630", "interval": "1s"}],
     )
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
-    try:
+    with running(server), AgentProcess(config, tmp_path / "agent.log") as agent:
         wait_until(lambda: len(subscriber.unique_readings()) >= 10, 20, "readings into the new buffer")
-    finally:
-        assert agent.stop() == 0
-        server.stop()
     moved = [e for e in agent.events() if e.get("event") == "buffer.corrupt_moved_aside"]
     assert len(moved) == 1
     assert Path(moved[0]["moved_to"]).exists()
@@ -270,12 +252,12 @@ def test_a_corrupt_buffer_is_moved_aside_and_a_new_stream_starts(tmp_path: Path,
 def test_refused_credentials_are_one_clear_event_and_polling_goes_on(tmp_path: Path) -> None:
     passwords = tmp_path / "passwd"
     passwords.write_text("gw:not-a-real-hash\n")
+    # The later "allow_anonymous false" overrides the default line.
     broker = Broker(tmp_path / "broker", extra_conf=f"allow_anonymous false\npassword_file {passwords}\n")
-    broker.start()  # the later "allow_anonymous false" overrides the default line
     secret = tmp_path / "secret"
     secret.write_text("wrong\n")
     device, _ = sdm_counting()
-    server = ModbusTcpServer({1: device}).start()
+    server = ModbusTcpServer({1: device})
     buffer = tmp_path / "buffer.db"
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
@@ -283,14 +265,13 @@ def test_refused_credentials_are_one_clear_event_and_polling_goes_on(tmp_path: P
         devices=[{"id": "elec", "bus": "gw", "address": 1, "profile": "eastron-sdm630", "interval": "0.5s"}],
         mqtt_extra={"username": "gw", "password_file": str(secret)},
     )
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
-    try:
-        wait_until(lambda: committed_through(config) > 40, 20, "polling without a broker")
-        time.sleep(3)
-    finally:
-        assert agent.stop() == 0
-        server.stop()
-        broker.stop()
+
+    def refusals() -> int:
+        return broker.log.read_text(errors="replace").count("not authorised")
+    with broker, running(server), AgentProcess(config, tmp_path / "agent.log") as agent:
+        wait_until(lambda: buffer_next_id(buffer) > 40, 20, "polling without a broker")
+        # Retried and refused again (backoff 1 s, 2 s, ...): still one event.
+        wait_until(lambda: refusals() >= 3, 30, "three refused connection attempts")
     failed = [e for e in agent.events() if e.get("event") == "uplink.connect_failed"]
     assert len(failed) == 1
     assert "refused" in failed[0]["error"].lower() or "not authorised" in failed[0]["error"].lower()
@@ -342,29 +323,30 @@ class SilentBroker:
         self._stop.set()
         self.sock.close()
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def test_a_broker_that_never_acknowledges_is_dropped_and_retried(tmp_path: Path) -> None:
-    silent = SilentBroker()
     device, _ = sdm_counting()
-    server = ModbusTcpServer({1: device}).start()
+    server = ModbusTcpServer({1: device})
     buffer = tmp_path / "buffer.db"
-    config = write_config(
-        tmp_path / "agent.yaml", broker_port=silent.port, buffer=buffer,
-        buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
-        devices=[{"id": "elec", "bus": "gw", "address": 1, "profile": "eastron-sdm630", "interval": "0.5s"}],
-        mqtt_extra={"ack_timeout": "2s"},
-    )
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
-    try:
-        wait_until(lambda: silent.connections >= 2, 30, "a second connection after the ack timeout")
-    finally:
-        assert agent.stop() == 0
-        server.stop()
-        silent.stop()
+    with SilentBroker() as silent, running(server):
+        config = write_config(
+            tmp_path / "agent.yaml", broker_port=silent.port, buffer=buffer,
+            buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
+            devices=[{"id": "elec", "bus": "gw", "address": 1, "profile": "eastron-sdm630", "interval": "0.5s"}],
+            mqtt_extra={"ack_timeout": "2s"},
+        )
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+            wait_until(lambda: silent.connections >= 2, 30, "a second connection after the ack timeout")
     events = [e["event"] for e in agent.events()]
     assert "uplink.ack_timeout" in events
     kept = inspect(buffer).waiting_ids()
-    assert kept == set(range(1, _next_id(buffer))), "nothing unacknowledged may leave the buffer"
+    assert kept == set(range(1, buffer_next_id(buffer))), "nothing unacknowledged may leave the buffer"
     assert free_port()  # the machine still has ports: no leaked listener storm
 
 
@@ -377,49 +359,50 @@ def test_an_unplugged_serial_adapter_and_a_closed_socket_recover_within_an_inter
     require_binary("socat")
     catalogue = load_catalogue()
     room = catalogue.get("xy-md02")
-    line = PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent").start()
-    rtu = ModbusRtuServer({3: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))},
-                          str(line.meter_end)).start()
-    tcp = ModbusTcpServer({10: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))}).start()
-    tcp_port = tcp.port
-    config = write_config(
-        tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
-        buses=[{"id": "rs485", "type": "modbus-rtu", "port": str(line.agent_end), "timeout": "0.3s"},
-               {"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": tcp_port, "timeout": "0.5s"}],
-        devices=[{"id": "serial-room", "bus": "rs485", "address": 3, "profile": "xy-md02", "interval": "0.5s"},
-                 {"id": "tcp-room", "bus": "gw", "address": 10, "profile": "xy-md02", "interval": "0.5s"}],
-    )
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
+    def rtu_meter() -> ModbusRtuServer:
+        return ModbusRtuServer({3: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))},
+                               str(tmp_path / "tty.meter"))
 
-    def count(device: str) -> int:
-        return sum(1 for r in subscriber.unique_readings().values() if r["device"] == device)
+    def tcp_meter(port: int = 0) -> ModbusTcpServer:
+        return ModbusTcpServer({10: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))},
+                               port=port)
 
-    def events(name: str) -> list[str]:
-        return [e["device"] for e in agent.events() if e.get("event") == name]
-    try:
+    with contextlib.ExitStack() as stack:  # stops every part, old and new, whatever fails
+        line = stack.enter_context(PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent"))
+        rtu = stack.enter_context(running(rtu_meter()))
+        tcp = stack.enter_context(running(tcp_meter()))
+        tcp_port = tcp.port
+        config = write_config(
+            tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+            buses=[{"id": "rs485", "type": "modbus-rtu", "port": str(line.agent_end), "timeout": "0.3s"},
+                   {"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": tcp_port, "timeout": "0.5s"}],
+            devices=[{"id": "serial-room", "bus": "rs485", "address": 3, "profile": "xy-md02", "interval": "0.5s"},
+                     {"id": "tcp-room", "bus": "gw", "address": 10, "profile": "xy-md02", "interval": "0.5s"}],
+        )
+        agent = stack.enter_context(AgentProcess(config, tmp_path / "agent.log"))
+
+        def count(device: str) -> int:
+            return sum(1 for r in subscriber.unique_readings().values() if r["device"] == device)
+
+        def events(name: str) -> list[str]:
+            return [e["device"] for e in agent.events() if e.get("event") == name]
+
         wait_until(lambda: count("serial-room") >= 4 and count("tcp-room") >= 4, 20, "both devices read")
         rtu.stop()
         line.stop()  # the adapter is pulled: its device node disappears
         wait_until(lambda: "serial-room" in events("device.silent"), 10, "the serial device silent")
         tcp_before = count("tcp-room")
-        time.sleep(2.0)
-        assert count("tcp-room") >= tcp_before + 4, "the other bus kept polling"
-        line = PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent").start()  # plugged back in
-        rtu = ModbusRtuServer({3: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))},
-                              str(line.meter_end)).start()
+        wait_until(lambda: count("tcp-room") >= tcp_before + 4, 10, "the other bus to keep polling")
+        line = stack.enter_context(PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent"))  # plugged back in
+        stack.enter_context(running(rtu_meter()))
         wait_until(lambda: "serial-room" in events("device.back"), 10, "the serial device back")
 
         tcp.stop()  # the meter's socket closes
         wait_until(lambda: "tcp-room" in events("device.silent"), 10, "the TCP device silent")
-        tcp = ModbusTcpServer({10: SimulatedDevice(room, CountingModel(["temperature", "humidity"], 0.1))},
-                              port=tcp_port).start()
+        stack.enter_context(running(tcp_meter(tcp_port)))
         wait_until(lambda: "tcp-room" in events("device.back"), 10, "the TCP device back")
-    finally:
-        code = agent.stop()
-        rtu.stop()
-        line.stop()
-        tcp.stop()
-    assert code == 0
+        # The agent first: the meters plugged back in are stopped after it, unseen.
+        assert agent.stop() == 0
     assert events("device.silent").count("serial-room") == 1
     assert events("device.back").count("serial-room") == 1
     assert events("device.silent").count("tcp-room") == 1

@@ -9,10 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from simulators.mbus_meter import CI_RSP_VARIABLE, HeatMeterState, MbusLineServer, SimulatedMbusMeter, long_frame
+from simulators.mbus_meter import (
+    CI_RSP_VARIABLE,
+    HeatMeterState,
+    MbusLineServer,
+    SimulatedMbusMeter,
+    long_frame,
+)
 from simulators.pty import PtyPair
 from tests.mbus_support.libmbus_reference import testdata_dir as reference_telegrams
-from tests.support import AgentProcess, Broker, Subscriber, require_binary, wait_until, write_config
+from tests.support import (
+    AgentProcess,
+    Broker,
+    Subscriber,
+    require_binary,
+    running,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -26,26 +40,23 @@ def test_three_heat_meters_one_by_secondary_address(tmp_path: Path, broker: Brok
         SimulatedMbusMeter(7, "34567890", manufacturer="LUG", state=HeatMeterState(power_w=0, supply_c=21.0,
                                                                                    return_c=21.0 - 0.5)),
     ]
-    with PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent") as line:
-        server = MbusLineServer(meters, str(line.meter_end), baudrate=2400).start()
-        config = write_config(
-            tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
-            # A pty takes no parity; a real M-Bus level converter runs 8E1 (the default).
-            buses=[{"id": "mbus-1", "type": "mbus", "port": str(line.agent_end), "baudrate": 2400, "parity": "N"}],
-            devices=[
-                {"id": "heat-5", "bus": "mbus-1", "address": 5, "profile": "mbus-heat", "interval": "1s"},
-                {"id": "heat-6", "bus": "mbus-1", "address": "23456789", "profile": "mbus-heat", "interval": "1s"},
-                {"id": "heat-7", "bus": "mbus-1", "address": 7, "profile": "mbus-heat", "interval": "1s"},
-            ],
-        )
-        agent = AgentProcess(config, tmp_path / "agent.log").start()
-        try:
-            wait_until(lambda: {r["device"] for r in subscriber.unique_readings().values()}
-                       == {"heat-5", "heat-6", "heat-7"} and len(subscriber.unique_readings()) >= 60, 30,
-                       "readings of all three meters")
-        finally:
-            assert agent.stop() == 0
-            server.stop()
+    config = write_config(
+        tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+        # A pty takes no parity; a real M-Bus level converter runs 8E1 (the default).
+        buses=[{"id": "mbus-1", "type": "mbus", "port": str(tmp_path / "tty.agent"), "baudrate": 2400,
+                "parity": "N"}],
+        devices=[
+            {"id": "heat-5", "bus": "mbus-1", "address": 5, "profile": "mbus-heat", "interval": "1s"},
+            {"id": "heat-6", "bus": "mbus-1", "address": "23456789", "profile": "mbus-heat", "interval": "1s"},
+            {"id": "heat-7", "bus": "mbus-1", "address": 7, "profile": "mbus-heat", "interval": "1s"},
+        ],
+    )
+    with (PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent") as line,
+          running(MbusLineServer(meters, str(line.meter_end), baudrate=2400)) as server,
+          AgentProcess(config, tmp_path / "agent.log")):
+        wait_until(lambda: {r["device"] for r in subscriber.unique_readings().values()}
+                   == {"heat-5", "heat-6", "heat-7"} and len(subscriber.unique_readings()) >= 60, 30,
+                   "readings of all three meters")
     readings = subscriber.unique_readings()
     ids = sorted(readings)
     assert ids == list(range(1, ids[-1] + 1))
@@ -89,20 +100,17 @@ def test_a_bcd_counter_passing_its_last_digit_is_a_rollover_not_a_reset(
         tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
     require_binary("socat")
     meter = WrappingMeter(5, "12345678")
-    with PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent") as line:
-        server = MbusLineServer([meter], str(line.meter_end), baudrate=2400).start()
-        config = write_config(
-            tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
-            buses=[{"id": "mbus-1", "type": "mbus", "port": str(line.agent_end), "baudrate": 2400, "parity": "N"}],
-            devices=[{"id": "heat-5", "bus": "mbus-1", "address": 5, "profile": "mbus-heat", "interval": "0.5s"}],
-        )
-        agent = AgentProcess(config, tmp_path / "agent.log").start()
-        try:
-            wait_until(lambda: sum(r["value"] < 100 for r in subscriber.unique_readings().values()) >= 2, 30,
-                       "readings past the wrap")
-        finally:
-            assert agent.stop() == 0
-            server.stop()
+    config = write_config(
+        tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+        buses=[{"id": "mbus-1", "type": "mbus", "port": str(tmp_path / "tty.agent"), "baudrate": 2400,
+                "parity": "N"}],
+        devices=[{"id": "heat-5", "bus": "mbus-1", "address": 5, "profile": "mbus-heat", "interval": "0.5s"}],
+    )
+    with (PtyPair(tmp_path / "tty.meter", tmp_path / "tty.agent") as line,
+          running(MbusLineServer([meter], str(line.meter_end), baudrate=2400)),
+          AgentProcess(config, tmp_path / "agent.log")):
+        wait_until(lambda: sum(r["value"] < 100 for r in subscriber.unique_readings().values()) >= 2, 30,
+                   "readings past the wrap")
     readings = sorted(subscriber.unique_readings().values(), key=lambda r: r["id"])
     flags = [(r["value"], r["quality"]) for r in readings if r["quality"] != "ok"]
     first_after = next(r["value"] for r in readings if r["value"] < 100)
@@ -116,7 +124,8 @@ def _scan(*args: str) -> str:
     import sys
 
     from tests.support import REPO
-    result = subprocess.run([sys.executable, "-m", "agent.cli", "scan", "--mbus", *args], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "scan", "--mbus", *args], check=False,
+                           capture_output=True,
                             text=True, cwd=REPO, timeout=80)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -149,7 +158,8 @@ def test_mbus_decode_command_on_a_captured_frame_and_on_junk(tmp_path: Path) -> 
     frame = reference_telegrams() / "frames" / "engelmann_sensostar2c.hex"
     if not frame.exists():
         pytest.fail(f"the reference telegrams are missing: {frame}")
-    result = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(frame)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(frame)], check=False,
+                           capture_output=True,
                             text=True, cwd=REPO, timeout=30)
     assert result.returncode == 0, result.stderr
     decoded = json.loads(result.stdout)
@@ -160,7 +170,8 @@ def test_mbus_decode_command_on_a_captured_frame_and_on_junk(tmp_path: Path) -> 
     assert float(energy["base_value"]) == 800_000
     junk = tmp_path / "junk.hex"
     junk.write_text("68 03 03 68 zz\n")
-    bad = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(junk)], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "agent.cli", "mbus", "decode", str(junk)], check=False,
+                           capture_output=True,
                          text=True, cwd=REPO, timeout=30)
     assert bad.returncode == 65  # EX_DATAERR: the input is not a telegram
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
@@ -187,11 +198,8 @@ def test_replayed_real_telegrams_through_retrofit_sim(tmp_path: Path, broker: Br
             buses=[{"id": "mbus-1", "type": "mbus", "port": str(link), "parity": "N"}],
             devices=[{"id": "heat", "bus": "mbus-1", "address": 3, "profile": "mbus-heat", "interval": "1s"}],
         )
-        agent = AgentProcess(config, tmp_path / "agent.log").start()
-        try:
+        with AgentProcess(config, tmp_path / "agent.log"):
             wait_until(lambda: len(subscriber.unique_readings()) >= 8, 20, "the replayed meter's readings")
-        finally:
-            assert agent.stop() == 0
     finally:
         sim.terminate()
         sim.wait(10)

@@ -16,17 +16,34 @@ from tests.support import REPO
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_wheel_ships_profiles_and_commands(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The wheel, built once with pip as a user would (what pip printed, and the file)."""
+    work = tmp_path_factory.mktemp("wheel")
     # Build from a copy so the checkout gets no build/ or egg-info litter.
-    source = tmp_path / "src"
+    source = work / "src"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
         ".git", ".venv", ".demo", "__pycache__", "build", "*.egg-info", ".hypothesis", ".pytest_cache"))
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(source)],
-        capture_output=True, text=True, timeout=200,
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(work / "dist"), str(source)],
+        check=False, capture_output=True, text=True, timeout=200,
     )
     assert build.returncode == 0, build.stdout + build.stderr
-    wheel = next((tmp_path / "dist").glob("retrofit_agent-*.whl"))
+    return build, next((work / "dist").glob("retrofit_agent-*.whl"))
+
+
+def test_building_the_package_warns_of_nothing_deprecated(
+        built: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    """setuptools deprecated ``project.license`` as a table (issue 15): every
+    set-up printed the warning, twice."""
+    build, _ = built
+    said = [line.strip() for line in (build.stdout + build.stderr).splitlines() if "deprecat" in line.lower()]
+    assert said == []
+
+
+def test_wheel_ships_profiles_and_commands(tmp_path: Path, built: tuple[subprocess.CompletedProcess[str], Path]
+                                          ) -> None:
+    _, wheel = built
     names = zipfile.ZipFile(wheel).namelist()
     assert "drivers/profiles/eastron-sdm630.yaml" in names
     assert "drivers/profiles/xy-md02.yaml" in names
@@ -38,7 +55,7 @@ def test_wheel_ships_profiles_and_commands(tmp_path: Path) -> None:
     target = tmp_path / "site"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
-        capture_output=True, text=True, timeout=120,
+        check=False, capture_output=True, text=True, timeout=120,
     )
     assert install.returncode == 0, install.stderr
     # -S: no site hooks, so an editable install of the checkout cannot shadow
@@ -47,7 +64,7 @@ def test_wheel_ships_profiles_and_commands(tmp_path: Path) -> None:
     listing = subprocess.run(
         [sys.executable, "-S", "-c",
          "import sys; from agent.cli import main; import agent; print(agent.__file__); sys.exit(main(['profiles', 'list']))"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        check=False, capture_output=True, text=True, cwd=tmp_path, timeout=60,
         env={"PYTHONPATH": f"{target}:{deps}", "PATH": "/usr/bin:/bin"},
     )
     assert listing.returncode == 0, listing.stderr

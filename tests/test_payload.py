@@ -15,7 +15,7 @@ from agent.payload import CompactEncoder, FlatEncoder, decode_compact, encode_me
 from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
-from tests.support import AgentProcess, Broker, Subscriber, wait_until, write_config
+from tests.support import AgentProcess, Broker, Subscriber, running, wait_until, write_config
 
 SERIES = {1: ("elec-main", "voltage_l1", "V", "gauge", ""),
           2: ("heat-1", "energy_heat", "kWh", "counter", "12345678"),
@@ -65,7 +65,7 @@ def test_compact_uplink_end_to_end_is_lossless_and_small(tmp_path: Path, broker:
     catalogue = load_catalogue()
     units = {u: SimulatedDevice(catalogue.get("eastron-sdm630")) for u in (1, 2, 3)}
     units.update({u: SimulatedDevice(catalogue.get("xy-md02")) for u in range(10, 25)})
-    server = ModbusTcpServer(units).start()
+    server = ModbusTcpServer(units)
     buffer = tmp_path / "buffer.db"
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
@@ -74,12 +74,8 @@ def test_compact_uplink_end_to_end_is_lossless_and_small(tmp_path: Path, broker:
                   "profile": "eastron-sdm630" if u < 10 else "xy-md02", "interval": "1s"} for u in units],
         mqtt_extra={"encoding": "compact", "compression": "zlib"},
     )
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
-    try:
+    with running(server), AgentProcess(config, tmp_path / "agent.log"):
         wait_until(lambda: len(_compact(subscriber)) >= 600, 40, "compact readings")
-    finally:
-        assert agent.stop() == 0
-        server.stop()
     meta = next(json.loads(p) for t, p, _ in subscriber.messages if t.endswith("/meta"))
     readings = _compact(subscriber, meta)
     ids = sorted({r["id"] for r in readings})

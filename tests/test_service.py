@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import yaml
 from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
-from tests.support import REPO, AgentProcess, Broker, Subscriber, wait_until, write_config
+from tests.support import REPO, AgentProcess, Broker, Subscriber, running, wait_until, write_config
 from tests.test_e2e import ROOM_VALUES, FixedModel
 
 pytestmark = pytest.mark.timeout(60)
@@ -31,9 +32,15 @@ class NotifySocket:
         self.sock.settimeout(0.2)
         self.messages: list[tuple[float, str]] = []
 
-    def collect(self, seconds: float) -> None:
+    def collect(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        """Record messages for ``seconds``, or until ``until()`` holds (then
+        it must hold within ``seconds``)."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while not (until is not None and until()):
+            if time.monotonic() >= deadline:
+                if until is not None:
+                    raise AssertionError(f"timed out after {seconds} s; messages: {self.messages}")
+                return
             try:
                 data = self.sock.recv(4096)
             except TimeoutError:
@@ -48,7 +55,7 @@ class NotifySocket:
 
 
 def _room_setup(tmp_path: Path, broker_port: int, **extra: object) -> tuple[ModbusTcpServer, Path]:
-    server = ModbusTcpServer({10: SimulatedDevice(load_catalogue().get("xy-md02"), FixedModel(ROOM_VALUES))}).start()
+    server = ModbusTcpServer({10: SimulatedDevice(load_catalogue().get("xy-md02"), FixedModel(ROOM_VALUES))})
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker_port, buffer=tmp_path / "state" / "buffer.db",
         buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
@@ -64,14 +71,10 @@ def _room_setup(tmp_path: Path, broker_port: int, **extra: object) -> tuple[Modb
 def test_ready_then_regular_watchdog(tmp_path: Path, broker: Broker) -> None:
     notify = NotifySocket(tmp_path / "notify.sock")
     server, config = _room_setup(tmp_path, broker.port)
-    agent = AgentProcess(config, tmp_path / "agent.log",
-                         env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}).start()
-    try:
-        notify.collect(5.0)
-    finally:
-        assert agent.stop() == 0
-        server.stop()
-    notify.collect(0.5)
+    with running(server), AgentProcess(config, tmp_path / "agent.log",
+                                       env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}):
+        notify.collect(15.0, until=lambda: len(notify.times_of("WATCHDOG=1")) >= 3)
+    notify.collect(5.0, until=lambda: bool(notify.times_of("STOPPING=1")))
     notify.close()
     ready = notify.times_of("READY=1")
     watchdog = notify.times_of("WATCHDOG=1")
@@ -89,12 +92,11 @@ def test_watchdog_starves_when_a_worker_is_stuck(tmp_path: Path, broker: Broker)
     server, config = _room_setup(tmp_path, broker.port, health={"stall_after": "3s",
                                                               "status_file": str(tmp_path / "status.json")})
     agent = AgentProcess(config, tmp_path / "agent.log", env={
-        "NOTIFY_SOCKET": str(notify.path), "RETROFIT_FAILPOINTS": "stall-bus:gw"}).start()
-    try:
+        "NOTIFY_SOCKET": str(notify.path), "RETROFIT_FAILPOINTS": "stall-bus:gw"})
+    with running(server), agent:
+        # A window on purpose: what is proven is that no heartbeat comes once the worker is stuck.
         notify.collect(8.0)
-    finally:
         code = agent.stop()
-        server.stop()
     notify.close()
     ready = notify.times_of("READY=1")[0]
     watchdog = notify.times_of("WATCHDOG=1")
@@ -108,23 +110,19 @@ def test_watchdog_starves_when_a_worker_is_stuck(tmp_path: Path, broker: Broker)
 
 def test_status_shows_devices_uplink_and_buffer(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
     server, config = _room_setup(tmp_path, broker.port)
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
 
     def status() -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(config)],
-                              capture_output=True, text=True, cwd=REPO, timeout=30)
-    try:
+                              check=False, capture_output=True, text=True, cwd=REPO, timeout=30)
+    with running(server), AgentProcess(config, tmp_path / "agent.log"):
         wait_until(lambda: len(subscriber.unique_readings()) >= 4, 20, "readings")
         wait_until(lambda: "room-101" in status().stdout and "last ack never" not in status().stdout, 20,
                    "a snapshot with the device and an ack")
-        running = status()
-    finally:
-        assert agent.stop() == 0
-        server.stop()
-    assert running.returncode == 0, running.stderr
-    assert "retrofit-agent: running" in running.stdout
-    assert "uplink: connected" in running.stdout
-    row = next(line for line in running.stdout.splitlines() if line.startswith("room-101"))
+        while_running = status()
+    assert while_running.returncode == 0, while_running.stderr
+    assert "retrofit-agent: running" in while_running.stdout
+    assert "uplink: connected" in while_running.stdout
+    row = next(line for line in while_running.stdout.splitlines() if line.startswith("room-101"))
     assert row.split()[1:3] == ["gw", "ok"]
     stopped = status()
     assert stopped.returncode == 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,16 @@ import pytest
 from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
-from tests.support import AgentProcess, Broker, Subscriber, free_port, port_open, wait_until, write_config
+from tests.support import (
+    AgentProcess,
+    Broker,
+    Subscriber,
+    free_port,
+    port_open,
+    running,
+    wait_until,
+    write_config,
+)
 from tests.test_e2e import ROOM_VALUES, FixedModel
 
 pytestmark = pytest.mark.timeout(90)
@@ -77,33 +87,27 @@ def tls_broker(tmp_path: Path, pki: Path, server: str) -> tuple[Broker, int]:
     return broker, tls_port
 
 
-def run_agent(tmp_path: Path, tls_port: int, tls: dict[str, str], seconds_or_until) -> AgentProcess:  # noqa: ANN001
-    server = ModbusTcpServer({10: SimulatedDevice(load_catalogue().get("xy-md02"), FixedModel(ROOM_VALUES))}).start()
+def run_agent(tmp_path: Path, tls_port: int, tls: dict[str, str], until: Callable[[AgentProcess], object]
+              ) -> AgentProcess:
+    server = ModbusTcpServer({10: SimulatedDevice(load_catalogue().get("xy-md02"), FixedModel(ROOM_VALUES))})
     config = write_config(
         tmp_path / "agent.yaml", broker_port=tls_port, buffer=tmp_path / "buffer.db",
         buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
         devices=[{"id": "room", "bus": "gw", "address": 10, "profile": "xy-md02", "interval": "1s"}],
         mqtt_extra={"tls": tls},
     )
-    agent = AgentProcess(config, tmp_path / "agent.log").start()
-    try:
-        seconds_or_until(agent)
-    finally:
-        assert agent.stop() == 0
-        server.stop()
+    with running(server), AgentProcess(config, tmp_path / "agent.log") as agent:
+        until(agent)
     return agent
 
 
 def test_mutual_tls_delivers(tmp_path: Path, pki: Path) -> None:
     broker, tls_port = tls_broker(tmp_path, pki, "server")
-    subscriber = Subscriber(broker.port, "buildings/#").start()  # the plain listener, for the platform side
-    try:
+    # The plain listener, for the platform side.
+    with broker, Subscriber(broker.port, "buildings/#") as subscriber:
         run_agent(tmp_path, tls_port, {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "client.pem"),
                                        "key_file": str(pki / "client.key")},
                   lambda _agent: wait_until(lambda: len(subscriber.unique_readings()) >= 4, 20, "readings over TLS"))
-    finally:
-        subscriber.stop()
-        broker.stop()
     assert {r["value"] for r in subscriber.unique_readings().values()} == set(ROOM_VALUES.values())
 
 
@@ -115,14 +119,12 @@ def test_mutual_tls_delivers(tmp_path: Path, pki: Path) -> None:
 def test_untrusted_broker_is_refused_clearly_and_retried(tmp_path: Path, pki: Path, server: str, ca: str,
                                                          reason: str) -> None:
     broker, tls_port = tls_broker(tmp_path, pki, server)
-    try:
+    with broker:
         agent = run_agent(
             tmp_path, tls_port,
             {"ca_file": str(pki / f"{ca}.pem"), "cert_file": str(pki / "client.pem"), "key_file": str(pki / "client.key")},
             lambda a: wait_until(lambda: any(e.get("event") == "uplink.connect_failed" for e in a.events()), 20,
                                  "the refusal"))
-    finally:
-        broker.stop()
     failures = [e for e in agent.events() if e.get("event") == "uplink.connect_failed"]
     assert len(failures) == 1
     assert reason in failures[0]["error"], failures[0]["error"]

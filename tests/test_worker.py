@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 from tests.hostile.modbus_tcp import HostileModbusTcp
 from tests.independent_meter import IndependentMeter, float32_words
-from tests.support import free_port, wait_until
+from tests.support import free_port, running, wait_until
 from tests.test_e2e import ROOM_VALUES, SDM630_ADDRESSES, SDM630_VALUES, FixedModel
 
 pytestmark = pytest.mark.timeout(60)
@@ -95,8 +96,8 @@ def test_a_hole_answering_exception_02_is_split_once_and_remembered(tmp_path: Pa
 def test_a_dead_device_costs_its_bus_only_its_timeout_and_other_buses_nothing(tmp_path: Path) -> None:
     catalogue = load_catalogue()
     # Unit 10 answers; unit 11 is configured but absent (the server stays silent for it).
-    server_a = ModbusTcpServer({10: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))}).start()
-    server_b = ModbusTcpServer({20: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))}).start()
+    server_a = ModbusTcpServer({10: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))})
+    server_b = ModbusTcpServer({20: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))})
     health = Health()
     collector = Collector()
     stop = threading.Event()
@@ -108,17 +109,18 @@ def test_a_dead_device_costs_its_bus_only_its_timeout_and_other_buses_nothing(tm
         BusWorker("a", tcp_link("127.0.0.1", server_a.port, timeout), [alive_a, dead], collector, health, stop),
         BusWorker("b", tcp_link("127.0.0.1", server_b.port, timeout), [alive_b], collector, health, stop),
     ]
-    started = time.monotonic()
-    for worker in workers:
-        worker.start()
-    try:
-        time.sleep(5.2)
-    finally:
-        stop.set()
+    with running(server_a), running(server_b):
+        started = time.monotonic()
         for worker in workers:
-            worker.join(5)
-        server_a.stop()
-        server_b.stop()
+            worker.start()
+        try:
+            # Six polls of each live device; by then the dead one has cost its bus four timeouts or more.
+            wait_until(lambda: all(len(collector.of(name)) >= 6 for name in ("alive-a", "alive-b"))
+                       and health.devices["dead"].failures >= 4, 20, "six polls of the live devices")
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join(5)
     assert health.devices["dead"].state == "silent"
     assert health.devices["dead"].failures >= 4
     assert collector.of("dead") == []
@@ -126,7 +128,7 @@ def test_a_dead_device_costs_its_bus_only_its_timeout_and_other_buses_nothing(tm
     for name in ("alive-a", "alive-b"):
         times = [t - started for t, _ in collector.of(name)]
         assert len(times) >= 5, (name, times)
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert max(gaps) < 1.0 + timeout + 0.5, (name, gaps)
         assert health.devices[name].state == "ok"
 
@@ -145,7 +147,7 @@ def test_polls_align_to_wall_clock_multiples(now: float, interval: float, offset
 
 def test_points_are_read_at_their_own_interval_aligned_to_the_clock() -> None:
     catalogue = load_catalogue()
-    server = ModbusTcpServer({1: SimulatedDevice(catalogue.get("eastron-sdm630"), FixedModel(SDM630_VALUES))}).start()
+    server = ModbusTcpServer({1: SimulatedDevice(catalogue.get("eastron-sdm630"), FixedModel(SDM630_VALUES))})
     health = Health()
     health.devices["elec"] = DeviceHealth(bus="b")
     profile = catalogue.get("eastron-sdm630")
@@ -155,16 +157,21 @@ def test_points_are_read_at_their_own_interval_aligned_to_the_clock() -> None:
     collector = Collector()
     stop = threading.Event()
     worker = BusWorker("b", tcp_link("127.0.0.1", server.port, 1.0), [device], collector, health, stop)
-    worker.start()
-    time.sleep(6.2)
-    stop.set()
-    worker.join(5)
-    server.stop()
-    readings = [r for _, batch in collector.of("elec") for r in batch]
-    energy = [r for r in readings if r.point == "energy_active_import"]
-    voltage = [r for r in readings if r.point == "voltage_l1"]
-    assert 3 <= len(energy) <= 5, len(energy)  # the first at start, then at each 2 s boundary
-    assert len(voltage) >= 3 * len(energy) - 2
+
+    def readings(point: str) -> list[Reading]:
+        return [r for _, batch in collector.of("elec") for r in batch if r.point == point]
+    with running(server):
+        worker.start()
+        try:
+            # The first at start, then one at each 2 s boundary: four take more than 4 s.
+            wait_until(lambda: len(readings("energy_active_import")) >= 4, 15, "four counter reads")
+        finally:
+            stop.set()
+            worker.join(5)
+    energy, voltage = readings("energy_active_import"), readings("voltage_l1")
+    assert len(energy) == 4, len(energy)  # the worker stops at once; a fifth cannot come 2 s later
+    # Voltage at every 0.5 s boundary over those 4 s and more: nine reads at least.
+    assert len(voltage) >= 3 * (len(energy) - 1), (len(voltage), len(energy))
     group = device.groups[1]
     # After the first poll, every counter read sits on a 2 s boundary (plus the device's small offset).
     for reading in energy[1:]:

@@ -463,6 +463,13 @@ def _acked_from_status(path: Path) -> int | None:
         return None
 
 
+def _status_ts(path: Path) -> int | None:
+    try:
+        return int(json.loads(path.read_text())["ts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _next_id_from_status(path: Path) -> int | None:
     try:
         return int(json.loads(path.read_text())["buffer"]["next_id"])
@@ -493,7 +500,7 @@ def steady_state(proc: subprocess.Popen[bytes], platform_: Platform, gateway: st
     window holds whole poll cycles (a 15 s window of 1 s batches would
     otherwise count 15 or 16 of them).
     """
-    time.sleep(warmup)
+    time.sleep(warmup)  # a measurement window, not a wait: the figures are per second of it
     after_burst(platform_, gateway, cycle + 3)
     if proc.poll() is not None:
         raise RuntimeError(f"{gateway} exited during warm-up")
@@ -501,7 +508,7 @@ def steady_state(proc: subprocess.Popen[bytes], platform_: Platform, gateway: st
     ckpt0 = wal_checkpoints(db)
     s0, p0 = proc_sample(proc.pid), platform_.snapshot(gateway)
     rss = RssSampler(proc.pid)
-    time.sleep(max(0.0, window - cycle / 2))
+    time.sleep(max(0.0, window - cycle / 2))  # the window itself; its ends are synchronised below
     after_burst(platform_, gateway, cycle + 3)
     s1, p1 = proc_sample(proc.pid), platform_.snapshot(gateway)
     rss_kb = rss.finish()
@@ -698,8 +705,11 @@ class Bench:
                 time.sleep(0.1)
             s1 = proc_sample(proc.pid)
             self.end_profile(spy)
-            time.sleep(2.5)  # one more status snapshot (every 2 s): the id counter after the drain
-            next_id = _next_id_from_status(status_path(self.workdir, name))
+            # The status file is rewritten every 2 s: the id counter from a snapshot taken after the drain.
+            drained_ms = time.time() * 1000
+            status = status_path(self.workdir, name)
+            wait_for(lambda: (_status_ts(status) or 0) > drained_ms, 10, "a status snapshot after the drain")
+            next_id = _next_id_from_status(status)
         finally:
             rss_kb = rss.finish(since=ready)
             code = stop(proc)
