@@ -266,6 +266,8 @@ def test_package_installs_offline_upgrades_downgrades_and_purges(tmp_path: Path)
         assert simulator.poll() is None, (tmp_path / "sim.log").read_text()
         technicians = yaml.safe_dump({
             "gateway": {"id": "gw-deb", "site": "deb-site"},
+            # Commits every second (a gateway's default is a minute): the test watches them arrive.
+            "buffer": {"flush_interval": "1s"},
             "uplink": {"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": "buildings"}},
             "buses": [{"id": "plant-room", "type": "modbus-tcp", "host": "127.0.0.1", "port": simulator_port}],
             "devices": [{"id": "elec-main", "bus": "plant-room", "address": 1, "profile": "eastron-sdm630",

@@ -10,9 +10,7 @@ from the forwarded counters must be within 5 % of the simulator's true one.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -34,6 +32,7 @@ from simulators.platform import (
     energy_report,
     render,
 )
+from agent.buffer import inspect
 from tests.support import (
     REPO,
     AgentProcess,
@@ -193,8 +192,7 @@ def test_every_forwarded_reading_is_proven_and_the_saving_is_measured(tmp_path: 
                 wait_until(enough_to_judge, 60, "the faults and complete days on both sides", interval=1.0)
             handle.stop()
             # What the broker acknowledged (and the agent then deleted) may still be on its way.
-            with contextlib.closing(sqlite3.connect(buffer)) as conn:
-                still_buffered = {row[0] for row in conn.execute("SELECT id FROM readings")}
+            still_buffered = inspect(buffer).waiting_ids()
             delivered = set(range(1, buffer_next_id(buffer))) - still_buffered
             wait_until(lambda: delivered <= {r["id"] for r in ingest.readings()}, 10,
                        "every acknowledged reading at the platform")
