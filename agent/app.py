@@ -31,7 +31,8 @@ from agent.health import DeviceHealth, Health
 from agent.integrity import CounterGuard
 from agent.lifecycle import PRIVATE_FILE_MODE, StopRequest, make_private
 from agent.notify import Notifier
-from agent.uplink import Uplink
+from agent.forward import Forwarder, ForwardSettings
+from agent.transports import open_transport
 from agent.worker import BusWorker, DevicePoller
 from drivers import modbus
 from drivers.core.readings import now_ms
@@ -108,13 +109,17 @@ class Agent:
         self._stalled: list[str] = []
         self._next_snapshot = 0.0
         self.step("uplink")
-        self.uplink = Uplink(
-            self.cfg.uplink.mqtt, self.cfg.gateway.id, self.cfg.gateway.site, self.buffer.stream,
-            self.buffer.reader, on_ack=self._ack, health=self.health, status_extra=self.status_figures,
-            on_reported=self._reported, on_corrupt=self._corrupt,
-        )
-        self.uplink.resume_after = self.buffer.acked_through
-        self.uplink.preflight()
+        # Loads password, certificates and key now: a bad path is a config error at start.
+        transport = open_transport(self.cfg.uplink, self.cfg.gateway.id, self.cfg.gateway.site)
+        delivery = self.cfg.uplink.delivery
+        self.uplink = Forwarder(
+            transport, ForwardSettings(batch=delivery.batch, inflight=delivery.inflight,
+                                       status_interval=delivery.status_interval,
+                                       max_message_bytes=delivery.max_message_bytes, encoding=delivery.encoding,
+                                       compression=delivery.compression, ack_timeout=delivery.ack_timeout),
+            self.cfg.gateway.id, self.cfg.gateway.site, self.buffer.stream, self.buffer.reader, self.health,
+            status_extra=self.status_figures, on_ack=self._ack, on_reported=self._reported,
+            on_corrupt=self._corrupt, resume_after=self.buffer.acked_through)
         self._counter_state = self.buffer.counter_state()
         self._meters = self.buffer.meter_ids()
         self.clock_state = ClockState(trusted=self.clock.synchronised() is not False)
@@ -299,7 +304,7 @@ class Agent:
         self.stop_event.set()
         # Bus workers finish their poll while the uplink waits for the
         # acknowledgements still on their way; both before the writer stops.
-        self.uplink.stop()
+        self.uplink.stop(drain_s=STOP_BUDGET_S - WRITER_STOP_S - 1.0)
         for worker in self.workers:
             worker.join(timeout=max(0.1, deadline - time.monotonic() - WRITER_STOP_S))
         self.uplink.join(timeout=max(0.1, deadline - time.monotonic() - WRITER_STOP_S))

@@ -854,6 +854,9 @@ class BufferReader:
     def series(self) -> dict[int, Series]:
         return self._buffer.series()
 
+    def series_attrs(self) -> dict[int, str]:
+        return self._buffer.series_attrs()
+
     def events_after(self, after_seq: int, limit: int) -> list[StoredEvent]:
         return self._buffer.events_after(after_seq, limit)
 

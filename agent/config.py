@@ -131,7 +131,28 @@ class TlsConfig:
 
 
 @_record
-class MqttConfig:
+class DeliveryConfig:
+    """How readings travel, whatever carries them (agent/forward.py)."""
+
+    batch: Annotated[int, Rule(ge=1, le=10_000)] = 500
+    inflight: Annotated[int, Rule(ge=1, le=100)] = 20
+    status_interval: Duration = 60.0
+    # Every message stays below this size (mosquitto's message_size_limit, a
+    # broker's maximum packet size, an HTTPS endpoint's body limit): batches
+    # are halved, reports and series descriptions split, the status trimmed.
+    max_message_bytes: Annotated[int, Rule(ge=1024, le=268_435_455)] = 262_144
+    # flat: one self-describing object per reading (readings/1). compact:
+    # grouped readings, series described once in a retained meta message
+    # (readings-compact/1), optionally zlib-compressed; for metered links.
+    encoding: Literal["flat", "compact"] = "flat"
+    compression: Literal["none", "zlib"] = "none"
+    # A connection whose oldest unacknowledged message waits longer than this
+    # is dropped and made again (a platform that accepts but never acknowledges).
+    ack_timeout: Duration = 30.0
+
+
+@_record
+class MqttConfig(DeliveryConfig):
     host: Host
     port: Port = 1883
     topic_prefix: Annotated[str, Rule(pattern=r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")] = (
@@ -140,28 +161,32 @@ class MqttConfig:
     client_id: Identifier | None = None
     qos: Literal[1] = 1
     keepalive: Duration = 60.0
-    batch: Annotated[int, Rule(ge=1, le=10_000)] = 500
-    inflight: Annotated[int, Rule(ge=1, le=100)] = 20
     username: PrintableText | None = None
     password_file: Path | None = None
     tls: TlsConfig | None = None
-    status_interval: Duration = 60.0
-    # Batches are split below this size (mosquitto's message_size_limit, a
-    # platform broker's maximum packet size).
-    max_message_bytes: Annotated[int, Rule(ge=4096, le=268_435_455)] = 262_144
-    # flat: one self-describing object per reading (readings/1). compact:
-    # grouped readings, series described once in a retained meta message
-    # (readings-compact/1), optionally zlib-compressed; for metered links.
-    encoding: Literal["flat", "compact"] = "flat"
-    compression: Literal["none", "zlib"] = "none"
-    # A connection whose oldest unacknowledged message waits longer than this
-    # is dropped and made again (a broker that accepts but never acknowledges).
-    ack_timeout: Duration = 30.0
+
+
+@_record
+class HttpConfig(DeliveryConfig):
+    # The platform's ingest endpoint; every message is POSTed to it.
+    url: Annotated[str, Rule(pattern=r"https?://[^\s/?#]+(/[^\s#]*)?")]
+    timeout: Duration = 10.0
+    # A bearer token (else the systemd credential http-token, else none).
+    token_file: Path | None = None
+    tls: TlsConfig | None = None
 
 
 @_record
 class UplinkConfig:
-    mqtt: MqttConfig
+    # Exactly one of them.
+    mqtt: MqttConfig | None = None
+    http: HttpConfig | None = None
+
+    @property
+    def delivery(self) -> DeliveryConfig:
+        chosen = self.mqtt or self.http
+        assert chosen is not None, "validated: exactly one uplink"
+        return chosen
 
 
 @_record
@@ -316,15 +341,24 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
         RUNTIME_DIR if RUNTIME_DIR.is_dir() else Path("/dev/shm"))
     status_file = _resolve(base, config.health.status_file) if config.health.status_file else (
         RUNTIME_DIR / "status.json" if RUNTIME_DIR.is_dir() else buffer_path.parent / "status.json")
-    mqtt = config.uplink.mqtt
-    tls = mqtt.tls and replace(mqtt.tls, **{
-        name: _resolve(base, value) for name in ("ca_file", "cert_file", "key_file")
-        if (value := getattr(mqtt.tls, name)) is not None})
-    mqtt = replace(mqtt, tls=tls, password_file=mqtt.password_file and _resolve(base, mqtt.password_file))
+    uplink = config.uplink
+    if uplink.mqtt is not None:
+        mqtt = uplink.mqtt
+        uplink = replace(uplink, mqtt=replace(mqtt, tls=_resolved_tls(base, mqtt.tls),
+                                              password_file=mqtt.password_file and _resolve(base, mqtt.password_file)))
+    if uplink.http is not None:
+        http = uplink.http
+        uplink = replace(uplink, http=replace(http, tls=_resolved_tls(base, http.tls),
+                                              token_file=http.token_file and _resolve(base, http.token_file)))
     resolved = replace(config, buffer=replace(config.buffer, path=buffer_path, spool_dir=spool_dir),
                        health=replace(config.health, status_file=status_file), profile_dirs=tuple(profile_dirs),
-                       uplink=replace(config.uplink, mqtt=mqtt))
+                       uplink=uplink)
     return LoadedConfig(path=path, config=resolved, catalogue=catalogue, warnings=warnings, located=located)
+
+
+def _resolved_tls(base: Path, tls: TlsConfig | None) -> TlsConfig | None:
+    return tls and replace(tls, **{name: _resolve(base, value) for name in ("ca_file", "cert_file", "key_file")
+                                   if (value := getattr(tls, name)) is not None})
 
 
 def credential(explicit: Path | None, name: str) -> Path | None:
@@ -350,23 +384,29 @@ def check_files(loaded: LoadedConfig) -> None:
     `run` would stop on them with exit 78 anyway; `check` must say so first,
     and `run` must say it in one line (a password file that is not UTF-8
     ended in a traceback). Raises ConfigError listing every problem."""
-    mqtt = loaded.config.uplink.mqtt
+    uplink = loaded.config.uplink
+    section = "mqtt" if uplink.mqtt is not None else "http"
     problems: list[str] = []
 
     def where(*key: str | int) -> str:
-        line = loaded.located.line_of(("uplink", "mqtt", *key)) if loaded.located else 1
-        return f"{loaded.path}:{line}: uplink.mqtt.{'.'.join(map(str, key))}"
+        line = loaded.located.line_of(("uplink", section, *key)) if loaded.located else 1
+        return f"{loaded.path}:{line}: uplink.{section}.{'.'.join(map(str, key))}"
 
-    password = credential(mqtt.password_file, "mqtt-password")
-    if password is not None:
+    if uplink.mqtt is not None:
+        secret, key_name, what = credential(uplink.mqtt.password_file, "mqtt-password"), "password_file", "password"
+        tls, client_key = uplink.mqtt.tls, "mqtt-client-key"
+    else:
+        assert uplink.http is not None
+        secret, key_name, what = credential(uplink.http.token_file, "http-token"), "token_file", "token"
+        tls, client_key = uplink.http.tls, "http-client-key"
+    if secret is not None:
         try:
-            password.read_bytes().decode("utf-8")
+            secret.read_bytes().decode("utf-8")
         except OSError as exc:
-            problems.append(f"{where('password_file')}: cannot read {password}: {exc.strerror}")
+            problems.append(f"{where(key_name)}: cannot read {secret}: {exc.strerror}")
         except UnicodeDecodeError as exc:
-            problems.append(f"{where('password_file')}: {password} is not UTF-8 text (byte {exc.start}); "
-                            "write the password as plain text")
-    tls = mqtt.tls
+            problems.append(f"{where(key_name)}: {secret} is not UTF-8 text (byte {exc.start}); "
+                            f"write the {what} as plain text")
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         for key, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file)):
@@ -379,7 +419,7 @@ def check_files(loaded: LoadedConfig) -> None:
                 context.load_verify_locations(cafile=str(tls.ca_file))
         except (OSError, ssl.SSLError, ValueError) as exc:
             problems.append(f"{where('tls', 'ca_file')}: {tls.ca_file} is not a PEM certificate: {exc}")
-        key_file = credential(tls.key_file, "mqtt-client-key") if tls.cert_file else None
+        key_file = credential(tls.key_file, client_key) if tls.cert_file else None
         try:
             if tls.cert_file is not None:
                 context.load_cert_chain(str(tls.cert_file), str(key_file) if key_file else None)
@@ -419,6 +459,13 @@ def _cross_check(located: Located, catalogue: Catalogue,
     paths of addresses it found wrong are added to ``judged``."""
     data = located.data
     problems: list[tuple[int, str]] = []
+    uplink = data.get("uplink")
+    if isinstance(uplink, dict):
+        chosen = [name for name in ("mqtt", "http") if uplink.get(name) is not None]
+        if len(chosen) != 1:
+            problems.append((located.line_of(("uplink",)),
+                             "uplink: configure exactly one of mqtt (a broker) and http (an HTTPS endpoint)"
+                             + (", not both" if chosen else "")))
     buses = [b for b in _as_list(data.get("buses")) if isinstance(b, dict)]
     devices = _as_list(data.get("devices"))
     bus_types: dict[str, str] = {}
@@ -525,6 +572,16 @@ def _cross_check(located: Located, catalogue: Catalogue,
     return problems
 
 
+def _describe_uplink(cfg: Config) -> str:
+    if cfg.uplink.mqtt is not None:
+        mqtt = cfg.uplink.mqtt
+        return (f"uplink mqtt://{mqtt.host}:{mqtt.port} topic {mqtt.topic_prefix}/{cfg.gateway.site}/"
+                f"{cfg.gateway.id}/readings" + (" (TLS)" if mqtt.tls else ""))
+    assert cfg.uplink.http is not None
+    return f"uplink POST {cfg.uplink.http.url}" + (" (client certificate)" if cfg.uplink.http.tls and
+                                                   cfg.uplink.http.tls.cert_file else "")
+
+
 def summarise(loaded: LoadedConfig) -> list[str]:
     """Human summary for `check`: buses, devices, points and intervals."""
     cfg = loaded.config
@@ -533,9 +590,7 @@ def summarise(loaded: LoadedConfig) -> list[str]:
         f"gateway {cfg.gateway.id} at site {cfg.gateway.site}",
         f"buffer {cfg.buffer.path} (max {cfg.buffer.max_size_mb} MB, commits at most every "
         f"{cfg.buffer.flush_interval:g} s)",
-        f"uplink mqtt://{cfg.uplink.mqtt.host}:{cfg.uplink.mqtt.port} topic "
-        f"{cfg.uplink.mqtt.topic_prefix}/{cfg.gateway.site}/{cfg.gateway.id}/readings"
-        + (" (TLS)" if cfg.uplink.mqtt.tls else ""),
+        _describe_uplink(cfg),
     ]
     by_bus: dict[str, list[DeviceConfig]] = defaultdict(list)
     for device in cfg.devices:

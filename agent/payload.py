@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agent.buffer import Row, Series
@@ -121,6 +121,42 @@ def encode_meta(gateway: str, site: str, stream: str, series: Mapping[int, Serie
         described[str(sid)] = entry
     return _dumps({"schema": META_SCHEMA, "gateway": gateway, "site": site, "stream": stream,
                    "series": described}).encode()
+
+
+def meta_parts(gateway: str, site: str, stream: str, series: Mapping[int, Series], attrs: Mapping[int, str],
+               resolutions: Mapping[tuple[str, str], Resolution] | None, room: Callable[[int], int]) -> list[bytes]:
+    """The description of every series, in as many messages as the link's size
+    limit needs (``room(part)`` gives it; part 0 when one message carries all).
+
+    Each part is a meta/1 message of its own; when there are several they
+    carry ``"part"`` and ``"parts"`` (docs/payload.md): the first on the
+    retained ``.../meta`` topic, the others on ``.../meta/2``, ...
+    """
+    entries: list[tuple[str, Any]] = []
+    for sid, (d, p, u, k, m) in sorted(series.items()):
+        entry: dict[str, Any] = {"device": d, "point": p, "unit": u, "kind": k}
+        if m:
+            entry["meter"] = m
+        stored = attrs.get(sid)
+        resolution = (json.loads(stored).get("resolution") if stored else None) or (resolutions or {}).get((d, p))
+        if resolution:
+            entry["resolution"] = resolution
+        entries.append((str(sid), entry))
+    head = {"schema": META_SCHEMA, "gateway": gateway, "site": site, "stream": stream}
+    whole = _dumps({**head, "series": dict(entries)}).encode()
+    if len(whole) <= room(0) or len(entries) <= 1:
+        return [whole]
+    # Greedy parts under the smallest room any part's topic leaves.
+    limit = min(room(1), room(999))
+    groups: list[list[tuple[str, Any]]] = [[]]
+    for item in entries:
+        trial = groups[-1] + [item]
+        if groups[-1] and len(_dumps({**head, "part": 999, "parts": 999, "series": dict(trial)})) > limit:
+            groups.append([item])
+        else:
+            groups[-1] = trial
+    return [_dumps({**head, "part": n, "parts": len(groups), "series": dict(group)}).encode()
+            for n, group in enumerate(groups, start=1)]
 
 
 def decode_compact(payload: bytes, meta: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -63,8 +63,15 @@ def _synchronous(agent: Agent) -> str:
     return {1: "normal", 2: "full"}[level]
 
 
-UPLINK = ReadBy("agent/uplink.py", lambda a: a.uplink.cfg)
-TLS = ReadBy("agent/uplink.py", lambda a: a.uplink.cfg.tls)
+UPLINK = ReadBy("agent/transports/mqtt.py", lambda a: a.uplink.transport.cfg)
+TLS = ReadBy("agent/transports/mqtt.py", lambda a: a.uplink.transport.cfg.tls)
+HTTP = ReadBy("agent/transports/http.py", lambda a: a.uplink.transport.cfg)
+HTTP_TLS = ReadBy("agent/transports/http.py", lambda a: a.uplink.transport.cfg.tls)
+
+
+def _delivery(field: str) -> Observe:
+    """Delivery settings reach the forwarder, whichever transport carries them."""
+    return lambda a: getattr(a.uplink.settings, field)
 APP = ReadBy("agent/app.py", lambda a: a.cfg.health)
 
 # key -> (value in the YAML, the value the agent must hold, where it holds it)
@@ -77,14 +84,15 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
     "buffer.flush_interval": ("7s", 7.0, lambda a: a.writer._flush_interval),
     "buffer.max_age": ("2d", 172800.0, lambda a: a.buffer.max_age_s),
     "buffer.spool_dir": ("spool", "spool", lambda a: a.spool.path.parent.name),
+    "uplink.mqtt": ({}, "MqttTransport", lambda a: type(a.uplink.transport).__name__),  # its keys follow
     "uplink.mqtt.host": ("127.0.0.3", "127.0.0.3", UPLINK),
     "uplink.mqtt.port": (8883, 8883, UPLINK),
-    "uplink.mqtt.topic_prefix": ("city/keys", "city/keys", lambda a: a.uplink.readings_topic.split("/site-keys")[0]),
+    "uplink.mqtt.topic_prefix": ("city/keys", "city/keys", lambda a: a.uplink.transport._topics["readings"].split("/site-keys")[0]),
     "uplink.mqtt.client_id": ("keys-client", "keys-client", UPLINK),
     "uplink.mqtt.qos": (1, 1, UPLINK),  # the one value allowed: it must still be what is sent with
     "uplink.mqtt.keepalive": ("45s", 45.0, UPLINK),
-    "uplink.mqtt.batch": (77, 77, UPLINK),
-    "uplink.mqtt.inflight": (7, 7, UPLINK),
+    "uplink.mqtt.batch": (77, 77, _delivery("batch")),
+    "uplink.mqtt.inflight": (7, 7, _delivery("inflight")),
     "uplink.mqtt.username": ("keys-user", "keys-user", UPLINK),
     "uplink.mqtt.password_file": ("password", "password", UPLINK),
     "uplink.mqtt.tls": ({}, None, UPLINK),  # a section: its keys follow
@@ -92,11 +100,11 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
     "uplink.mqtt.tls.cert_file": ("client.pem", "client.pem", TLS),
     "uplink.mqtt.tls.key_file": ("client.key", "client.key", TLS),
     "uplink.mqtt.tls.insecure_skip_hostname_check": (True, True, TLS),
-    "uplink.mqtt.status_interval": ("9s", 9.0, UPLINK),
-    "uplink.mqtt.max_message_bytes": (5000, 5000, UPLINK),
-    "uplink.mqtt.encoding": ("compact", "compact", UPLINK),
-    "uplink.mqtt.compression": ("zlib", "zlib", UPLINK),
-    "uplink.mqtt.ack_timeout": ("11s", 11.0, UPLINK),
+    "uplink.mqtt.status_interval": ("9s", 9.0, _delivery("status_interval")),
+    "uplink.mqtt.max_message_bytes": (5000, 5000, _delivery("max_message_bytes")),
+    "uplink.mqtt.encoding": ("compact", "compact", _delivery("encoding")),
+    "uplink.mqtt.compression": ("zlib", "zlib", _delivery("compression")),
+    "uplink.mqtt.ack_timeout": ("11s", 11.0, _delivery("ack_timeout")),
     "buses[modbus-rtu].id": ("line-a", "bus-line-a", lambda a: _worker(a, "line-a").name),
     "buses[modbus-rtu].type": ("modbus-rtu", "SERIAL", lambda a: _comm(a, "line-a").comm_type.name),
     "buses[modbus-rtu].port": ("/dev/ttyKEYS0", "/dev/ttyKEYS0", lambda a: _comm(a, "line-a").host),
@@ -137,6 +145,26 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
     "health.snapshot_interval": ("2.5s", 2.5, APP),
     "health.timesync_flag": ("synced-flag", "synced-flag", lambda a: a.clock.flag_path),
     "health.use_timedatectl": (False, False, lambda a: a.clock.use_timedatectl),
+}
+
+# The HTTPS uplink instead of MQTT: a config of its own (only one uplink at a time).
+REACHES_HTTP: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
+    "uplink.http": ({}, "HttpTransport", lambda a: type(a.uplink.transport).__name__),
+    "uplink.http.url": ("https://127.0.0.1:8443/ingest", "https://127.0.0.1:8443/ingest", HTTP),
+    "uplink.http.timeout": ("4s", 4.0, HTTP),
+    "uplink.http.token_file": ("password", "password", HTTP),
+    "uplink.http.tls": ({}, None, HTTP),
+    "uplink.http.tls.ca_file": ("ca.pem", "ca.pem", HTTP_TLS),
+    "uplink.http.tls.cert_file": ("client.pem", "client.pem", HTTP_TLS),
+    "uplink.http.tls.key_file": ("client.key", "client.key", HTTP_TLS),
+    "uplink.http.tls.insecure_skip_hostname_check": (True, True, HTTP_TLS),
+    "uplink.http.batch": (78, 78, _delivery("batch")),
+    "uplink.http.inflight": (6, 6, _delivery("inflight")),
+    "uplink.http.status_interval": ("8s", 8.0, _delivery("status_interval")),
+    "uplink.http.max_message_bytes": (6000, 6000, _delivery("max_message_bytes")),
+    "uplink.http.encoding": ("compact", "compact", _delivery("encoding")),
+    "uplink.http.compression": ("zlib", "zlib", _delivery("compression")),
+    "uplink.http.ack_timeout": ("12s", 12.0, _delivery("ack_timeout")),
 }
 
 
@@ -194,8 +222,9 @@ def test_the_walk_finds_the_keys_of_every_record() -> None:
 
 def test_every_config_key_has_an_entry_saying_where_it_lands() -> None:
     keys = set(config_keys())
-    assert sorted(keys - set(REACHES)) == [], "a config key nobody checks: add it to REACHES"
-    assert sorted(set(REACHES) - keys) == [], "REACHES names a key the config no longer has"
+    entries = set(REACHES) | set(REACHES_HTTP)
+    assert sorted(keys - entries) == [], "a config key nobody checks: add it to REACHES"
+    assert sorted(entries - keys) == [], "REACHES names a key the config no longer has"
 
 
 def _set(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -214,7 +243,7 @@ def _set(tree: dict[str, Any], key: str, value: Any) -> None:
     node[name] = value
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, uplink: str = "mqtt") -> Path:
     make_ca(tmp_path, "ca")
     make_cert(tmp_path, "client", "ca", "DNS:client")
     (tmp_path / "password").write_text("secret\n")
@@ -223,26 +252,31 @@ def _config(tmp_path: Path) -> Path:
         "name: keys-meter\nmanufacturer: x\nmodel: x\nsource: this test\n"
         "points:\n  temperature: {table: input, address: 1, type: int16, scale: 0.1, unit: Cel, kind: gauge}\n")
     tree: dict[str, Any] = {
-        "gateway": {}, "buffer": {}, "uplink": {"mqtt": {"tls": {}}},
+        "gateway": {}, "buffer": {}, "uplink": {uplink: {"tls": {}}},
         "buses": [{"type": "modbus-rtu"}, {"type": "modbus-tcp"}, {"type": "mbus"}],
         "devices": [{}, {"id": "room-keys", "bus": "plant", "address": 10, "profile": "keys-meter"},
                     {"id": "heat-keys", "bus": "heat-line", "address": 5, "profile": "mbus-heat"}],
         "health": {},
     }
-    for key, (value, _, _) in REACHES.items():
+    entries = REACHES if uplink == "mqtt" else {**{k: v for k, v in REACHES.items() if not k.startswith("uplink.")},
+                                                 **REACHES_HTTP}
+    for key, (value, _, _) in entries.items():
         _set(tree, key, value)
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path
 
 
-def test_every_config_key_reaches_the_code_that_uses_it(tmp_path: Path) -> None:
-    loaded = load_config(_config(tmp_path))
+@pytest.mark.parametrize("uplink", ["mqtt", "http"])
+def test_every_config_key_reaches_the_code_that_uses_it(tmp_path: Path, uplink: str) -> None:
+    loaded = load_config(_config(tmp_path, uplink))
     check_files(loaded)
     agent = Agent(loaded, stop=StopRequest())  # start-up only: nothing runs, nothing connects
+    entries = REACHES if uplink == "mqtt" else {**{k: v for k, v in REACHES.items() if not k.startswith("uplink.")},
+                                                **REACHES_HTTP}
     try:
         missed = []
-        for key, (_, expected, where) in REACHES.items():
+        for key, (_, expected, where) in entries.items():
             if isinstance(where, ReadBy):
                 record = where.record(agent)
                 field = key.rsplit(".", 1)[1]

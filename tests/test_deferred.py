@@ -32,7 +32,7 @@ def test_the_agent_runs_without_loading_urllib_request_or_what_it_pulls_in() -> 
 
 def test_the_first_use_loads_the_real_module_for_every_way_of_reaching_it() -> None:
     out = run_python(
-        "import sys, agent.uplink\n"
+        "import sys, agent.transports.mqtt\n"
         "import urllib.request\n"
         "print('before', 'http.client' in sys.modules)\n"
         "print('proxies', type(urllib.request.getproxies()).__name__)\n"  # what paho would call
