@@ -337,15 +337,17 @@ def _forget(part: Broker | Subscriber | AgentProcess) -> None:
         _running.remove(part)
 
 
-def write_config(path: Path, *, broker_port: int, buffer: Path, buses: list[dict[str, Any]],
+def write_config(path: Path, *, broker_port: int = 0, buffer: Path, buses: list[dict[str, Any]],
                  devices: list[dict[str, Any]], mqtt_extra: dict[str, Any] | None = None,
-                 gateway: str = "gw-test", site: str = "test-site") -> Path:
+                 gateway: str = "gw-test", site: str = "test-site", http: dict[str, Any] | None = None) -> Path:
+    """A config for a test; ``http`` chooses the HTTPS uplink instead of MQTT."""
+    uplink = {"http": http} if http is not None else {
+        "mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": "buildings", **(mqtt_extra or {})}}
     config = {
         "gateway": {"id": gateway, "site": site},
         # Commits every second, not a gateway's every minute: tests watch data flow.
         "buffer": {"path": str(buffer), "flush_interval": "1s"},
-        "uplink": {"mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": "buildings",
-                            **(mqtt_extra or {})}},
+        "uplink": uplink,
         "buses": buses,
         "devices": devices,
         # Never the machine's /run/retrofit-agent/: a developer may run the service there.
