@@ -128,7 +128,9 @@ def test_unit_identity_directories_and_credentials() -> None:
     assert one(s, "ConfigurationDirectory") == "retrofit-agent"
     loads = dict(v.split(":", 1) for v in s["LoadCredential"])
     assert loads == {"mqtt-password": "/etc/retrofit-agent/mqtt-password",
-                     "mqtt-client-key": "/etc/retrofit-agent/mqtt-client-key"}
+                     "mqtt-client-key": "/etc/retrofit-agent/mqtt-client-key",
+                     "http-token": "/etc/retrofit-agent/http-token",
+                     "http-client-key": "/etc/retrofit-agent/http-client-key"}
     # An absolute LoadCredential= path that is missing fails the start unless
     # a SetCredential= of the same id gives a fallback.
     assert {v.split(":", 1)[0] for v in s["SetCredential"]} == set(loads)
