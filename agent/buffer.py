@@ -168,6 +168,8 @@ class StoredRow(NamedTuple):
         return self.first_id + self.count - 1
 
     def intact(self) -> bool:
+        if not (all(type(v) is int for v in self[:9]) and type(self.body) is bytes and type(self.crc) is int):
+            return False  # a damaged byte changed a column's type
         return self.crc == row_crc(*self[:-1])
 
     def columns(self) -> chunks.Columns:
@@ -200,7 +202,8 @@ def stored_row(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, m
                      row_crc(first_id, count, kind, ts_min, ts_max, mono, acked, spool, compressed, body))
 
 
-def series_crc(sid: int, device: str, point: str, unit: str, kind: str, meter: str, attrs: str) -> int:
+def series_crc(sid: int, device: str | bytes, point: str | bytes, unit: str | bytes, kind: str | bytes,
+               meter: str | bytes, attrs: str | bytes) -> int:
     return crc(sid, device, point, unit, kind, meter, attrs)
 
 
@@ -316,7 +319,14 @@ class Buffer:
         if moved_aside is not None:
             from agent import salvage
 
-            salvage.recover_into(self, moved_aside)
+            try:
+                salvage.recover_into(self, moved_aside)
+            except (StorageError, OSError, ValueError) as exc:
+                # Nothing could be taken over: the old stream's unsent readings are
+                # reported lost (the file stays for forensics) and this one starts.
+                self._log.error("buffer.salvage_failed", moved_to=moved_aside, error=str(exc))
+                self.commit(events=[{"type": "lost", "from_stream": None, "reason": f"buffer file damaged: {exc}",
+                                     "file": moved_aside, "ts": now_ms()}])
 
     # -- opening ---------------------------------------------------------------------------------
     def _open(self) -> bool:
@@ -381,10 +391,11 @@ class Buffer:
 
     def _load_meta(self) -> dict[str, str]:
         meta = {}
-        for key, value, check in self._conn.execute("SELECT key, value, crc FROM meta"):
+        # Read as bytes: a damaged byte may not be UTF-8 any more, and is caught by the checksum.
+        for key, value, check in self._conn.execute("SELECT CAST(key AS BLOB), CAST(value AS BLOB), crc FROM meta"):
             if check != crc(key, value):
                 raise CorruptBuffer(f"meta value {key!r} fails its checksum")
-            meta[key] = value
+            meta[key.decode()] = value.decode()
         return meta
 
     def _put_meta(self, key: str, value: str) -> None:
@@ -393,13 +404,15 @@ class Buffer:
         self._meta[key] = value
 
     def _load_series(self) -> None:
-        for sid, device, point, unit, kind, meter, attrs, check in self._conn.execute(
-                "SELECT id, device, point, unit, kind, meter, attrs, crc FROM series"):
-            if check != series_crc(sid, device, point, unit, kind, meter, attrs):
+        for sid, *texts, check in self._conn.execute(
+                "SELECT id, CAST(device AS BLOB), CAST(point AS BLOB), CAST(unit AS BLOB), CAST(kind AS BLOB), "
+                "CAST(meter AS BLOB), CAST(attrs AS BLOB), crc FROM series"):
+            if check != series_crc(sid, *texts):
                 # Its readings cannot be attributed: they are reported as
                 # corrupt when read, never sent under a wrong name.
                 self._log.error("buffer.series_corrupt", series=sid)
                 continue
+            device, point, unit, kind, meter, attrs = (t.decode() for t in texts)
             key = (device, point, unit, kind, meter)
             self._series[key] = sid
             self._series_by_id[sid] = key
@@ -769,12 +782,13 @@ class Buffer:
 
     def events_after(self, after_seq: int, limit: int) -> list[StoredEvent]:
         with self.lock:
-            rows = self._conn.execute("SELECT seq, body, crc FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                      (after_seq, limit)).fetchall()
+            rows = self._conn.execute(
+                "SELECT seq, CAST(body AS BLOB), crc FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit)).fetchall()
         good = []
         for seq, body, check in rows:
             if check == crc(body):
-                good.append((seq, body))
+                good.append((seq, body.decode()))
             else:
                 good.append((seq, json.dumps({"type": "corrupt_report", "seq": seq}, separators=(",", ":"))))
         return good
@@ -996,6 +1010,7 @@ class BufferWriter(threading.Thread):
         self._corrupt: list[IdRange] = []
         self._dropped_since: list[int] = []  # count, first ts, last ts of readings dropped meanwhile
         self.recovered = 0
+        self._written_while_failing = 0
         if spool is not None:
             self._recover(spool)
 
@@ -1205,9 +1220,7 @@ class BufferWriter(threading.Thread):
             ids = buffer.commit(rows, self._acked_through, self._reported, events, counters, self._meters,
                                 spooled_through=self._seq)
         except StorageError as exc:
-            if self.failing_since is None:
-                self.failing_since = time.monotonic()
-                self._log.error("buffer.write_failed", error=str(exc), held_in_memory=self._pending_count)
+            self._failing(exc)
             return False
         # Committed: these readings have their ids, whatever happens next.
         if self._spool is not None:
@@ -1221,12 +1234,22 @@ class BufferWriter(threading.Thread):
         if counters:
             self._counters = {}
             self._counters_due = time.monotonic() + COUNTER_PERSIST_S
-        if self.failing_since is not None:
-            self._log.info("buffer.write_resumed", after_s=round(time.monotonic() - self.failing_since, 1),
-                           written=written)
-            self.failing_since = None
+        self._written_while_failing += written
         self._on_commit(ids)
-        return self._follow_up(now)
+        if not self._follow_up(now):
+            return False
+        if self.failing_since is not None:  # logged once the whole flush went through
+            self._log.info("buffer.write_resumed", after_s=round(time.monotonic() - self.failing_since, 1),
+                           written=self._written_while_failing)
+            self.failing_since = None
+        self._written_while_failing = 0
+        return True
+
+    def _failing(self, exc: StorageError) -> None:
+        """The disk refused: one event when that starts, none per retry."""
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            self._log.error("buffer.write_failed", error=str(exc), held_in_memory=self._pending_count)
 
     def _follow_up(self, now: int) -> bool:
         """Restamp, reports of corrupt rows, sweeping and eviction: each may fail on its own and is retried."""
@@ -1244,9 +1267,7 @@ class BufferWriter(threading.Thread):
                 self._log.error("buffer.corrupt_row", first_id=low, last_id=high)
             evicted = buffer.maintain(now)
         except StorageError as exc:
-            if self.failing_since is None:
-                self.failing_since = time.monotonic()
-                self._log.error("buffer.write_failed", error=str(exc), held_in_memory=self._pending_count)
+            self._failing(exc)
             return False
         if evicted:
             self._log.warning("buffer.evicting", readings=sum(int(e["count"]) for e in evicted),  # type: ignore[call-overload]
