@@ -165,14 +165,15 @@ def test_a_crash_between_commits_loses_no_reading_already_read(tmp_path: Path) -
     )
     config.write_text(config.read_text().replace("flush_interval: 1s", f"flush_interval: 60s\n  spool_dir: {tmp_path / 'ram'}"))
     try:
-        agent = AgentProcess(config, tmp_path / "agent-1.log").start().wait_started()
-        wait_until(lambda: len(model.served["energy_active_import"]) >= 15, 20, "polls before the crash")
-        agent.stop(signal.SIGKILL)
+        with AgentProcess(config, tmp_path / "agent-1.log") as agent:
+            agent.wait_started()
+            wait_until(lambda: len(model.served["energy_active_import"]) >= 15, 20, "polls before the crash")
+            agent.stop(signal.SIGKILL)
         assert buffer_next_id(buffer) == 1, "nothing was committed yet: the flush interval is a minute"
         served_before = len(model.served["energy_active_import"])
-        again = AgentProcess(config, tmp_path / "agent-2.log").start().wait_started()
-        wait_until(lambda: len(platform.ids()) >= 10 * (served_before - 1), 30, "the spooled readings delivered")
-        assert again.stop() == 0
+        with AgentProcess(config, tmp_path / "agent-2.log") as again:
+            again.wait_started()
+            wait_until(lambda: len(platform.ids()) >= 10 * (served_before - 1), 30, "the spooled readings delivered")
     finally:
         platform.stop()
         broker.stop()

@@ -132,9 +132,9 @@ def test_power_cuts_never_renumber_lose_or_alter_a_durable_reading(tmp_path: Pat
             if wanted_up != broker_up:
                 (broker.start if wanted_up else broker.stop)()
                 broker_up = wanted_up
-            agent = AgentProcess(config, tmp_path / f"agent-{cut}.log", env=env).start()
-            threading.Event().wait(rng.uniform(0.3, 2.0))  # the moment of the cut: chosen at random, not a wait
-            agent.stop(signal.SIGKILL)
+            with AgentProcess(config, tmp_path / f"agent-{cut}.log", env=env) as agent:
+                threading.Event().wait(rng.uniform(0.3, 2.0))  # the moment of the cut: chosen at random, not a wait
+                agent.stop(signal.SIGKILL)
             seen_before = platform.highest()
             card.cut()
             for spooled in ram.glob("*"):
@@ -148,10 +148,10 @@ def test_power_cuts_never_renumber_lose_or_alter_a_durable_reading(tmp_path: Pat
             broker.start()
         # The end: the meters go quiet, one more run delivers what is left.
         server.stop()
-        final = AgentProcess(config, tmp_path / "agent-final.log", env=env).start().wait_started()
-        started = time.time()
-        wait_until(lambda: _settled(config, platform, started), 90, "every committed reading at the platform")
-        assert final.stop() == 0
+        with AgentProcess(config, tmp_path / "agent-final.log", env=env) as final:
+            final.wait_started()
+            started = time.time()
+            wait_until(lambda: _settled(config, platform, started), 90, "every committed reading at the platform")
         figures = card.figures()
         last = inspect(buffer).next_id - 1
     finally:

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -276,6 +277,9 @@ class Tally:
     status_payload_bytes_last: int = 0  # the retained status message, refreshed every status_interval
     ids: dict[str, set[int]] = field(default_factory=dict)  # stream -> ids
     below: dict[str, tuple[int, int]] = field(default_factory=dict)  # stream -> (limit, unique ids <= limit)
+    # (stream, id) -> what the reading was, for gateways whose ids must never be reused (power cuts)
+    fingerprints: dict[tuple[str, int], int] | None = None
+    conflicts: int = 0  # ids that arrived with two different readings
 
     @property
     def unique(self) -> int:
@@ -347,6 +351,8 @@ class Platform:
                 body = json.loads(raw)
                 stream = body["stream"]
                 ids = [r["id"] for r in body["readings"]]
+                if gateway.startswith("agent-cut"):
+                    self._fingerprint(gateway, stream, body["readings"])
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                 decoded = False
                 meta = self._meta.get(gateway)
@@ -384,6 +390,16 @@ class Platform:
                         count += 1
             t.below[stream] = (limit, count)
 
+    def _fingerprint(self, gateway: str, stream: str, readings: list[dict[str, Any]]) -> None:
+        with self._lock:
+            t = self.tallies.setdefault(gateway, Tally())
+            if t.fingerprints is None:
+                t.fingerprints = {}
+            for r in readings:
+                mark = hash((r["device"], r["point"], r["ts"], repr(r["value"])))
+                if t.fingerprints.setdefault((stream, r["id"]), mark) != mark:
+                    t.conflicts += 1
+
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
@@ -402,8 +418,8 @@ def status_path(workdir: Path, name: str) -> Path:
 
 def agent_config(workdir: Path, name: str, broker_port: int, sim_port: int,
                  devices: list[tuple[int, str]], interval: float, buffer: Path | None = None,
-                 mqtt_extra: dict[str, Any] | None = None) -> Path:
-    buffer_section: dict[str, Any] = {"path": str(buffer or workdir / f"{name}.db")}
+                 mqtt_extra: dict[str, Any] | None = None, extra_buffer: dict[str, Any] | None = None) -> Path:
+    buffer_section: dict[str, Any] = {"path": str(buffer or workdir / f"{name}.db"), **(extra_buffer or {})}
     if os.environ.get("RETROFIT_BENCH_FLUSH"):  # to measure other flush intervals than the default
         buffer_section["flush_interval"] = os.environ["RETROFIT_BENCH_FLUSH"]
     config = {
@@ -627,8 +643,8 @@ class Bench:
         self.results["load_300"] = {"agent": agent, "naive": naive}
 
     def pi_load(self) -> None:
-        warmup, window = (2.0, 20.0) if self.quick else (4.0, 60.0)
-        # A window of whole flush intervals, for flush intervals longer than the default.
+        # The agent commits once a minute at this pace: the window holds several commits.
+        warmup, window = (2.0, 185.0) if self.quick else (4.0, 605.0)
         window = float(os.environ.get("RETROFIT_BENCH_PI_WINDOW", window))
         self.say(f"pi-load: agent, 6 meters x 10 points every 10 s, {window:.0f} s window")
         agent = self.agent_steady("agent-pi", PI_LOAD, PI_INTERVAL_S, warmup, window)
@@ -636,6 +652,7 @@ class Bench:
         status_bytes = self.platform.tally("agent-pi").status_payload_bytes_last
         agent["status_message_bytes"] = status_bytes
         agent["status_mb_per_month_at_60s"] = round(status_bytes * 30 * 86_400 / 60 / 1e6, 1)
+        window = 20.0 if self.quick else 60.0  # the naive baseline writes per reading: a short window does
         self.say(f"pi-load: naive baseline, {window:.0f} s window")
         naive = self.naive_steady("naive-pi", PI_LOAD, PI_INTERVAL_S, warmup, window)
         project(naive)
@@ -741,6 +758,73 @@ class Bench:
             "progress": [(round(t, 1), n) for t, n in progress[:: max(1, len(progress) // 40)]],
         })
         self.results["drain"] = result
+
+    def power_cut(self) -> None:
+        """Syncs per hour counted by a file system that sees every one, then power cuts.
+
+        The buffer lives on tests/powercut/fs.py (FUSE): it counts every
+        fsync/fdatasync and, on a cut, forgets what was not synced. First the
+        building's pace and 300 readings/s, each for a window; then cuts at
+        random moments at 300/s, each a SIGKILL, the cut (the spool in RAM
+        emptied too) and a restart: ids seen twice with different readings
+        (must be 0), and the restart's time to its first delivery."""
+        from tests.powercut import PowerCutMount, fuse_problem
+
+        problem = fuse_problem()
+        if problem:
+            self.results["power_cut"] = {"skipped": problem}
+            return
+        mount = PowerCutMount(self.workdir / "card", self.workdir / "card-fs.log").start()
+        ram = self.workdir / "ram"
+        ram.mkdir(exist_ok=True)
+        result: dict[str, Any] = {}
+        try:
+            for label, devices, interval, window in (
+                    ("building", PI_LOAD, PI_INTERVAL_S, 125.0 if self.quick else 605.0),
+                    ("load_300", LOAD_300, 1.0, 30.0 if self.quick else 90.0)):
+                name = f"agent-cut-{label}"
+                config = agent_config(self.workdir, name, self.broker_port, self.sim_port, devices, interval,
+                                      buffer=mount.mountpoint / f"{name}.db", extra_buffer={"spool_dir": str(ram)})
+                self.say(f"power-cut: syncs at {label} pace, {window:.0f} s on the counting file system")
+                proc, lines = start_agent(config)
+                try:
+                    wait_started(proc, lines, name)
+                    time.sleep(4.0)  # past start-up's own syncs: the window holds steady state only
+                    before = mount.figures()
+                    began = time.monotonic()
+                    time.sleep(window)  # the measurement window
+                    after = mount.figures()
+                    seconds = time.monotonic() - began
+                finally:
+                    stop(proc)
+                result[f"{label}_fsyncs_per_hour"] = round((after["fsyncs"] - before["fsyncs"]) * 3600 / seconds)
+            cuts = 5 if self.quick else 12
+            name = "agent-cuts"
+            config = agent_config(self.workdir, name, self.broker_port, self.sim_port, LOAD_300, 1.0,
+                                  buffer=mount.mountpoint / f"{name}.db", extra_buffer={"spool_dir": str(ram)})
+            rng = random.Random(14)
+            recover: list[float] = []
+            self.say(f"power-cut: {cuts} cuts at random moments at 300 readings/s")
+            for _ in range(cuts):
+                proc, lines = start_agent(config)
+                started = time.monotonic()
+                wait_started(proc, lines, name)
+                seen = self.platform.snapshot(name)["unique"]
+                wait_for(lambda: self.platform.snapshot(name)["unique"] > seen, 60, "a delivery after the restart")  # noqa: B023
+                recover.append(time.monotonic() - started)
+                time.sleep(rng.uniform(2.0, 12.0))  # the moment of the cut, at random
+                proc.kill()
+                proc.wait()
+                mount.cut()
+                for spooled in ram.glob("*"):
+                    spooled.unlink()
+            tally = self.platform.tally(name)
+            result.update({"cuts": cuts, "readings_delivered": self.platform.snapshot(name)["unique"],
+                           "ids_with_two_readings": tally.conflicts,
+                           "restart_to_first_delivery_s_median": round(statistics.median(recover), 2)})
+        finally:
+            mount.stop()
+        self.results["power_cut"] = result
 
     def startup(self) -> None:
         repeats = 1 if self.quick else 3
@@ -954,6 +1038,15 @@ def table(results: dict[str, Any]) -> str:
             f"{_fmt(drain['rss_mb_start'])} / {_fmt(drain['rss_mb_max'])} / {_fmt(drain['rss_mb_end'])}",
             None, "<= 35, flat", _verdict(drain["rss_mb_max"], TARGETS["rss_mb_drain_max"]))
         row("drain: live readings committed meanwhile", drain["live_readings_committed"])
+    cut = results.get("power_cut")
+    if cut and "skipped" not in cut:
+        row("fsyncs per hour, 60 pts/10 s", cut["building_fsyncs_per_hour"], digits=0)
+        row("fsyncs per hour, 300 readings/s", cut["load_300_fsyncs_per_hour"], digits=0)
+        row(f"power cuts at 300/s: ids carrying two readings ({cut['cuts']} cuts)", cut["ids_with_two_readings"],
+            None, "0", _verdict(cut["ids_with_two_readings"], 0), digits=0)
+        row("power cut: restart to first delivery, s (median)", cut["restart_to_first_delivery_s_median"], digits=2)
+    elif cut:
+        rows.append(("power cuts", "skipped", "", "", "", cut["skipped"]))
     start = results.get("startup")
     if start:
         row("start-up to READY=1, s (median)", start["ready_s_median"], digits=3)
@@ -976,7 +1069,7 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SCENARIOS = ("load-300", "pi-load", "compact", "drain", "startup")
+SCENARIOS = ("load-300", "pi-load", "compact", "drain", "power-cut", "startup")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1007,6 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.results = results
             steps: dict[str, Callable[[], None]] = {
                 "load-300": bench.load_300, "pi-load": bench.pi_load, "compact": bench.compact,
+                "power-cut": bench.power_cut,
                 "drain": bench.drain, "startup": bench.startup,
             }
             for name in SCENARIOS:
