@@ -159,8 +159,13 @@ def _explained(missing: set[int], reports: list[dict]) -> bool:
     return inside and sum(r["count"] for r in reports) >= len(missing)
 
 
-def _fill(path: Path) -> None:
-    """Write until the filesystem has not one byte left."""
+def _fill(path: Path, leave: int = 0) -> None:
+    """Write until the filesystem has not one byte left (or only ``leave`` bytes)."""
+    if leave:
+        free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize
+        with path.open("wb") as out:
+            out.write(b"\0" * max(0, free - leave))
+        return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         for size in (65536, 4096, 1):
@@ -408,3 +413,54 @@ def test_an_unplugged_serial_adapter_and_a_closed_socket_recover_within_an_inter
     assert events("device.silent").count("tcp-room") == 1
     ids = set(subscriber.unique_readings())
     assert ids == set(range(1, max(ids) + 1))
+
+
+def test_a_disk_filling_and_emptying_during_an_outage_never_gives_an_id_two_readings(
+        tmp_path: Path, small_disk: Path) -> None:
+    """Issue 20's done-when for finding 1 ('database or disk is full' right
+    after a commit made the writer commit the same readings again under new
+    ids; the race itself is pinned by tests/test_buffer.py's
+    test_a_reading_gets_one_id_when_the_disk_fills_right_after_its_commit).
+    Here the disk fills and empties three times during an outage, under a
+    size cap that evicts: every (stream, id) at the platform must carry
+    exactly one reading, and every missing id must be explained."""
+    units = {unit: sdm_counting()[0] for unit in range(1, 11)}
+    server = ModbusTcpServer(units)
+    broker = Broker(tmp_path / "broker")  # down while the disk fills and empties
+    buffer = small_disk / "buffer.db"
+    config = write_config(
+        tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
+        buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
+        devices=[{"id": f"elec-{u}", "bus": "gw", "address": u, "profile": "eastron-sdm630", "interval": "0.2s"}
+                 for u in units],
+    )
+    config.write_text(config.read_text().replace("flush_interval: 1s", "flush_interval: 0.3s\n  max_size_mb: 0.05"))
+    filler = small_disk / "filler"
+    with running(server), AgentProcess(config, tmp_path / "agent.log") as agent:
+        # Space nearly gone: commits still fit now and then, the eviction after
+        # them often does not (the disk fills and empties under the writer).
+        for round_, leave in enumerate((24_000, 12_000, 0)):
+            wait_until(lambda: buffer_next_id(buffer) > 300 * (round_ + 1), 30, f"round {round_}: commits")  # noqa: B023
+            _fill(filler, leave)
+            wait_until(lambda: sum(e.get("event") == "buffer.write_failed" for e in agent.events()) > round_,  # noqa: B023
+                       30, f"round {round_}: the full disk noticed")
+            filler.unlink()
+            wait_until(lambda: sum(e.get("event") == "buffer.write_resumed" for e in agent.events()) > round_,  # noqa: B023
+                       30, f"round {round_}: writing resumed")
+        with broker, Subscriber(broker.port, "buildings/#") as platform:
+            wait_until(lambda: _delivered_or_explained(platform, buffer_next_id(buffer) - 1), 60,
+                       "every committed id delivered or reported")
+    by_id: dict[int, list[dict]] = {}
+    for reading in platform.readings():
+        versions = by_id.setdefault(reading["id"], [])
+        if reading not in versions:
+            versions.append(reading)
+    doubled = {i: v for i, v in by_id.items() if len(v) > 1}
+    assert doubled == {}, f"ids carrying two readings: {list(doubled.items())[:2]}"
+    assert len({b["stream"] for b in platform.payloads("/readings")}) == 1
+
+
+def _delivered_or_explained(platform: Subscriber, committed: int) -> bool:
+    received = set(platform.unique_readings())
+    explained = {i for e in _evictions(platform) for i in range(e["first_id"], e["last_id"] + 1)}
+    return committed > 0 and set(range(1, committed + 1)) <= received | explained

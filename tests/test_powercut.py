@@ -106,7 +106,7 @@ def test_power_cuts_never_renumber_lose_or_alter_a_durable_reading(tmp_path: Pat
     broker.start()
     platform = Platform(broker.port, f"power-{synchronous}").start()
     buffer = tmp_path / "card" / "state" / "buffer.db"
-    ram = tmp_path / "ram"  # the spool's tmpfs: a power cut empties it too
+    ram = tmp_path / "agent.ram"  # the spool's directory (tests/support.py): a power cut empties it too
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
         buses=[{"id": "gw", "type": "modbus-tcp", "host": "127.0.0.1", "port": server.port}],
@@ -116,8 +116,7 @@ def test_power_cuts_never_renumber_lose_or_alter_a_durable_reading(tmp_path: Pat
         mqtt_extra={"batch": 200, "inflight": 5},
     )
     text = config.read_text().replace(
-        "flush_interval: 1s", f"synchronous: {synchronous}\n  flush_interval: 0.5s\n  spool_dir: {ram}\n"
-                              "  max_size_mb: 0.03")
+        "flush_interval: 1s", f"synchronous: {synchronous}\n  flush_interval: 0.5s\n  max_size_mb: 0.03")
     config.write_text(text)
     # Checkpoints and sweeps many times a minute, so cuts land inside them too.
     env = {"RETROFIT_FAILPOINTS": "buffer-checkpoint-pages=40,buffer-purge-s=2"}
