@@ -17,6 +17,8 @@ missing=()
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v socat >/dev/null || missing+=(socat)
 command -v openssl >/dev/null || missing+=(openssl)
+# The power-cut tests mount a FUSE file system (tests/powercut/fs.py).
+command -v fusermount3 >/dev/null || missing+=(fuse3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
