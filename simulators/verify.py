@@ -540,6 +540,9 @@ def verify(received: Received, meta: Mapping[str, Any] | None, options: VerifyOp
         meters[name] = {"device": device, "point": point, "unit": "kWh", "notes": series.counts(),
                         "days_ok": len(ok), "days": {k: v.as_json() for k, v in daily[name].items()}}
     report["meters"] = meters
+    pv = pv_report(prepared, all_days, meta)
+    if pv:
+        report["pv"] = pv
     heat = sorted(n for n in daily if n.endswith("/energy_heat"))
     if heat:
         report["building"] = {"heat": _building(daily, heat, all_days)}
@@ -587,6 +590,35 @@ def verify(received: Received, meta: Mapping[str, Any] | None, options: VerifyOp
         report["savings"]["true"] = true_saving(meta, report["savings"], heat if target == "building/heat"
                                                 else [target])
     return report
+
+
+PV_INTERVAL_DAYS = 14  # the report lists every 15-minute period of at most this many days
+
+
+def pv_report(prepared: Prepared, days: Sequence[LocalDay], meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """15-minute import, export and PV production per day (simulators/intervals.py),
+    where a PV inverter and a bidirectional main meter were read."""
+    from simulators import intervals
+
+    producers = sorted(d for d, p in prepared.rows if p == "energy_produced")
+    mains = [d for d, p in prepared.rows if p == "energy_active_export" and (d, "energy_active_import") in prepared.rows]
+    devices = (meta or {}).get("devices", {})
+    mains = sorted(d for d in mains if devices.get(d, {}).get("pv")) or sorted(mains)
+    if not producers or not mains:
+        return {}
+    main, producer = mains[0], producers[0]
+    series = {"import": prepared.rows[(main, "energy_active_import")],
+              "export": prepared.rows[(main, "energy_active_export")],
+              "production": prepared.rows[(producer, "energy_produced")]}
+    out: dict[str, Any] = {"main_meter": main, "inverter": producer, "days": {}}
+    for day in days:
+        if not all(rows and rows[0].t <= day.start and rows[-1].t >= day.end for rows in series.values()):
+            continue
+        result = intervals.pv_day(series, day.start, day.end)
+        if len(days) > PV_INTERVAL_DAYS:
+            result.pop("intervals")
+        out["days"][day.date] = result
+    return out
 
 
 def _retrofit_day(moment: str, zone: ZoneInfo) -> str:
@@ -656,6 +688,13 @@ def render(report: Mapping[str, Any]) -> str:
         notes = ", ".join(f"{k} {v}" for k, v in meter["notes"].items())
         lines.append(f"  {name}: {meter['days_ok']} of {len(meter['days'])} day(s) measured"
                      + (f"; {flagged} day(s) with flagged readings ({notes})" if flagged else ""))
+    for date, day in (report.get("pv") or {}).get("days", {}).items():
+        totals = day["totals_kwh"]
+        lines.append(f"  PV {date}: {day['periods']} periods, complete {day['complete']}; produced "
+                     f"{totals['production']} kWh, exported {totals['export']}, imported {totals['import']}; "
+                     f"self-consumption {day.get('self_consumption_rate') or 0:.1%}, self-sufficiency "
+                     f"{day.get('self_sufficiency') or 0:.1%}; periods sum to the register deltas: "
+                     f"{'yes' if all(day['sums_equal_register_delta'].values()) else 'NO'}")
     savings = report.get("savings") or {}
     if "sufficiency" in savings:
         s = savings["sufficiency"]
