@@ -690,6 +690,10 @@ def render(report: Mapping[str, Any]) -> str:
                      + (f"; {flagged} day(s) with flagged readings ({notes})" if flagged else ""))
     for date, day in (report.get("pv") or {}).get("days", {}).items():
         totals = day["totals_kwh"]
+        if None in totals.values():
+            lines.append(f"  PV {date}: 15-minute periods with a reading near both boundaries: {day['complete']} of "
+                         f"{day['periods']} (the counters must be read within 7.5 min of each quarter-hour)")
+            continue
         lines.append(f"  PV {date}: {day['periods']} periods, complete {day['complete']}; produced "
                      f"{totals['production']} kWh, exported {totals['export']}, imported {totals['import']}; "
                      f"self-consumption {day.get('self_consumption_rate') or 0:.1%}, self-sufficiency "
