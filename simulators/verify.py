@@ -379,12 +379,21 @@ def savings_uncertainty(fit: FitStatistics, reporting_points: int, fraction: flo
 # ---------------------------------------------------------------- the saving (OpenDSM)
 
 def opendsm_available() -> str | None:
-    """OpenDSM's version, or None when the `platform` extra is not installed."""
+    """OpenDSM's version, or None when it cannot be imported (see opendsm_problem)."""
+    return None if opendsm_problem() else str(getattr(__import__("opendsm"), "__version__", "?"))
+
+
+def opendsm_problem() -> str | None:
+    """Why OpenDSM cannot be used, or None. It imports matplotlib without
+    declaring it, so the `platform` extra carries matplotlib too."""
     try:
-        import opendsm  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    return str(getattr(opendsm, "__version__", "?"))
+        import opendsm  # type: ignore[import-untyped]  # noqa: F401
+        from opendsm import eemeter  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError as exc:
+        if getattr(exc, "name", None) == "opendsm":
+            return "OpenDSM is not installed: pip install 'retrofit-agent[platform]'"
+        return f"OpenDSM cannot be imported ({type(exc).__name__}: {exc}): pip install 'retrofit-agent[platform]'"
+    return None
 
 
 def daily_frame(days: Sequence[LocalDay], energy: Mapping[str, float | None], temperature: Mapping[str, float | None],
@@ -579,8 +588,9 @@ def verify(received: Received, meta: Mapping[str, Any] | None, options: VerifyOp
         after = after[:measured[-1] + 1] if measured else []
     report["periods"] = {"retrofit": retrofit_day, "baseline_first": baseline[0].date if baseline else None,
                          "reporting_last": after[-1].date if after else None}
-    if opendsm_available() is None:
-        report["savings"] = {"why_no_savings": "OpenDSM is not installed: pip install 'retrofit-agent[platform]'"}
+    problem = opendsm_problem()
+    if problem is not None:
+        report["savings"] = {"why_no_savings": problem}
         return report
     if not baseline or not after:
         report["savings"] = {"why_no_savings": "no days on one side of the retrofit yet"}

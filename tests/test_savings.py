@@ -137,6 +137,7 @@ def test_missing_days_move_the_saving_little_until_the_verdict_says_insufficient
     full = report_of(year)["savings"]
     five = report_of(year, 0.05)
     fifteen = report_of(year, 0.15)
+    print(f"\n5 % of days left out:\n{verify.render(five)}\n15 % left out:\n{verify.render(fifteen)}")
     assert five["dropped_days"]["count"] >= 27 and five["dropped_days"]["readings_removed"] > 0
     s5 = five["savings"]
     assert s5["sufficiency"]["verdict"] == "sufficient"
