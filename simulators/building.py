@@ -21,6 +21,7 @@ In-process use (the demo, tests):
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -31,12 +32,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import yaml
 
 from drivers.codec import encode
 from drivers.core.errors import RetrofitError
 from drivers.profile import MbusProfile, ModbusPoint, Profile, load_catalogue
+from drivers.values import scaled_by_exponent
 from simulators import physics
 from simulators.building_config import (
     BuildingConfig,
@@ -44,6 +47,7 @@ from simulators.building_config import (
     ElectricityMeterSpec,
     HeatMeterSpec,
     MbusBusSpec,
+    PvInverterSpec,
     RandomFaults,
     RtuBusSpec,
     ScheduledFault,
@@ -79,6 +83,48 @@ class DayTruth:
                 "space_heat_kwh": {d: round(j / physics.J_PER_KWH, 6) for d, j in self.space_j.items()}}
 
 
+@dataclass
+class LocalDayTruth:
+    """One day of the building's own calendar (midnight to midnight where it
+    stands: 23 or 25 hours at a clock change), as an energy office counts.
+
+    ``counterfactual_j`` is what each heat meter would have counted on the
+    same day without the retrofit (same weather, same occupants): the true
+    avoided energy of the day is counterfactual minus actual, exactly.
+    """
+
+    date: str
+    start: float
+    end: float
+    outdoor_sum: float = 0.0
+    steps: int = 0
+    energy_j: dict[str, int] = field(default_factory=dict)
+    counterfactual_j: dict[str, int] = field(default_factory=dict)
+    export_j: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"date": self.date, "start": self.start, "end": self.end,
+                "outdoor_mean": round(self.outdoor_sum / max(1, self.steps), 4),
+                "energy_kwh": {d: round(j / physics.J_PER_KWH, 6) for d, j in self.energy_j.items()},
+                "counterfactual_kwh": {d: round(j / physics.J_PER_KWH, 6) for d, j in self.counterfactual_j.items()},
+                "export_kwh": {d: round(j / physics.J_PER_KWH, 6) for d, j in self.export_j.items()}}
+
+
+class LocalCalendar:
+    """Local midnights of a time zone, DST-correct (zoneinfo)."""
+
+    def __init__(self, timezone: str) -> None:
+        self.zone = ZoneInfo(timezone)
+
+    def day_of(self, t: float) -> tuple[str, float, float]:
+        """(ISO date, start, end) of the local day containing UTC epoch ``t``."""
+        local = dt.datetime.fromtimestamp(t, self.zone)
+        start = dt.datetime(local.year, local.month, local.day, tzinfo=self.zone)
+        end = start.date() + dt.timedelta(days=1)
+        end_dt = dt.datetime(end.year, end.month, end.day, tzinfo=self.zone)
+        return start.date().isoformat(), start.timestamp(), end_dt.timestamp()
+
+
 class BuildingPhysics:
     """The building's state in simulated time, advanced in fixed steps.
 
@@ -95,19 +141,30 @@ class BuildingPhysics:
         self.start = utc_epoch(spec.start)
         self.base_c = spec.base_temperature
         self.weather = physics.Weather(spec.seed, spec.weather.mean, spec.weather.daily_sd,
-                                       spec.weather.diurnal_amplitude, spec.weather.trend_per_day, self.start)
+                                       spec.weather.diurnal_amplitude, spec.weather.trend_per_day, self.start,
+                                       spec.weather.annual_amplitude, spec.weather.coldest_day)
         self.retrofit = (physics.Retrofit(utc_epoch(spec.retrofit.at), 1 - spec.retrofit.heat_loss_reduction)
                          if spec.retrofit else None)
         self.heat: dict[str, tuple[physics.HeatZone, physics.HeatState]] = {}
         self.elec: dict[str, tuple[physics.ElectricityUse, physics.ElectricityState]] = {}
         self.rooms: dict[str, tuple[physics.Room, physics.RoomState]] = {}
+        self.pv: dict[str, tuple[physics.PvArray, physics.PvState]] = {}
+        self.scatter_sd: dict[str, float] = {}  # heat meters: the day-to-day scatter of their demand
+        self.pv_of: dict[str, str] = {}  # main meter -> the PV inverter behind it
+        self.counterfactual_w: dict[str, int] = {}  # heat meters: the power without the retrofit, this step
         self._stream = {d.id: index + 1 for index, d in enumerate(config.devices)}
         for device in config.devices:
             if isinstance(device, HeatMeterSpec):
                 zone = physics.HeatZone(device.heat_loss, device.dhw_kwh_per_day, self.base_c)
                 self.heat[device.id] = (zone, physics.HeatState())
+                self.scatter_sd[device.id] = device.daily_sd
             elif isinstance(device, ElectricityMeterSpec):
                 self.elec[device.id] = (physics.ElectricityUse(device.annual_kwh), physics.ElectricityState())
+                if device.pv is not None:
+                    self.pv_of[device.id] = device.pv
+            elif isinstance(device, PvInverterSpec):
+                self.pv[device.id] = (physics.PvArray(device.peak, device.latitude, device.longitude),
+                                      physics.PvState())
             else:
                 room = physics.Room(device.setpoint, device.night_setback, device.time_constant)
                 self.rooms[device.id] = (room, physics.RoomState(device.setpoint - 1.0))
@@ -117,6 +174,12 @@ class BuildingPhysics:
         self.days: list[DayTruth] = []
         midnight = math.floor(self.start / physics.DAY_S) * physics.DAY_S
         self._day = DayTruth(midnight) if midnight == self.start else None
+        self.calendar = LocalCalendar(spec.timezone)
+        self.local_days: list[LocalDayTruth] = []
+        date, day_start, day_end = self.calendar.day_of(self.start)
+        # Only whole local days are true figures: the first starts at the first local midnight.
+        self._local = LocalDayTruth(date, day_start, day_end) if day_start == self.start else None
+        self._next_local = day_end
         self._marks: dict[float, dict[str, Fraction]] = {}
         self._wanted_marks: set[float] = set()
         self._gauges()
@@ -145,12 +208,27 @@ class BuildingPhysics:
         hour, weekend = physics.hour_and_weekend(t)
         self.outdoor_c = self.weather.outdoor(t)
         factor = self.factor(t)
-        for index, (device_id, (zone, state)) in enumerate(self.heat.items()):
-            noise = physics.unit_noise(self.seed, self._stream[device_id], k)
-            physics.heat_step(zone, zone.heat_loss_w_per_k * factor, self.outdoor_c, hour, weekend, noise, state)
+        day = math.floor(t / physics.DAY_S)
+        for device_id, (zone, state) in self.heat.items():
+            stream = self._stream[device_id]
+            noise = physics.unit_noise(self.seed, stream, k)
+            scatter = physics.day_factor(self.seed, stream, day, self.scatter_sd[device_id])
+            physics.heat_step(zone, zone.heat_loss_w_per_k * factor, self.outdoor_c, hour, weekend, noise, state,
+                              scatter)
+            if factor != 1.0:  # the same step without the retrofit: only the space heating differs
+                space = round(zone.heat_loss_w_per_k * scatter * max(0.0, zone.base_temperature_c - self.outdoor_c))
+                self.counterfactual_w[device_id] = state.power_w - state.space_w + space
+            else:
+                self.counterfactual_w[device_id] = state.power_w
+        for device_id, (array, pstate) in self.pv.items():
+            sky = physics.clearness(self.seed, self._stream[device_id], day)
+            physics.pv_step(array, t, sky, pstate)
         for device_id, (use, estate) in self.elec.items():
             noise = physics.unit_noise(self.seed, self._stream[device_id], k)
             physics.electricity_step(use, hour, weekend, noise, k, estate)
+            pv_id = self.pv_of.get(device_id)
+            if pv_id is not None:  # the main meter sees the load less the PV: negative = export
+                estate.power_w -= self.pv[pv_id][1].power_w
         for device_id, (room, rstate) in self.rooms.items():
             noise = physics.unit_noise(self.seed, self._stream[device_id], k)
             physics.room_step(room, self.outdoor_c, self.base_c, factor, hour, weekend, noise, self.dt, rstate)
@@ -158,11 +236,14 @@ class BuildingPhysics:
     def advance_to(self, t: float) -> None:
         dt_s = self.dt
         while self.t + dt_s <= t:
-            day = self._day
+            day, local = self._day, self._local
             if day is not None:
                 day.hdd += max(0.0, self.base_c - self.outdoor_c) * dt_s / physics.DAY_S
                 day.outdoor_sum += self.outdoor_c
                 day.steps += 1
+            if local is not None:
+                local.outdoor_sum += self.outdoor_c
+                local.steps += 1
             for device_id, (_, state) in self.heat.items():
                 state.energy_j += state.power_w * dt_s
                 state.space_j += state.space_w * dt_s
@@ -170,12 +251,33 @@ class BuildingPhysics:
                 if day is not None:
                     day.energy_j[device_id] = day.energy_j.get(device_id, 0) + state.power_w * dt_s
                     day.space_j[device_id] = day.space_j.get(device_id, 0) + state.space_w * dt_s
+                if local is not None:
+                    local.energy_j[device_id] = local.energy_j.get(device_id, 0) + state.power_w * dt_s
+                    local.counterfactual_j[device_id] = (local.counterfactual_j.get(device_id, 0)
+                                                         + self.counterfactual_w[device_id] * dt_s)
+            for device_id, (_, pstate) in self.pv.items():
+                pstate.energy_j += pstate.power_w * dt_s
+                for index, power in enumerate(pstate.dc_power_w):
+                    pstate.dc_energy_j[index] += power * dt_s
+                if local is not None:
+                    local.energy_j[device_id] = local.energy_j.get(device_id, 0) + pstate.power_w * dt_s
             for device_id, (_, estate) in self.elec.items():
-                estate.energy_j += estate.power_w * dt_s
+                imported, exported = max(0, estate.power_w) * dt_s, max(0, -estate.power_w) * dt_s
+                estate.energy_j += imported
+                estate.export_j += exported
                 if day is not None:
-                    day.energy_j[device_id] = day.energy_j.get(device_id, 0) + estate.power_w * dt_s
+                    day.energy_j[device_id] = day.energy_j.get(device_id, 0) + imported
+                if local is not None:
+                    local.energy_j[device_id] = local.energy_j.get(device_id, 0) + imported
+                    if device_id in self.pv_of:
+                        local.export_j[device_id] = local.export_j.get(device_id, 0) + exported
             self.t += dt_s
             self.step_index += 1
+            if self.t >= self._next_local:
+                if local is not None:
+                    self.local_days.append(local)
+                date, day_start, day_end = self.calendar.day_of(self.t)
+                self._local, self._next_local = LocalDayTruth(date, day_start, day_end), day_end
             if self.t % physics.DAY_S == 0:
                 if day is not None:
                     self.days.append(day)
@@ -192,7 +294,11 @@ class BuildingPhysics:
             out[f"{device_id}/volume"] = Fraction(state.volume_lsph, 3_600_000)
         for device_id, (_, estate) in self.elec.items():
             out[f"{device_id}/energy_active_import"] = Fraction(estate.energy_j, physics.J_PER_KWH)
-            out[f"{device_id}/energy_active_export"] = Fraction(0)
+            out[f"{device_id}/energy_active_export"] = Fraction(estate.export_j, physics.J_PER_KWH)
+        for device_id, (_, pstate) in self.pv.items():
+            out[f"{device_id}/energy_produced"] = Fraction(pstate.energy_j, physics.J_PER_KWH)
+            for index, joules in enumerate(pstate.dc_energy_j):
+                out[f"{device_id}/mppt{index + 1}_energy"] = Fraction(joules, physics.J_PER_KWH)
         return out
 
     def values(self, device_id: str) -> dict[str, float | Fraction]:
@@ -206,12 +312,34 @@ class BuildingPhysics:
                     "temperature_difference": s.supply_c - s.return_c}
         if device_id in self.elec:
             _, e = self.elec[device_id]
-            currents = [e.power_w / 3 / v for v in e.voltages]
+            currents = [abs(e.power_w) / 3 / v for v in e.voltages]
             return {"voltage_l1": e.voltages[0], "voltage_l2": e.voltages[1], "voltage_l3": e.voltages[2],
                     "current_l1": currents[0], "current_l2": currents[1], "current_l3": currents[2],
-                    "power_active": e.power_w, "frequency": e.frequency,
+                    "current_total": sum(currents), "power_active": e.power_w, "frequency": e.frequency,
                     "energy_active_import": Fraction(e.energy_j, physics.J_PER_KWH),
-                    "energy_active_export": Fraction(0)}
+                    "energy_active_export": Fraction(e.export_j, physics.J_PER_KWH),
+                    "sunspec_model_id": 203}  # served where the profile is a SunSpec meter's
+        if device_id in self.pv:
+            array, pv = self.pv[device_id]
+            out: dict[str, float | Fraction] = {
+                "energy_produced": Fraction(pv.energy_j, physics.J_PER_KWH), "power_active": pv.power_w,
+                "current_total": pv.power_w / 3 / 230.0, "voltage_l1": 230.0, "voltage_l2": 230.0,
+                "voltage_l3": 230.0, "frequency": 50.0, "power_apparent": pv.power_w, "power_reactive": 0,
+                "power_factor": 1.0 if pv.power_w else 0.0, "dc_power": sum(pv.dc_power_w),
+                "dc_voltage": 620.0 if pv.power_w else 0.0,
+                "dc_current": sum(pv.dc_power_w) / 620.0 if pv.power_w else 0.0,
+                "temperature_cabinet": self.outdoor_c + 8.0 + 25.0 * pv.power_w / array.peak_w,
+                "operating_state": 4 if pv.power_w else 2,  # SunSpec St: MPPT, or SLEEPING at night
+                "rated_power": array.peak_w, "rated_apparent_power": array.peak_w,
+                "rated_current": array.peak_w / 3 / 230.0, "der_type": 4,
+                "sunspec_model_id": 103, "nameplate_model_id": 120, "mppt_model_id": 160,
+                "mppt_modules": len(pv.dc_power_w)}
+            for index, (power, joules) in enumerate(zip(pv.dc_power_w, pv.dc_energy_j, strict=True)):
+                out[f"mppt{index + 1}_dc_power"] = power
+                out[f"mppt{index + 1}_dc_voltage"] = 620.0 if power else 0.0
+                out[f"mppt{index + 1}_dc_current"] = power / 620.0
+                out[f"mppt{index + 1}_energy"] = Fraction(joules, physics.J_PER_KWH)
+            return out
         _, r = self.rooms[device_id]
         return {"temperature": r.temperature_c, "humidity": r.humidity}
 
@@ -240,12 +368,25 @@ class CounterRegister:
         return shown + physical - base
 
 
-def _raw(point: ModbusPoint, value: float | Fraction, counter: bool) -> int | float:
+def _fits(point: ModbusPoint, value: float, exponent: int) -> bool:
+    """Whether ``value`` fits the point's integer register at this exponent."""
+    bits = _UINT_BITS.get(point.type) or _INT_BITS.get(point.type)
+    if bits is None:
+        return True
+    raw = round((value - float(point.offset)) / (float(point.scale) * 10.0 ** exponent))
+    if point.type in _UINT_BITS:
+        return 0 <= raw < (1 << bits) - 1  # the top value is "not implemented"
+    return -(1 << (bits - 1)) < raw < (1 << (bits - 1))
+
+
+def _raw(point: ModbusPoint, value: float | Fraction, counter: bool, exponent: int | None = None) -> int | float:
     """The number a device stores for ``value``: counters truncate (a meter
-    shows completed units), gauges round; integers wrap or clip to the type."""
+    shows completed units), gauges round; integers wrap or clip to the type;
+    a SunSpec-style exponent divides the value first."""
+    scale = Fraction(point.scale) * (Fraction(10) ** exponent if exponent is not None else 1)
     if point.type.startswith("float"):
-        return (float(value) - float(point.offset)) / float(point.scale)
-    scaled = (Fraction(value) - Fraction(point.offset)) / Fraction(point.scale)
+        return (float(value) - float(point.offset)) / float(scale)
+    scaled = (Fraction(value) - Fraction(point.offset)) / scale
     raw = math.floor(scaled) if counter else round(scaled)
     bits = _UINT_BITS.get(point.type)
     if bits:
@@ -264,7 +405,15 @@ class BuildingDevice(Unit):
         self.decoders = {p.name: p.decoder() for p in profile.points}
         self.serial = spec.serial if spec.serial is not None else _stable_serial(building.seed, spec.id)
         start_values = {"energy_heat": getattr(spec, "energy_start", 0.0), "volume": getattr(spec, "volume_start", 0.0),
-                        "energy_active_import": getattr(spec, "energy_start", 0.0), "energy_active_export": 0.0}
+                        "energy_active_import": getattr(spec, "energy_start", 0.0),
+                        "energy_active_export": getattr(spec, "export_start", 0.0),
+                        "energy_produced": getattr(spec, "energy_start", 0.0)}
+        # SunSpec-style scale registers (*_SF): the exponent each serves. A
+        # counter's is fixed (its register keeps counting in one unit, as an
+        # acc32 in Wh does); a gauge's is the finest at which its values fit,
+        # chosen at every answer as a real device does.
+        self.counter_exponents = {p.scale_source: 0 for p in profile.points
+                                  if p.kind == "counter" and p.scale_source is not None}
         self.counters = {
             p.name: CounterRegister(p, [(building.physics.start, Fraction(0),
                                          Fraction(start_values.get(p.name, 0.0)).limit_denominator(1000))])
@@ -278,44 +427,84 @@ class BuildingDevice(Unit):
         """The decoded value of every point at simulated time ``t`` (the
         building lock is held): what an honest agent will forward."""
         physical = self.building.physics.values(self.spec.id)
+        exponents = self._exponents(physical)
         out: dict[str, int | float] = {}
         for point in self.profile.points:
-            raw = self._raw_at(point, t, physical)
-            out[point.name] = self.decoders[point.name](encode(raw, point.type, point.order))
+            exponent = exponents.get(point.scale_source) if point.scale_source else None
+            raw = self._raw_at(point, t, physical, exponent)
+            out[point.name] = self._decoded(point, encode(raw, point.type, point.order, point.length), exponent)
         return out
 
-    def _raw_at(self, point: ModbusPoint, t: float, physical: Mapping[str, float | Fraction]) -> int | float:
+    def _decoded(self, point: ModbusPoint, encoded: list[int], exponent: int | None) -> int | float:
+        value = self.decoders[point.name](encoded)
+        if exponent is None:
+            return value  # type: ignore[return-value]
+        return scaled_by_exponent(value, exponent)  # type: ignore[arg-type,return-value]
+
+    def _exponents(self, physical: Mapping[str, float | Fraction]) -> dict[tuple[Any, int], int]:
+        """The exponent each scale register serves now (see __init__)."""
+        if not self.counter_exponents and all(p.scale_source is None for p in self.profile.points):
+            return {}
+        users: dict[tuple[Any, int], list[ModbusPoint]] = {}
+        for point in self.profile.points:
+            if point.scale_source is not None and point.scale_source not in self.counter_exponents:
+                users.setdefault(point.scale_source, []).append(point)
+        chosen: dict[tuple[Any, int], int] = dict(self.counter_exponents)
+        for source, members in users.items():
+            chosen[source] = next((e for e in range(-3, 10) if all(
+                _fits(p, float(physical.get(p.name, 0.0)), e) for p in members)), 9)
+        return chosen
+
+    def _raw_at(self, point: ModbusPoint, t: float, physical: Mapping[str, float | Fraction],
+                exponent: int | None = None) -> int | float | str:
         counter = self.counters.get(point.name)
         if counter is not None:
-            return _raw(point, counter.value(t, Fraction(physical.get(point.name, 0))), True)
+            return _raw(point, counter.value(t, Fraction(physical.get(point.name, 0))), True, exponent)
+        if point.type == "string":
+            return f"SIM-{self.spec.id}"[: 2 * (point.length or 1)]
         if point.name == "serial_number":
-            serial = self.serial
-            for since, new in self.swaps:
-                if since <= t:
-                    serial = new
-            return _raw(point, Fraction(serial), False)
-        return _raw(point, physical.get(point.name, 0.0), False)
+            return _raw(point, Fraction(self._serial_at(t)), False)
+        return _raw(point, physical.get(point.name, 0.0), False, exponent)
+
+    def _serial_at(self, t: float) -> int:
+        serial = self.serial
+        for since, new in self.swaps:
+            if since <= t:
+                serial = new
+        return serial
 
     def registers(self, table: str, start: int, count: int) -> list[int] | int:
         end = start + count
         words = [0] * count
+
+        def place(address: int, encoded: list[int]) -> None:
+            for offset, word in enumerate(encoded):
+                if 0 <= address + offset - start < count:
+                    words[address + offset - start] = word
+
         with self.building.lock:
             wall = self.building.clock()
             t = self.building.sim_time(wall)
             self.building.advance(t)
             physical = self.building.physics.values(self.spec.id)
+            exponents = self._exponents(physical)
+            for (sf_table, sf_address), sf_exponent in exponents.items():
+                if sf_table == table and start <= sf_address < end:
+                    place(sf_address, encode(sf_exponent, "int16"))
+            identity = self.profile.identity
+            if identity is not None and identity.table == table and identity.type == "string" \
+                    and start < identity.address + identity.count and identity.address < end:
+                place(identity.address, encode(str(self._serial_at(t)), "string", identity.order, identity.length))
             served: dict[str, int | float] = {}
             for point in self.profile.points:
                 if point.table != table or point.end <= start or point.address >= end:
                     continue
-                raw = self._raw_at(point, t, physical)
-                encoded = encode(raw, point.type, point.order)
-                for offset, word in enumerate(encoded):
-                    position = point.address + offset - start
-                    if 0 <= position < count:
-                        words[position] = word
-                if point.address >= start and point.end <= end:
-                    served[point.name] = self.decoders[point.name](encoded)
+                exponent = exponents.get(point.scale_source) if point.scale_source else None
+                raw = self._raw_at(point, t, physical, exponent)
+                encoded = encode(raw, point.type, point.order, point.length)
+                place(point.address, encoded)
+                if point.address >= start and point.end <= end and point.type != "string":
+                    served[point.name] = self._decoded(point, encoded, exponent)
             if served and self.building.truth is not None:
                 self.building.truth.served(int(wall * 1000), t, self.spec.id, served)
         return words
@@ -376,7 +565,8 @@ class Building:
     @staticmethod
     def _check_profile(spec: DeviceSpec, profile: Profile) -> None:
         names = {p.name for p in profile.points}
-        needed = {"heat": {"energy_heat"}, "electricity": {"energy_active_import"}, "room": {"temperature"}}
+        needed = {"heat": {"energy_heat"}, "electricity": {"energy_active_import"}, "room": {"temperature"},
+                  "pv": {"energy_produced"}}
         missing = needed[spec.model] - names  # type: ignore[attr-defined]
         if missing:
             raise RetrofitError(f"device {spec.id}: profile {profile.name} has no point(s) {sorted(missing)} "
@@ -483,10 +673,18 @@ class Building:
         ph = self.physics
         with self.lock:
             days = [d.as_json() for d in ph.days]
+            local_days = [d.as_json() for d in ph.local_days]
             t = ph.t
+        weather = spec.weather
         return {
             "schema": SCHEMA, "name": spec.name, "seed": spec.seed, "acceleration": spec.acceleration,
-            "step_s": ph.dt, "base_temperature": ph.base_c,
+            "step_s": ph.dt, "base_temperature": ph.base_c, "timezone": spec.timezone,
+            # The weather's parameters: a "weather service" for this building
+            # (simulators/verify.py) recomputes any day's mean outdoor temperature.
+            "weather": {"seed": spec.seed, "mean": weather.mean, "daily_sd": weather.daily_sd,
+                        "diurnal_amplitude": weather.diurnal_amplitude, "trend_per_day": weather.trend_per_day,
+                        "annual_amplitude": weather.annual_amplitude, "coldest_day": weather.coldest_day,
+                        "start": ph.start},
             "sim_start": ph.start, "sim_start_iso": iso(ph.start), "wall_start_ms": int(self.wall_start * 1000),
             "sim_now": t, "sim_now_iso": iso(t),
             "retrofit": ({"at": ph.retrofit.at, "at_iso": iso(ph.retrofit.at), "heat_loss_factor": ph.retrofit.factor}
@@ -498,9 +696,14 @@ class Building:
                                 "heat_loss_after_w_per_k": d.spec.heat_loss * (ph.retrofit.factor if ph.retrofit else 1),  # type: ignore[attr-defined]
                                 "dhw_kwh_per_day": d.spec.dhw_kwh_per_day}  # type: ignore[attr-defined]
                                if isinstance(d.spec, HeatMeterSpec) else {}),
+                            **({"pv": d.spec.pv} if isinstance(d.spec, ElectricityMeterSpec) and d.spec.pv else {}),
+                            **({"peak_w": d.spec.peak} if isinstance(d.spec, PvInverterSpec) else {}),
                             **({"unmodelled_points": d.unmodelled} if d.unmodelled else {})}
                 for d in self.devices.values()},
             "days": days,
+            # Local days (building.timezone, DST-correct), with each heat
+            # meter's counterfactual: the true avoided energy, day by day.
+            "local_days": local_days,
             "events": [{**e, "wall_ms": int(self.wall_time(e["sim"]) * 1000)} for e in self.events],
             "ground_truth": "groundtruth.jsonl",
         }
@@ -570,6 +773,7 @@ class BuildingHandle:
     """
 
     TICK_S = 0.02
+    META_MIN_S = 0.5
 
     def __init__(self, config: BuildingConfig, clock: Clock = time.time, profile_dirs: tuple[Path, ...] = ()) -> None:
         self.config = config
@@ -583,6 +787,7 @@ class BuildingHandle:
         self._ticker: threading.Thread | None = None
         self._days_written = -1
         self._next_meta = 0.0
+        self._last_meta = 0.0
         self.fault_log: list[str] = []
         self._logged: set[tuple[str, int]] = set()
         self._stop_lock = threading.Lock()
@@ -664,8 +869,13 @@ class BuildingHandle:
             self._bus_state(bus_id, runtime, t)
         self._log_events(t)
         now = time.monotonic()
-        if len(self.building.physics.days) != self._days_written or now >= self._next_meta:
+        # A new day is written at once, but at most every META_MIN_S: a
+        # building running a day every 0.1 s would otherwise rewrite a growing
+        # file ten times a second.
+        if (len(self.building.physics.days) != self._days_written and now >= self._last_meta + self.META_MIN_S) \
+                or now >= self._next_meta:
             self.write_meta()
+            self._last_meta = now
             self._next_meta = now + 1.0
         if self.building.truth is not None:
             self.building.truth.flush()
@@ -754,7 +964,7 @@ def agent_config(config: BuildingConfig, broker_port: int, buffer: Path, gateway
                  site: str | None = None, endpoints: Mapping[str, str] | None = None,
                  **mqtt_extra: object) -> dict[str, Any]:
     """The agent config that reads this building (what configs/building-agent.yaml holds)."""
-    default_interval = {"heat": 1.0, "electricity": 1.0, "room": 2.0}
+    default_interval = {"heat": 1.0, "electricity": 1.0, "room": 2.0, "pv": 1.0}
     buses = []
     for bus in config.buses:
         if isinstance(bus, TcpBusSpec):
@@ -767,10 +977,13 @@ def agent_config(config: BuildingConfig, broker_port: int, buffer: Path, gateway
             buses.append({"id": bus.id, "type": "mbus", "port": str(bus.pty), "baudrate": bus.baudrate,
                           "parity": "N"})
     devices = [{"id": d.id, "bus": d.bus, "address": d.address, "profile": d.profile,
-                "interval": d.interval or default_interval[d.model]} for d in config.devices]
+                "interval": d.interval or default_interval[d.model],
+                **({"points": list(d.points)} if d.points else {})} for d in config.devices]
     return {
         "gateway": {"id": gateway, "site": site or config.building.name},
-        "buffer": {"path": str(buffer)},
+        # Commits every second (a gateway's default is a minute): in
+        # accelerated time a minute is hours of the building's day.
+        "buffer": {"path": str(buffer), "flush_interval": "1s"},
         "uplink": {"mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": "buildings",
                             "status_interval": "10s", **mqtt_extra}},
         "buses": buses,

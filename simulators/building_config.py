@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -57,6 +58,9 @@ class WeatherSpec:
     daily_sd: Annotated[float, Rule(ge=0, le=15)] = 3.0  # day-to-day anomaly
     diurnal_amplitude: Annotated[float, Rule(ge=0, le=15)] = 4.0
     trend_per_day: float = 0.0
+    # A seasonal cycle around `mean`: a year-long run has a heating season.
+    annual_amplitude: Annotated[float, Rule(ge=0, le=30)] = 0.0
+    coldest_day: Annotated[float, Rule(ge=1, le=366)] = 20.0  # day of the year
 
 
 @_record
@@ -76,6 +80,9 @@ class BuildingSpec:
     base_temperature: float = 15.5
     weather: WeatherSpec = field(default_factory=WeatherSpec)
     retrofit: RetrofitSpec | None = None
+    # Where the building stands: its local days (midnight to midnight, 23 or
+    # 25 hours at a clock change) are the days of the true figures.
+    timezone: str = "Europe/Warsaw"
 
 
 @_record
@@ -130,6 +137,7 @@ class _DeviceBase:
     profile: str
     interval: Duration | None = None  # the agent's poll interval in configs made from this file
     serial: Annotated[int, Rule(ge=0, le=2**32 - 1)] | None = None
+    points: tuple[str, ...] | None = None  # the agent reads only these (configs made from this file)
 
 
 @_record
@@ -139,6 +147,9 @@ class HeatMeterSpec(_DeviceBase):
     dhw_kwh_per_day: Annotated[float, Rule(ge=0)] = 0.0
     energy_start: Annotated[float, Rule(ge=0)] = 0.0  # kWh on the register at the start
     volume_start: Annotated[float, Rule(ge=0)] = 0.0  # m3
+    # Day-to-day scatter of the demand no weather explains (occupants, hot
+    # water): the standard deviation of a daily factor, e.g. 0.05.
+    daily_sd: Annotated[float, Rule(ge=0, le=0.5)] = 0.0
 
 
 @_record
@@ -146,6 +157,20 @@ class ElectricityMeterSpec(_DeviceBase):
     model: Literal["electricity"]
     annual_kwh: Annotated[float, Rule(gt=0)]
     energy_start: Annotated[float, Rule(ge=0)] = 0.0
+    # The PV inverter behind this meter (a device id): the meter is then the
+    # bidirectional main meter, importing the load less the PV and exporting
+    # what the PV makes beyond the load.
+    pv: str | None = None
+    export_start: Annotated[float, Rule(ge=0)] = 0.0  # kWh on the export register at the start
+
+
+@_record
+class PvInverterSpec(_DeviceBase):
+    model: Literal["pv"]
+    peak: Annotated[float, Rule(gt=0, le=1_000_000)]  # W AC at a clear noon sun
+    latitude: Annotated[float, Rule(ge=-90, le=90)] = 52.23
+    longitude: Annotated[float, Rule(ge=-180, le=180)] = 21.01
+    energy_start: Annotated[float, Rule(ge=0)] = 0.0  # kWh produced before the start
 
 
 @_record
@@ -156,7 +181,7 @@ class RoomSensorSpec(_DeviceBase):
     time_constant: Annotated[float, Rule(gt=0)] = 5.0  # hours
 
 
-DeviceSpec = HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec  # told apart by their `model`
+DeviceSpec = HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec | PvInverterSpec  # told apart by their `model`
 
 
 @_record
@@ -244,6 +269,16 @@ def _cross_check(config: BuildingConfig, origin: str) -> None:
         if (device.bus, device.address) in seen:
             problems.append(f"device {device.id}: address {device.address} is used twice on bus {device.bus}")
         seen.add((device.bus, device.address))
+    pv_ids = [d.id for d in config.devices if isinstance(d, PvInverterSpec)]
+    for device in config.devices:
+        if isinstance(device, ElectricityMeterSpec) and device.pv is not None and device.pv not in pv_ids:
+            problems.append(f"device {device.id}: pv: {device.pv!r} is no pv device"
+                            + (f"; pv devices: {', '.join(pv_ids)}" if pv_ids else ""))
+    try:
+        ZoneInfo(config.building.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"building.timezone: unknown time zone {config.building.timezone!r} "
+                        "(an IANA name such as Europe/Warsaw)")
     step = config.building.step
     if not (step >= 1 and 3600 % step == 0):
         problems.append(f"building.step: {step:g} s must divide an hour (60s, 5m, 15m ...)")

@@ -63,11 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=configs.parent / ".demo",
                       help="where the summary, the plot and the buffer go (default: .demo/)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
-    # `building` and `platform` live in their own modules (issue 8).
-    from simulators import building, platform
+    # `building`, `platform` and `verify` live in their own modules (issues 8, 19).
+    from simulators import building, platform, verify
 
     building.add_cli(commands)
     platform.add_cli(commands)
+    verify.add_cli(commands)
     return parser
 
 

@@ -255,22 +255,44 @@ def run_building_demo(building: Path, agent_config: Path, duration: float | None
         print(f"demo: agent buffer {buffer} (new for this run)", flush=True)
         runtime_config = workdir / "agent.yaml"
         runtime_config.write_text(yaml.safe_dump(config, sort_keys=False))
+        # What the platform receives is stored (new for this run), and the
+        # verification step runs on it at the end (simulators/verify.py).
+        store = out / "platform.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store}{suffix}").unlink(missing_ok=True)
         ingest = PlatformIngest(port=port, topic_prefix=config["uplink"]["mqtt"].get("topic_prefix", "buildings"),
-                                meta_path=handle.meta_path).start()
+                                meta_path=handle.meta_path, store=store).start()
         stack.callback(_quietly(ingest.stop))
 
         def finish() -> str:
             report = ingest.report()
             ingest.write_summary(out / "summary", report)
-            text = ingest.render(report)
+            text = f"{ingest.render(report)}\n{_verification(store, ingest.load_meta(), out)}"
             if ingest.plot(out / "heat.png", report):
-                return f"{text}\nplot: {out / 'heat.png'}"
+                from simulators import verify
+
+                verified = json.loads((out / "verify.json").read_text())
+                shown = f"\nplot: {out / 'heat.png'}"
+                if verify.plot(verified, out / "savings.png"):
+                    shown += f"\nverification plot: {out / 'savings.png'}"
+                return text + shown
             return (f"{text}\nplot: skipped: matplotlib is not installed "
                     "(./scripts/demo installs it; or pip install 'retrofit-agent[demo]')")
 
         _run_agent(stack, runtime_config, port, workdir, ingest.render, duration, finish, check=ingest.check)
         print(f"summary: {out / 'summary.txt'} and {out / 'summary.json'}", flush=True)
     return 0
+
+
+def _verification(store: Path, meta: dict[str, Any] | None, out: Path) -> str:
+    """The verification step on what the platform stored: its summary (and
+    out/verify.json). A demo's week is no year-long baseline: the verdict
+    says so, with CalTRACK's reason."""
+    from simulators import platform_store, verify
+
+    report = verify.verify(platform_store.load(store), meta)
+    verify.write_report(report, out / "verify.json")
+    return f"{verify.render(report)}\nverification report: {out / 'verify.json'}"
 
 
 def _run_agent(stack: contextlib.ExitStack, config: Path, port: int, workdir: Path, render: Callable[[], str],

@@ -77,7 +77,13 @@ _MASK64 = (1 << 64) - 1
 
 @dataclass(frozen=True)
 class Weather:
-    """Outdoor temperature: a level, a day-to-day anomaly and a daily swing."""
+    """Outdoor temperature: a level, a seasonal cycle, a day-to-day anomaly
+    and a daily swing.
+
+    The seasonal cycle (``annual_amplitude_k``, coldest on day of the year
+    ``coldest_day``) makes a heating season: a year-long baseline has a
+    winter and a summer, as a real one does.
+    """
 
     seed: int
     mean_c: float = -1.0
@@ -85,6 +91,8 @@ class Weather:
     diurnal_amplitude_k: float = 4.0
     trend_k_per_day: float = 0.0
     start: float = 0.0
+    annual_amplitude_k: float = 0.0
+    coldest_day: float = 20.0  # day of the year (1 = 1 January); Poland: around 20 January
     _anomaly: dict[int, float] = field(default_factory=dict, compare=False, repr=False)
 
     def anomaly(self, day: int) -> float:
@@ -103,7 +111,37 @@ class Weather:
         hour = (t % DAY_S) / 3600
         swing = -self.diurnal_amplitude_k * math.cos(2 * math.pi * (hour - 4) / 24)
         trend = self.trend_k_per_day * (t - self.start) / DAY_S
-        return self.mean_c + anomaly + swing + trend
+        season = -self.annual_amplitude_k * math.cos(2 * math.pi * (day_of_year(t) - self.coldest_day) / YEAR_DAYS) \
+            if self.annual_amplitude_k else 0.0
+        return self.mean_c + anomaly + swing + trend + season
+
+    def daily_mean(self, start: float, end: float, samples_per_hour: int = 4) -> float:
+        """The mean of ``outdoor`` over [start, end) (a local day of 23, 24 or
+        25 hours): what a weather service reports as the day's mean."""
+        count = max(1, round((end - start) / 3600 * samples_per_hour))
+        step = (end - start) / count
+        return sum(self.outdoor(start + (k + 0.5) * step) for k in range(count)) / count
+
+
+YEAR_DAYS = 365.2425
+
+
+def day_of_year(t: float) -> float:
+    """Fractional day of the year (1.0 = 1 January 00:00 UTC): a smooth
+    season that ignores leap years beyond a quarter of a day."""
+    days = t / DAY_S
+    years = math.floor((days + 0.5) / YEAR_DAYS)  # 1970-01-01 = day 1 of year 0
+    return days - years * YEAR_DAYS + 1
+
+
+def day_factor(seed: int, stream: int, day: int, sd: float) -> float:
+    """A reproducible factor around 1 for one device on one day: the
+    day-to-day scatter of real consumption (occupants, gains, hot water) that
+    no weather explains. The same factor applies with and without the
+    retrofit, so the true saving stays exact."""
+    if not sd:
+        return 1.0
+    return max(0.0, random.Random(f"{seed}:day:{stream}:{day}").gauss(1.0, sd))
 
 
 @dataclass(frozen=True)
@@ -141,16 +179,16 @@ class HeatState:
 
 
 def heat_step(zone: HeatZone, h: float, outdoor_c: float, hour: int, weekend: bool, noise: float,
-              state: HeatState) -> None:
+              state: HeatState, scatter: float = 1.0) -> None:
     """Set the heat meter's gauges for one step from the weather and the hour.
 
     Power and flow are integers (W and l/h, what the counters integrate);
     the return temperature is derived from them, so P = rho * c * flow * dT
     holds to the resolution of the temperature registers.
     """
-    space_w = round(h * max(0.0, zone.base_temperature_c - outdoor_c))
+    space_w = round(h * scatter * max(0.0, zone.base_temperature_c - outdoor_c))
     dhw_share = (DHW_WEEKEND if weekend else DHW_WEEKDAY)[hour]
-    dhw_w = round(zone.dhw_kwh_per_day * 1000 * dhw_share)  # the hour's share of the day, in W
+    dhw_w = round(zone.dhw_kwh_per_day * 1000 * dhw_share * scatter)  # the hour's share of the day, in W
     power = space_w + dhw_w
     # Heating curve: warmer supply the colder it is outside; hot water needs 60 degC.
     supply = 28.0 + 1.2 * max(0.0, 20.0 - outdoor_c)
@@ -177,8 +215,9 @@ class ElectricityUse:
 
 @dataclass
 class ElectricityState:
-    energy_j: int = 0
-    power_w: int = 0
+    energy_j: int = 0  # imported from the grid, exact
+    power_w: int = 0  # at the meter: the load, less a PV behind it (negative = export)
+    export_j: int = 0  # exported to the grid (a PV behind the meter), exact
     voltages: tuple[float, float, float] = (230.0, 230.0, 230.0)
     frequency: float = 50.0
 
@@ -192,6 +231,59 @@ def electricity_step(use: ElectricityUse, hour: int, weekend: bool, noise: float
     phase = step_index / 7.0
     state.voltages = tuple(230.0 + 3.0 * math.sin(phase + k * 2.1) + 2.0 * noise for k in range(3))  # type: ignore[assignment]
     state.frequency = 50.0 + 0.04 * math.sin(step_index / 5.0)
+
+
+@dataclass(frozen=True)
+class PvArray:
+    """A rooftop PV array behind one inverter: its peak AC power and where
+    it is (the sun's height there sets the shape of every day)."""
+
+    peak_w: float
+    latitude: float = 52.23  # Warsaw
+    longitude: float = 21.01
+    dc_strings: int = 2  # MPPT inputs, each with half the array
+
+
+@dataclass
+class PvState:
+    energy_j: int = 0  # AC energy delivered, exact
+    power_w: int = 0
+    dc_energy_j: list[int] = field(default_factory=list)  # per MPPT input
+    dc_power_w: list[int] = field(default_factory=list)
+    clearness: float = 1.0
+
+
+def sun_height(latitude: float, longitude: float, t: float) -> float:
+    """Sine of the sun's elevation at UTC epoch ``t`` (a textbook
+    approximation: declination from the day of the year, hour angle from the
+    solar time); negative at night."""
+    doy = day_of_year(t)
+    declination = math.radians(23.44) * math.sin(2 * math.pi * (284 + doy) / 365)
+    solar_hour = (t % DAY_S) / 3600 + longitude / 15
+    hour_angle = math.radians(15 * (solar_hour - 12))
+    lat = math.radians(latitude)
+    return math.sin(lat) * math.sin(declination) + math.cos(lat) * math.cos(declination) * math.cos(hour_angle)
+
+
+def clearness(seed: int, stream: int, day: int) -> float:
+    """How clear one day's sky is, 0.15 (overcast) to 1 (clear), from the seed."""
+    return 0.15 + 0.85 * random.Random(f"{seed}:sky:{stream}:{day}").random()
+
+
+def pv_step(array: PvArray, t: float, sky: float, state: PvState) -> None:
+    """Set the inverter's power for one step: peak x the sun's height x the
+    day's clearness, in whole watts; the MPPT inputs share it (a DC side a
+    little above AC: the inverter's losses)."""
+    height = sun_height(array.latitude, array.longitude, t)
+    power = round(array.peak_w * max(0.0, height) * sky) if height > 0 else 0
+    state.power_w, state.clearness = power, sky
+    strings = max(1, array.dc_strings)
+    if len(state.dc_power_w) != strings:
+        state.dc_power_w = [0] * strings
+        state.dc_energy_j = state.dc_energy_j[:strings] + [0] * (strings - len(state.dc_energy_j))
+    dc_total = round(power / 0.97)
+    for index in range(strings):
+        state.dc_power_w[index] = dc_total // strings + (1 if index < dc_total % strings else 0)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.core.errors import RetrofitError
+from simulators.platform_store import PlatformStore
 
 DAY_S = 86_400
 # Two readings further apart than this are not joined: what the counter rose
@@ -177,9 +178,12 @@ class PlatformIngest:
     """Subscribes to ``{prefix}/#`` and keeps what the platform received."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 1883, topic_prefix: str = "buildings",
-                 meta_path: Path | None = None, client_id: str = "retrofit-sim-platform") -> None:
+                 meta_path: Path | None = None, client_id: str = "retrofit-sim-platform",
+                 store: Path | None = None) -> None:
         self.host, self.port, self.topic_prefix = host, port, topic_prefix
         self.meta_path = meta_path
+        # What arrives is also written here, for `retrofit-sim verify` (simulators/platform_store.py).
+        self.store = PlatformStore(store) if store is not None else None
         self.streams: dict[str, StreamState] = {}
         self.series_meta: dict[str, dict[str, Any]] = {}  # compact schema: stream -> meta message
         self.status: dict[str, dict[str, Any]] = {}
@@ -208,6 +212,8 @@ class PlatformIngest:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+        if self.store is not None:
+            self.store.close()
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         # An exception here would end paho's network thread, and the platform
@@ -239,8 +245,12 @@ class PlatformIngest:
         with self._lock:
             if kind == "status":
                 self.status[topic] = body
-            elif kind == "meta":
+                if self.store is not None:
+                    self.store.put_status(topic, body)
+            elif kind == "meta" or topic.rsplit("/", 2)[-2:-1] == ["meta"]:  # .../meta and its parts .../meta/n
                 self.series_meta[str(body.get("stream"))] = body
+                if self.store is not None:
+                    self.store.put_meta(str(body.get("stream")), body)
             elif kind == "events":
                 self._events(body)
             elif kind == "readings":
@@ -269,6 +279,8 @@ class PlatformIngest:
                 state.duplicates += 1
             else:
                 state.readings[reading["id"]] = reading
+        if self.store is not None:
+            self.store.add_readings(str(body.get("stream")), state.gateway, state.site, readings)
 
     def _events(self, body: Mapping[str, Any]) -> None:
         state = self._stream(body)
@@ -276,8 +288,14 @@ class PlatformIngest:
             if event in state.events:
                 continue  # at least once: a report may come twice
             state.events.append(event)
-            if event.get("type") == "evicted":
+            if event.get("type") in ("evicted", "corrupt"):  # ids of this stream, explained
                 state.evicted.append((int(event["first_id"]), int(event["last_id"])))
+            elif event.get("type") in ("lost", "salvaged") and event.get("from_first_id") is not None:
+                # ids of an earlier stream (a damaged buffer): lost, or sent again under this one
+                old = self.streams.setdefault(str(event.get("from_stream")), StreamState())
+                old.evicted.append((int(event["from_first_id"]), int(event["from_last_id"])))
+        if self.store is not None:
+            self.store.add_events(str(body.get("stream")), body.get("events", []))
 
     # -- views
     def readings(self) -> list[dict[str, Any]]:
@@ -569,7 +587,7 @@ def plot(report: Mapping[str, Any], path: Path) -> bool:
 
 
 def main_platform(broker: tuple[str, int], topic_prefix: str, meta_path: Path | None, until: float | None,
-                  summary: Path | None, plot_path: Path | None, interval: float = 2.0) -> int:
+                  summary: Path | None, plot_path: Path | None, interval: float = 2.0, store: Path | None = None) -> int:
     """`retrofit-sim platform`: live view until Ctrl-C (or ``until`` seconds), then the summary."""
     import signal
     import sys
@@ -578,7 +596,7 @@ def main_platform(broker: tuple[str, int], topic_prefix: str, meta_path: Path | 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    ingest = PlatformIngest(broker[0], broker[1], topic_prefix, meta_path).start()
+    ingest = PlatformIngest(broker[0], broker[1], topic_prefix, meta_path, store=store).start()
     interactive = sys.stdout.isatty()
     started = time.monotonic()
     try:
@@ -623,9 +641,12 @@ def add_cli(commands: Any) -> None:
                         help="stop after this long (90, 2m; default: until Ctrl-C)")
     parser.add_argument("--summary", type=Path, metavar="FILE", help="write FILE.json and FILE.txt at the end")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a plot (needs matplotlib)")
+    parser.add_argument("--store", type=Path, metavar="FILE",
+                        help="keep everything received in this SQLite file, for `retrofit-sim verify`")
 
     def run(args: Any) -> int:
         truth = args.truth / "meta.json" if args.truth is not None and args.truth.is_dir() else args.truth
-        return main_platform(args.broker, args.topic_prefix, truth, args.until, args.summary, args.plot)
+        return main_platform(args.broker, args.topic_prefix, truth, args.until, args.summary, args.plot,
+                             store=args.store)
 
     parser.set_defaults(handler=run)

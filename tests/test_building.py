@@ -435,3 +435,106 @@ def test_a_noisy_mbus_line_loses_and_garbles_answers(tmp_path: Path) -> None:
     assert outcomes.get("silent", 0) > 3 and outcomes.get("checksum", 0) > 3 and outcomes.get("broken", 0) > 3, outcomes
     meta = json.loads(handle.meta_path.read_text())
     assert sum(meta["injected_noisy"]["mbus"].values()) >= 40 - outcomes.get("ok", 0)
+
+
+# ---------------------------------------------------------------- local days, the true saving, PV (issue 19)
+
+def year_dict(retrofit: bool = True, **building: Any) -> dict[str, Any]:
+    raw = building_dict()
+    raw["building"].update({"start": "2025-03-29T00:00:00Z", "step": "5m",
+                            "weather": {"mean": 6.0, "annual_amplitude": 11.0}, **building})
+    raw["building"]["retrofit"] = ({"at": "2025-03-30T12:00:00Z", "heat_loss_reduction": REDUCTION} if retrofit
+                                   else None)
+    raw["devices"][0]["daily_sd"] = 0.05
+    return raw
+
+
+def test_local_days_follow_the_clock_change_and_the_counterfactual_is_the_building_never_retrofitted(
+        tmp_path: Path) -> None:
+    retrofitted = BuildingPhysics(parse_building_config(year_dict(), tmp_path))
+    never = BuildingPhysics(parse_building_config(year_dict(retrofit=False), tmp_path))
+    for ph in (retrofitted, never):
+        ph.advance_to(ph.start + 4 * DAY)
+    # Europe/Warsaw: 30 March 2025 has 23 hours; the first local day starts at the first local midnight.
+    assert [(d.date, (d.end - d.start) / 3600) for d in retrofitted.local_days] == [
+        ("2025-03-30", 23.0), ("2025-03-31", 24.0), ("2025-04-01", 24.0)]
+    for day, same in zip(retrofitted.local_days, never.local_days, strict=True):
+        # Same weather, same occupants' scatter, H before the retrofit: the counterfactual, to the joule.
+        assert day.counterfactual_j["heat-a"] == same.energy_j["heat-a"]
+    day_after = retrofitted.local_days[1]
+    avoided = day_after.counterfactual_j["heat-a"] - day_after.energy_j["heat-a"]
+    assert 0 < avoided < REDUCTION * day_after.counterfactual_j["heat-a"]  # hot water is not saved
+
+
+def test_the_seasonal_cycle_makes_winter_cold_and_summer_warm() -> None:
+    weather = physics.Weather(3, 8.0, 0.0, 0.0, 0.0, 0.0, annual_amplitude_k=11.0, coldest_day=20)
+    january, july = 1_737_331_200, 1_752_969_600  # 20 January and 20 July 2025, 00:00 UTC
+    assert weather.outdoor(january) == pytest.approx(-3.0, abs=0.05)
+    assert weather.outdoor(july) == pytest.approx(19.0, abs=0.2)
+
+
+def pv_dict() -> dict[str, Any]:
+    raw = building_dict()
+    raw["building"].update({"start": "2025-06-21T00:00:00Z", "step": "60s"})
+    raw["devices"][1].update({"pv": "roof", "export_start": 10.0})
+    raw["devices"].append({"id": "roof", "bus": "plant", "address": 3, "profile": "sunspec-inverter-103",
+                           "model": "pv", "peak": 40000, "energy_start": 500.0})
+    return raw
+
+
+def test_pv_produces_by_day_and_the_main_meter_imports_and_exports_what_the_load_leaves(tmp_path: Path) -> None:
+    ph = BuildingPhysics(parse_building_config(pv_dict(), tmp_path))
+    produced = imported = exported = 0
+    pv_state, meter_state = ph.pv["roof"][1], ph.elec["elec"][1]
+    for _ in range(24 * 60):
+        hour, _ = physics.hour_and_weekend(ph.t)
+        p0, i0, e0 = pv_state.energy_j, meter_state.energy_j, meter_state.export_j
+        pv_w, net_w = pv_state.power_w, meter_state.power_w
+        ph.advance_to(ph.t + 60)
+        assert pv_state.energy_j - p0 == pv_w * 60
+        assert (meter_state.energy_j - i0, meter_state.export_j - e0) == (max(0, net_w) * 60, max(0, -net_w) * 60)
+        if hour in (0, 1, 23):
+            assert pv_w == 0  # night in Warsaw
+        produced, imported, exported = produced + pv_w * 60, imported + max(0, net_w) * 60, exported + max(0, -net_w) * 60
+    assert produced > 0 and exported > 0 and imported > 0
+    counters = ph.counters()
+    assert counters["roof/energy_produced"] == Fraction(produced, physics.J_PER_KWH)
+    assert counters["elec/energy_active_export"] == Fraction(exported, physics.J_PER_KWH)
+
+
+def test_a_sunspec_inverter_is_served_with_its_scale_factors_and_decoded_as_the_agent_does(tmp_path: Path) -> None:
+    from drivers.codec import registers_to_bytes
+    from drivers.plan import ReadRequest
+    from drivers.profile import load_catalogue
+    from drivers.values import AnswerDecoder, with_exponent_registers
+
+    clock = FakeClock()
+    building = Building(parse_building_config(pv_dict(), tmp_path), clock)
+    at_sim(building, clock, building.physics.start + 11 * 3600 + 30)  # 11:00 UTC: midday sun
+    device = building.devices["roof"]
+    profile = load_catalogue().get("sunspec-inverter-103")
+    words = device.registers("holding", 40069, 125)
+    assert isinstance(words, list)
+    decoder = AnswerDecoder(profile.points)  # type: ignore[arg-type]
+    inside = tuple(p for p in with_exponent_registers(profile.points)  # type: ignore[arg-type]
+                   if 40069 <= p.address and p.end <= 40069 + 125)
+    request = ReadRequest("holding", 40069, 125, inside)
+    answer = registers_to_bytes(words)
+    decoder.take_exponents([(request, answer)])
+    got = {point.name: value for point, value in decoder.values(request, answer)}
+    power = building.physics.pv["roof"][1].power_w
+    assert power > 1000 and got["power_active"] == pytest.approx(power, rel=1e-3)
+    assert got["sunspec_model_id"] == 103 and got["operating_state"] == 4
+    assert got["energy_produced"] == pytest.approx(500 + building.physics.pv["roof"][1].energy_j / 3.6e6, abs=0.001)
+    assert got["rated_power"] == 40000
+    assert device.served_values(building.physics.t)["energy_produced"] == got["energy_produced"]
+
+
+def test_agent_configs_made_for_a_building_commit_every_second_and_read_the_listed_points(tmp_path: Path) -> None:
+    raw = pv_dict()
+    raw["devices"][3]["points"] = ["energy_produced", "power_active"]
+    made = agent_config(parse_building_config(raw, tmp_path), 1883, tmp_path / "b.db")
+    assert made["buffer"]["flush_interval"] == "1s"
+    assert [d.get("points") for d in made["devices"]] == [None, None, None, ["energy_produced", "power_active"]]
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(made))
+    assert load_config(tmp_path / "agent.yaml").config.buffer.flush_interval == 1.0

@@ -257,3 +257,112 @@ def test_cli_platform_writes_a_summary(tmp_path: Path, broker: Broker) -> None:
     assert summary["schema"] == "retrofit-sim/platform-summary/1"
     assert "platform:" in (tmp_path / "summary.txt").read_text()
     assert ("plot written" in result.stdout) == (tmp_path / "plot.png").exists()
+
+
+# ---------------------------------------------------------------- the store and `retrofit-sim verify` (issue 19)
+
+@pytest.mark.timeout(30)
+def test_cli_platform_stores_what_arrives_once_per_stream_and_id(tmp_path: Path, broker: Broker) -> None:
+    import sqlite3
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from simulators.platform_store import load
+
+    store = tmp_path / "platform.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulators.cli", "platform", "--broker", f"127.0.0.1:{broker.port}", "--until", "3",
+         "--store", str(store)], cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-gateway")
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        # A retained status reaches the platform once it has subscribed: then the readings can go.
+        client.publish("buildings/s/gw/status", json.dumps({"state": "online"}), qos=1, retain=True)
+
+        def subscribed() -> bool:
+            if not store.exists():
+                return False
+            with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as conn:
+                try:
+                    return bool(conn.execute("SELECT count(*) FROM status").fetchone()[0])
+                except sqlite3.OperationalError:
+                    return False
+        wait_until(subscribed, 10, "the platform to subscribe")
+        body = {"schema": "retrofit-agent/readings/1", "gateway": "gw", "site": "s", "stream": "st-1",
+                "readings": [{"id": 1, "device": "heat", "point": "energy_heat", "value": 731204.2, "unit": "kWh",
+                              "ts": 1_760_000_000_000, "quality": "ok"}]}
+        for _ in range(2):  # at least once: the same batch twice
+            client.publish("buildings/s/gw/readings", json.dumps(body), qos=1).wait_for_publish(5)
+        client.publish("buildings/s/gw/events", json.dumps({"stream": "st-1", "events": [
+            {"type": "corrupt", "first_id": 2, "last_id": 3, "count": 2}]}), qos=1).wait_for_publish(5)
+        client.loop_stop()
+        client.disconnect()
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    received = load(store)
+    assert [(r.stream, r.id, str(r.value)) for r in received.readings] == [("st-1", 1, "731204.2")]
+    assert received.streams["st-1"]["duplicates"] == 1
+    assert received.events == [{"type": "corrupt", "first_id": 2, "last_id": 3, "count": 2, "stream": "st-1"}]
+
+
+def test_cli_verify_reports_from_a_store_with_an_imgw_weather_file_and_says_when_it_skips_the_plot(
+        tmp_path: Path) -> None:
+    from simulators.platform_store import PlatformStore
+
+    store = PlatformStore(tmp_path / "platform.db")
+    start = 1_759_269_600  # 2025-10-01 00:00 in Warsaw (22:00 UTC the day before)
+    readings = [{"id": k + 1, "device": "heat", "point": "energy_heat", "value": round(1000 + 30.5 * k, 3),
+                 "unit": "kWh", "ts": (start - 3600 + k * 3600) * 1000, "quality": "ok"} for k in range(80)]
+    store.add_readings("st", "gw", "site", readings)
+    store.close()
+    weather = tmp_path / "k_d_10_2025.csv"
+    weather.write_bytes("".join(
+        f'252200150,"WARSZAWA-BIELANY",2025,10,{d:02d},12.0,,3.0,,{d / 2:.1f},,1.0,,0.0,,"",0,\n'
+        for d in range(1, 5)).encode("cp1250"))
+    hidden = tmp_path / "hide" / "matplotlib"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = {"PYTHONPATH": f"{hidden.parent}:{REPO}", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "simulators.cli", "verify", "--store", str(tmp_path / "platform.db"),
+         "--retrofit", "2025-10-02", "--weather-csv", str(weather), "--station", "warszawa-bielany",
+         "--out", str(tmp_path / "verify.json"), "--plot", str(tmp_path / "savings.png")],
+        check=False, capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "verify.json").read_text())
+    assert report["schema"] == "retrofit-sim/verify/1" and report["timezone"] == "Europe/Warsaw"
+    days = report["meters"]["heat/energy_heat"]["days"]
+    assert days["2025-10-01"]["kwh"] == pytest.approx(24 * 30.5) and days["2025-10-01"]["status"] == "ok"
+    assert report["temperature"]["days"]["2025-10-03"] == 1.5
+    assert "IMGW daily file k_d_10_2025.csv" in report["temperature"]["source"]
+    assert "plot skipped: matplotlib is not installed" in result.stdout
+    assert not (tmp_path / "savings.png").exists()
+    # OpenDSM imports matplotlib (without declaring it): the report says why there is no saving.
+    assert report["savings"]["why_no_savings"].startswith("OpenDSM cannot be imported (ImportError: hidden by")
+
+    pytest.importorskip("opendsm", reason="the platform extra runs the CalTRACK model")
+    result = subprocess.run(
+        [sys.executable, "-m", "simulators.cli", "verify", "--store", str(tmp_path / "platform.db"),
+         "--retrofit", "2025-10-02", "--weather-csv", str(weather), "--station", "252200150",
+         "--out", str(tmp_path / "verify.json")],
+        check=False, capture_output=True, text=True, timeout=60, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "verify.json").read_text())
+    # Two days of baseline is not a year: the verdict says so, with CalTRACK's reason.
+    assert report["savings"]["sufficiency"]["verdict"] == "insufficient"
+    assert any("incorrect_number_of_total_days" in r for r in report["savings"]["sufficiency"]["reasons"])
+    assert "data sufficiency: INSUFFICIENT" in result.stdout
+
+    wrong = subprocess.run(
+        [sys.executable, "-m", "simulators.cli", "verify", "--store", str(tmp_path / "platform.db"),
+         "--meter", "heat/volume", "--out", str(tmp_path / "v2.json")],
+        check=False, capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    assert wrong.returncode == 1
+    assert "--meter heat/volume: no such counter series; there are: building/heat, heat/energy_heat" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
