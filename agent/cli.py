@@ -250,13 +250,16 @@ def _run(path: Path, log_level: str) -> int:
         check_files(local)
         for warning in local.warnings:
             log.warning("config.warning", warning=warning)
-        loaded, remote = _choose_config(local)
         step("lock")
         try:  # before the buffer is opened; held until the process ends
-            lock = lifecycle.BufferLock(loaded.config.buffer.path)
+            lock = lifecycle.BufferLock(local.config.buffer.path)
         except lifecycle.AlreadyRunning as exc:
             print(f"retrofit-agent: {exc}", file=sys.stderr)
             return EX_ALREADY_RUNNING
+        # Under the lock: choosing moves remote configuration's ledger on (a
+        # start counted, a trial rolled back), which a second agent refused
+        # above must not do. A pushed config keeps the buffer, so the lock is its too.
+        loaded, remote = _choose_config(local)
         try:
             agent = Agent(loaded, stop=stop, remote=remote)
         except RetrofitError as exc:

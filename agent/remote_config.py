@@ -75,6 +75,9 @@ STATE_SCHEMA = "retrofit-agent/config-state/1"
 SET_TOPIC = "config/set"
 STATE_TOPIC = "config/state"
 CREDENTIAL = "config-signing-key"
+# Where the unit loads the credential from: read directly where systemd did not
+# hand it over (`check` in a shell, a hand-started `run`).
+CREDENTIAL_SOURCE = Path("/etc/retrofit-agent") / CREDENTIAL
 STATE_FILE = "state.json"
 # A config file is read within 1 MiB (agent/config.py); its document, base64 and JSON around it, within this.
 MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
@@ -170,6 +173,19 @@ def verify(document: Document, key: Ed25519PublicKey) -> None:
 
 # --------------------------------------------------------------------------- keys
 
+def key_path(loaded: LoadedConfig) -> Path | None:
+    """The key file: the config's, else the credential systemd handed over,
+    else the file the unit loads it from."""
+    path = credential(loaded.config.remote_config.public_key_file, CREDENTIAL)
+    if path is not None or not CREDENTIAL_SOURCE.is_file():
+        return path
+    try:
+        blank = not CREDENTIAL_SOURCE.read_bytes().strip()
+    except OSError:
+        blank = False  # unreadable here: load_public_key says so
+    return None if blank else CREDENTIAL_SOURCE
+
+
 def load_public_key(loaded: LoadedConfig) -> Ed25519PublicKey:
     """The platform's key the config names (or the credential); ConfigError
     saying what is wrong with it. Never echoes the file's content."""
@@ -177,10 +193,9 @@ def load_public_key(loaded: LoadedConfig) -> Ed25519PublicKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    remote = loaded.config.remote_config
     line = loaded.located.line_of(("remote_config", "public_key_file")) if loaded.located else 1
     where = f"{loaded.path}:{line}: remote_config.public_key_file"
-    path = credential(remote.public_key_file, CREDENTIAL)
+    path = key_path(loaded)
     if path is None:
         raise ConfigError([(f"{where}: remote configuration is on but there is no key to check it with: name the "
                            f"platform's public key file here, or install it as the systemd credential {CREDENTIAL} "
@@ -344,7 +359,8 @@ class Store:
         try:
             self.directory.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
-            raise RetrofitError(f"remote_config.directory: cannot make {self.directory}: {exc.strerror}") from None
+            raise ConfigError([(f"remote_config.directory: cannot make {self.directory}: {exc.strerror}; the "
+                               "service writes only its state directory")]) from None
         try:
             return self.read()
         except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -481,7 +497,7 @@ def describe(local: LoadedConfig) -> list[str]:
         return ["remote configuration: off (remote_config.enabled)"]
     assert remote.directory is not None
     store = Store(remote.directory)
-    key = credential(remote.public_key_file, CREDENTIAL)
+    key = key_path(local)
     lines = [(f"remote configuration: on over MQTT, key {key or '(none)'}, pushed configs in {store.directory}, "
              f"a new one must confirm within {format_duration(remote.confirm_within)}")]
     try:

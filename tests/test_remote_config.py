@@ -454,3 +454,21 @@ def test_a_config_that_cuts_the_gateway_off_is_rolled_back_in_time(
         # The retained document comes again on every connection: it is not tried twice.
         assert started(agent) == 3
     assert_nothing_lost_or_renumbered(subscriber)
+
+
+def test_a_second_agent_refused_by_the_lock_leaves_the_trial_alone(tmp_path: Path) -> None:
+    """`run` chose the config (counting a start under a trial, or rolling it
+    back) before it took the buffer's lock: a technician's second `run` while
+    the service ran used up the trial's starts and was refused only then."""
+    from agent.lifecycle import BufferLock
+
+    config, store = _taken(tmp_path)
+    holder = BufferLock(load_config(config).config.buffer.path)  # the service, as far as the lock tells
+    try:
+        result = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+                                capture_output=True, text=True, cwd=REPO, timeout=30, check=False)
+    finally:
+        holder.release()
+    assert result.returncode == 75, result.stderr
+    trial = store.read().trial
+    assert trial is not None and trial.starts == 0
