@@ -13,8 +13,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -146,6 +149,41 @@ def assert_nothing_lost_or_renumbered(subscriber: Subscriber) -> int:
 
 def wait_for_more_readings(subscriber: Subscriber, than: int, timeout: float = 20) -> None:
     wait_until(lambda: max(subscriber.unique_readings(), default=0) > than, timeout, f"readings beyond id {than}")
+
+
+class NotifySocket(threading.Thread):
+    """What systemd listens on, with the sender's pid of each message
+    (SO_PASSCRED), as systemd checks it for NotifyAccess=main."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.messages: list[tuple[int, str]] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            try:
+                data, ancillary, _flags, _address = self._sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                continue
+            pid = next((struct.unpack("3i", cdata[:12])[0] for level, kind, cdata in ancillary
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), 0)
+            self.messages.append((pid, data.decode()))
+
+    def close(self) -> None:
+        self._done.set()
+        self.join(2)
+        self._sock.close()
+
+    def fields(self) -> list[tuple[int, str]]:
+        """(pid, field) for READY=1, RELOADING=1 and STOPPING=1, in order."""
+        return [(pid, f) for pid, message in self.messages for f in message.split("\n")
+                if f in ("READY=1", "RELOADING=1", "STOPPING=1")]
 
 
 # --------------------------------------------------------------------------- the document, pure
@@ -394,7 +432,9 @@ def test_a_good_config_is_applied_by_a_restart_and_survives_the_next_start(
     good = pushed_yaml(config, second_room)
     signed = tmp_path / "v3.json"
     signed.write_bytes(document(tmp_path / "platform.key", 3, good))
-    with AgentProcess(config, tmp_path / "agent.log") as agent:
+    notify = NotifySocket(tmp_path / "notify.sock")
+    notify.start()
+    with AgentProcess(config, tmp_path / "agent.log", env={"NOTIFY_SOCKET": str(notify.path)}) as agent:
         agent.wait_started()
         wait_for_more_readings(subscriber, 3)
         pid = agent.proc.pid  # type: ignore[union-attr]
@@ -414,6 +454,10 @@ def test_a_good_config_is_applied_by_a_restart_and_survives_the_next_start(
         assert snapshot["config"]["sha256"] == hashlib.sha256(good.encode()).hexdigest()
         assert snapshot["config"]["pushed_version"] == 3
         assert (tmp_path / "state" / "config" / "config-3.yaml").read_text() == good
+        # To systemd a reload by the main process, never a stop: the same pid says READY=1 again.
+        assert notify.fields() == [(pid, "READY=1"), (pid, "RELOADING=1"), (pid, "READY=1")], notify.messages
+        assert any("MONOTONIC_USEC=" in m for _, m in notify.messages if "RELOADING=1" in m)
+    notify.close()
 
     # A start from scratch (a reboot) runs the pushed config, without a new trial.
     with AgentProcess(config, tmp_path / "agent-2.log") as again:
@@ -472,3 +516,43 @@ def test_a_second_agent_refused_by_the_lock_leaves_the_trial_alone(tmp_path: Pat
     assert result.returncode == 75, result.stderr
     trial = store.read().trial
     assert trial is not None and trial.starts == 0
+
+
+def test_config_sign_takes_gateway_and_site_from_the_file_and_checks_it_first(tmp_path: Path) -> None:
+    public = keygen(tmp_path / "platform.key")
+    config = agent_config(tmp_path, 1883, 502, public)
+    pushed = tmp_path / "pushed.yaml"
+    pushed.write_text(pushed_yaml(config, lambda d: d["devices"][0].update(interval="2s")))
+
+    def sign(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent.cli", "config", "sign", str(pushed), "--key",
+                               str(tmp_path / "platform.key"), *extra], capture_output=True, text=True, cwd=REPO,
+                              timeout=30, check=False)
+
+    result = sign("--config-version", "12", "--out", str(tmp_path / "doc.json"))
+    assert result.returncode == 0, result.stderr
+    signed = remote_config.read_document((tmp_path / "doc.json").read_bytes())
+    remote_config.verify(signed, _public(public))
+    assert (signed.gateway, signed.site, signed.version) == (GATEWAY, SITE, 12)
+    assert signed.config == pushed.read_text()
+
+    before = int(time.time())
+    printed = remote_config.read_document(sign().stdout.encode())
+    assert before <= printed.version <= int(time.time()) + 1  # the Unix time: successive pushes increase
+
+    pushed.write_text(pushed.read_text().replace("xy-md02", "no-such-meter"))
+    refused = sign()
+    assert refused.returncode == 78 and "unknown profile 'no-such-meter'" in refused.stderr, refused.stderr
+    assert sign("--no-check").returncode == 0
+
+
+def test_remote_configuration_is_refused_over_https(tmp_path: Path) -> None:
+    public = keygen(tmp_path / "platform.key")
+    config = agent_config(tmp_path, 1883, 502, public)
+    data = yaml.safe_load(config.read_text())
+    data["uplink"] = {"http": {"url": "https://127.0.0.1:8443/ingest"}}
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "check", "--config", str(config)],
+                            capture_output=True, text=True, cwd=REPO, timeout=30, check=False)
+    assert result.returncode == 78
+    assert "remote_config.enabled: remote configuration comes over MQTT only" in result.stderr, result.stderr
