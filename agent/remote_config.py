@@ -407,7 +407,8 @@ def _load_pushed(local: LoadedConfig, store: Store, entry: Entry) -> LoadedConfi
                            f"taken as {entry.sha256[:12]})")])
     loaded = load_config(path, base=local.path.absolute().parent)
     check_files(loaded)
-    return replace(loaded, config=replace(loaded.config, remote_config=local.config.remote_config))
+    # type: ignore below: agent.config's _record is dataclass(...) under another name, which mypy does not follow.
+    return replace(loaded, config=replace(loaded.config, remote_config=local.config.remote_config))  # type: ignore[type-var]
 
 
 @dataclass
@@ -860,7 +861,10 @@ def push(payload: bytes, host: str, port: int, topic_prefix: str, wait_s: float,
     if username:
         client.username_pw_set(username, password)
     if ca_file is not None:
-        client.tls_set(ca_certs=str(ca_file), cert_reqs=ssl.CERT_REQUIRED)
+        try:
+            client.tls_set(ca_certs=str(ca_file), cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError) as exc:
+            raise RetrofitError(f"--ca-file {ca_file}: cannot load it: {exc}") from None
     try:
         client.connect(host, port, keepalive=30)
     except OSError as exc:
