@@ -407,7 +407,7 @@ def _load_pushed(local: LoadedConfig, store: Store, entry: Entry) -> LoadedConfi
                            f"taken as {entry.sha256[:12]})")])
     loaded = load_config(path, base=local.path.absolute().parent)
     check_files(loaded)
-    # type: ignore below: agent.config's _record is dataclass(...) under another name, which mypy does not follow.
+    # The ignore: agent.config's records are dataclasses under another decorator name, which mypy does not follow.
     return replace(loaded, config=replace(loaded.config, remote_config=local.config.remote_config))  # type: ignore[type-var]
 
 
