@@ -384,8 +384,9 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None, bas
                      directory=_resolve(base, remote.directory) if remote.directory else buffer_path.parent / "config")
     if remote.enabled and config.uplink.mqtt is None:
         line = located.line_of(("remote_config", "enabled"))
-        raise ConfigError([f"{path}:{line}: remote_config.enabled: remote configuration comes over MQTT only; "
-                           "with uplink.http switch it off"])
+        problem = (f"{path}:{line}: remote_config.enabled: remote configuration comes over MQTT only; "
+                   "with uplink.http switch it off")
+        raise ConfigError([problem])
     resolved = replace(config, buffer=replace(config.buffer, path=buffer_path, spool_dir=spool_dir),
                        health=replace(config.health, status_file=status_file), profile_dirs=tuple(profile_dirs),
                        uplink=uplink, remote_config=remote)

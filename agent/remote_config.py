@@ -549,6 +549,7 @@ class Listener(Protocol):
     """What remote configuration needs of a transport (agent/transports/mqtt.py)."""
 
     connections: int
+    subscription_refused: str | None
 
     def listen(self, leaf: str, on_message: Callable[[bytes], None]) -> None: ...
 
@@ -575,6 +576,7 @@ class RemoteControl:
         self._published_on = 0  # the connection the current result was published on
         self._deferred: bytes | None = None  # the newest document that came during a trial
         self._uplink_seen = False
+        self._refused_said: str | None = None
         self._log = logs.get("remote-config")
 
     @property
@@ -613,7 +615,20 @@ class RemoteControl:
         if restart is None and self.trying is not None:
             restart = self._judge_trial(health)
         self._publish_if_new_connection()
+        self._say_if_refused()
         return restart
+
+    def _say_if_refused(self) -> None:
+        """Once per change: a broker that refuses the subscription means no pushed config ever arrives."""
+        refused = self._transport.subscription_refused if self._transport else None
+        if refused != self._refused_said:
+            if refused:
+                self._log.error("remote_config.subscription_refused", refused=refused,
+                                meaning="the broker's ACL does not let this gateway subscribe: pushed configs "
+                                        "never arrive")
+            else:
+                self._log.info("remote_config.subscribed")
+            self._refused_said = refused
 
     def _publish_if_new_connection(self) -> None:
         transport = self._transport
@@ -761,6 +776,7 @@ class RemoteControl:
                         "until_s": round(max(0.0, (self.deadline or 0) - time.monotonic()), 1)}
                        if self.trying else None),
             "in_force": self.ledger.active.version if self.ledger.active else 0,
+            "subscription_refused": self._transport.subscription_refused if self._transport else None,
             "highest": self.ledger.highest,
             "last": dataclasses.asdict(result) if result else None,
         }

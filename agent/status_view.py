@@ -106,6 +106,9 @@ def _running_lines(snapshot: dict[str, Any], now_ms: int) -> list[str]:
     remote = _mapping(config.get("remote"))
     if not remote.get("enabled"):
         return lines
+    if remote.get("subscription_refused"):
+        lines.append(f"remote config: the broker REFUSED the subscription ({remote['subscription_refused']}): "
+                     "pushed configs never arrive; check its ACL")
     trying = _mapping(remote.get("trying"))
     if trying:
         lines.append(f"remote config: TRYING pushed version {trying.get('version')}: it must bring the uplink and "
@@ -155,7 +158,7 @@ _SNAPSHOT: dict[str, Any] = {
     "version": str,
     "config": {"sha256": str, "path": str, "source": str, "pushed_version": _OPTIONAL_INT,
                "remote": {"enabled": bool, "in_force": int, "trying": (dict, type(None)),
-                          "last": (dict, type(None))}},
+                          "last": (dict, type(None)), "subscription_refused": _OPTIONAL_TEXT}},
     "profiles": {"names": list, "sha256": str},
 }
 

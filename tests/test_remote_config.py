@@ -556,3 +556,74 @@ def test_remote_configuration_is_refused_over_https(tmp_path: Path) -> None:
                             capture_output=True, text=True, cwd=REPO, timeout=30, check=False)
     assert result.returncode == 78
     assert "remote_config.enabled: remote configuration comes over MQTT only" in result.stderr, result.stderr
+
+
+class RefusingBroker(threading.Thread):
+    """Just enough of an MQTT 3.1.1 broker to accept the agent, acknowledge its
+    messages and refuse every subscription (SUBACK 0x80), as EMQX, VerneMQ or
+    HiveMQ do for a topic their ACL denies. A stand-in because the Mosquitto
+    here (2.0.11) grants a denied subscription and then delivers nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        reader = connection.makefile("rb")
+        with connection, reader:
+            while header := reader.read(1):
+                length, shift = 0, 0
+                while (byte := reader.read(1)[0]) & 0x80:
+                    length, shift = length | (byte & 0x7F) << shift, shift + 7
+                body = reader.read(length | byte << shift)
+                kind = header[0] >> 4
+                if kind == 1:  # CONNECT
+                    connection.sendall(b"\x20\x02\x00\x00")
+                elif kind == 3 and header[0] & 0x06:  # PUBLISH at QoS 1: PUBACK its packet id
+                    topic_length = struct.unpack(">H", body[:2])[0]
+                    connection.sendall(b"\x40\x02" + body[2 + topic_length:4 + topic_length])
+                elif kind == 8:  # SUBSCRIBE: refused
+                    connection.sendall(b"\x90\x03" + body[:2] + b"\x80")
+                elif kind == 12:  # PINGREQ
+                    connection.sendall(b"\xd0\x00")
+                elif kind == 14:  # DISCONNECT
+                    return
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(2)
+        self._server.close()
+
+
+def test_a_broker_that_refuses_the_subscription_is_said_in_the_log_and_the_status(
+        tmp_path: Path, meter: ModbusTcpServer) -> None:
+    """With remote configuration on but the broker's ACL denying config/set,
+    pushed configs would never arrive and nothing would say why."""
+    broker = RefusingBroker()
+    broker.start()
+    try:
+        public = keygen(tmp_path / "platform.key")
+        config = agent_config(tmp_path, broker.port, meter.port, public)
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+            agent.wait_started()
+            refused = wait_until(lambda: [e for e in agent.events()
+                                          if e["event"] == "remote_config.subscription_refused"],
+                                 15, "the refusal in the log")
+            assert f"buildings/{SITE}/{GATEWAY}/config/set" in refused[0]["refused"]
+            status = wait_until(lambda: "REFUSED the subscription" in (out := subprocess.run(
+                [sys.executable, "-m", "agent.cli", "status", "--config", str(config)], capture_output=True,
+                text=True, cwd=REPO, timeout=30, check=False).stdout) and out, 10, "the refusal in the status")
+            assert "check its ACL" in status
+    finally:
+        broker.stop()

@@ -44,6 +44,7 @@ class MqttTransport:
         self._site = site
         self._listeners: dict[str, Callable[[bytes], None]] = {}
         self.connections = 0  # connections made (and subscribed); a listener republishes on a new one
+        self.subscription_refused: str | None = None  # the broker's SUBACK refused a listener's topic (ACL)
         self._password = self._read_password()
         self._client: mqtt.Client | None = None
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -77,6 +78,10 @@ class MqttTransport:
             self.connections += 1
         self._connack.put(reason_code)
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        self.subscription_refused = f"{', '.join(self._listeners)}: {', '.join(refused)}" if refused else None
+
     def _on_message(self, client, userdata, message) -> None:
         listener = self._listeners.get(message.topic)
         if listener is not None:
@@ -99,6 +104,7 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         # The forwarder's window bounds what is in flight; paho must never queue more.
         client.max_inflight_messages_set(self.cfg.inflight + 4)
         client.max_queued_messages_set(self.cfg.inflight + 4)
