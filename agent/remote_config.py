@@ -389,7 +389,10 @@ class Store:
             keep.add(f"config-{ledger.result.version}.yaml")
         for path in self.directory.glob("config-*.yaml"):
             if path.name not in keep:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # an old file left behind costs a few KB, nothing else
+                    self._log.warning("remote_config.prune_failed", path=str(path), error=exc.strerror)
 
 
 # --------------------------------------------------------------------------- which config runs
@@ -639,7 +642,11 @@ class RemoteControl:
 
     def _report(self, result: Result) -> None:
         self.ledger.result = result
-        self.store.save(self.ledger)
+        try:
+            self.store.save(self.ledger)
+        except OSError as exc:  # a full or failing card: the result still goes out
+            self._log.error("remote_config.ledger_write_failed", path=str(self.store.state_path),
+                            error=exc.strerror or str(exc))
         self._published_on = 0  # publish now (or on the next connection)
         self._publish_if_new_connection()
 
@@ -685,13 +692,23 @@ class RemoteControl:
             self._log.warning("remote_config.refused", version=document.version, reasons=problems)
             self._report(Result(document.version, "refused", problems, now_ms()))
             return None
-        name, sha256 = self.store.write_config(document.version, document.config)
-        self.ledger.trial = Entry(document.version, name, sha256, self.local.sha256, now_ms(),
-                                  quiet_buses=sorted(bus for bus, answered in _buses_answered(health).items()
-                                                     if not answered))
+        try:  # the trial only starts once the card holds both the config and the ledger saying so
+            name, sha256 = self.store.write_config(document.version, document.config)
+            self.ledger.trial = Entry(document.version, name, sha256, self.local.sha256, now_ms(),
+                                      quiet_buses=sorted(bus for bus, answered in _buses_answered(health).items()
+                                                         if not answered))
+            self.ledger.result = Result(document.version, "pending", [], now_ms())
+            self.store.save(self.ledger)
+        except OSError as exc:
+            self.ledger.trial = None
+            reason = f"cannot store it in {self.store.directory}: {exc.strerror or exc}"
+            self._log.error("remote_config.refused", version=document.version, reasons=[reason])
+            self._report(Result(document.version, "refused", [reason], now_ms()))
+            return None
         self._log.info("remote_config.taken", version=document.version, file=str(self.store.path(name)),
                        sha256=sha256, confirm_within_s=self.local.config.remote_config.confirm_within)
-        self._report(Result(document.version, "pending", [], now_ms()))
+        self._published_on = 0
+        self._publish_if_new_connection()
         return f"try pushed config version {document.version}"
 
     def _addressed_here(self, document: Document) -> None:
