@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import failpoints, logs
 from agent.buffer import Buffer, BufferWriter, file_size
@@ -26,16 +27,21 @@ from agent.spool import Spool
 from agent.spool import path_for as spool_path_for
 from agent.clock import ClockState, ClockWatch
 from agent.config import LoadedConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
+from agent.fingerprint import profile_set
 from agent.health import DeviceHealth, Health
 from agent.integrity import CounterGuard
 from agent.lifecycle import PRIVATE_FILE_MODE, StopRequest, make_private
 from agent.notify import Notifier
+from agent.version import version
 from agent.forward import Forwarder, ForwardSettings
 from agent.transports import open_transport
 from agent.worker import BusWorker, DevicePoller
 from drivers import modbus
 from drivers.core.readings import now_ms
 from drivers.plan import LinkCost
+
+if TYPE_CHECKING:
+    from agent.remote_config import RemoteControl
 
 STOP_BUDGET_S = 4.0
 # Of the stop budget, what the buffer writer keeps for its final transaction.
@@ -73,9 +79,12 @@ class Agent:
     StartupInterrupted with everything opened so far closed again."""
 
     def __init__(self, loaded: LoadedConfig, notifier: Notifier | None = None,
-                 stop: StopRequest | None = None) -> None:
+                 stop: StopRequest | None = None, remote: RemoteControl | None = None) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
+        self.remote = remote
+        # Why the agent stops to start again under another config (remote configuration), if it does.
+        self.restart: str | None = None
         self.health = Health()
         self.stop = stop or StopRequest()
         self._install_signals = stop is None  # run() installs them; a caller that passed one did
@@ -110,6 +119,9 @@ class Agent:
         self.step("uplink")
         # Loads password, certificates and key now: a bad path is a config error at start.
         transport = open_transport(self.cfg.uplink, self.cfg.gateway.id, self.cfg.gateway.site)
+        if self.remote is not None:
+            self.remote.attach(transport)  # type: ignore[arg-type]  # MQTT: load_config refuses it with HTTPS
+        self._running = {"version": version(), "profiles": profile_set(self.loaded)}
         delivery = self.cfg.uplink.delivery
         self.uplink = Forwarder(
             transport, ForwardSettings(batch=delivery.batch, inflight=delivery.inflight,
@@ -225,6 +237,14 @@ class Agent:
         figures["clock_synchronised"] = self.clock.synchronised()
         figures["clock_trusted"] = self.clock_state.trusted
         figures["stalled"] = self._stalled
+        figures["version"] = self._running["version"]
+        figures["config"] = {
+            "sha256": self.loaded.sha256, "path": str(self.loaded.path),
+            "source": self.remote.source if self.remote else "local",
+            "pushed_version": self.remote.version if self.remote else None,
+            "remote": self.remote.figures() if self.remote else {"enabled": False},
+        }
+        figures["profiles"] = self._running["profiles"]
         return figures
 
     def run(self) -> int:
@@ -244,7 +264,7 @@ class Agent:
         try:
             while not self.stop_event.wait(1.0):
                 self._heartbeat()
-            self._log.info("agent.stopping", signal=self.stop.signal)
+            self._log.info("agent.stopping", signal=self.stop.signal, restart=self.restart)
         finally:
             self._shutdown()
         return 0
@@ -269,6 +289,9 @@ class Agent:
     def _heartbeat(self) -> None:
         """Once a second: feed the watchdog only while every thread progresses."""
         self._watch_clock()
+        if self.remote is not None and self.restart is None and (restart := self.remote.tick(self.health)):
+            self.restart = restart
+            self.stop_event.set()
         stalled = self._find_stalled()
         if stalled != self._stalled:
             if stalled:
@@ -299,7 +322,13 @@ class Agent:
 
     def _shutdown(self) -> None:
         deadline = time.monotonic() + STOP_BUDGET_S
-        self.notifier.send("STOPPING=1")
+        if self.restart is not None:
+            # The same process executes itself again (agent/remote_config.py):
+            # to systemd a reload, which the new start's READY=1 ends.
+            self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+                               f"STATUS=restarting: {self.restart}")
+        else:
+            self.notifier.send("STOPPING=1")
         self.stop_event.set()
         # Bus workers finish their poll while the uplink waits for the
         # acknowledgements still on their way; both before the writer stops.

@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, NoReturn
 from drivers.core.errors import ConfigError, DecodeError, ProfileError, RetrofitError, did_you_mean
 
 if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger as BoundLogger
+
     from agent.commission import Progress
-    from agent.config import MbusBus, ModbusRtuBus, ModbusTcpBus
+    from agent.config import LoadedConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
+    from agent.remote_config import RemoteControl
     from drivers.mbus_link import MbusLink
     from drivers.profile import AnyProfile, SerialDefaults
 
@@ -72,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw snapshot")
 
     commands.add_parser("schema", help="print the JSON Schema of the config (for editors)")
+    _config_parser(commands)
 
     probe = commands.add_parser("probe", help="read one device once: values beside raw registers or M-Bus records")
     probe.add_argument("--config", type=Path, metavar="FILE",
@@ -196,6 +200,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _mbus_decode(args.file)
     if args.command == "wmbus":
         return _wmbus_decode(args)
+    if args.command == "config":
+        return _config_command(args)
     raise AssertionError(args.command)
 
 
@@ -209,6 +215,10 @@ def _check(path: Path) -> int:
     print("\n".join(load_warnings(loaded.config, loaded.catalogue)))
     for warning in loaded.warnings:
         print(f"warning: {warning}")
+    if loaded.config.remote_config.enabled:
+        from agent.remote_config import describe
+
+        print("\n".join(describe(loaded)))
     return EX_OK
 
 
@@ -236,24 +246,66 @@ def _run(path: Path, log_level: str) -> int:
         from agent.config import check_files, load_config
 
         step("config")
-        loaded = load_config(path)
-        check_files(loaded)
-        for warning in loaded.warnings:
+        local = load_config(path)
+        check_files(local)
+        for warning in local.warnings:
             log.warning("config.warning", warning=warning)
         step("lock")
         try:  # before the buffer is opened; held until the process ends
-            lock = lifecycle.BufferLock(loaded.config.buffer.path)
+            lock = lifecycle.BufferLock(local.config.buffer.path)
         except lifecycle.AlreadyRunning as exc:
             print(f"retrofit-agent: {exc}", file=sys.stderr)
             return EX_ALREADY_RUNNING
-        agent = Agent(loaded, stop=stop)
+        # Under the lock: choosing moves remote configuration's ledger on (a
+        # start counted, a trial rolled back), which a second agent refused
+        # above must not do. A pushed config keeps the buffer, so the lock is its too.
+        loaded, remote = _choose_config(local)
+        try:
+            agent = Agent(loaded, stop=stop, remote=remote)
+        except RetrofitError as exc:
+            if remote is None or remote.trying is None:
+                raise
+            # The config being tried cannot even start the agent: back to the one before, at once.
+            remote.roll_back_now([f"the agent could not start under it: {exc}"])
+            lock.release()
+            return _execute_again(log, "roll back the pushed config")
     except lifecycle.StartupInterrupted as interrupted:
         log.info("agent.stopped", signal=stop.signal, during="start-up", step=interrupted.step)
         return EX_OK
     try:
-        return agent.run()
+        code = agent.run()
     finally:
         lock.release()  # after the buffer is closed (the kernel would at exit anyway)
+    if agent.restart is not None and stop.signal is None:
+        return _execute_again(log, agent.restart)
+    return code
+
+
+def _choose_config(local: LoadedConfig) -> tuple[LoadedConfig, RemoteControl | None]:
+    """The local config, or with remote configuration on, the pushed one in force or being tried."""
+    if not local.config.remote_config.enabled:
+        return local, None
+    from agent.remote_config import load_public_key, select
+
+    selection = select(local, load_public_key(local))
+    return selection.loaded, selection.control
+
+
+def _execute_again(log: BoundLogger, why: str) -> int:
+    """Start again under another config: the same process executes itself
+    again, so the pid systemd watches (NotifyAccess=main) stays and a
+    hand-started agent keeps running too; the buffer was closed as at any
+    stop. Returns only when that fails: then exit 75, and systemd
+    (Restart=on-failure) starts the agent again."""
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    log.info("agent.executing_again", why=why, argv=argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        log.error("agent.execute_again_failed", error=str(exc), exit_code=EX_ALREADY_RUNNING)
+    return EX_ALREADY_RUNNING
 
 
 def _adhoc_bus(args: argparse.Namespace, serial: SerialDefaults | None = None,
@@ -647,6 +699,95 @@ def _mbus_decode(file: str) -> int:
         raise DecodeError(f"{file} is not text; expected hex bytes like '68 1F 1F 68 ...'") from None
     print(json.dumps(telegrams_to_json(text), indent=2, default=str))
     return EX_OK
+
+
+# --- remote configuration, the platform's side: `retrofit-agent config keygen|sign|push` ---
+
+
+def _config_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = commands.add_parser("config", help="remote configuration, for the platform: keys, signing, pushing")
+    actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    keygen = actions.add_parser("keygen", help="make the platform's Ed25519 signing key (and KEY.pub for gateways)")
+    keygen.add_argument("key", type=Path, metavar="KEY", help="the private key file to write (never overwritten)")
+    sign = actions.add_parser("sign", help="sign a config for one gateway: prints (or writes) the document")
+    sign.add_argument("file", type=Path, metavar="CONFIG.yaml")
+    sign.add_argument("--key", type=Path, required=True, metavar="KEY", help="the platform's private key")
+    sign.add_argument("--config-version", type=int, metavar="N",
+                      help="the document's version, above every one pushed before (default: the Unix time now)")
+    sign.add_argument("--gateway", help="default: gateway.id in the file")
+    sign.add_argument("--site", help="default: gateway.site in the file")
+    sign.add_argument("--out", type=Path, metavar="FILE", help="write the document here instead of stdout")
+    sign.add_argument("--no-check", action="store_true",
+                      help="sign without checking the config here (site profiles or files only the gateway has)")
+    push = actions.add_parser("push", help="publish a signed document to the gateway's config/set topic")
+    push.add_argument("document", type=Path, metavar="DOCUMENT.json")
+    push.add_argument("--broker", required=True, metavar="HOST:PORT")
+    push.add_argument("--topic-prefix", default="buildings")
+    push.add_argument("--username")
+    push.add_argument("--password-file", type=Path, metavar="FILE")
+    push.add_argument("--ca-file", type=Path, metavar="FILE", help="TLS: the broker's CA certificate")
+    push.add_argument("--no-retain", action="store_true",
+                      help="not retained: a gateway offline now never gets it (default: retained)")
+    push.add_argument("--wait", default="0", metavar="DURATION",
+                      help="wait this long for the gateway's result (e.g. 6m: its confirm_within and a restart)")
+
+
+def _config_command(args: argparse.Namespace) -> int:
+    from agent import remote_config
+    from agent.config import parse_duration
+
+    if args.config_command == "keygen":
+        public = remote_config.generate_keys(args.key)
+        print(f"private key: {args.key} (keep it on the platform, 0600)")
+        print(f"public key:  {public} (for each gateway: /etc/retrofit-agent/{remote_config.CREDENTIAL}, "
+              "or remote_config.public_key_file)")
+        return EX_OK
+    if args.config_command == "sign":
+        if args.config_version is not None and args.config_version < 1:
+            raise UsageError("--config-version: a whole number from 1 up")
+        payload, document = remote_config.sign_file(args.key, args.file, args.config_version, args.gateway,
+                                                    args.site, check=not args.no_check)
+        if args.out is None:
+            sys.stdout.buffer.write(payload + b"\n")
+        else:
+            args.out.write_bytes(payload)
+            print(f"signed version {document.version} for gateway {document.gateway} at site {document.site}: "
+                  f"{args.out}")
+        return EX_OK
+    host, sep, port = args.broker.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--broker: expected HOST:PORT, got {args.broker!r}")
+    try:
+        wait = parse_duration(args.wait) if args.wait not in ("0", "") else 0.0
+    except ValueError as exc:
+        raise UsageError(f"--wait: {exc}") from None
+    try:
+        payload = args.document.read_bytes()
+        password = args.password_file.read_text(encoding="utf-8").strip() if args.password_file else None
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"retrofit-agent config: cannot read {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    try:
+        document = remote_config.read_document(payload)
+    except remote_config.Refusal as refusal:
+        raise DecodeError(f"{args.document} is not a signed config document: {'; '.join(refusal.reasons)}") from None
+
+    def progress(state: dict[str, object]) -> None:
+        print(f"gateway {document.gateway}: version {state.get('version')} {state.get('state')}", flush=True)
+
+    result = remote_config.push(payload, host.strip("[]") or "127.0.0.1", int(port), args.topic_prefix, wait,
+                                retain=not args.no_retain, username=args.username, password=password,
+                                ca_file=args.ca_file, progress=progress)
+    print(f"pushed version {document.version} to {args.topic_prefix}/{document.site}/{document.gateway}/"
+          f"{remote_config.SET_TOPIC}" + ("" if args.no_retain else " (retained)"))
+    if wait <= 0:
+        return EX_OK
+    if result is None:
+        print(f"no result from gateway {document.gateway} within {args.wait}", file=sys.stderr)
+        return EX_FAILURE
+    for reason in result.get("reasons") or []:
+        print(f"  {reason}")
+    return EX_OK if result.get("state") == "applied" else EX_FAILURE
 
 
 # --- wireless M-Bus: `retrofit-agent wmbus decode` (the logic is drivers/wmbus/command.py) ---

@@ -8,6 +8,7 @@ on a ladder wants one round trip, not ten.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 from collections import defaultdict
@@ -254,6 +255,25 @@ class DeviceConfig:
 
 
 @_record
+class RemoteConfig:
+    """Configuration pushed by the platform, signed (agent/remote_config.py, docs/operations.md).
+
+    Set on site only: a pushed config that changes this section is refused."""
+
+    # Off: the gateway takes its configuration from its own disk only.
+    enabled: bool = False
+    # The platform's Ed25519 public key (PEM or OpenSSH); else the systemd
+    # credential config-signing-key.
+    public_key_file: Path | None = None
+    # A pushed config must bring the uplink back and every bus polling within
+    # this long after its restart, or the agent returns to the previous one.
+    confirm_within: Annotated[float, Parse(parse_duration, DURATION_SCHEMA), Rule(ge=2, le=86_400)] = 300.0
+    # Where pushed configs and their state are kept (the service may write
+    # only its state directory); default: config/ beside the buffer.
+    directory: Path | None = None
+
+
+@_record
 class Config:
     gateway: GatewayConfig
     buffer: BufferConfig = field(default_factory=BufferConfig)
@@ -262,6 +282,7 @@ class Config:
     devices: Annotated[tuple[DeviceConfig, ...], Rule(min_length=1)]
     profile_dirs: tuple[Path, ...] = ()
     health: HealthConfig = field(default_factory=HealthConfig)
+    remote_config: RemoteConfig = field(default_factory=RemoteConfig)
 
     def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus | MbusBus:
         return next(b for b in self.buses if b.id == bus_id)
@@ -280,15 +301,23 @@ class LoadedConfig:
     # Not errors: a broken site profile no device uses, for example.
     warnings: tuple[str, ...] = ()
     located: Located | None = None  # the line of each key, for later checks
+    # SHA-256 of the file's bytes as read: what `status` and the platform show
+    # as the configuration in force (`sha256sum` of the file gives the same).
+    sha256: str = ""
 
 
 CatalogueLoader = Callable[[Sequence[Path]], Catalogue]
 
 
-def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> LoadedConfig:
-    """Read, validate and resolve ``path``; raise ConfigError listing every problem."""
+def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None, base: Path | None = None) -> LoadedConfig:
+    """Read, validate and resolve ``path``; raise ConfigError listing every problem.
+
+    Relative paths in it are relative to ``base``, by default the file's own
+    directory (a pushed config stands in for the local file: its relative
+    paths mean what they would mean there)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -300,7 +329,7 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
     if not isinstance(located.data, dict):
         raise ConfigError([f"{path}:1: the config must be a mapping with gateway, uplink, buses, devices"])
 
-    base = path.absolute().parent
+    base = (base or path.absolute().parent).absolute()
     data = dict(located.data)
     problems: list[tuple[int, str]] = []
     invalid: list[Problem] = []
@@ -350,10 +379,19 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
         http = uplink.http
         uplink = replace(uplink, http=replace(http, tls=_resolved_tls(base, http.tls),
                                               token_file=http.token_file and _resolve(base, http.token_file)))
+    remote = config.remote_config
+    remote = replace(remote, public_key_file=remote.public_key_file and _resolve(base, remote.public_key_file),
+                     directory=_resolve(base, remote.directory) if remote.directory else buffer_path.parent / "config")
+    if remote.enabled and config.uplink.mqtt is None:
+        line = located.line_of(("remote_config", "enabled"))
+        problem = (f"{path}:{line}: remote_config.enabled: remote configuration comes over MQTT only; "
+                   "with uplink.http switch it off")
+        raise ConfigError([problem])
     resolved = replace(config, buffer=replace(config.buffer, path=buffer_path, spool_dir=spool_dir),
                        health=replace(config.health, status_file=status_file), profile_dirs=tuple(profile_dirs),
-                       uplink=uplink)
-    return LoadedConfig(path=path, config=resolved, catalogue=catalogue, warnings=warnings, located=located)
+                       uplink=uplink, remote_config=remote)
+    return LoadedConfig(path=path, config=resolved, catalogue=catalogue, warnings=warnings, located=located,
+                        sha256=hashlib.sha256(raw).hexdigest())
 
 
 def _resolved_tls(base: Path, tls: TlsConfig | None) -> TlsConfig | None:
@@ -387,6 +425,14 @@ def check_files(loaded: LoadedConfig) -> None:
     uplink = loaded.config.uplink
     section = "mqtt" if uplink.mqtt is not None else "http"
     problems: list[str] = []
+    if loaded.config.remote_config.enabled:
+        # cryptography is imported only where remote configuration is on.
+        from agent.remote_config import load_public_key
+
+        try:
+            load_public_key(loaded)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
 
     def where(*key: str | int) -> str:
         line = loaded.located.line_of(("uplink", section, *key)) if loaded.located else 1

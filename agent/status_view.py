@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 STALE_AFTER_S = 15.0
+SHORT = 12  # hex digits of a SHA-256 shown (agent/fingerprint.py)
 
 
 def _ago(ms: int | None, now_ms: int) -> str:
@@ -74,6 +75,7 @@ def render(snapshot: dict[str, Any], now_ms: int | None = None, clock_unknown: s
          f"{float(buffer.get('bytes', 0)) / 1e6:.1f} MB on disk, evicted {buffer.get('evicted_total', 0)}"
          + (", WRITES FAILING" if buffer.get("write_failing") else "")),
         f"clock: {clock_text}",
+        *_running_lines(snapshot, now),
     ]
     if snapshot.get("stalled"):
         lines.append(f"STUCK: {', '.join(map(str, snapshot['stalled']))}")
@@ -85,6 +87,42 @@ def render(snapshot: dict[str, Any], now_ms: int | None = None, clock_unknown: s
             f"{_ago(device.get('last_ok_ms'), now):15} {device.get('polls', 0):>6} {device.get('failures', 0):>8}  "
             f"{device.get('last_error', '') if device.get('state') != 'ok' else ''}")
     return "\n".join(lines), alive
+
+
+def _running_lines(snapshot: dict[str, Any], now_ms: int) -> list[str]:
+    """Which code, config and profiles run, and what remote configuration did last."""
+    config = _mapping(snapshot.get("config"))
+    if not config:
+        return []  # a snapshot of an older version
+    profiles = _mapping(snapshot.get("profiles"))
+    pushed = config.get("pushed_version")
+    source = f"pushed version {pushed}" if config.get("source") == "pushed" else "local"
+    lines = [
+        f"version: {snapshot.get('version', '?')}",
+        f"config: {config.get('path', '?')} ({source}), sha256 {str(config.get('sha256', ''))[:SHORT]}",
+        (f"profiles: {', '.join(map(str, profiles.get('names') or [])) or 'none'}, "
+         f"sha256 {str(profiles.get('sha256', ''))[:SHORT]}"),
+    ]
+    remote = _mapping(config.get("remote"))
+    if not remote.get("enabled"):
+        return lines
+    if remote.get("subscription_refused"):
+        lines.append(f"remote config: the broker REFUSED the subscription ({remote['subscription_refused']}): "
+                     "pushed configs never arrive; check its ACL")
+    trying = _mapping(remote.get("trying"))
+    if trying:
+        lines.append(f"remote config: TRYING pushed version {trying.get('version')}: it must bring the uplink and "
+                     f"every bus up within {float(trying.get('until_s', 0)):.0f} s, or the config before it returns")
+    else:
+        in_force = remote.get("in_force") or 0
+        lines.append("remote config: on; " + (f"pushed version {in_force} in force" if in_force and pushed
+                                              else "the local file in force"))
+    last = _mapping(remote.get("last"))
+    if last:
+        reasons = "; ".join(map(str, last.get("reasons") or []))
+        lines.append(f"  last: version {last.get('version')} {str(last.get('state', '?')).upper()} "
+                     f"{_ago(last.get('ts'), now_ms)}" + (f": {reasons}" if reasons else ""))
+    return lines
 
 
 def read_snapshot(path: Path) -> dict[str, Any]:
@@ -117,6 +155,11 @@ _SNAPSHOT: dict[str, Any] = {
     "buffer": {"depth": int, "oldest_age_s": _NUMBER, "bytes": int, "evicted_total": int,
                "write_failing": bool},
     "devices": {"*": _DEVICE},
+    "version": str,
+    "config": {"sha256": str, "path": str, "source": str, "pushed_version": _OPTIONAL_INT,
+               "remote": {"enabled": bool, "in_force": int, "trying": (dict, type(None)),
+                          "last": (dict, type(None)), "subscription_refused": _OPTIONAL_TEXT}},
+    "profiles": {"names": list, "sha256": str},
 }
 
 

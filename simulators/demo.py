@@ -38,6 +38,7 @@ from drivers.core.errors import RetrofitError
 from drivers.profile import Profile, load_catalogue
 from simulators.meters import SimulatedDevice, model_for
 from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer
+from simulators.platform import Fleet, render_fleet
 from simulators.pty import PtyPair
 
 
@@ -46,7 +47,8 @@ class PlatformView:
     """What the platform has received, kept by an independent subscriber.
 
     The agent publishes four topics under its prefix (docs/payload.md):
-    ``readings`` are shown; ``status`` gives the agent's state; ``meta``
+    ``readings`` are shown; ``status`` gives the agent's state and the
+    fleet line (version, config, buffer, clock, silent devices); ``meta``
     (retained) and ``events`` are counted. A callback that fails records why
     (``failure``): paho would otherwise end its network thread and the view
     would stand still without a word.
@@ -58,6 +60,7 @@ class PlatformView:
     duplicates: int = 0
     other: int = 0  # meta and events messages
     status: str = "?"
+    fleet: Fleet = field(default_factory=Fleet)
     failure: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,6 +77,7 @@ class PlatformView:
         with self.lock:
             if kind == "status":
                 self.status = payload.get("state", "?")
+                self.fleet.status(topic, payload, time.time_ns() // 1_000_000)
             elif kind == "readings":
                 self.messages += 1
                 for r in payload["readings"]:
@@ -98,6 +102,7 @@ class PlatformView:
             lines.append(f"{'device':12} {'point':22} {'value':>12} unit  {'id':>7} quality")
             for (device, point), (value, unit, rid, quality) in sorted(self.latest.items()):
                 lines.append(f"{device:12} {point:22} {value!s:>12} {unit:5} {rid:>7} {quality}")
+            lines.append(render_fleet(self.fleet.rows()))
             return "\n".join(lines)
 
 

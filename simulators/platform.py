@@ -158,6 +158,10 @@ def daily_energy(series: CounterSeries) -> tuple[dict[int, float], dict[int, flo
     return energy, covered
 
 
+def _now_ms() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+
+
 def day_iso(day: int) -> str:
     return dt.datetime.fromtimestamp(day * DAY_S, dt.UTC).strftime("%Y-%m-%d")
 
@@ -187,6 +191,7 @@ class PlatformIngest:
         self.streams: dict[str, StreamState] = {}
         self.series_meta: dict[str, dict[str, Any]] = {}  # compact schema: stream -> meta message
         self.status: dict[str, dict[str, Any]] = {}
+        self.fleet = Fleet()
         self.messages = 0
         self.undecodable = 0
         self.failure: str | None = None  # why a message could not be taken in (see check())
@@ -247,6 +252,9 @@ class PlatformIngest:
                 self.status[topic] = body
                 if self.store is not None:
                     self.store.put_status(topic, body)
+                self.fleet.status(topic, body, _now_ms())
+            elif kind == "state" and topic.endswith("/config/state"):
+                self.fleet.config_state(topic, body)
             elif kind == "meta" or topic.rsplit("/", 2)[-2:-1] == ["meta"]:  # .../meta and its parts .../meta/n
                 self.series_meta[str(body.get("stream"))] = body
                 if self.store is not None:
@@ -321,9 +329,11 @@ class PlatformIngest:
             streams = {sid: (dict(s.readings), list(s.evicted), s.duplicates, list(s.events))
                        for sid, s in self.streams.items()}
             status = {t: b.get("state") for t, b in self.status.items()}
+            fleet = self.fleet.rows()
             messages, undecodable = self.messages, self.undecodable
         out: dict[str, Any] = {"schema": SUMMARY_SCHEMA, "messages": messages, "undecodable": undecodable,
-                               "agents": status, "streams": {}, "quality": {}, "readings": 0, "duplicates": 0}
+                               "agents": status, "fleet": fleet, "streams": {}, "quality": {}, "readings": 0,
+                               "duplicates": 0}
         quality: Counter[str] = Counter()
         everything: list[dict[str, Any]] = []
         for sid, (readings, evicted, duplicates, events) in streams.items():
@@ -343,6 +353,10 @@ class PlatformIngest:
 
     def render(self, report: Mapping[str, Any] | None = None) -> str:
         return render(report if report is not None else self.report())
+
+    def fleet_rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.fleet.rows()
 
     def write_summary(self, path: Path, report: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
         """``path``.json and ``path``.txt (a .json or .txt suffix on ``path`` is replaced)."""
@@ -383,6 +397,125 @@ def _ranges(ids: Sequence[int]) -> list[list[int]]:
         else:
             out.append([i, i])
     return out
+
+
+# ---------------------------------------------------------------- the fleet
+
+@dataclass
+class GatewaySeen:
+    """What the platform knows of one gateway, from its retained status."""
+
+    site: str
+    gateway: str
+    state: str = "?"
+    # online: since the agent's process started (its status's ts minus uptime);
+    # offline: since the platform heard so (None: already offline when first heard).
+    since_ms: int | None = None
+    heard_ms: int = 0
+    figures: dict[str, Any] = field(default_factory=dict)  # the last online status
+    config_state: dict[str, Any] = field(default_factory=dict)  # the last config/state message
+
+
+class Fleet:
+    """Every gateway heard under the prefix, keyed by (site, gateway)."""
+
+    def __init__(self) -> None:
+        self.gateways: dict[tuple[str, str], GatewaySeen] = {}
+
+    def _seen(self, topic: str) -> GatewaySeen | None:
+        parts = topic.split("/")
+        if len(parts) < 3:
+            return None
+        site, gateway = (parts[-4], parts[-3]) if parts[-2] == "config" else (parts[-3], parts[-2])
+        return self.gateways.setdefault((site, gateway), GatewaySeen(site, gateway))
+
+    def status(self, topic: str, body: Mapping[str, Any], received_ms: int) -> None:
+        seen = self._seen(topic)
+        if seen is None:
+            return
+        state = str(body.get("state", "?"))
+        if state == "online":
+            ts = int(body.get("ts") or received_ms)
+            seen.since_ms = ts - int(float(body.get("uptime_s") or 0) * 1000)
+            seen.figures = dict(body)
+        elif state != seen.state:
+            # A retained offline status heard first says nothing of when.
+            seen.since_ms = received_ms if seen.state != "?" else None
+        seen.state = state
+        seen.heard_ms = received_ms
+
+    def config_state(self, topic: str, body: Mapping[str, Any]) -> None:
+        seen = self._seen(topic)
+        if seen is not None:
+            seen.config_state = dict(body)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One plain row per gateway, sorted by site and gateway."""
+        return [fleet_row(seen) for _, seen in sorted(self.gateways.items())]
+
+
+def fleet_row(seen: GatewaySeen) -> dict[str, Any]:
+    figures = seen.figures
+    config = figures.get("config") or {}
+    buffer = figures.get("buffer") or {}
+    devices = figures.get("devices") or {}
+    by_state = figures.get("devices_by_state")  # a status trimmed to fit the broker's limit
+    if isinstance(by_state, dict):
+        silent_list = by_state.get("silent", [])
+        silent: list[str] | int = silent_list if isinstance(silent_list, list) else int(silent_list or 0)
+        total = sum(len(v) if isinstance(v, list) else int(v) for v in by_state.values())
+    else:
+        silent = sorted(name for name, d in devices.items() if d.get("state") == "silent")
+        total = len(devices)
+    depth = buffer.get("depth")
+    oldest_ms = (int(figures["ts"]) - int(float(buffer.get("oldest_age_s") or 0) * 1000)
+                 if depth and figures.get("ts") else None)
+    synchronised = figures.get("clock_synchronised")
+    result = seen.config_state
+    return {
+        "site": seen.site, "gateway": seen.gateway, "state": seen.state, "since_ms": seen.since_ms,
+        "version": figures.get("version"), "config_sha256": config.get("sha256"),
+        "config_source": config.get("source"), "pushed_version": config.get("pushed_version"),
+        "profiles_sha256": (figures.get("profiles") or {}).get("sha256"),
+        "buffer_depth": depth, "oldest_unsent_ms": oldest_ms,
+        "clock": ("synchronised" if synchronised else "NOT synchronised" if synchronised is False
+                  else "unknown" if "clock_synchronised" in figures else None),
+        "devices": total, "silent": silent,
+        "remote_result": ({"version": result.get("version"), "state": result.get("state"),
+                           "reasons": result.get("reasons", [])} if result else None),
+        "heard_ms": seen.heard_ms,
+    }
+
+
+def _clock_time(ms: int | None) -> str:
+    if ms is None:
+        return "?"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%H:%M:%S")
+
+
+def render_fleet(rows: Sequence[Mapping[str, Any]], now_ms: int | None = None) -> str:
+    """The fleet as an operator reads it: one line per gateway."""
+    import time
+
+    now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    online = sum(1 for r in rows if r["state"] == "online")
+    lines = [f"fleet: {len(rows)} gateway(s), {online} online, {len(rows) - online} offline or unknown",
+             (f"{'site/gateway':28} {'state':7} {'since':8} {'version':14} {'config':18} {'buffer':>6} "
+             f"{'oldest unsent':>13} {'clock':16} {'silent':>7}  remote config")]
+    for row in rows:
+        since = _clock_time(row["since_ms"]) if row["since_ms"] else ("before" if row["state"] != "?" else "?")
+        source = f"pushed v{row['pushed_version']}" if row["config_source"] == "pushed" else "local"
+        config = f"{(row['config_sha256'] or '?')[:8]} {source}" if row["config_sha256"] else "?"
+        oldest = f"{(now - row['oldest_unsent_ms']) // 1000} s" if row["oldest_unsent_ms"] else "-"
+        silent = row["silent"]
+        silent_text = (f"{len(silent)}/{row['devices']}" if isinstance(silent, list) else f"{silent}/{row['devices']}")
+        result = row["remote_result"]
+        remote = f"v{result['version']} {result['state']}" if result else ""
+        depth = row["buffer_depth"] if row["buffer_depth"] is not None else "?"
+        lines.append(f"{row['site'] + '/' + row['gateway']:28.28} {row['state']:7} {since:8} "
+                     f"{row['version'] or '?':14.14} {config:18} {depth!s:>6} {oldest:>13} "
+                     f"{row['clock'] or '?':16} {silent_text:>7}  {remote}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- energy, degree days, saving
@@ -550,6 +683,8 @@ def render(report: Mapping[str, Any], max_days: int = 8) -> str:
         else:
             line += "; saving: waiting for complete days on both sides"
         lines.append(line)
+    if report.get("fleet"):
+        lines.append(render_fleet(report["fleet"]))
     return "\n".join(lines)
 
 
@@ -587,7 +722,8 @@ def plot(report: Mapping[str, Any], path: Path) -> bool:
 
 
 def main_platform(broker: tuple[str, int], topic_prefix: str, meta_path: Path | None, until: float | None,
-                  summary: Path | None, plot_path: Path | None, interval: float = 2.0, store: Path | None = None) -> int:
+                  summary: Path | None, plot_path: Path | None, interval: float = 2.0, store: Path | None = None,
+                  fleet_only: bool = False) -> int:
     """`retrofit-sim platform`: live view until Ctrl-C (or ``until`` seconds), then the summary."""
     import signal
     import sys
@@ -602,14 +738,15 @@ def main_platform(broker: tuple[str, int], topic_prefix: str, meta_path: Path | 
     try:
         while not stop.wait(interval):
             ingest.check()
-            print(("\x1b[2J\x1b[H" if interactive else "\n") + ingest.render(), flush=True)
+            view = render_fleet(ingest.fleet_rows()) if fleet_only else ingest.render()
+            print(("\x1b[2J\x1b[H" if interactive else "\n") + view, flush=True)
             if until is not None and time.monotonic() - started >= until:
                 break
     finally:
         ingest.stop()
     ingest.check()
     report = ingest.report()
-    print("\nsummary:\n" + render(report), flush=True)
+    print("\nsummary:\n" + (render_fleet(report["fleet"]) if fleet_only else render(report)), flush=True)
     if summary is not None:
         json_path, text_path = ingest.write_summary(summary, report)
         print(f"summary written: {json_path}, {text_path}", flush=True)
@@ -643,10 +780,12 @@ def add_cli(commands: Any) -> None:
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write a plot (needs matplotlib)")
     parser.add_argument("--store", type=Path, metavar="FILE",
                         help="keep everything received in this SQLite file, for `retrofit-sim verify`")
+    parser.add_argument("--fleet", action="store_true",
+                        help="show only the fleet: every gateway heard, its version, config and health")
 
     def run(args: Any) -> int:
         truth = args.truth / "meta.json" if args.truth is not None and args.truth.is_dir() else args.truth
         return main_platform(args.broker, args.topic_prefix, truth, args.until, args.summary, args.plot,
-                             store=args.store)
+                             store=args.store, fleet_only=args.fleet)
 
     parser.set_defaults(handler=run)

@@ -73,6 +73,9 @@ def _delivery(field: str) -> Observe:
     """Delivery settings reach the forwarder, whichever transport carries them."""
     return lambda a: getattr(a.uplink.settings, field)
 APP = ReadBy("agent/app.py", lambda a: a.cfg.health)
+# Remote configuration is chosen by `run` before the agent is built (agent/cli.py), and run by agent/remote_config.py.
+REMOTE_ON = ReadBy("agent/cli.py", lambda a: a.cfg.remote_config)
+REMOTE = ReadBy("agent/remote_config.py", lambda a: a.cfg.remote_config)
 
 # key -> (value in the YAML, the value the agent must hold, where it holds it)
 REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
@@ -145,6 +148,10 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
     "health.snapshot_interval": ("2.5s", 2.5, APP),
     "health.timesync_flag": ("synced-flag", "synced-flag", lambda a: a.clock.flag_path),
     "health.use_timedatectl": (False, False, lambda a: a.clock.use_timedatectl),
+    "remote_config.enabled": (True, True, REMOTE_ON),
+    "remote_config.public_key_file": ("platform.pub", "platform.pub", REMOTE),
+    "remote_config.confirm_within": ("45s", 45.0, REMOTE),
+    "remote_config.directory": ("pushed", "pushed", REMOTE),
 }
 
 # The HTTPS uplink instead of MQTT: a config of its own (only one uplink at a time).
@@ -256,11 +263,10 @@ def _config(tmp_path: Path, uplink: str = "mqtt") -> Path:
         "buses": [{"type": "modbus-rtu"}, {"type": "modbus-tcp"}, {"type": "mbus"}],
         "devices": [{}, {"id": "room-keys", "bus": "plant", "address": 10, "profile": "keys-meter"},
                     {"id": "heat-keys", "bus": "heat-line", "address": 5, "profile": "mbus-heat"}],
-        "health": {},
+        "health": {}, "remote_config": {},
     }
-    entries = REACHES if uplink == "mqtt" else {**{k: v for k, v in REACHES.items() if not k.startswith("uplink.")},
-                                                 **REACHES_HTTP}
-    for key, (value, _, _) in entries.items():
+    (tmp_path / "platform.pub").write_bytes(_ed25519_public_key())
+    for key, (value, _, _) in _entries(uplink).items():
         _set(tree, key, value)
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
@@ -272,8 +278,7 @@ def test_every_config_key_reaches_the_code_that_uses_it(tmp_path: Path, uplink: 
     loaded = load_config(_config(tmp_path, uplink))
     check_files(loaded)
     agent = Agent(loaded, stop=StopRequest())  # start-up only: nothing runs, nothing connects
-    entries = REACHES if uplink == "mqtt" else {**{k: v for k, v in REACHES.items() if not k.startswith("uplink.")},
-                                                **REACHES_HTTP}
+    entries = _entries(uplink)
     try:
         missed = []
         for key, (_, expected, where) in entries.items():
@@ -290,6 +295,21 @@ def test_every_config_key_reaches_the_code_that_uses_it(tmp_path: Path, uplink: 
     finally:
         agent._close_opened()
     assert missed == []
+
+
+def _entries(uplink: str) -> dict[str, tuple[Any, Any, Observe | ReadBy]]:
+    """The keys set for one uplink: remote configuration comes over MQTT only."""
+    if uplink == "mqtt":
+        return REACHES
+    return {**{k: v for k, v in REACHES.items() if not k.startswith(("uplink.", "remote_config."))}, **REACHES_HTTP}
+
+
+def _ed25519_public_key() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _relative(value: Any, base: Path) -> Any:

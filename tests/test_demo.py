@@ -67,6 +67,8 @@ def test_the_simple_demo_shows_readings(tmp_path: Path) -> None:
     shown = int(summary.split(" reading(s)")[0].rsplit(", ", 1)[1])
     assert shown > 0, summary
     assert "room-102" in summary and "elec-main" in summary, summary
+    # The fleet line (issue 18): the one gateway, online, with its version and config.
+    assert "fleet: 1 gateway(s), 1 online" in summary and " local " in summary, summary
 
 
 def test_a_view_that_stops_working_ends_the_demo_with_an_error(tmp_path: Path) -> None:

@@ -6,6 +6,11 @@ forwarder sends it again from the buffer, so paho never holds a queue of
 its own across outages. Topics (docs/payload.md):
 ``{prefix}/{site}/{gateway}/readings|events|status|meta[/N]``; status and
 meta are retained, and the offline status is the last will.
+
+It also listens, when asked (:meth:`MqttTransport.listen`): remote
+configuration subscribes to ``.../config/set`` on every connection (a clean
+session forgets subscriptions) and answers on ``.../config/state``
+(agent/remote_config.py).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import queue
 import ssl
 import threading
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -35,6 +41,10 @@ class MqttTransport:
         self.describe = f"mqtt://{cfg.host}:{cfg.port}"
         self._topics = {kind: topic(cfg.topic_prefix, site, gateway, kind)
                         for kind in ("readings", "events", "meta", "status")}
+        self._site = site
+        self._listeners: dict[str, Callable[[bytes], None]] = {}
+        self.connections = 0  # connections made (and subscribed); a listener republishes on a new one
+        self.subscription_refused: str | None = None  # the broker's SUBACK refused a listener's topic (ACL)
         self._password = self._read_password()
         self._client: mqtt.Client | None = None
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -62,7 +72,20 @@ class MqttTransport:
 
     # -- paho callbacks (paho's network thread; never take a lock here) -------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+        if not reason_code.is_failure:
+            for subscription in self._listeners:
+                client.subscribe(subscription, qos=1)
+            self.connections += 1
         self._connack.put(reason_code)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        self.subscription_refused = f"{', '.join(self._listeners)}: {', '.join(refused)}" if refused else None
+
+    def _on_message(self, client, userdata, message) -> None:
+        listener = self._listeners.get(message.topic)
+        if listener is not None:
+            listener(bytes(message.payload))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
         self._lost.set()
@@ -80,6 +103,8 @@ class MqttTransport:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         # The forwarder's window bounds what is in flight; paho must never queue more.
         client.max_inflight_messages_set(self.cfg.inflight + 4)
         client.max_queued_messages_set(self.cfg.inflight + 4)
@@ -126,6 +151,24 @@ class MqttTransport:
             self._stop(client)
             raise ConnectFailed(f"broker refused the connection: {code}")
         self._client = client
+
+    def listen(self, leaf: str, on_message: Callable[[bytes], None]) -> None:
+        """Subscribe to ``{prefix}/{site}/{gateway}/{leaf}`` (QoS 1) on every
+        connection from the next one on. ``on_message`` gets each payload on
+        paho's network thread: it must only hand it over, never block."""
+        self._listeners[topic(self.cfg.topic_prefix, self._site, self.gateway, leaf)] = on_message
+
+    def publish_retained(self, leaf: str, payload: bytes) -> bool:
+        """Publish a retained message (QoS 1) beside the agent's own topics;
+        False when not connected (the caller publishes again on the next
+        connection). Its acknowledgement is not followed: the forwarder
+        ignores tickets it did not send."""
+        client = self._client
+        if client is None or self._lost.is_set():
+            return False
+        info = client.publish(topic(self.cfg.topic_prefix, self._site, self.gateway, leaf), payload,
+                              qos=1, retain=True)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def room(self, kind: Kind, part: int = 0) -> int:
         return self.cfg.max_message_bytes - _PUBLISH_OVERHEAD - len(self._topic(kind, part).encode())
