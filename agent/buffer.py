@@ -119,7 +119,8 @@ EVICT_ROWS = 256
 # and a crash before would send them twice.
 ACK_DELAY_S = 0.1
 # An acknowledged watermark waits for the next commit of readings (at most
-# this long) instead of costing a commit of its own. A power cut in between
+# this long, or the flush interval when that is longer) instead of costing a
+# commit of its own. A power cut in between
 # sends those readings once more, with the same ids: the platform drops the
 # duplicates.
 ACK_HOLD_S = 60.0
@@ -1091,7 +1092,8 @@ class BufferWriter(threading.Thread):
             return now
         if kind == "a":
             self._acked_through = max(self._acked_through or 0, int(payload))  # type: ignore[call-overload]
-            return now + ACK_HOLD_S
+            # Rides with the next commit of readings; costs a commit of its own only when none come.
+            return now + max(ACK_HOLD_S, self._flush_interval)
         if kind == "e":
             self._reported.extend(payload)  # type: ignore[arg-type]
             return now + ACK_DELAY_S

@@ -98,7 +98,7 @@ class BufferConfig:
     # Readings are committed together at most this long after they were read
     # (sooner once a row's worth gathered). Each commit costs the SD card a
     # sync; a power cut loses at most the readings of this interval.
-    flush_interval: Annotated[float, Parse(parse_duration, DURATION_SCHEMA), Rule(ge=0.05, le=600)] = 60.0
+    flush_interval: Annotated[float, Parse(parse_duration, DURATION_SCHEMA), Rule(ge=0.05, le=600)] = 120.0
     # Optionally evict readings older than this even when there is room.
     max_age: Duration | None = None
     # Where readings wait for their commit, in RAM (agent/spool.py): they

@@ -1,6 +1,6 @@
 """The spool: readings waiting for their commit, kept where a crash cannot take them.
 
-The buffer writer commits once per flush interval (a minute by default)
+The buffer writer commits once per flush interval (two minutes by default)
 because every commit costs the SD card a sync. Until then a poll's readings
 live in the agent's memory, and a crash (the OOM killer, the watchdog, a
 bug) would lose them. So each hand-over is also appended, packed as it will

@@ -345,7 +345,7 @@ def write_config(path: Path, *, broker_port: int = 0, buffer: Path, buses: list[
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "topic_prefix": "buildings", **(mqtt_extra or {})}}
     config = {
         "gateway": {"id": gateway, "site": site},
-        # Commits every second, not a gateway's every minute: tests watch data flow;
+        # Commits every second, not a gateway's every two minutes: tests watch data flow;
         # the spool in the test's own directory, not the machine's /dev/shm.
         "buffer": {"path": str(buffer), "flush_interval": "1s", "spool_dir": str(path.parent / f"{path.stem}.ram")},
         "uplink": uplink,
