@@ -13,6 +13,8 @@ figures are for people (docs/performance.md), never a pass/fail test.
 
 Scenarios (each bounded in time; every child dies with the harness):
   load-300     10 meters x 30 points every 1 s (300 readings/s): agent, then naive
+  load-30x10   30 SDM630 x 10 points every 1 s, one request per meter (300 readings/s, 30 requests/s):
+               the agent alone; per-request overhead dominates here
   pi-load      6 meters x 10 points every 10 s (a building, 6 readings/s): agent, then naive
   compact      pi-load with uplink.mqtt.encoding: compact (skipped while the agent rejects the key)
   drain        a buffer pre-filled with 1,000,000 readings, delivered while load-300 polling runs
@@ -68,9 +70,12 @@ TARGETS = {  # issue 9, "Done when"
     "disk_bytes_per_reading": 100.0,
     "drain_readings_per_s": 100_000.0,
     "compact_bytes_per_reading": 25.0,
+    "cpu_us_per_reading_30x10": 20.0,  # issue 16, "Done when"
+    "rss_mb_30x10": 33.0,
 }
 LOAD_300 = [(unit, "bench-meter-30") for unit in range(1, 11)]  # 10 x 30 points
 PI_LOAD = [(unit, "eastron-sdm630") for unit in range(21, 27)]  # 6 x 10 points
+LOAD_30X10 = [(unit, "eastron-sdm630") for unit in range(31, 61)]  # 30 x 10 points, one request each
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -619,6 +624,11 @@ class Bench:
         naive = self.naive_steady("naive-300", LOAD_300, 1.0, warmup, window)
         self.results["load_300"] = {"agent": agent, "naive": naive}
 
+    def load_30x10(self) -> None:
+        warmup, window = (4.0, 15.0) if self.quick else (6.0, 45.0)
+        self.say(f"load-30x10: agent, 30 SDM630 x 10 points every 1 s, {window:.0f} s window")
+        self.results["load_30x10"] = {"agent": self.agent_steady("agent-30x10", LOAD_30X10, 1.0, warmup, window)}
+
     def pi_load(self) -> None:
         warmup, window = (2.0, 20.0) if self.quick else (4.0, 60.0)
         # A window of whole flush intervals, for flush intervals longer than the default.
@@ -909,6 +919,15 @@ def table(results: dict[str, Any]) -> str:
             n["uplink_payload_bytes_per_reading"])
         row("300/s: readings per MQTT message", a["readings_per_message"], n["readings_per_message"],
             ratio=False)
+    many = results.get("load_30x10")
+    if many:
+        a = many["agent"]
+        row("30 x 10 pts/1 s: delivered readings/s", a["delivered_per_s"], ratio=False)
+        row("30 x 10 pts/1 s: CPU us per reading", a["cpu_us_per_reading"], None, "<= 20",
+            _verdict(a["cpu_us_per_reading"], TARGETS["cpu_us_per_reading_30x10"]))
+        row("30 x 10 pts/1 s: CPU us per reading (schedstat)", a["cpu_us_per_reading_schedstat"])
+        row("30 x 10 pts/1 s: RSS MB (max in window)", a["rss_mb_max"], None, "<= 33",
+            _verdict(a["rss_mb_max"], TARGETS["rss_mb_30x10"]))
     pi = results.get("pi_load")
     if pi:
         a, n = pi["agent"], pi["naive"]
@@ -966,7 +985,7 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SCENARIOS = ("load-300", "pi-load", "compact", "drain", "startup")
+SCENARIOS = ("load-300", "load-30x10", "pi-load", "compact", "drain", "startup")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -989,14 +1008,14 @@ def main(argv: list[str] | None = None) -> int:
     m = results["machine"]
     print(f"machine: nproc {m['nproc']}, {m['cpu_model']}, Python {m['python']}; work dir {workdir}",
           file=sys.stderr, flush=True)
-    all_devices = LOAD_300 + PI_LOAD
+    all_devices = LOAD_300 + PI_LOAD + LOAD_30X10
     bench: Bench | None = None
     try:
         with mosquitto(workdir) as broker_port, simulator(all_devices, duration=900) as sim_port:
             bench = Bench(workdir, broker_port, sim_port, Platform(broker_port), args.quick, args.py_spy)
             bench.results = results
             steps: dict[str, Callable[[], None]] = {
-                "load-300": bench.load_300, "pi-load": bench.pi_load, "compact": bench.compact,
+                "load-300": bench.load_300, "load-30x10": bench.load_30x10, "pi-load": bench.pi_load, "compact": bench.compact,
                 "drain": bench.drain, "startup": bench.startup,
             }
             for name in SCENARIOS:
