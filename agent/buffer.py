@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -972,9 +972,12 @@ class BufferWriter(threading.Thread):
 
     # -- called from other threads ---------------------------------------------------------------
     def put(self, readings: list[Reading], counters: CounterState | None = None,
-            meters: dict[str, str] | None = None, events: list[Event] | None = None) -> None:
-        """A poll's readings, with the state and reports it produced."""
-        self._queue.put(("r", (readings, counters, meters, events)))
+            meters: dict[str, str] | None = None, events: list[Event] | None = None,
+            resolutions: dict[tuple[str, str], Mapping[str, float | str]] | None = None) -> None:
+        """A poll's readings, with the state and reports it produced, and the
+        resolution of each (device, point) among them whose series the platform
+        is not told of yet (stored as the series' attrs)."""
+        self._queue.put(("r", (readings, counters, meters, events, resolutions)))
 
     def restamp(self, wall_minus_mono_ms: int) -> None:
         """The wall clock is trusted from now on (see Buffer.restamp)."""
@@ -1029,9 +1032,9 @@ class BufferWriter(threading.Thread):
         """Take one message; return when the next commit is due for it (None: stop)."""
         now = time.monotonic()
         if kind == "r":
-            readings, counters, meters, events = payload  # type: ignore[misc]
+            readings, counters, meters, events, resolutions = payload  # type: ignore[misc]
             if readings:
-                self._pack(self._fix_stamps(readings))
+                self._pack(self._fix_stamps(readings), resolutions)
             if counters:
                 self._counters.update(counters)
             if meters:
@@ -1053,10 +1056,15 @@ class BufferWriter(threading.Thread):
             return now
         return None
 
-    def _pack(self, readings: list[Reading]) -> None:
+    def _pack(self, readings: list[Reading],
+              resolutions: dict[tuple[str, str], Mapping[str, float | str]] | None = None) -> None:
         buffer = self.buffer
         for part_kind, members in _by_kind(readings):
             sids = [buffer.series_id(r.device, r.point, r.unit, r.kind, r.meter) for r in members]
+            if resolutions:
+                for reading, sid in zip(members, sids):
+                    if (resolution := resolutions.get((reading.device, reading.point))) is not None:
+                        buffer.set_attrs(sid, json.dumps({"resolution": resolution}, sort_keys=True))
             stamps = [r.ts for r in members]
             rows = self._rows[part_kind]
             if not rows or rows[-1].count >= ROW_READINGS:

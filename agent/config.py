@@ -14,59 +14,19 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from drivers.core.durations import DURATION_SCHEMA, Duration, parse_duration
+from drivers import registry
+from drivers.core.device import DeviceConfig
+from drivers.core.durations import DURATION_SCHEMA, Duration, format_duration, parse_duration
 from drivers.core.errors import ConfigError, did_you_mean
+from drivers.core.fields import Host, Identifier, Port, PrintableText
+from drivers.core.protocol import BusRecord
 from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, json_schema, validate
 from drivers.core.yamlsource import Located, YamlProblem, load_located
-from drivers.profile import SITE_PROFILE_DIR, Catalogue, MbusProfile, load_catalogue
+from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
 
-# Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
-Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
-                                 explain="use letters, digits, '_', '.' or '-' (it becomes part of MQTT topics)")]
-Port = Annotated[int, Rule(ge=1, le=65535)]
-NonEmpty = Annotated[str, Rule(min_length=1)]
-# MQTT forbids U+0000 in a string and advises against the other control
-# characters; a NUL would also cut the name short in C brokers' logs and ACLs.
-PrintableText = Annotated[str, Rule(pattern=r"[^\x00-\x1f\x7f-\x9f]+",
-                                    explain="no control characters (NUL, tab, line break ...); "
-                                            "is the value quoted right?")]
-
-
-def parse_host(value: object) -> str:
-    """A host name or address as a socket takes it. A URL (``mqtt://broker``)
-    or ``host:port`` would pass as text and fail only at run time, so it is
-    refused here, naming the host part to write instead."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a host name or IP address (got {value!r})")
-    text = value.strip()
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "", text
-    authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    host, port = authority, ""
-    if authority.startswith("[") and "]" in authority:  # [::1]:1883
-        host, _, tail = authority[1:].partition("]")
-        port = tail.removeprefix(":")
-    elif authority.count(":") == 1:  # host:port; more colons are a bare IPv6 address
-        host, _, port = authority.partition(":")
-    if not (sep or port or "/" in rest or "@" in rest or any(c.isspace() for c in text)):
-        return text
-    if not host or any(c.isspace() for c in host):
-        raise ValueError(f"{text!r} is not a host name or IP address")
-    what = "a URL" if sep else ("host:port" if port else "not a host name")
-    hints = [f"give the host alone (did you mean {host!r}?)"]
-    if port:
-        hints.append(f"the port goes in `port: {port}`")
-    if scheme.lower() in ("mqtts", "ssl", "tls", "wss", "https"):
-        hints.append("TLS is switched on with a `tls:` section")
-    raise ValueError(f"{text!r} is {what}: " + "; ".join(hints))
-
-
-Host = Annotated[str, Parse(parse_host, {"type": "string", "minLength": 1, "pattern": r"^[^\s/@]+$",
-                                         "description": "a host name or IP address, without scheme or port"})]
-
+__all__ = ["Config", "DeviceConfig", "LoadedConfig", "format_duration", "load_config", "parse_duration"]
 
 # systemd's RuntimeDirectory= (a tmpfs): the status snapshot, rewritten every
 # few seconds, belongs there rather than on the SD card.
@@ -159,68 +119,13 @@ class UplinkConfig:
     mqtt: MqttConfig
 
 
-@_record
-class ModbusRtuBus:
-    id: Identifier
-    type: Literal["modbus-rtu"]
-    port: NonEmpty
-    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    timeout: Duration = 1.0
-
-
-@_record
-class ModbusTcpBus:
-    id: Identifier
-    type: Literal["modbus-tcp"]
-    host: Host
-    port: Port = 502
-    # "rtu": an RTU-over-TCP serial server (raw RTU frames inside TCP).
-    framing: Literal["socket", "rtu"] = "socket"
-    timeout: Duration = 3.0
-
-
-@_record
-class MbusBus:
-    id: Identifier
-    type: Literal["mbus"]
-    # A serial port (/dev/ttyAMA0, a USB level converter) or a transparent
-    # TCP-to-serial gateway as socket://host:port.
-    port: NonEmpty
-    baudrate: Literal[300, 600, 1200, 2400, 4800, 9600, 19200, 38400] = 2400
-    parity: Literal["N", "E", "O"] = "E"  # M-Bus is 8E1; a pty (tests) only takes N
-    # Per telegram; the default follows EN 13757-2 (330 bit times + 50 ms).
-    timeout: Duration | None = None
-    retries: Annotated[int, Rule(ge=0, le=5)] = 2
-
-
-BusConfig = Union[ModbusRtuBus, ModbusTcpBus, MbusBus]  # told apart by their `type`
-MODBUS_BUS_TYPES = ("modbus-rtu", "modbus-tcp")
-BUS_TYPES = ("modbus-rtu", "modbus-tcp", "mbus")
-
-
-SecondaryAddress = Annotated[str, Rule(pattern=r"[0-9]{8}", explain="a secondary address is 8 digits in quotes")]
-
-
-@_record
-class DeviceConfig:
-    id: Identifier
-    bus: Identifier
-    # Modbus: unit id 1..247. M-Bus: primary address 1..250, or the meter's
-    # 8-digit identification number (secondary address) as a quoted string.
-    address: Annotated[int, Rule(ge=0, le=255)] | SecondaryAddress
-    profile: NonEmpty
-    interval: Duration = 60.0
-    # A subset of the profile's points; all of them when absent.
-    points: tuple[str, ...] | None = None
-    # The most a counter can rise per hour, in its unit (e.g. a 63 A
-    # three-phase supply: energy_active_import: 45). A larger rise is flagged.
-    max_rate: dict[str, Annotated[float, Rule(gt=0)]] | None = None
-    # Points read at their own interval, e.g. {energy_active_import: 15m,
-    # power_active: 10s}; the others at the device's interval.
-    intervals: dict[str, Duration] | None = None
+# A bus is a record of the protocol its `type` names (drivers/registry.py):
+# the validator tells them apart by that key. For the type checker every
+# one of them is a BusRecord; the agent needs no more than that of a bus.
+if TYPE_CHECKING:
+    BusConfig = BusRecord
+else:
+    BusConfig = Union[registry.bus_records()]  # noqa: UP007 - a union built at run time
 
 
 @_record
@@ -233,7 +138,7 @@ class Config:
     profile_dirs: tuple[Path, ...] = ()
     health: HealthConfig = field(default_factory=HealthConfig)
 
-    def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus | MbusBus:
+    def bus(self, bus_id: str) -> BusConfig:
         return next(b for b in self.buses if b.id == bus_id)
 
     def devices_on(self, bus_id: str) -> list[DeviceConfig]:
@@ -395,7 +300,7 @@ def _as_list(value: object) -> list[Any]:
 def _describe(problem: Problem, located: Located) -> tuple[int, str]:
     message = problem.message
     if problem.kind == "tag_missing":
-        message = f"a bus needs a 'type' ({', '.join(BUS_TYPES)})"
+        message = f"a bus needs a 'type' ({', '.join(registry.bus_types())})"
     elif problem.kind == "tag_unknown":
         message = message.replace("unknown type", "unknown bus type", 1)
     return located.line_of(problem.loc), f"{dotted(problem.loc)}: {message}"
@@ -459,19 +364,11 @@ def _cross_check(located: Located, catalogue: Catalogue,
                 )
             else:
                 addresses[key] = index
-            if bus_types.get(bus_id) in MODBUS_BUS_TYPES and not (isinstance(address, int) and 1 <= address <= 247):
+            protocol = registry.for_bus_type(bus_types.get(bus_id, ""))
+            problem = protocol.check_address(address) if protocol is not None else None
+            if problem is not None:
                 judged.add(where + ("address",))
-                problems.append(
-                    (located.line_of(where + ("address",)),
-                     f"devices[{index}].address: a Modbus unit id is 1..247 (got {address!r})")
-                )
-            if bus_types.get(bus_id) == "mbus" and isinstance(address, int) and not 1 <= address <= 250:
-                judged.add(where + ("address",))
-                problems.append(
-                    (located.line_of(where + ("address",)),
-                     f"devices[{index}].address: an M-Bus primary address is 1..250, or give the "
-                     f"8-digit secondary address in quotes (got {address})")
-                )
+                problems.append((located.line_of(where + ("address",)), f"devices[{index}].address: {problem}"))
         profile_name = device.get("profile")
         if isinstance(profile_name, str):
             if profile_name in catalogue.broken:
@@ -488,8 +385,8 @@ def _cross_check(located: Located, catalogue: Catalogue,
                 )
             else:
                 profile = catalogue.get(profile_name)
-                protocol = "mbus" if bus_types.get(bus_id) == "mbus" else "modbus"
-                if isinstance(bus_id, str) and bus_id in bus_types and profile.protocol != protocol:
+                protocol = registry.for_bus_type(bus_types.get(bus_id, "")) if isinstance(bus_id, str) else None
+                if isinstance(bus_id, str) and protocol is not None and profile.protocol not in protocol.takes:
                     problems.append(
                         (located.line_of(where + ("profile",)),
                          f"devices[{index}].profile: {profile_name!r} is a {profile.protocol} profile, "
@@ -529,40 +426,17 @@ def summarise(loaded: LoadedConfig) -> list[str]:
     for device in cfg.devices:
         by_bus[device.bus].append(device)
     for bus in cfg.buses:
-        where = (
-            f"{bus.port} {bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"
-            if isinstance(bus, ModbusRtuBus)
-            else f"{bus.port} {bus.baudrate} 8{bus.parity}1" if isinstance(bus, MbusBus)
-            else f"{bus.host}:{bus.port}"
-        )
-        lines.append(f"bus {bus.id} ({bus.type}, {where}): {len(by_bus[bus.id])} device(s)")
+        protocol = registry.for_bus(bus)
+        lines.append(f"bus {bus.id} ({bus.type}, {bus.describe()}): {len(by_bus[bus.id])} device(s)")
         for device in by_bus[bus.id]:
             profile = loaded.catalogue.get(device.profile)
-            every_record = isinstance(profile, MbusProfile) and profile.all_records
-            points = device.points or (("every record",) if every_record else tuple(p.name for p in profile.points))
-            min_interval = getattr(profile, "min_interval", None)
-            if min_interval and device.interval < min_interval:
-                lines.append(f"  warning: device {device.id} every {format_duration(device.interval)}: "
-                             f"{profile.name} meters allow a read every {format_duration(min_interval)} at most "
-                             "(battery); the meter may stop answering or drain its battery")
-            factory = profile.workarounds.serial
-            if factory and isinstance(bus, ModbusRtuBus) and (factory.baudrate, factory.parity, factory.stopbits) \
-                    != (bus.baudrate, bus.parity, bus.stopbits):
-                lines.append(f"  note: device {device.id}: {profile.name} leaves the factory at {factory.describe()}, "
-                             f"bus {bus.id} runs {bus.baudrate} 8{bus.parity}{bus.stopbits}; right only if the "
-                             "meter was set to the bus's settings")
+            points = protocol.point_names(device, profile)
+            lines.extend(f"  {note}" for note in protocol.notes(bus, device, profile))
             lines.append(
                 f"  device {device.id}: address {device.address}, profile {device.profile}, "
                 f"every {format_duration(device.interval)}, {len(points)} point(s): {', '.join(points)}"
             )
     return lines
-
-
-def format_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def config_schema() -> dict[str, Any]:

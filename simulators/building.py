@@ -35,8 +35,10 @@ from typing import Any
 import yaml
 
 from drivers.core.errors import RetrofitError
-from drivers.codec import encode
-from drivers.profile import MbusProfile, ModbusPoint, Profile, load_catalogue
+from drivers.modbus.codec import encode
+from drivers.mbus.profile import MbusProfile
+from drivers.modbus.profile import ModbusPoint, ModbusProfile as Profile
+from drivers.profile import load_catalogue
 from simulators import physics
 from simulators.building_config import (
     BuildingConfig,

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import yaml
 
-from agent.config import parse_duration
+from drivers.core.durations import parse_duration
 from drivers.core.errors import RetrofitError
 from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, validate
 

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _mbus_meter(spec: str):  # noqa: ANN202
-    from drivers.mbus import parse_hex
+    from drivers.mbus.decode_json import parse_hex
     from simulators.mbus_meter import SimulatedMbusMeter
 
     primary, sep, rest = spec.partition("=")

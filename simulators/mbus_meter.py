@@ -18,7 +18,7 @@ from decimal import Decimal
 import serial
 
 from drivers.core.errors import DecodeError
-from drivers.mbus import bytes_needed, checksum, parse_frame
+from drivers.mbus.frame import bytes_needed, checksum, parse_frame
 from drivers.mbus.frame import ACK, LongFrame, ShortFrame
 from simulators.modbus_server import read_burst
 

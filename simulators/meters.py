@@ -14,8 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from drivers.codec import encode
-from drivers.profile import ModbusPoint, Profile
+from drivers.modbus.codec import encode
+from drivers.modbus.profile import ModbusPoint, ModbusProfile as Profile
 from simulators.modbus_server import ILLEGAL_DATA_ADDRESS, Unit
 
 Clock = Callable[[], float]

@@ -565,7 +565,7 @@ def main_platform(broker: tuple[str, int], topic_prefix: str, meta_path: Path | 
 
 def add_cli(commands: Any) -> None:
     """`retrofit-sim platform` (hooked into simulators/cli.py)."""
-    from agent.config import parse_duration
+    from drivers.core.durations import parse_duration
 
     def host_port(spec: str) -> tuple[str, int]:
         host, sep, port = spec.rpartition(":")

@@ -298,7 +298,7 @@ def test_example_building_and_its_agent_config_agree() -> None:
 
 def test_building_serves_on_tcp_and_a_pty_and_records_what_it_served(tmp_path: Path) -> None:
     require_binary("socat")
-    from drivers import modbus
+    from drivers.modbus import link as modbus
 
     config = config_of(tmp_path, tcp_port=free_port(), pty=str(tmp_path / "ttyB1"), faults=[
         {"at": "5h", "fault": "bus_down", "bus": "plant", "for": "3h"}])

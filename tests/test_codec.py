@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.codec import REGISTER_TYPES, WORD_ORDERS, encode, make_decoder, shortest_float32
+from drivers.modbus.codec import REGISTER_TYPES, WORD_ORDERS, encode, make_decoder, shortest_float32
 
 # 0x01020304 as each order puts it on the wire (written out, not computed).
 WIRE = {"ABCD": [0x0102, 0x0304], "CDAB": [0x0304, 0x0102], "BADC": [0x0201, 0x0403], "DCBA": [0x0403, 0x0201]}

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from agent.buffer import inspect
-from drivers.profile import Profile, load_catalogue
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 from tests.support import (

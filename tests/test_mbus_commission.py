@@ -15,8 +15,8 @@ import pytest
 import serial
 import yaml
 
-from agent.commission import SecondarySearch
-from drivers.mbus_link import MbusLink
+from drivers.mbus.commission import SecondarySearch
+from drivers.mbus.link import MbusLink
 from simulators.mbus_meter import HeatMeterState, MbusLineServer, SimulatedMbusMeter
 from simulators.pty import PtyPair
 from tests.support import REPO, require_binary

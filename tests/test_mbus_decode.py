@@ -19,17 +19,11 @@ from pathlib import Path
 import pytest
 
 from drivers.core.errors import DecodeError, FrameError
-from drivers.mbus import (
-    DataCoding,
-    DataRecord,
-    LongFrame,
-    RecordFunction,
-    decode_records,
-    decode_telegram,
-    decode_user_data,
-    parse_hex,
-    telegram_to_json,
-)
+from drivers.mbus.datafield import DataCoding
+from drivers.mbus.decode_json import parse_hex, telegram_to_json
+from drivers.mbus.frame import LongFrame
+from drivers.mbus.records import DataRecord, RecordFunction, decode_records
+from drivers.mbus.telegram import decode_telegram, decode_user_data
 from drivers.mbus.decode_json import split_frames
 from drivers.mbus.telegram import manufacturer_code
 from tests.mbus_support.libmbus_reference import (

@@ -1,4 +1,4 @@
-"""drivers/mbus_points.py: records of a telegram -> a profile's points, their
+"""drivers/mbus/points.py: records of a telegram -> a profile's points, their
 values and their resolution, in the point's unit."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from drivers.mbus import DataRecord, decode_records
-from drivers.mbus_points import PointStep, point_steps, point_values
+from drivers.mbus.records import DataRecord, decode_records
+from drivers.mbus.points import PointStep, point_steps, point_values
 from drivers.profile import load_catalogue
 
 pytestmark = pytest.mark.timeout(30)

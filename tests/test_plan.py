@@ -7,8 +7,8 @@ from itertools import combinations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.plan import LinkCost, gaps_inside, plan_requests
-from drivers.profile import ModbusPoint
+from drivers.modbus.plan import LinkCost, gaps_inside, plan_requests
+from drivers.modbus.profile import ModbusPoint
 
 
 def point(address: int, kind: str = "float32", table: str = "input") -> ModbusPoint:

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.worker import group_by_interval
+from drivers.modbus.reader import group_by_interval
 from drivers.core.errors import ProfileError
-from drivers.profile import Profile, load_profile_file
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.profile import load_profile_file
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 from tests.support import AgentProcess, Broker, Subscriber, wait_until, write_config

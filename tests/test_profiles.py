@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.codec import registers_to_bytes
-from drivers.plan import ReadRequest
-from drivers.profile import ModbusPoint, Profile, bundled_profile_texts, load_catalogue
-from drivers.values import AnswerDecoder, with_exponent_registers
+from drivers.modbus.codec import registers_to_bytes
+from drivers.modbus.plan import ReadRequest
+from drivers.modbus.profile import ModbusPoint, ModbusProfile as Profile
+from drivers.profile import bundled_profile_texts, load_catalogue
+from drivers.modbus.values import AnswerDecoder, with_exponent_registers
 
 CATALOGUE = load_catalogue()
 MODBUS = [p for p in (CATALOGUE.get(n) for n in CATALOGUE.names()) if isinstance(p, Profile)]
@@ -22,7 +23,7 @@ def run_vectors(profile: Profile) -> list[str]:
     """Mismatches between the profile's decoding and its test vectors.
 
     Each block of a vector is served as one answer through the decoding the
-    bus worker uses (drivers/values.py), scale registers included."""
+    bus worker uses (drivers/modbus/values.py), scale registers included."""
     problems = []
     for index, vector in enumerate(profile.tests):
         decoder = AnswerDecoder(profile.points)

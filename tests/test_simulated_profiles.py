@@ -7,10 +7,11 @@ import math
 
 import pytest
 
-from agent.commission import probe
-from drivers.modbus import tcp_link
-from drivers.plan import LinkCost
-from drivers.profile import ModbusPoint, Profile, load_catalogue
+from drivers.modbus.commission import probe
+from drivers.modbus.link import tcp_link
+from drivers.modbus.plan import LinkCost
+from drivers.modbus.profile import ModbusPoint, ModbusProfile as Profile
+from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 

@@ -30,7 +30,11 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from drivers.mbus import DataCoding, DataRecord, RecordFunction, Telegram
+from drivers.mbus.datafield import DataCoding
+
+from drivers.mbus.records import DataRecord, RecordFunction
+
+from drivers.mbus.telegram import Telegram
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_VAR = "RETROFIT_MBUS_TESTDATA"

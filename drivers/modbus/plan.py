@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from drivers.profile import ModbusPoint, Table
+from drivers.modbus.profile import ModbusPoint, Table
 
 MODBUS_MAX_REGISTERS = 125  # protocol limit for function codes 3 and 4
 

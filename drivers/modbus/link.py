@@ -19,7 +19,6 @@ peer floods it.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from typing import Protocol
@@ -31,7 +30,8 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
 from drivers.core.errors import BusError, ExceptionResponse, MismatchedReply
-from drivers.profile import Table
+from drivers.core.ports import port_in_use
+from drivers.modbus.profile import Table
 
 # pymodbus logs every timeout and retry itself; the bus worker reports state
 # changes with counts instead, so its own chatter is kept out of the journal.
@@ -278,22 +278,6 @@ class PymodbusLink:
             return (": the port is in use by another process (another retrofit-agent, or a terminal "
                     "program?); a line has one master")
         return ": the port refused these settings"
-
-
-def port_in_use(port: str) -> bool:
-    """Does another process hold the port's exclusive lock (pyserial's
-    ``exclusive=True`` takes an advisory flock)? Asked on the error path only."""
-    try:
-        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing the only descriptor releases a lock taken here
-    return False
 
 
 def _short(exc: Exception) -> str:

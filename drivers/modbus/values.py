@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
-from drivers.codec import BlockDecoder, Number, Value
-from drivers.plan import ReadRequest
-from drivers.profile import ModbusPoint
+from drivers.modbus.codec import BlockDecoder, Number, Value
+from drivers.modbus.plan import ReadRequest
+from drivers.modbus.profile import ModbusPoint
 
 EXPONENT_PREFIX = "_exponent:"
 NOT_IMPLEMENTED = -32768  # SunSpec: the meter has no such value

@@ -21,19 +21,18 @@ import time
 import serial
 
 from drivers.core.errors import BusError, DecodeError, MismatchedReply
-from drivers.mbus import (
-    NETWORK_LAYER_ADDRESS,
+from drivers.mbus.frame import (
     LongFrame,
+    NETWORK_LAYER_ADDRESS,
     SingleChar,
-    Telegram,
     build_req_ud2,
     build_select_secondary,
     build_snd_nke,
     bytes_needed,
-    decode_user_data,
     is_rsp_ud,
     parse_frame,
 )
+from drivers.mbus.telegram import Telegram, decode_user_data
 from drivers.mbus.frame import MAX_FRAME_LENGTH
 
 MAX_TELEGRAMS = 16  # a multi-telegram readout longer than this is a meter fault

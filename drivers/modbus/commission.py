@@ -1,0 +1,253 @@
+"""Modbus commissioning: probe a device, scan a line, estimate a bus's load.
+
+All of it only reads: function codes 03 and 04, never a write. pymodbus is
+imported when a verb runs, not when the command line is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from drivers.core.cli import Progress, parse_ranges
+from drivers.core.device import DeviceConfig
+from drivers.core.errors import BusError, ExceptionResponse, PortUnavailable, UsageError
+from drivers.core.ports import check_serial_port, check_tcp
+from drivers.core.protocol import BusLoad, BusRecord, Commissioning, DeviceProfile
+from drivers.modbus.codec import registers_to_bytes
+from drivers.modbus.config import ModbusBus, ModbusRtuBus, ModbusTcpBus
+from drivers.modbus.plan import LinkCost, ReadRequest, plan_requests
+from drivers.modbus.profile import ModbusPoint, ModbusProfile, SerialDefaults, Table
+from drivers.modbus.reader import group_by_interval
+from drivers.modbus.values import AnswerDecoder, with_exponent_registers
+
+if TYPE_CHECKING:
+    from drivers.modbus.link import PymodbusLink, RegisterReader
+
+# A Modbus TCP gateway answers for a serial unit that is not there with
+# exception 10 (path unavailable) or 11 (target failed to respond): absence.
+GATEWAY_EXCEPTIONS = (10, 11)
+
+
+def link_cost(bus: ModbusBus) -> LinkCost:
+    if isinstance(bus, ModbusRtuBus):
+        return LinkCost.rtu(bus.baudrate, bus.parity, bus.stopbits)
+    return LinkCost.tcp()
+
+
+def open_link(bus: ModbusBus) -> PymodbusLink:
+    from drivers.modbus.link import serial_link, tcp_link
+
+    if isinstance(bus, ModbusRtuBus):
+        return serial_link(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize, bus.timeout)
+    return tcp_link(bus.host, bus.port, bus.timeout, rtu_framing=bus.framing == "rtu")
+
+
+def check_bus(bus: ModbusBus) -> None:
+    """Fail at once, with the reason, when a bus's port cannot be opened."""
+    if isinstance(bus, ModbusTcpBus):
+        check_tcp(bus.host, bus.port, bus.timeout)
+    else:
+        check_serial_port(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
+
+
+def chosen_points(profile: ModbusProfile, wanted: Iterable[str] | None) -> tuple[ModbusPoint, ...]:
+    names = set(wanted) if wanted is not None else None
+    return tuple(p for p in profile.points if names is None or p.name in names)
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    point: str
+    value: object
+    unit: str
+    raw: tuple[int, ...]
+    error: str = ""
+
+
+def probe(link: RegisterReader, unit: int, profile: ModbusProfile, cost: LinkCost,
+          points: Iterable[str] | None = None) -> list[ProbeRow]:
+    """Read every point of one device once, keeping the raw registers."""
+    chosen = chosen_points(profile, points)
+    order = {p.name: i for i, p in enumerate(chosen)}
+    rows: list[ProbeRow] = []
+    decoder = AnswerDecoder(chosen)
+    answers: list[tuple[ReadRequest, list[int]]] = []
+    for request in plan_requests(with_exponent_registers(chosen), cost, profile.workarounds.max_registers,
+                                 profile.workarounds.holes):
+        try:
+            answers.append((request, link.read(request.table, unit, request.start, request.count)))
+        except BusError as exc:
+            rows.extend(ProbeRow(p.name, None, p.unit, (), str(exc)) for p in request.points if p.name in order)
+    decoder.take_exponents((request, registers_to_bytes(registers)) for request, registers in answers)
+    for request, registers in answers:
+        for point, value in decoder.values(request, registers_to_bytes(registers)):
+            raw = tuple(registers[point.address - request.start: point.end - request.start])
+            rows.append(ProbeRow(point.name, value, point.unit, raw))
+    return sorted(rows, key=lambda r: order[r.point])
+
+
+def format_probe(rows: list[ProbeRow]) -> str:
+    lines = [f"{'point':26} {'value':>14} {'unit':6} raw registers"]
+    for row in rows:
+        raw = " ".join(f"{w:04X}" for w in row.raw)
+        value = "-" if row.value is None else str(row.value)
+        lines.append(f"{row.point:26} {value:>14} {row.unit:6} {raw or row.error}")
+    return "\n".join(lines)
+
+
+def scan_units(link: RegisterReader, units: Iterable[int], table: Table,
+               register: int) -> Iterator[tuple[int, str | None]]:
+    """Every unit with what it answered: "registers", "exception NN" (which
+    proves a device is there even if the register does not exist), or None."""
+    for unit in units:
+        try:
+            link.read(table, unit, register, 1)
+            yield unit, "registers"
+        except ExceptionResponse as exc:
+            yield unit, None if exc.code in GATEWAY_EXCEPTIONS else f"exception {exc.code:02d}"
+        except BusError:
+            yield unit, None
+
+
+def bus_load(bus: ModbusBus, devices: Sequence[tuple[DeviceConfig, ModbusProfile]]) -> BusLoad:
+    """Wire time per second of schedule, from the request plans."""
+    cost = link_cost(bus)
+    busy = per_hour = worst = 0.0
+    for device, profile in devices:
+        points = chosen_points(profile, device.points)
+        for interval, members in group_by_interval(points, device.interval, device.intervals).items():
+            plan = plan_requests(members, cost, profile.workarounds.max_registers, profile.workarounds.holes)
+            poll = sum(cost.request_time(r.count) for r in plan)
+            busy += poll / interval
+            per_hour += len(plan) * 3600 / interval
+            worst = max(worst, poll)
+    return BusLoad(bus.id, busy, per_hour, worst)
+
+
+def _unit(address: int | str) -> int:
+    if not isinstance(address, int):
+        raise UsageError(f"a Modbus unit id is 1..247 (got {address!r})")
+    return address
+
+
+class ModbusCommissioning(Commissioning):
+    flag = None  # a bus named without a protocol option is a Modbus bus
+    address_help = "unit id 1..247"
+    option_defaults = {"baudrate": "9600 (Modbus)", "parity": "N (Modbus)", "port": "502 (Modbus TCP)",
+                       "timeout": "scan 0.3 on TCP, 0.5 on serial; probe 0.5"}
+
+    def add_arguments(self, verb: str, parser: argparse.ArgumentParser) -> None:
+        if verb != "scan":
+            return
+        parser.add_argument("--baudrates", default=None,
+                            help="serial: comma list to try (default 9600,19200,2400,4800,38400,115200)")
+        parser.add_argument("--parities", default="N,E", help="serial: comma list to try (default N,E)")
+        parser.add_argument("--table", choices=("holding", "input"), default="holding")
+        parser.add_argument("--register", type=int, default=0, help="register to read (default 0)")
+
+    def parse_address(self, text: str) -> int:
+        if not text.isdigit() or not 1 <= int(text) <= 247:
+            raise UsageError(f"--address {text!r}: expected a Modbus unit id 1..247")
+        return int(text)
+
+    def adhoc_bus(self, verb: str, args: argparse.Namespace, profile: DeviceProfile | None) -> ModbusBus:
+        """The bus the command line describes; unset serial settings come
+        from the profile's factory settings when it has them, else 9600 8N1."""
+        serial = profile.workarounds.serial if isinstance(profile, ModbusProfile) else None
+        timeout = 0.5 if verb == "probe" or args.serial else 0.3
+        return adhoc_bus(args, serial, timeout)
+
+    def with_timeout(self, bus: BusRecord, timeout: float) -> BusRecord:
+        assert isinstance(bus, (ModbusRtuBus, ModbusTcpBus))
+        return dataclasses.replace(bus, timeout=timeout)
+
+    def probe(self, bus: BusRecord, address: int | str, profile: DeviceProfile, points: Sequence[str] | None) -> bool:
+        if not isinstance(bus, (ModbusRtuBus, ModbusTcpBus)) or not isinstance(profile, ModbusProfile):
+            raise UsageError(f"{profile.name} is a Modbus profile, but bus {bus.id} is not a Modbus bus")
+        unit = _unit(address)
+        check_bus(bus)
+        link = open_link(bus)
+        try:
+            rows = probe(link, unit, profile, link_cost(bus), points)
+        finally:
+            link.close()
+        print(f"{profile.name} at unit {unit} on {bus.id}:")
+        print(format_probe(rows))
+        return all(not r.error for r in rows)
+
+    def scan(self, args: argparse.Namespace, bus: BusRecord | None) -> bool:
+        units = parse_ranges(args.addresses or "1-247", 1, 247)
+        if not 0 <= args.register <= 0xFFFF:
+            raise UsageError(f"--register {args.register}: a register address is 0..65535")
+        if bus is not None:
+            assert isinstance(bus, (ModbusRtuBus, ModbusTcpBus))
+            return _scan(args, units, [bus])
+        adhoc = adhoc_bus(args, None, timeout=0.5 if args.serial else 0.3)
+        settings: list[ModbusBus] = [adhoc]
+        if isinstance(adhoc, ModbusRtuBus):
+            try:
+                rates = [int(r) for r in (args.baudrates or "9600,19200,2400,4800,38400,115200").split(",")]
+            except ValueError:
+                raise UsageError(f"--baudrates: cannot read {args.baudrates!r}; use e.g. 9600,19200") from None
+            parities = [p.strip().upper() for p in args.parities.split(",")]
+            if bad := [p for p in parities if p not in ("N", "E", "O")]:
+                raise UsageError(f"--parities: {', '.join(bad)} is not N, E or O")
+            rates = [args.baudrate] if args.baudrate else rates
+            parities = [args.parity] if args.parity else parities
+            settings = [dataclasses.replace(adhoc, baudrate=r, parity=p) for r in rates for p in parities]
+        return _scan(args, units, settings)
+
+
+def adhoc_bus(args: argparse.Namespace, serial: SerialDefaults | None, timeout: float) -> ModbusBus:
+    if args.serial:
+        return ModbusRtuBus(id="probe", type="modbus-rtu", port=args.serial,
+                            baudrate=args.baudrate or (serial.baudrate if serial else 9600),
+                            parity=args.parity or (serial.parity if serial else "N"),
+                            stopbits=args.stopbits or (serial.stopbits if serial else 1),
+                            timeout=args.timeout or timeout)
+    if args.host:
+        return ModbusTcpBus(id="probe", type="modbus-tcp", host=args.host, port=args.port or 502,
+                            timeout=args.timeout or timeout)
+    raise UsageError("say where: --serial PORT or --host HOST (or --config FILE with --device or --bus)")
+
+
+def _scan(args: argparse.Namespace, units: list[int], settings: list[ModbusBus]) -> bool:
+    progress = Progress(sys.stderr)
+    found = opened = 0
+    refused: list[str] = []
+    table: Literal["holding", "input"] = args.table
+    for candidate in settings:
+        where = (f"{candidate.port} {candidate.baudrate} 8{candidate.parity}{candidate.stopbits}"
+                 if isinstance(candidate, ModbusRtuBus) else f"tcp://{candidate.host}:{candidate.port}")
+        try:
+            check_bus(candidate)
+        except PortUnavailable as exc:
+            if not exc.settings_refused:
+                raise
+            refused.append(str(exc))
+            print(f"skipping {where}: the port refuses these settings", flush=True)
+            continue
+        opened += 1
+        print(f"scanning {where}, units {units[0]}..{units[-1]} ({candidate.timeout:g} s per silent unit: "
+              f"at most {len(units) * candidate.timeout:.0f} s) ...", flush=True)
+        link = open_link(candidate)
+        try:
+            for done, (unit, answer) in enumerate(scan_units(link, units, table, args.register), 1):
+                if answer is not None:
+                    found += 1
+                    progress.clear()
+                    print(f"  unit {unit:3} answers ({answer}) at {where}", flush=True)
+                progress.update(f"unit {unit} ({done}/{len(units)}) at {where}, {found} found")
+        finally:
+            progress.clear()
+            link.close()
+    if not opened:
+        raise PortUnavailable(refused[0] if len(refused) == 1 else
+                              f"the port refuses every setting tried ({len(refused)}): {refused[0]}")
+    print(f"{found} device(s) found")
+    return bool(found)
