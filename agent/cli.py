@@ -77,8 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from drivers import registry
 
-    probe = commands.add_parser("probe", help="read one device once: its values beside what it sent (registers, "
-                                              "records)")
+    probe = commands.add_parser("probe", help="read one device once: its values beside what it sent")
     probe.add_argument("--config", type=Path, metavar="FILE",
                        help=f"take the bus and profile of --device from this config (default with --device: "
                             f"{DEFAULT_CONFIG})")

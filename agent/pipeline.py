@@ -228,6 +228,8 @@ class BusWorker(threading.Thread):
                 self._stop_event.wait(retry)
                 retry = min(retry * 2, RECEIVER_RETRY_S[1])
                 continue
+            if self._stop_event.is_set():
+                break  # a stop during the wait is no silence
             if failing is not None:
                 self._log.info("bus.receiver_back", error_was=failing)
                 failing, retry = None, RECEIVER_RETRY_S[0]
@@ -260,7 +262,7 @@ class BusWorker(threading.Thread):
             if quiet >= self._silent_after(state):
                 state.heard_at = now
                 self._record(state, BusError(
-                    f"nothing heard from {state.device.where} for {quiet:.0f} s (it sends about every "
+                    f"nothing heard from {state.device.where} for {quiet:.3g} s (it sends about every "
                     f"{max(state.device.intervals, default=60.0):g} s)"), got_any=False)
 
     def _count_unknown(self, sender: str) -> None:

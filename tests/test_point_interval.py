@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from drivers.modbus.reader import group_by_interval
 from drivers.core.errors import ProfileError
+from drivers.modbus.plan import group_by_interval
 from drivers.modbus.profile import ModbusProfile as Profile
 from drivers.profile import load_profile_file
 from simulators.meters import SimulatedDevice

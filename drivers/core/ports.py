@@ -14,8 +14,6 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import serial
-
 from drivers.core.errors import PortUnavailable
 
 try:  # POSIX: pyserial lets termios.error through when a port refuses settings
@@ -47,6 +45,8 @@ def check_serial_port(port: str, baudrate: int, parity: str, stopbits: int = 1, 
     if os.path.realpath(port).startswith("/dev/pts/") and parity != "N":
         raise PortUnavailable(f"{port} refuses {settings}: it is a pty (a virtual serial line), which "
                               "takes parity N only: add --parity N", settings_refused=True)
+    import serial  # pyserial: asked on site, not loaded by the daemon for nothing
+
     with refused_settings(port, settings):
         serial.Serial(port, baudrate=baudrate, parity=parity, stopbits=stopbits, bytesize=bytesize,
                       timeout=0).close()
@@ -56,6 +56,8 @@ def check_serial_port(port: str, baudrate: int, parity: str, stopbits: int = 1, 
 def refused_settings(port: str, settings: str) -> Iterator[None]:
     """A port that will not take these settings, as PortUnavailable: pyserial
     lets termios.error through, which is no OSError."""
+    import serial
+
     try:
         yield
     except (serial.SerialException, TermiosError, ValueError) as exc:

@@ -20,9 +20,8 @@ from drivers.core.ports import check_serial_port, check_tcp
 from drivers.core.protocol import BusLoad, BusRecord, Commissioning, DeviceProfile
 from drivers.modbus.codec import registers_to_bytes
 from drivers.modbus.config import ModbusBus, ModbusRtuBus, ModbusTcpBus
-from drivers.modbus.plan import LinkCost, ReadRequest, plan_requests
+from drivers.modbus.plan import LinkCost, ReadRequest, group_by_interval, plan_requests
 from drivers.modbus.profile import ModbusPoint, ModbusProfile, SerialDefaults, Table
-from drivers.modbus.reader import group_by_interval
 from drivers.modbus.values import AnswerDecoder, with_exponent_registers
 
 if TYPE_CHECKING:

@@ -122,6 +122,19 @@ def _plan_table(
     return runs
 
 
+def group_by_interval(points: tuple[ModbusPoint, ...], device_interval: float,
+                      overrides: dict[str, float] | None = None) -> dict[float, tuple[ModbusPoint, ...]]:
+    """Points by the interval they are read at: the device config's
+    per-point override, else the device's own, slowed to the profile
+    point's ``interval`` where it has one (a profile never makes a point
+    read more often than its device)."""
+    groups: dict[float, list[ModbusPoint]] = {}
+    for point in points:
+        interval = (overrides or {}).get(point.name) or max(device_interval, point.interval or 0.0)
+        groups.setdefault(float(interval), []).append(point)
+    return {interval: tuple(members) for interval, members in sorted(groups.items())}
+
+
 def gaps_inside(request: ReadRequest) -> list[Hole]:
     """Register ranges a merged request reads that belong to no point.
 

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from drivers.core.errors import BusError, ExceptionResponse, MismatchedReply
 from drivers.core.protocol import Answer, Clock, PointInfo, Readout
 from drivers.modbus.codec import Decoder, registers_to_bytes
-from drivers.modbus.link import RegisterReader
-from drivers.modbus.plan import Hole, LinkCost, ReadRequest, gaps_inside, plan_requests
+from drivers.modbus.plan import Hole, LinkCost, ReadRequest, gaps_inside, group_by_interval, plan_requests
 from drivers.modbus.profile import ModbusPoint, ModbusProfile
 from drivers.modbus.values import AnswerDecoder, with_exponent_registers
+
+if TYPE_CHECKING:
+    from drivers.modbus.link import RegisterReader
 
 ILLEGAL_DATA_ADDRESS = 2
 IDENTITY_EVERY_S = 3600.0
@@ -34,19 +37,6 @@ def point_info(point: ModbusPoint) -> PointInfo:
     scale = float(point.scale)
     return PointInfo(point.name, point.unit, point.kind, point.resolution_meta(),
                      slack=abs(scale) if bits else 0.0, rollover_at=(2 ** bits) * scale if bits else None)
-
-
-def group_by_interval(points: tuple[ModbusPoint, ...], device_interval: float,
-                      overrides: dict[str, float] | None = None) -> dict[float, tuple[ModbusPoint, ...]]:
-    """Points by the interval they are read at: the device config's
-    per-point override, else the device's own, slowed to the profile
-    point's ``interval`` where it has one (a profile never makes a point
-    read more often than its device)."""
-    groups: dict[float, list[ModbusPoint]] = {}
-    for point in points:
-        interval = (overrides or {}).get(point.name) or max(device_interval, point.interval or 0.0)
-        groups.setdefault(float(interval), []).append(point)
-    return {interval: tuple(members) for interval, members in sorted(groups.items())}
 
 
 @dataclass
