@@ -66,16 +66,23 @@ class _SeriesResolutions(Mapping[tuple[str, str], Resolution]):
 
     def __init__(self, buffer: Buffer) -> None:
         self._buffer = buffer
+        self._from: object = None  # the series map the cache was made from
+        self._cache: dict[tuple[str, str], Resolution] = {}
 
     def _described(self) -> dict[tuple[str, str], Resolution]:
+        # A commit that adds a series or changes its attrs replaces the map.
+        series = self._buffer.series()
+        if series is self._from:
+            return self._cache
         attrs = self._buffer.series_attrs()
         out: dict[tuple[str, str], Resolution] = {}
-        for sid, (device, point, *_rest) in sorted(self._buffer.series().items()):
+        for sid, (device, point, *_rest) in sorted(series.items()):
             described = attrs.get(sid)
             if described:
                 resolution = json.loads(described).get("resolution")
                 if resolution is not None:
                     out[(device, point)] = resolution
+        self._from, self._cache = series, out
         return out
 
     def __getitem__(self, key: tuple[str, str]) -> Resolution:

@@ -32,6 +32,7 @@ buses never wait for it.
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -155,6 +156,7 @@ class BusWorker(threading.Thread):
         self._health = health
         self._stop_event = stop
         self._log = logs.get("bus").bind(bus=bus_id)
+        self._stall_failpoint = f"stall-bus:{bus_id}"
         self._bus_health = health.buses.setdefault(bus_id, BusHealth())
         self._mismatches: dict[tuple[str, str], tuple[float, int]] = {}  # (device, kind) -> (logged at, repeats)
         self._unknown: dict[str, tuple[float, int]] = {}  # sender -> (logged at, repeats since)
@@ -195,20 +197,24 @@ class BusWorker(threading.Thread):
         start = time.time()
         for index, (_, _, slot) in enumerate(schedule):
             slot.next_due = start + index * 0.01
+        due = [(slot.next_due, index) for index, (_, _, slot) in enumerate(schedule)]  # a heap: the next poll first
+        heapq.heapify(due)
         while not self._stop_event.is_set():
             self._health.touch(self.name)
-            failpoints.hang_if(f"stall-bus:{self.bus_id}")
-            state, reader, slot = min(schedule, key=lambda entry: entry[2].next_due)
-            wait = slot.next_due - time.time()
+            failpoints.hang_if(self._stall_failpoint)
+            next_due, index = due[0]
+            wait = next_due - time.time()
             if wait > CHAIN_S:
                 self._stop_event.wait(min(wait, 1.0))
                 continue
+            state, reader, slot = schedule[index]
             self.take(state, reader.read(slot.group, self._clock))
             self._bus_health.idle_reconnects = link.idle_reconnects
             self._bus_health.floods = link.floods
             # From the slot, not the clock: a poll chained a little early
             # must not land in the same slot again.
             slot.next_due = next_slot(max(time.time(), slot.next_due), slot.interval, slot.offset)
+            heapq.heapreplace(due, (slot.next_due, index))
 
     # -- pushed sources ------------------------------------------------------------------------
     def _listen(self, source: Pushed) -> None:
@@ -218,7 +224,7 @@ class BusWorker(threading.Thread):
         retry = RECEIVER_RETRY_S[0]
         while not self._stop_event.is_set():
             self._health.touch(self.name)
-            failpoints.hang_if(f"stall-bus:{self.bus_id}")
+            failpoints.hang_if(self._stall_failpoint)
             try:
                 heard = listener.receive(min(1.0, self._until_silent()), self._clock)
             except BusError as exc:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from drivers.core.errors import BusError, ExceptionResponse, MismatchedReply
 from drivers.core.protocol import Answer, Clock, PointInfo, Readout
-from drivers.modbus.codec import Decoder, registers_to_bytes
+from drivers.modbus.codec import Decoder
 from drivers.modbus.plan import Hole, LinkCost, ReadRequest, gaps_inside, group_by_interval, plan_requests
 from drivers.modbus.profile import ModbusPoint, ModbusProfile
 from drivers.modbus.values import AnswerDecoder, with_exponent_registers
@@ -125,7 +125,7 @@ class ModbusDevice:
                 time.sleep(self._pause)  # a device that needs a breath between requests (workarounds)
             first = False
             try:
-                registers = self.link.read(request.table, self.unit, request.start, request.count)
+                answer = self.link.read_bytes(request.table, self.unit, request.start, request.count)
             except ExceptionResponse as exc:
                 if exc.code == ILLEGAL_DATA_ADDRESS and len(request.points) > 1 and not split_once:
                     # Some register inside the merged block does not exist on
@@ -150,7 +150,7 @@ class ModbusDevice:
                 readout.error = exc
                 break  # no answer: the rest would only cost more timeouts
             stamp, mono = clock.stamp()
-            answers.append((request, registers_to_bytes(registers), stamp, mono))
+            answers.append((request, answer, stamp, mono))
         decoder = self.decoder
         decoder.take_exponents((request, answer) for request, answer, _, _ in answers)
         decoded: list[Answer] = [(stamp, mono, decoder.values(request, answer))
