@@ -22,8 +22,9 @@ import serial
 
 from drivers.core.errors import BusError, DecodeError, MismatchedReply
 from drivers.mbus.frame import (
-    LongFrame,
+    MAX_FRAME_LENGTH,
     NETWORK_LAYER_ADDRESS,
+    LongFrame,
     SingleChar,
     build_req_ud2,
     build_select_secondary,
@@ -33,7 +34,6 @@ from drivers.mbus.frame import (
     parse_frame,
 )
 from drivers.mbus.telegram import Telegram, decode_user_data
-from drivers.mbus.frame import MAX_FRAME_LENGTH
 
 MAX_TELEGRAMS = 16  # a multi-telegram readout longer than this is a meter fault
 FLOOD_BYTES = 4 * MAX_FRAME_LENGTH  # more than a few frames' worth between two transactions: a flood

@@ -12,8 +12,8 @@ from decimal import Decimal
 
 from drivers.core.protocol import Resolution
 from drivers.mbus.datafield import DataCoding
-from drivers.mbus.records import DataRecord
 from drivers.mbus.profile import RECORD_COUNTERS, MbusPoint, MbusProfile, record_point_name
+from drivers.mbus.records import DataRecord
 
 # (base unit of the record, unit wanted) -> factor
 _CONVERT: dict[tuple[str, str], Decimal] = {

@@ -13,7 +13,7 @@ from drivers.core.device import DeviceConfig
 from drivers.core.durations import format_duration
 from drivers.core.protocol import BusLoad, BusProtocol, Polled
 from drivers.mbus import config
-from drivers.mbus.commission import MbusCommissioning, bus_load
+from drivers.mbus.cli import MbusCommissioning
 from drivers.mbus.config import MbusBus
 from drivers.mbus.profile import MbusProfile
 
@@ -38,6 +38,8 @@ class MbusProtocol(BusProtocol[MbusBus, MbusProfile]):
                              for device, profile in devices])
 
     def load(self, bus: MbusBus, devices: Sequence[tuple[DeviceConfig, MbusProfile]]) -> BusLoad:
+        from drivers.mbus.commission import bus_load
+
         return bus_load(bus, devices)
 
     def notes(self, bus: MbusBus, device: DeviceConfig, profile: MbusProfile) -> list[str]:

@@ -17,11 +17,12 @@ from drivers.core.cli import Progress, parse_ranges
 from drivers.core.device import DeviceConfig
 from drivers.core.errors import BusError, ExceptionResponse, PortUnavailable, UsageError
 from drivers.core.ports import check_serial_port, check_tcp
-from drivers.core.protocol import BusLoad, BusRecord, Commissioning, DeviceProfile
+from drivers.core.protocol import BusLoad
+from drivers.modbus.cli import adhoc_bus
 from drivers.modbus.codec import registers_to_bytes
-from drivers.modbus.config import ModbusBus, ModbusRtuBus, ModbusTcpBus
+from drivers.modbus.config import ModbusBus, ModbusRtuBus, ModbusTcpBus, link_cost
 from drivers.modbus.plan import LinkCost, ReadRequest, group_by_interval, plan_requests
-from drivers.modbus.profile import ModbusPoint, ModbusProfile, SerialDefaults, Table
+from drivers.modbus.profile import ModbusProfile, Table
 from drivers.modbus.values import AnswerDecoder, with_exponent_registers
 
 if TYPE_CHECKING:
@@ -30,12 +31,6 @@ if TYPE_CHECKING:
 # A Modbus TCP gateway answers for a serial unit that is not there with
 # exception 10 (path unavailable) or 11 (target failed to respond): absence.
 GATEWAY_EXCEPTIONS = (10, 11)
-
-
-def link_cost(bus: ModbusBus) -> LinkCost:
-    if isinstance(bus, ModbusRtuBus):
-        return LinkCost.rtu(bus.baudrate, bus.parity, bus.stopbits)
-    return LinkCost.tcp()
 
 
 def open_link(bus: ModbusBus) -> PymodbusLink:
@@ -54,11 +49,6 @@ def check_bus(bus: ModbusBus) -> None:
         check_serial_port(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
 
 
-def chosen_points(profile: ModbusProfile, wanted: Iterable[str] | None) -> tuple[ModbusPoint, ...]:
-    names = set(wanted) if wanted is not None else None
-    return tuple(p for p in profile.points if names is None or p.name in names)
-
-
 @dataclass(frozen=True)
 class ProbeRow:
     point: str
@@ -71,7 +61,7 @@ class ProbeRow:
 def probe(link: RegisterReader, unit: int, profile: ModbusProfile, cost: LinkCost,
           points: Iterable[str] | None = None) -> list[ProbeRow]:
     """Read every point of one device once, keeping the raw registers."""
-    chosen = chosen_points(profile, points)
+    chosen = profile.chosen(points)
     order = {p.name: i for i, p in enumerate(chosen)}
     rows: list[ProbeRow] = []
     decoder = AnswerDecoder(chosen)
@@ -118,7 +108,7 @@ def bus_load(bus: ModbusBus, devices: Sequence[tuple[DeviceConfig, ModbusProfile
     cost = link_cost(bus)
     busy = per_hour = worst = 0.0
     for device, profile in devices:
-        points = chosen_points(profile, device.points)
+        points = profile.chosen(device.points)
         for interval, members in group_by_interval(points, device.interval, device.intervals).items():
             plan = plan_requests(members, cost, profile.workarounds.max_registers, profile.workarounds.holes)
             poll = sum(cost.request_time(r.count) for r in plan)
@@ -128,91 +118,41 @@ def bus_load(bus: ModbusBus, devices: Sequence[tuple[DeviceConfig, ModbusProfile
     return BusLoad(bus.id, busy, per_hour, worst)
 
 
-def _unit(address: int | str) -> int:
-    if not isinstance(address, int):
-        raise UsageError(f"a Modbus unit id is 1..247 (got {address!r})")
-    return address
+def probe_device(bus: ModbusBus, unit: int, profile: ModbusProfile, points: Sequence[str] | None) -> bool:
+    """`probe`: read one device once and print each point beside its raw registers."""
+    check_bus(bus)
+    link = open_link(bus)
+    try:
+        rows = probe(link, unit, profile, link_cost(bus), points)
+    finally:
+        link.close()
+    print(f"{profile.name} at unit {unit} on {bus.id}:")
+    print(format_probe(rows))
+    return all(not r.error for r in rows)
 
 
-class ModbusCommissioning(Commissioning):
-    flag = None  # a bus named without a protocol option is a Modbus bus
-    address_help = "unit id 1..247"
-    option_defaults = {"baudrate": "9600 (Modbus)", "parity": "N (Modbus)", "port": "502 (Modbus TCP)",
-                       "timeout": "scan 0.3 on TCP, 0.5 on serial; probe 0.5"}
-
-    def add_arguments(self, verb: str, parser: argparse.ArgumentParser) -> None:
-        if verb != "scan":
-            return
-        parser.add_argument("--baudrates", default=None,
-                            help="serial: comma list to try (default 9600,19200,2400,4800,38400,115200)")
-        parser.add_argument("--parities", default="N,E", help="serial: comma list to try (default N,E)")
-        parser.add_argument("--table", choices=("holding", "input"), default="holding")
-        parser.add_argument("--register", type=int, default=0, help="register to read (default 0)")
-
-    def parse_address(self, text: str) -> int:
-        if not text.isdigit() or not 1 <= int(text) <= 247:
-            raise UsageError(f"--address {text!r}: expected a Modbus unit id 1..247")
-        return int(text)
-
-    def adhoc_bus(self, verb: str, args: argparse.Namespace, profile: DeviceProfile | None) -> ModbusBus:
-        """The bus the command line describes; unset serial settings come
-        from the profile's factory settings when it has them, else 9600 8N1."""
-        serial = profile.workarounds.serial if isinstance(profile, ModbusProfile) else None
-        timeout = 0.5 if verb == "probe" or args.serial else 0.3
-        return adhoc_bus(args, serial, timeout)
-
-    def with_timeout(self, bus: BusRecord, timeout: float) -> BusRecord:
-        assert isinstance(bus, (ModbusRtuBus, ModbusTcpBus))
-        return dataclasses.replace(bus, timeout=timeout)
-
-    def probe(self, bus: BusRecord, address: int | str, profile: DeviceProfile, points: Sequence[str] | None) -> bool:
-        if not isinstance(bus, (ModbusRtuBus, ModbusTcpBus)) or not isinstance(profile, ModbusProfile):
-            raise UsageError(f"{profile.name} is a Modbus profile, but bus {bus.id} is not a Modbus bus")
-        unit = _unit(address)
-        check_bus(bus)
-        link = open_link(bus)
+def scan_bus(args: argparse.Namespace, bus: ModbusBus | None) -> bool:
+    """`scan`: every unit that answers, on the bus of the config or at the
+    settings the command line gives (each baud rate and parity it lists)."""
+    units = parse_ranges(args.addresses or "1-247", 1, 247)
+    if not 0 <= args.register <= 0xFFFF:
+        raise UsageError(f"--register {args.register}: a register address is 0..65535")
+    if bus is not None:
+        return _scan(args, units, [bus])
+    adhoc = adhoc_bus(args, None, timeout=0.5 if args.serial else 0.3)
+    settings: list[ModbusBus] = [adhoc]
+    if isinstance(adhoc, ModbusRtuBus):
         try:
-            rows = probe(link, unit, profile, link_cost(bus), points)
-        finally:
-            link.close()
-        print(f"{profile.name} at unit {unit} on {bus.id}:")
-        print(format_probe(rows))
-        return all(not r.error for r in rows)
-
-    def scan(self, args: argparse.Namespace, bus: BusRecord | None) -> bool:
-        units = parse_ranges(args.addresses or "1-247", 1, 247)
-        if not 0 <= args.register <= 0xFFFF:
-            raise UsageError(f"--register {args.register}: a register address is 0..65535")
-        if bus is not None:
-            assert isinstance(bus, (ModbusRtuBus, ModbusTcpBus))
-            return _scan(args, units, [bus])
-        adhoc = adhoc_bus(args, None, timeout=0.5 if args.serial else 0.3)
-        settings: list[ModbusBus] = [adhoc]
-        if isinstance(adhoc, ModbusRtuBus):
-            try:
-                rates = [int(r) for r in (args.baudrates or "9600,19200,2400,4800,38400,115200").split(",")]
-            except ValueError:
-                raise UsageError(f"--baudrates: cannot read {args.baudrates!r}; use e.g. 9600,19200") from None
-            parities = [p.strip().upper() for p in args.parities.split(",")]
-            if bad := [p for p in parities if p not in ("N", "E", "O")]:
-                raise UsageError(f"--parities: {', '.join(bad)} is not N, E or O")
-            rates = [args.baudrate] if args.baudrate else rates
-            parities = [args.parity] if args.parity else parities
-            settings = [dataclasses.replace(adhoc, baudrate=r, parity=p) for r in rates for p in parities]
-        return _scan(args, units, settings)
-
-
-def adhoc_bus(args: argparse.Namespace, serial: SerialDefaults | None, timeout: float) -> ModbusBus:
-    if args.serial:
-        return ModbusRtuBus(id="probe", type="modbus-rtu", port=args.serial,
-                            baudrate=args.baudrate or (serial.baudrate if serial else 9600),
-                            parity=args.parity or (serial.parity if serial else "N"),
-                            stopbits=args.stopbits or (serial.stopbits if serial else 1),
-                            timeout=args.timeout or timeout)
-    if args.host:
-        return ModbusTcpBus(id="probe", type="modbus-tcp", host=args.host, port=args.port or 502,
-                            timeout=args.timeout or timeout)
-    raise UsageError("say where: --serial PORT or --host HOST (or --config FILE with --device or --bus)")
+            rates = [int(r) for r in (args.baudrates or "9600,19200,2400,4800,38400,115200").split(",")]
+        except ValueError:
+            raise UsageError(f"--baudrates: cannot read {args.baudrates!r}; use e.g. 9600,19200") from None
+        parities = [p.strip().upper() for p in args.parities.split(",")]
+        if bad := [p for p in parities if p not in ("N", "E", "O")]:
+            raise UsageError(f"--parities: {', '.join(bad)} is not N, E or O")
+        rates = [args.baudrate] if args.baudrate else rates
+        parities = [args.parity] if args.parity else parities
+        settings = [dataclasses.replace(adhoc, baudrate=r, parity=p) for r in rates for p in parities]
+    return _scan(args, units, settings)
 
 
 def _scan(args: argparse.Namespace, units: list[int], settings: list[ModbusBus]) -> bool:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from drivers.core.durations import Duration
 from drivers.core.fields import Host, Identifier, NonEmpty, Port
+from drivers.modbus.plan import LinkCost
 
 _record = dataclass(frozen=True, kw_only=True)
 
@@ -43,6 +44,13 @@ class ModbusTcpBus:
 
 
 ModbusBus = ModbusRtuBus | ModbusTcpBus
+
+
+def link_cost(bus: ModbusBus) -> LinkCost:
+    """What a request costs on the bus's line (the read planner's cost model)."""
+    if isinstance(bus, ModbusRtuBus):
+        return LinkCost.rtu(bus.baudrate, bus.parity, bus.stopbits)
+    return LinkCost.tcp()
 
 
 def check_address(address: object) -> str | None:

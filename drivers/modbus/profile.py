@@ -9,6 +9,7 @@ test suite runs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
@@ -191,6 +192,11 @@ class ModbusProfile:
     def __post_init__(self) -> None:
         if not self.points:
             raise ValueError("a profile needs at least one point")
+
+    def chosen(self, names: Iterable[str] | None) -> tuple[ModbusPoint, ...]:
+        """The points a device is read for: these names, or all of them."""
+        wanted = set(names) if names is not None else None
+        return tuple(p for p in self.points if wanted is None or p.name in wanted)
 
     def point(self, name: str) -> ModbusPoint:
         for p in self.points:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from drivers.core.device import DeviceConfig
 from drivers.core.protocol import BusLoad, BusProtocol, Polled
 from drivers.modbus import config
-from drivers.modbus.commission import ModbusCommissioning, bus_load, chosen_points, link_cost
-from drivers.modbus.config import ModbusBus, ModbusRtuBus, ModbusTcpBus
+from drivers.modbus.cli import ModbusCommissioning
+from drivers.modbus.config import ModbusBus, ModbusRtuBus, ModbusTcpBus, link_cost
 from drivers.modbus.profile import ModbusProfile
 
 
@@ -40,11 +40,13 @@ class ModbusProtocol(BusProtocol[ModbusBus, ModbusProfile]):
         for device, profile in devices:
             assert isinstance(device.address, int)  # config.check_address made sure
             readers.append(ModbusDevice(link, device.id, device.address, device.interval, profile,
-                                        chosen_points(profile, device.points), cost, dict(device.intervals or {}),
+                                        profile.chosen(device.points), cost, dict(device.intervals or {}),
                                         where=f"unit {device.address} on bus {bus.id}"))
         return Polled(link, readers)
 
     def load(self, bus: ModbusBus, devices: Sequence[tuple[DeviceConfig, ModbusProfile]]) -> BusLoad:
+        from drivers.modbus.commission import bus_load
+
         return bus_load(bus, devices)
 
     def notes(self, bus: ModbusBus, device: DeviceConfig, profile: ModbusProfile) -> list[str]:

@@ -30,7 +30,22 @@ _HOME = {
     "Security": "transport", "SecurityState": "transport",
 }
 
-__all__ = sorted(_HOME, key=str.lower)
+__all__ = [
+    "FrameFormat",
+    "KeyRing",
+    "LinkAddress",
+    "LinkFrame",
+    "MeterKey",
+    "RepeatFilter",
+    "Security",
+    "SecurityState",
+    "WmbusResult",
+    "decode_wmbus",
+    "load_key_file",
+    "parse_key_lines",
+    "parse_link",
+    "result_to_json",
+]
 
 
 def __getattr__(name: str) -> object:
