@@ -347,7 +347,8 @@ def _probe(args: argparse.Namespace) -> int:
             raise UsageError(f"without --config, give --profile (`retrofit-agent profiles list`), or {flags}")
         catalogue = load_catalogue([SITE_PROFILE_DIR])
         if profile_name not in catalogue:
-            raise UsageError(f"--profile: unknown profile {profile_name!r}{did_you_mean(profile_name, catalogue.names())}; "
+            raise UsageError(f"--profile: unknown profile {profile_name!r}"
+                             f"{did_you_mean(profile_name, catalogue.names())}; "
                              "`retrofit-agent profiles list` shows them")
         profile = catalogue.get(profile_name)
         protocol = next((p for p in _commissioned() if profile.protocol in p.takes), _named(args, None))

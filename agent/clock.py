@@ -76,7 +76,7 @@ class ClockWatch:
     def _ask_timedatectl(self) -> bool | None:
         try:
             result = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
-                                    capture_output=True, text=True, timeout=2)
+                                    check=False, capture_output=True, text=True, timeout=2)
         except FileNotFoundError:
             self.use_timedatectl = False
             return None

@@ -7,10 +7,9 @@ too, reached through the command line (agent/cli.py).
 
 from __future__ import annotations
 
+from agent.config import Config
 from drivers import registry
 from drivers.core.protocol import BusLoad
-
-from agent.config import Config
 from drivers.profile import Catalogue
 
 

@@ -38,16 +38,13 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/retrofit-agent").split(":")[0])
 
 
-_record = dataclass(frozen=True, kw_only=True)
-
-
-@_record
+@dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
     id: Identifier
     site: Identifier
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class BufferConfig:
     path: Path = field(default_factory=lambda: default_state_dir() / "buffer.db")
     max_size_mb: Annotated[float, Rule(ge=0.02, le=1_000_000)] = 512
@@ -61,7 +58,7 @@ class BufferConfig:
     max_age: Duration | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class HealthConfig:
     # A worker without progress for this long is stuck: the systemd watchdog
     # is no longer fed and systemd restarts the service.
@@ -77,7 +74,7 @@ class HealthConfig:
     use_timedatectl: bool = True
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class TlsConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -85,7 +82,7 @@ class TlsConfig:
     insecure_skip_hostname_check: bool = False
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class MqttConfig:
     host: Host
     port: Port = 1883
@@ -114,7 +111,7 @@ class MqttConfig:
     ack_timeout: Duration = 30.0
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class UplinkConfig:
     mqtt: MqttConfig
 
@@ -128,7 +125,7 @@ else:
     BusConfig = Union[registry.bus_records()]  # noqa: UP007 - a union built at run time
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class Config:
     gateway: GatewayConfig
     buffer: BufferConfig = field(default_factory=BufferConfig)
@@ -211,10 +208,10 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None) -> 
     status_file = _resolve(base, config.health.status_file) if config.health.status_file else (
         RUNTIME_DIR / "status.json" if RUNTIME_DIR.is_dir() else buffer_path.parent / "status.json")
     mqtt = config.uplink.mqtt
-    tls = mqtt.tls and replace(mqtt.tls, **{
-        name: _resolve(base, value) for name in ("ca_file", "cert_file", "key_file")
-        if (value := getattr(mqtt.tls, name)) is not None})
-    mqtt = replace(mqtt, tls=tls, password_file=mqtt.password_file and _resolve(base, mqtt.password_file))
+    tls = mqtt.tls and replace(mqtt.tls, ca_file=_resolve_optional(base, mqtt.tls.ca_file),
+                               cert_file=_resolve_optional(base, mqtt.tls.cert_file),
+                               key_file=_resolve_optional(base, mqtt.tls.key_file))
+    mqtt = replace(mqtt, tls=tls, password_file=_resolve_optional(base, mqtt.password_file))
     resolved = replace(config, buffer=replace(config.buffer, path=buffer_path),
                        health=replace(config.health, status_file=status_file), profile_dirs=tuple(profile_dirs),
                        uplink=replace(config.uplink, mqtt=mqtt))
@@ -267,7 +264,7 @@ def check_files(loaded: LoadedConfig) -> None:
             if path is not None and not os.access(path, os.R_OK):
                 problems.append(f"{where('tls', key)}: cannot read {path}"
                                 + ("" if path.exists() else ": no such file"))
-                return _raise_if(problems)
+                raise ConfigError(problems)
         try:
             if tls.ca_file is not None:
                 context.load_verify_locations(cafile=str(tls.ca_file))
@@ -291,6 +288,10 @@ def _raise_if(problems: list[str]) -> None:
 def _resolve(base: Path, path: Path) -> Path:
     """Relative paths in a config are relative to the config file, not the cwd."""
     return path if path.is_absolute() else Path(os.path.normpath(base / path))
+
+
+def _resolve_optional(base: Path, path: Path | None) -> Path | None:
+    return None if path is None else _resolve(base, path)
 
 
 def _as_list(value: object) -> list[Any]:
@@ -355,15 +356,15 @@ def _cross_check(located: Located, catalogue: Catalogue,
             )
         address = device.get("address")
         if isinstance(bus_id, str) and address is not None and not isinstance(address, (dict, list)):
-            key = (bus_id, address)
-            if key in addresses:
+            taken = (bus_id, address)
+            if taken in addresses:
                 problems.append(
                     (located.line_of(where + ("address",)),
-                     f"devices[{index}].address: address {address} is already used on bus "
-                     f"{bus_id!r} by devices[{addresses[key]}]; two devices cannot share an address")
+                     (f"devices[{index}].address: address {address} is already used on bus "
+                      f"{bus_id!r} by devices[{addresses[taken]}]; two devices cannot share an address"))
                 )
             else:
-                addresses[key] = index
+                addresses[taken] = index
             protocol = registry.for_bus_type(bus_types.get(bus_id, ""))
             problem = protocol.check_address(address) if protocol is not None else None
             if problem is not None:
@@ -379,9 +380,9 @@ def _cross_check(located: Located, catalogue: Catalogue,
             elif profile_name not in catalogue:
                 problems.append(
                     (located.line_of(where + ("profile",)),
-                     f"devices[{index}].profile: unknown profile {profile_name!r}"
-                     f"{did_you_mean(profile_name, catalogue.names())}; "
-                     "`retrofit-agent profiles list` shows the known ones")
+                     (f"devices[{index}].profile: unknown profile {profile_name!r}"
+                      f"{did_you_mean(profile_name, catalogue.names())}; "
+                      "`retrofit-agent profiles list` shows the known ones"))
                 )
             else:
                 profile = catalogue.get(profile_name)
@@ -389,8 +390,8 @@ def _cross_check(located: Located, catalogue: Catalogue,
                 if isinstance(bus_id, str) and protocol is not None and profile.protocol not in protocol.takes:
                     problems.append(
                         (located.line_of(where + ("profile",)),
-                         f"devices[{index}].profile: {profile_name!r} is a {profile.protocol} profile, "
-                         f"but bus {bus_id!r} is {bus_types[bus_id]}"))
+                         (f"devices[{index}].profile: {profile_name!r} is a {profile.protocol} profile, "
+                          f"but bus {bus_id!r} is {bus_types[bus_id]}")))
                 wanted = device.get("points")
                 names = {p.name for p in profile.points}
                 for key in ("max_rate", "intervals"):

@@ -46,7 +46,7 @@ from agent.clock import ClockState
 from agent.health import BusHealth, DeviceHealth, Health
 from agent.integrity import CounterGuard, CounterLimits, Key, State
 from drivers.core.errors import BusError, MismatchedReply
-from drivers.core.protocol import Device, Polled, PolledDevice, PointInfo, Pushed, Readout, Resolution, Source
+from drivers.core.protocol import Device, PointInfo, Polled, PolledDevice, Pushed, Readout, Resolution, Source
 from drivers.core.readings import QUALITY_INVALID, Reading, now_ms, with_flag
 
 Event = dict[str, object]

@@ -47,10 +47,8 @@ FaultName = Literal["silent", "crc", "garbage", "partial", "busy", "slow"]
 # A scheduled fault's `at`: an offset from the start (36h, 1d12h) or a date-time.
 Moment = Duration | dt.datetime
 
-_record = dataclass(frozen=True, kw_only=True)
 
-
-@_record
+@dataclass(frozen=True, kw_only=True)
 class WeatherSpec:
     mean: float = -1.0  # degC, the level of the period
     daily_sd: Annotated[float, Rule(ge=0, le=15)] = 3.0  # day-to-day anomaly
@@ -58,14 +56,14 @@ class WeatherSpec:
     trend_per_day: float = 0.0
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class RetrofitSpec:
     at: dt.datetime
     # The heat-loss coefficient H falls by this share: 0.35 -> H x 0.65.
     heat_loss_reduction: Annotated[float, Rule(gt=0, lt=1)]
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class BuildingSpec:
     name: Identifier = "sim-building"
     seed: int = 0
@@ -77,7 +75,7 @@ class BuildingSpec:
     retrofit: RetrofitSpec | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class RandomFaults:
     """Per-request faults on a bus (FaultPlan): probability of each fault."""
 
@@ -86,7 +84,7 @@ class RandomFaults:
     devices: tuple[str, ...] | None = None  # only these device ids; all when absent
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class TcpBusSpec:
     id: Identifier
     type: Literal["modbus-tcp"]
@@ -95,7 +93,7 @@ class TcpBusSpec:
     faults: RandomFaults | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class RtuBusSpec:
     id: Identifier
     type: Literal["modbus-rtu"]
@@ -107,7 +105,7 @@ class RtuBusSpec:
     faults: RandomFaults | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class MbusBusSpec:
     id: Identifier
     type: Literal["mbus"]
@@ -120,7 +118,7 @@ BusSpec = TcpBusSpec | RtuBusSpec | MbusBusSpec  # told apart by their `type`
 BUS_TYPES = ("modbus-tcp", "modbus-rtu", "mbus")
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class _DeviceBase:
     id: Identifier
     bus: Identifier
@@ -130,7 +128,7 @@ class _DeviceBase:
     serial: Annotated[int, Rule(ge=0, le=2**32 - 1)] | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class HeatMeterSpec(_DeviceBase):
     model: Literal["heat"]
     heat_loss: Annotated[float, Rule(gt=0)]  # H before the retrofit, W/K
@@ -139,14 +137,14 @@ class HeatMeterSpec(_DeviceBase):
     volume_start: Annotated[float, Rule(ge=0)] = 0.0  # m3
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class ElectricityMeterSpec(_DeviceBase):
     model: Literal["electricity"]
     annual_kwh: Annotated[float, Rule(gt=0)]
     energy_start: Annotated[float, Rule(ge=0)] = 0.0
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class RoomSensorSpec(_DeviceBase):
     model: Literal["room"]
     setpoint: float = 21.0
@@ -157,7 +155,7 @@ class RoomSensorSpec(_DeviceBase):
 DeviceSpec = HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec  # told apart by their `model`
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class ScheduledFault:
     """A fault at a simulated moment: ``at`` is an offset from the start (36h)
     or a date-time; ``for`` a simulated duration."""
@@ -171,7 +169,7 @@ class ScheduledFault:
     rates: dict[FaultName, Rate] | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class BuildingConfig:
     building: BuildingSpec
     output: Path = Path("sim-output")
@@ -207,7 +205,9 @@ def parse_building_config(raw: object, base: Path, origin: str = "building confi
     except Invalid as exc:
         problems = "; ".join(f"{dotted(p.loc)}: {_bus_words(p)}" for p in exc.problems)
         raise RetrofitError(f"{origin}: {problems}") from None
-    resolve = (lambda p: p if p.is_absolute() else base / p)
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else base / path
+
     buses = tuple(replace(b, pty=resolve(b.pty)) if isinstance(b, RtuBusSpec | MbusBusSpec) else b
                   for b in config.buses)
     config = replace(config, output=resolve(config.output), buses=buses)

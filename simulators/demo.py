@@ -63,8 +63,8 @@ class PlatformView:
 
     def render(self) -> str:
         with self.lock:
-            lines = [f"platform view: agent {self.status}, {self.messages} message(s), "
-                     f"{len(self.ids)} reading(s), duplicates {self.duplicates}"]
+            lines = [(f"platform view: agent {self.status}, {self.messages} message(s), "
+                     f"{len(self.ids)} reading(s), duplicates {self.duplicates}")]
             if self.ids:
                 span = max(self.ids) - min(self.ids) + 1
                 lines.append(f"ids {min(self.ids)}..{max(self.ids)}: complete {100.0 * len(self.ids) / span:.1f} %")
@@ -87,6 +87,14 @@ def _start_broker(workdir: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _ended(proc: subprocess.Popen[bytes], within: float) -> Callable[[], object]:
+    """Stop a child with SIGTERM and wait for it (a clean-up step)."""
+    def end() -> int:
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(within)
+    return end
+
+
 def _quietly(action: Callable[[], object]) -> Callable[[], None]:
     """A clean-up step that must not stop the ones after it."""
     def run() -> None:
@@ -105,7 +113,7 @@ def run_demo(config: Path, duration: float | None) -> int:
     with contextlib.ExitStack() as stack:  # clean-ups run in reverse: agent first, broker last
         stack.callback(shutil.rmtree, workdir, True)
         broker = _start_broker(workdir)
-        stack.callback(_quietly(lambda: (broker.terminate(), broker.wait(5))))
+        stack.callback(_quietly(_ended(broker, within=5)))
         try:
             tcp = ModbusTcpServer({1: SimulatedDevice(sdm630, model_for(sdm630)),
                                    10: SimulatedDevice(md02, model_for(md02, seed=1))},
@@ -142,7 +150,7 @@ def run_building_demo(building: Path, agent_config: Path, duration: float | None
     with contextlib.ExitStack() as stack:  # clean-ups run in reverse: agent first, broker last
         stack.callback(shutil.rmtree, workdir, True)
         broker = _start_broker(workdir)
-        stack.callback(_quietly(lambda: (broker.terminate(), broker.wait(5))))
+        stack.callback(_quietly(_ended(broker, within=5)))
         handle = run_building(building)
         stack.callback(_quietly(handle.stop))
         for line in describe(handle):
@@ -178,7 +186,7 @@ def _run_agent(stack: contextlib.ExitStack, config: Path, workdir: Path, render:
     with log.open("wb") as out:
         agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
                                  stdout=out, stderr=subprocess.STDOUT)
-    stack.callback(_quietly(lambda: (agent.send_signal(signal.SIGTERM), agent.wait(10))))
+    stack.callback(_quietly(_ended(agent, within=10)))
     print(f"demo: broker 127.0.0.1:{BROKER_PORT}, agent config {config}; Ctrl-C stops", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

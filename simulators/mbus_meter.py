@@ -18,8 +18,7 @@ from decimal import Decimal
 import serial
 
 from drivers.core.errors import DecodeError
-from drivers.mbus.frame import bytes_needed, checksum, parse_frame
-from drivers.mbus.frame import ACK, LongFrame, ShortFrame
+from drivers.mbus.frame import ACK, LongFrame, ShortFrame, bytes_needed, checksum, parse_frame
 from simulators.modbus_server import read_burst
 
 C_RSP_UD = 0x08

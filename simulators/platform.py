@@ -25,6 +25,7 @@ In-process use:
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import threading
@@ -129,7 +130,7 @@ def daily_energy(series: CounterSeries) -> tuple[dict[int, float], dict[int, flo
     energy: dict[int, float] = {}
     covered: dict[int, float] = {}
     for segment in series.segments:
-        for (t1, c1), (t2, c2) in zip(segment, segment[1:]):
+        for (t1, c1), (t2, c2) in itertools.pairwise(segment):
             if t2 <= t1:
                 continue
             rate = (c2 - c1) / (t2 - t1)
@@ -195,7 +196,7 @@ class PlatformIngest:
         self._client.loop_stop()
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        self.ingest(message.topic, message.payload)
+        self.ingest(message.topic, bytes(message.payload))
 
     def ingest(self, topic: str, payload: bytes) -> None:
         """One MQTT message (also callable directly, e.g. from a recording)."""
@@ -352,7 +353,7 @@ def _clock(meta: Mapping[str, Any] | None) -> tuple[float, float, float]:
 
 def energy_report(readings: Sequence[Mapping[str, Any]], meta: Mapping[str, Any] | None) -> dict[str, Any]:
     wall0, sim0, accel = _clock(meta)
-    by_series: dict[tuple[str, str], list[tuple[float, float | None, str]]] = {}
+    by_series: dict[tuple[str, str], list[tuple[float, float | None, str, int]]] = {}
     factors: dict[tuple[str, str], float] = {}
     for r in readings:
         factor = ENERGY_UNITS.get(r["unit"])
@@ -361,12 +362,12 @@ def energy_report(readings: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
         key = (r["device"], r["point"])
         factors[key] = factor
         t = sim0 + (r["ts"] / 1000 - wall0) * accel
-        by_series.setdefault(key, []).append((t, r["value"], r["quality"], r["id"]))  # type: ignore[arg-type]
+        by_series.setdefault(key, []).append((t, r["value"], r["quality"], r["id"]))
     meters: dict[str, Any] = {}
     complete_days: dict[str, set[int]] = {}
     for key, rows in sorted(by_series.items()):
-        rows.sort(key=lambda row: (row[0], row[3]))  # type: ignore[index]
-        series = counter_series((t, v, q) for t, v, q, _ in rows)  # type: ignore[misc]
+        rows.sort(key=lambda row: (row[0], row[3]))
+        series = counter_series((t, v, q) for t, v, q, _ in rows)
         energy, covered = daily_energy(series)
         full = {d for d, seconds in covered.items() if seconds >= DAY_S - 1e-6}
         name = f"{key[0]}/{key[1]}"
@@ -436,7 +437,8 @@ def _saving(usable: Sequence[str], measured: Mapping[str, float], true: Mapping[
         true_saving = 1 - after["kwh_per_hdd_true"] / before["kwh_per_hdd_true"]
         out["saving_measured"] = round(measured_saving, 5)
         out["saving_true"] = round(true_saving, 5)
-        out["saving_error_relative"] = round(abs(measured_saving - true_saving) / abs(true_saving), 5) if true_saving else None
+        out["saving_error_relative"] = (round(abs(measured_saving - true_saving) / abs(true_saving), 5)
+                                        if true_saving else None)
     out["per_day"] = {d: {"kwh_measured": round(measured[d], 3), "kwh_true": round(true[d], 3),
                           "hdd": round(days[d]["hdd"], 3)} for d in usable}
     return out
@@ -446,8 +448,8 @@ def _saving(usable: Sequence[str], measured: Mapping[str, float], true: Mapping[
 
 def render(report: Mapping[str, Any], max_days: int = 8) -> str:
     agents = ", ".join(f"{t.split('/')[-2]} {s}" for t, s in report.get("agents", {}).items()) or "no status yet"
-    lines = [f"platform: {agents}; {report['messages']} message(s), {report['readings']} reading(s), "
-             f"duplicates {report['duplicates']}"]
+    lines = [(f"platform: {agents}; {report['messages']} message(s), {report['readings']} reading(s), "
+             f"duplicates {report['duplicates']}")]
     for sid, c in report["streams"].items():
         if not c["received"]:
             continue
@@ -489,7 +491,8 @@ def render(report: Mapping[str, Any], max_days: int = 8) -> str:
                 f"after {a['days']} d {a['kwh_per_hdd_measured'] or 0:8.2f} kWh/HDD")
         if "saving_measured" in result:
             line += (f"; saving measured {100 * result['saving_measured']:5.2f} % vs true "
-                     f"{100 * result['saving_true']:5.2f} % (off by {100 * (result['saving_error_relative'] or 0):.2f} %"
+                     f"{100 * result['saving_true']:5.2f} % "
+                     f"(off by {100 * (result['saving_error_relative'] or 0):.2f} %"
                      " of the true saving)")
         else:
             line += "; saving: waiting for complete days on both sides"

@@ -86,8 +86,8 @@ class Broker:
             f"max_inflight_messages 100\n{self.extra_conf}\n"
         )
         with self.log.open("ab") as log:
-            self._proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
-        wait_until(lambda: port_open(self.port) or self._proc.poll() is not None, 10, "mosquitto to listen")
+            self._proc = proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log)
+        wait_until(lambda: port_open(self.port) or proc.poll() is not None, 10, "mosquitto to listen")
         if self._proc.poll() is not None:
             raise AssertionError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
         return self
@@ -129,7 +129,7 @@ class Subscriber:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((message.topic, message.payload, bool(message.retain)))
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
 
     def start(self) -> Subscriber:
         self._client.connect("127.0.0.1", self.port, keepalive=30)

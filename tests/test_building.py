@@ -21,7 +21,7 @@ import yaml
 from agent.config import load_config
 from drivers.core.errors import RetrofitError
 from simulators import physics
-from simulators.building import Building, BuildingPhysics, agent_config, run_building
+from simulators.building import Building, BuildingDevice, BuildingPhysics, agent_config, run_building
 from simulators.building_config import load_building_config, parse_building_config
 from simulators.groundtruth import GroundTruth, GroundTruthWriter
 from tests.support import REPO, free_port, require_binary, wait_until
@@ -103,6 +103,7 @@ def test_same_seed_same_ground_truth_file(tmp_path: Path) -> None:
         for step in range(200):
             clock.now = building.wall_start + step * 0.7
             for device in building.devices.values():
+                assert isinstance(device, BuildingDevice)  # this building has no M-Bus line
                 device.registers("holding", 0, 18)
                 device.registers("input", 0, 0x4C)
         building.truth.close()
@@ -136,11 +137,9 @@ def test_served_counters_follow_served_power(tmp_path: Path) -> None:
     start = building.physics.start
     previous = served(building, clock, "heat-a", start + 30)  # mid-step: clear of float rounding at the edges
     integral_wh = Fraction(0)
-    steps = 0
     for k in range(1, 2 * 24 * 60):
         now = served(building, clock, "heat-a", start + k * 60 + 30)
         integral_wh += Fraction(previous["power_heat"]) * 60 / 3600
-        steps += 1
         assert now["energy_heat"] >= previous["energy_heat"]
         assert now["volume"] >= previous["volume"]
         previous = now
@@ -152,7 +151,7 @@ def test_supply_above_return_and_power_matches_flow_and_delta_t(tmp_path: Path) 
     clock = FakeClock()
     building = Building(config_of(tmp_path), clock)
     checked = 0
-    for k in range(0, 4 * 24 * 4):
+    for k in range(4 * 24 * 4):
         v = served(building, clock, "heat-a", building.physics.start + k * 900)
         if v["power_heat"] <= 0:
             continue

@@ -16,10 +16,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.buffer import inspect
 from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
-from agent.buffer import inspect
 from tests.support import AgentProcess, Broker, wait_until, write_config
 from tests.test_faults import CountingModel
 
@@ -38,7 +38,7 @@ class DurableSubscriber:
         self.raw: list[dict] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="chaos-platform", clean_session=False)
-        self.client.reconnect_delay_set(0.1, 1)
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho takes float seconds; says int
         self.client.on_connect = lambda c, *_: c.subscribe("buildings/+/+/readings", qos=1)
         self.client.on_message = self._on_message
 
@@ -80,7 +80,7 @@ def test_agent_kills_and_broker_restarts_lose_nothing(tmp_path: Path) -> None:
         "autosave_interval 1\n"))
     broker.start()
     platform = DurableSubscriber(broker.port).start()
-    wait_until(lambda: platform.client.is_connected(), 10, "the platform to connect")
+    wait_until(platform.client.is_connected, 10, "the platform to connect")
     buffer = tmp_path / "buffer.db"
     config = write_config(
         tmp_path / "agent.yaml", broker_port=broker.port, buffer=buffer,
@@ -117,7 +117,7 @@ def test_agent_kills_and_broker_restarts_lose_nothing(tmp_path: Path) -> None:
     with platform.lock:
         raw = list(platform.raw)
     by_id: dict[int, dict] = {}
-    altered = []
+    altered: list[tuple[object, object]] = []
     for reading in raw:
         first = by_id.setdefault(reading["id"], reading)
         if first != reading:

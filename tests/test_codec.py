@@ -37,7 +37,7 @@ def test_known_encodings(kind: str, registers: list[int], value: float) -> None:
 def test_scale_is_exact_decimal_arithmetic() -> None:
     tenth = make_decoder("int16", "ABCD", Decimal("0.1"))
     assert tenth([231]) == 23.1 and tenth([3]) == 0.3  # not 0.30000000000000004
-    assert make_decoder("uint16", "ABCD", Decimal("0.01"), Decimal("-40"))([6543]) == 25.43
+    assert make_decoder("uint16", "ABCD", Decimal("0.01"), Decimal(-40))([6543]) == 25.43
 
 
 def _int_range(kind: str) -> st.SearchStrategy[int]:

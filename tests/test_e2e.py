@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.buffer import inspect
 from drivers.profile import load_catalogue
 from simulators.meters import MeterModel, SimulatedDevice
 from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer
 from simulators.pty import PtyPair
 from tests.independent_meter import IndependentMeter, float32_words, int16_word
-from agent.buffer import inspect
 from tests.support import (
     AgentProcess,
     Broker,
@@ -234,7 +234,10 @@ def test_restart_continues_ids_and_sigterm_loses_nothing(tmp_path: Path, broker:
     try:
         for run in range(2):
             agent = AgentProcess(config, tmp_path / f"agent{run}.log").start()
-            wait_until(lambda: len(subscriber.unique_readings()) >= 6 * (run + 1), 20, f"readings of run {run}")
+            def enough(wanted: int = 6 * (run + 1)) -> bool:
+                return len(subscriber.unique_readings()) >= wanted
+
+            wait_until(enough, 20, f"readings of run {run}")
             started = time.monotonic()
             assert agent.stop(signal.SIGTERM if run == 0 else signal.SIGINT) == 0
             assert time.monotonic() - started < 5.0, "stop must take under 5 s"

@@ -24,8 +24,8 @@ from drivers.core.errors import BusError, MismatchedReply
 from drivers.core.protocol import Polled
 from drivers.core.readings import Reading
 from drivers.mbus.link import MbusLink
-from drivers.mbus.reader import SWAP_CONFIRM_POLLS, MbusDevice
 from drivers.mbus.profile import MbusProfile
+from drivers.mbus.reader import SWAP_CONFIRM_POLLS, MbusDevice
 from drivers.profile import load_catalogue
 from simulators.mbus_meter import MbusLineServer, SimulatedMbusMeter
 from simulators.pty import PtyPair

@@ -15,7 +15,6 @@ import ast
 import io
 import re
 import tokenize
-from pathlib import Path
 
 from tests.support import REPO
 

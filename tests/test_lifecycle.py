@@ -99,7 +99,7 @@ def test_a_second_agent_on_the_same_buffer_is_refused_naming_the_first(tmp_path:
         # The first one goes on undisturbed: new readings, no duplicate ids, one connection.
         seen = len(subscriber.unique_readings())
         wait_until(lambda: len(subscriber.unique_readings()) >= seen + 24, 20, "readings after the refusal")
-        assert first.proc.poll() is None  # type: ignore[union-attr]
+        assert first.proc.poll() is None
         assert not _events(first, "uplink.lost")
     finally:
         assert first.stop() == 0

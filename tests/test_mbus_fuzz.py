@@ -106,7 +106,7 @@ def _mutations() -> st.SearchStrategy[bytes]:
     operation = st.sampled_from([flip, truncate, insert])
     step = st.tuples(operation, st.integers(0, 1000), st.integers(0, 255))
 
-    def apply(data: bytes, steps: list) -> bytes:  # type: ignore[type-arg]
+    def apply(data: bytes, steps: list) -> bytes:
         for function, position, value in steps:
             data = function(data, position, value)
         return data

@@ -53,14 +53,14 @@ def test_a_profile_point_interval_is_read_and_validated(tmp_path: Path) -> None:
     assert isinstance(profile, Profile)
     assert profile.point("humidity").interval == 3600.0
     assert profile.point("temperature").interval is None
-    with pytest.raises(ProfileError, match="points.humidity.interval: expected a duration"):
+    with pytest.raises(ProfileError, match=r"points\.humidity\.interval: expected a duration"):
         load_profile_file(_profile(tmp_path, ROOM.replace("interval: 1h", "interval: often")))
-    with pytest.raises(ProfileError, match="points.humidity.interval: a duration must be positive"):
+    with pytest.raises(ProfileError, match=r"points\.humidity\.interval: a duration must be positive"):
         load_profile_file(_profile(tmp_path, ROOM.replace("interval: 1h", "interval: 0")))
 
 
 def test_a_profile_max_rate_is_refused_as_the_devices_setting(tmp_path: Path) -> None:
-    with pytest.raises(ProfileError, match="points.humidity.max_rate: unknown key"):
+    with pytest.raises(ProfileError, match=r"points\.humidity\.max_rate: unknown key"):
         load_profile_file(_profile(tmp_path, ROOM.replace("interval: 1h", "max_rate: 5")))
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.core.errors import ProfileError
 from agent.health import Health
+from drivers.core.errors import ProfileError
+from drivers.modbus.link import tcp_link
 from drivers.modbus.profile import ModbusProfile as Profile
 from drivers.profile import load_profile_file
-from drivers.modbus.link import tcp_link
 from tests.independent_meter import IndependentMeter
 from tests.support import free_port
 from tests.test_profiles import run_vectors
@@ -61,7 +61,7 @@ IMAGE = {
 }
 
 
-@pytest.fixture()
+@pytest.fixture
 def profile(tmp_path: Path) -> Profile:
     path = tmp_path / "typed.yaml"
     path.write_text(PROFILE)

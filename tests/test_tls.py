@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,8 @@ def tls_broker(tmp_path: Path, pki: Path, server: str) -> tuple[Broker, int]:
     return broker, tls_port
 
 
-def run_agent(tmp_path: Path, tls_port: int, tls: dict[str, str], seconds_or_until) -> AgentProcess:  # noqa: ANN001
+def run_agent(tmp_path: Path, tls_port: int, tls: dict[str, str],
+              seconds_or_until: Callable[[AgentProcess], object]) -> AgentProcess:
     server = ModbusTcpServer({10: SimulatedDevice(load_catalogue().get("xy-md02"), FixedModel(ROOM_VALUES))}).start()
     config = write_config(
         tmp_path / "agent.yaml", broker_port=tls_port, buffer=tmp_path / "buffer.db",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -16,8 +17,8 @@ from drivers.core.protocol import Polled
 from drivers.core.readings import Reading
 from drivers.modbus.link import PymodbusLink, tcp_link
 from drivers.modbus.plan import LinkCost
-from drivers.modbus.reader import ModbusDevice
 from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.modbus.reader import ModbusDevice
 from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
@@ -132,7 +133,7 @@ def test_a_dead_device_costs_its_bus_only_its_timeout_and_other_buses_nothing(tm
     for name in ("alive-a", "alive-b"):
         times = [t - started for t, _ in collector.of(name)]
         assert len(times) >= 5, (name, times)
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert max(gaps) < 1.0 + timeout + 0.5, (name, gaps)
         assert health.devices[name].state == "ok"
 
@@ -252,8 +253,10 @@ def test_a_device_back_from_silence_by_way_of_wrong_answers_is_told_back() -> No
             worker.start()
             for behaviour, state in (("silent", "silent"), ("more_registers", "rejected"), ("good", "ok")):
                 server.behaviours[3] = behaviour
-                wait_until(lambda s=state: health.devices["room"].state == s and health.devices["room"].polls >= 3,
-                           10, f"the device {state}")
+                def reached(wanted: str = state) -> bool:
+                    return health.devices["room"].state == wanted and health.devices["room"].polls >= 3
+
+                wait_until(reached, 10, f"the device {state}")
                 if state != "ok":
                     assert collector.of("room") == []
             wait_until(lambda: len(collector.of("room")) >= 3, 10, "readings")

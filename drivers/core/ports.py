@@ -14,12 +14,10 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from drivers.core.errors import PortUnavailable
+# pyserial lets termios.error through when a port refuses settings.
+from termios import error as TermiosError  # noqa: N812 - an exception class, named as one
 
-try:  # POSIX: pyserial lets termios.error through when a port refuses settings
-    from termios import error as TermiosError
-except ImportError:  # pragma: no cover - not POSIX
-    TermiosError = OSError  # type: ignore[assignment,misc]  # the only stand-in off POSIX
+from drivers.core.errors import PortUnavailable
 
 
 def check_serial_port(port: str, baudrate: int, parity: str, stopbits: int = 1, bytesize: int = 8) -> None:

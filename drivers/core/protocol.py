@@ -29,7 +29,8 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from types import MappingProxyType
+from typing import ClassVar, Generic, TypeVar
 
 from drivers.core.device import DeviceConfig
 from drivers.core.errors import BusError
@@ -237,12 +238,12 @@ class Commissioning(ABC):
     # What --address takes ("unit id 1..247").
     address_help: str = ""
     # Defaults of the shared bus options, for their help ("9600 (Modbus)").
-    option_defaults: Mapping[str, str] = {}
+    option_defaults: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
-    def add_arguments(self, verb: str, parser: argparse.ArgumentParser) -> None:
+    def add_arguments(self, verb: str, parser: argparse.ArgumentParser) -> None:  # noqa: B027 - a hook: none by default
         """This protocol's own options of `probe` or `scan`."""
 
-    def check_arguments(self, verb: str, args: argparse.Namespace, chosen: bool) -> None:
+    def check_arguments(self, verb: str, args: argparse.Namespace, chosen: bool) -> None:  # noqa: B027 - a hook
         """Raise UsageError for an option of this protocol given where it
         means nothing (``chosen``: this protocol is the one the command uses)."""
 

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 from drivers.core.errors import DecodeError, InputUnreadable, UsageError
 from drivers.core.protocol import BusRecord, Commissioning, DeviceProfile, Tool
@@ -25,7 +26,8 @@ class MbusCommissioning(Commissioning):
     flag_help = "the line is M-Bus (implied by an M-Bus profile or bus)"
     default_profile = "mbus"
     address_help = "primary address 0..250 or 8-digit secondary address"
-    option_defaults = {"baudrate": "2400 (M-Bus)", "parity": "E (M-Bus)", "timeout": "M-Bus: from the baud rate"}
+    option_defaults = MappingProxyType(
+        {"baudrate": "2400 (M-Bus)", "parity": "E (M-Bus)", "timeout": "M-Bus: from the baud rate"})
 
     def add_arguments(self, verb: str, parser: argparse.ArgumentParser) -> None:
         if verb != "scan":

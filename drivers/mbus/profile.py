@@ -15,10 +15,8 @@ from typing import Annotated, Literal
 from drivers.core.readings import Kind
 from drivers.core.records import Rule
 
-_record = dataclass(frozen=True, kw_only=True)
 
-
-@_record
+@dataclass(frozen=True, kw_only=True)
 class MbusPoint:
     """One quantity of an M-Bus meter: which record it is, in which unit it is sent."""
 
@@ -46,7 +44,7 @@ def record_point_name(quantity: str, storage: int, tariff: int, subunit: int) ->
     return quantity + "".join(f"_{p}{n}" for p, n in (("s", storage), ("t", tariff), ("u", subunit)) if n)
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class MbusProfile:
     """Maps the records of an M-Bus telegram to points; the meter's
     identification number comes from the telegram header."""

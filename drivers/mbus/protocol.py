@@ -44,9 +44,9 @@ class MbusProtocol(BusProtocol[MbusBus, MbusProfile]):
 
     def notes(self, bus: MbusBus, device: DeviceConfig, profile: MbusProfile) -> list[str]:
         if profile.min_interval and device.interval < profile.min_interval:
-            return [f"warning: device {device.id} every {format_duration(device.interval)}: {profile.name} meters allow "
-                    f"a read every {format_duration(profile.min_interval)} at most (battery); the meter may stop "
-                    "answering or drain its battery"]
+            return [(f"warning: device {device.id} every {format_duration(device.interval)}: {profile.name} meters "
+                     f"allow a read every {format_duration(profile.min_interval)} at most (battery); the meter may "
+                     "stop answering or drain its battery")]
         return []
 
     def point_names(self, device: DeviceConfig, profile: MbusProfile) -> tuple[str, ...]:

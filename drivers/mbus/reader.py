@@ -59,7 +59,7 @@ class MbusDevice:
         steps = point_steps(self.profile, records)
         values = point_values(self.profile, records)
         points = {}
-        for name, value, unit, kind in values:
+        for name, _value, unit, kind in values:
             step = steps.get(name)
             if step is None:
                 points[name] = PointInfo(name, unit, kind)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Sequence
+from types import MappingProxyType
 
 from drivers.core.errors import UsageError
 from drivers.core.protocol import BusRecord, Commissioning, DeviceProfile
@@ -19,8 +20,8 @@ from drivers.modbus.profile import ModbusProfile, SerialDefaults
 class ModbusCommissioning(Commissioning):
     flag = None  # a bus named without a protocol option is a Modbus bus
     address_help = "unit id 1..247"
-    option_defaults = {"baudrate": "9600 (Modbus)", "parity": "N (Modbus)", "port": "502 (Modbus TCP)",
-                       "timeout": "scan 0.3 on TCP, 0.5 on serial; probe 0.5"}
+    option_defaults = MappingProxyType({"baudrate": "9600 (Modbus)", "parity": "N (Modbus)", "port": "502 (Modbus TCP)",
+                       "timeout": "scan 0.3 on TCP, 0.5 on serial; probe 0.5"})
 
     def add_arguments(self, verb: str, parser: argparse.ArgumentParser) -> None:
         if verb != "scan":

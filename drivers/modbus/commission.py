@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from drivers.core.cli import Progress, parse_ranges
 from drivers.core.device import DeviceConfig
@@ -19,8 +19,8 @@ from drivers.core.errors import BusError, ExceptionResponse, PortUnavailable, Us
 from drivers.core.ports import check_serial_port, check_tcp
 from drivers.core.protocol import BusLoad
 from drivers.modbus.cli import adhoc_bus
-from drivers.modbus.codec import registers_to_bytes
-from drivers.modbus.config import ModbusBus, ModbusRtuBus, ModbusTcpBus, link_cost
+from drivers.modbus.codec import Value, registers_to_bytes
+from drivers.modbus.config import Baudrate, ModbusBus, ModbusRtuBus, ModbusTcpBus, link_cost
 from drivers.modbus.plan import LinkCost, ReadRequest, group_by_interval, plan_requests
 from drivers.modbus.profile import ModbusProfile, Table
 from drivers.modbus.values import AnswerDecoder, with_exponent_registers
@@ -52,7 +52,7 @@ def check_bus(bus: ModbusBus) -> None:
 @dataclass(frozen=True)
 class ProbeRow:
     point: str
-    value: object
+    value: Value | None
     unit: str
     raw: tuple[int, ...]
     error: str = ""
@@ -151,7 +151,8 @@ def scan_bus(args: argparse.Namespace, bus: ModbusBus | None) -> bool:
             raise UsageError(f"--parities: {', '.join(bad)} is not N, E or O")
         rates = [args.baudrate] if args.baudrate else rates
         parities = [args.parity] if args.parity else parities
-        settings = [dataclasses.replace(adhoc, baudrate=r, parity=p) for r in rates for p in parities]
+        # Any rate a device may run at is tried; the config's Literal is for configs.
+        settings = [dataclasses.replace(adhoc, baudrate=cast("Baudrate", r), parity=p) for r in rates for p in parities]
     return _scan(args, units, settings)
 
 

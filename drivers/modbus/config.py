@@ -9,12 +9,10 @@ from drivers.core.durations import Duration
 from drivers.core.fields import Host, Identifier, NonEmpty, Port
 from drivers.modbus.plan import LinkCost
 
-_record = dataclass(frozen=True, kw_only=True)
-
 Baudrate = Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class ModbusRtuBus:
     id: Identifier
     type: Literal["modbus-rtu"]
@@ -29,7 +27,7 @@ class ModbusRtuBus:
         return f"{self.port} {self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class ModbusTcpBus:
     id: Identifier
     type: Literal["modbus-tcp"]

@@ -257,7 +257,8 @@ class PymodbusLink:
         if response.isError():
             code = int(response.exception_code)
             if response.function_code != expected | 0x80:
-                raise mismatch("function", f"answered exception {code:02d} for {_function(response.function_code & 0x7F)}")
+                raise mismatch("function",
+                               f"answered exception {code:02d} for {_function(response.function_code & 0x7F)}")
             name = EXCEPTION_NAMES.get(code, "unknown exception")
             raise ExceptionResponse(
                 f"unit {unit} answered exception {code:02d} ({name}) to a read of "

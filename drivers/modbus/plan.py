@@ -79,14 +79,14 @@ def plan_requests(
     """The cheapest set of requests that reads every point exactly as declared."""
     limit = min(max_registers, MODBUS_MAX_REGISTERS)
     requests: list[ReadRequest] = []
-    by_table: dict[str, list[ModbusPoint]] = {}
+    by_table: dict[Table, list[ModbusPoint]] = {}
     for point in points:
         if point.count > limit:
             raise ValueError(f"point {point.name} needs {point.count} registers, limit is {limit}")
         by_table.setdefault(point.table, []).append(point)
     for table in sorted(by_table):
         ordered = sorted(by_table[table], key=lambda p: (p.address, p.count))
-        requests.extend(_plan_table(table, ordered, cost, limit, holes))  # type: ignore[arg-type]
+        requests.extend(_plan_table(table, ordered, cost, limit, holes))
     return tuple(requests)
 
 

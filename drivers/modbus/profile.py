@@ -30,11 +30,10 @@ from drivers.modbus.codec import (
 
 Table = Literal["holding", "input"]
 
-_record = dataclass(frozen=True, kw_only=True)
 Address = Annotated[int, Rule(ge=0, le=0xFFFF)]
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class ScaleRegister:
     """A register holding a power-of-ten exponent for other values (SunSpec's
     ``*_SF``): value = raw x 10^exponent x scale + offset. -32768 means the
@@ -44,7 +43,7 @@ class ScaleRegister:
     address: Address
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class ModbusPoint:
     """One quantity a Modbus meter serves."""
 
@@ -121,7 +120,7 @@ class ModbusPoint:
         return {"step": float(self.scale)}
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class IdentityRegister:
     """Where a meter keeps its serial number, to notice a meter swap."""
 
@@ -143,7 +142,7 @@ class IdentityRegister:
         return make_decoder(self.type, self.order, length=self.length)
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class SerialDefaults:
     """The line settings a device leaves the factory with."""
 
@@ -155,7 +154,7 @@ class SerialDefaults:
         return f"{self.baudrate} 8{self.parity}{self.stopbits}"
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class Workarounds:
     """Device quirks, kept together instead of sprinkled over the profile."""
 
@@ -167,7 +166,7 @@ class Workarounds:
     serial: SerialDefaults | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class TestVector:
     """Raw registers a real meter served -> the values the profile must give."""
 
@@ -175,7 +174,7 @@ class TestVector:
     expect: dict[str, float | int | str]
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class ModbusProfile:
     name: str
     protocol: Literal["modbus"] = "modbus"

@@ -53,9 +53,9 @@ class ModbusProtocol(BusProtocol[ModbusBus, ModbusProfile]):
         factory = profile.workarounds.serial
         if factory and isinstance(bus, ModbusRtuBus) and (factory.baudrate, factory.parity, factory.stopbits) \
                 != (bus.baudrate, bus.parity, bus.stopbits):
-            return [f"note: device {device.id}: {profile.name} leaves the factory at {factory.describe()}, "
+            return [(f"note: device {device.id}: {profile.name} leaves the factory at {factory.describe()}, "
                     f"bus {bus.id} runs {bus.baudrate} 8{bus.parity}{bus.stopbits}; right only if the "
-                    "meter was set to the bus's settings"]
+                    "meter was set to the bus's settings")]
         return []
 
     def point_names(self, device: DeviceConfig, profile: ModbusProfile) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from drivers.core.errors import BusError, ExceptionResponse, MismatchedReply
@@ -30,9 +31,11 @@ IDENTITY_EVERY_S = 3600.0
 _INT_BITS = {"int16": 15, "uint16": 16, "int32": 31, "uint32": 32, "int64": 63, "uint64": 64}
 
 
+@cache
 def point_info(point: ModbusPoint) -> PointInfo:
     """A point's resolution for the platform, and a counter's physical
-    limits: the width it wraps at, one step of its resolution."""
+    limits: the width it wraps at, one step of its resolution. One per
+    profile point, shared by every device of that profile."""
     bits = _INT_BITS.get(point.type)
     scale = float(point.scale)
     return PointInfo(point.name, point.unit, point.kind, point.resolution_meta(),

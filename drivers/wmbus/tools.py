@@ -21,7 +21,8 @@ def _arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     decode = actions.add_parser(
         "decode", help="decode telegrams, one hex telegram per line (file or -), to JSON lines")
     keys = decode.add_mutually_exclusive_group()
-    keys.add_argument("--key", metavar="HEX", help="one AES key for every meter (shows in shell history: prefer --keys)")
+    keys.add_argument("--key", metavar="HEX",
+                      help="one AES key for every meter (shows in shell history: prefer --keys)")
     keys.add_argument("--keys", type=Path, metavar="FILE", help="per-meter key file: meter id, key (docs/wmbus.md)")
     decode.add_argument("file", nargs="?", default="-")
 

@@ -92,7 +92,7 @@ def spawn(args: list[str], *, env: dict[str, str] | None = None, stdout: Any = s
           ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=stdout, stderr=subprocess.STDOUT, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=_die_with_parent)  # noqa: PLW1509 - one prctl() call, no lock taken
 
 
 def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
@@ -357,7 +357,7 @@ class Platform:
                 meta = self._meta.get(gateway)
                 if self._decode_compact is not None and meta is not None:
                     try:
-                        ids = [r["id"] for r in self._decode_compact(raw, meta)]
+                        ids = [r["id"] for r in self._decode_compact(bytes(raw), meta)]
                         stream, decoded = str(meta.get("stream", "")), True
                     except Exception:  # noqa: BLE001 - an unknown encoding is counted, not fatal
                         decoded = False
@@ -781,10 +781,11 @@ def prefill(db: Path, total: int) -> str:
     from agent.buffer import Buffer, pack
     from drivers.core.readings import Reading
     from drivers.profile import load_catalogue
+    from simulators.meters import modbus_profile
 
     catalogue = load_catalogue([PROFILE_DIR])
     series = [(f"meter-{unit:02d}", p.name, p.unit, p.kind) for unit, name in LOAD_300
-              for p in catalogue.get(name).points]
+              for p in modbus_profile(catalogue.get(name)).points]
     buffer = Buffer(db, max_bytes=None)
     ts0 = time.time_ns() // 1_000_000 - total // len(series) * 1000
     chunk = 20_000
@@ -976,12 +977,12 @@ def table(results: dict[str, Any]) -> str:
         f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Python {m['python']}, SQLite {m['sqlite']}, "
         f"{m['mosquitto']}, paho-mqtt {m['paho_mqtt']}, pymodbus {m['pymodbus']}, commit {m['commit']}"
         + (f" + uncommitted {', '.join(m['uncommitted_changes'])}" if m["uncommitted_changes"] else ""),
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     for r in rows:
         lines.append("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                         for i, (c, w) in enumerate(zip(r, widths))) + " |")
+                                         for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |")
     return "\n".join(lines)
 
 
