@@ -60,8 +60,10 @@ class ModbusCommissioning(Commissioning):
     def scan(self, args: argparse.Namespace, bus: BusRecord | None) -> bool:
         from drivers.modbus.commission import scan_bus
 
-        assert bus is None or isinstance(bus, (ModbusRtuBus, ModbusTcpBus))
-        return scan_bus(args, bus)
+        if bus is not None:
+            assert isinstance(bus, (ModbusRtuBus, ModbusTcpBus))
+            return scan_bus(args, bus, each_setting=False)
+        return scan_bus(args, adhoc_bus(args, None, timeout=0.5 if args.serial else 0.3), each_setting=True)
 
 
 def adhoc_bus(args: argparse.Namespace, serial: SerialDefaults | None, timeout: float) -> ModbusBus:

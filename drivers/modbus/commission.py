@@ -18,7 +18,6 @@ from drivers.core.device import DeviceConfig
 from drivers.core.errors import BusError, ExceptionResponse, PortUnavailable, UsageError
 from drivers.core.ports import check_serial_port, check_tcp
 from drivers.core.protocol import BusLoad
-from drivers.modbus.cli import adhoc_bus
 from drivers.modbus.codec import Value, registers_to_bytes
 from drivers.modbus.config import Baudrate, ModbusBus, ModbusRtuBus, ModbusTcpBus, link_cost
 from drivers.modbus.plan import LinkCost, ReadRequest, group_by_interval, plan_requests
@@ -131,15 +130,15 @@ def probe_device(bus: ModbusBus, unit: int, profile: ModbusProfile, points: Sequ
     return all(not r.error for r in rows)
 
 
-def scan_bus(args: argparse.Namespace, bus: ModbusBus | None) -> bool:
-    """`scan`: every unit that answers, on the bus of the config or at the
-    settings the command line gives (each baud rate and parity it lists)."""
+def scan_bus(args: argparse.Namespace, bus: ModbusBus, each_setting: bool) -> bool:
+    """`scan`: every unit that answers on the bus; with ``each_setting`` (a
+    serial line the command line gave) at each baud rate and parity it lists."""
     units = parse_ranges(args.addresses or "1-247", 1, 247)
     if not 0 <= args.register <= 0xFFFF:
         raise UsageError(f"--register {args.register}: a register address is 0..65535")
-    if bus is not None:
+    if not each_setting:
         return _scan(args, units, [bus])
-    adhoc = adhoc_bus(args, None, timeout=0.5 if args.serial else 0.3)
+    adhoc = bus
     settings: list[ModbusBus] = [adhoc]
     if isinstance(adhoc, ModbusRtuBus):
         try:
