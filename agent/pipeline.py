@@ -38,7 +38,7 @@ import threading
 import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from agent import failpoints, logs
@@ -50,6 +50,9 @@ from drivers.core.protocol import Device, PointInfo, Polled, PolledDevice, Pushe
 from drivers.core.readings import QUALITY_INVALID, Reading, now_ms, with_flag
 
 Event = dict[str, object]
+# A poll's hand-over: readings, counter state, meters, events, resolutions.
+Put = tuple[list[Reading], dict[Key, State] | None, dict[str, str] | None, list[Event],
+            dict[tuple[str, str], Resolution] | None]
 
 
 class Sink(Protocol):
@@ -69,6 +72,9 @@ MISMATCH_LOG_EVERY_S = 3600.0
 # after a sleep of a few ms: one wake-up for the devices a bus spreads over
 # the first moments of a slot, not one each.
 CHAIN_S = 0.02
+# At most this many polls are handed over together (a bus of many devices
+# all due at once still hands its readings over steadily).
+HAND_OVER_POLLS = 32
 # A device that sends on its own is silent once this many of its intervals
 # passed without a word (radio transmissions are lost now and then).
 SILENT_AFTER_INTERVALS = 3
@@ -96,21 +102,6 @@ class Slot:
     interval: float
     offset: float
     next_due: float = 0.0
-
-
-# Readings a bus worker gathers from a burst of chained polls before it hands
-# them over anyway (a bus of many devices all due at once).
-BATCH_READINGS = 2000
-
-
-@dataclass
-class _Batch:
-    """What polls read since the last hand-over to the buffer writer."""
-
-    readings: list[Reading] = field(default_factory=list)
-    meters: dict[str, str] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    resolutions: dict[tuple[str, str], Resolution] = field(default_factory=dict)
 
 
 class DeviceState:
@@ -175,7 +166,7 @@ class BusWorker(threading.Thread):
         self._bus_health = health.buses.setdefault(bus_id, BusHealth())
         self._mismatches: dict[tuple[str, str], tuple[float, int]] = {}  # (device, kind) -> (logged at, repeats)
         self._unknown: dict[str, tuple[float, int]] = {}  # sender -> (logged at, repeats since)
-        self._batch = _Batch()
+        self._puts: list[Put] = []  # polls read since the last hand-over, each as the writer takes it
         self.unknown_senders = 0  # transmissions heard from nobody configured on the bus (pushed sources)
         self.devices = [
             DeviceState(device, health.devices.setdefault(device.device_id, DeviceHealth(bus=bus_id)),
@@ -222,11 +213,13 @@ class BusWorker(threading.Thread):
             next_due, index = due[0]
             wait = next_due - time.time()
             if wait > CHAIN_S:
-                self._hand_over()  # what the polls of this burst read, in one piece
+                self._hand_over()  # before a wait: the writer wakes once for a burst of polls
                 self._stop_event.wait(min(wait, 1.0))
                 continue
             state, reader, slot = schedule[index]
             self.take(state, reader.read(slot.group, self._clock))
+            if len(self._puts) >= HAND_OVER_POLLS:
+                self._hand_over()
             self._bus_health.idle_reconnects = link.idle_reconnects
             self._bus_health.floods = link.floods
             # From the slot, not the clock: a poll chained a little early
@@ -343,28 +336,19 @@ class BusWorker(threading.Thread):
                 readings.extend([self._reading(state, point.name, value, point.unit, point.kind, stamp, mono)
                                  for point, value in values])
             error = readout.error
+        resolutions = self._describe(state, readings) if state.undescribed and readings else None
         if readings or meters or events:
-            batch = self._batch
-            batch.readings.extend(readings)
-            if meters:
-                batch.meters.update(meters)
-            batch.events.extend(events)
-            if state.undescribed and readings and (resolutions := self._describe(state, readings)):
-                batch.resolutions.update(resolutions)
-            if len(batch.readings) >= BATCH_READINGS:
-                self._hand_over()
+            self._puts.append((readings, self._guard.take_changes() or None, meters, events, resolutions))
         self._record(state, error, got_any=bool(readings) or error is None)
 
     def _hand_over(self) -> None:
-        """Put what the polls since the last hand-over read to the buffer
-        writer, in one piece: polls chained in one burst (a bus's devices
-        due together) cost the writer one message, not one each."""
-        batch = self._batch
-        if not (batch.readings or batch.meters or batch.events):
-            return
-        self._batch = _Batch()
-        self._sink.put(batch.readings, self._guard.take_changes() or None, batch.meters or None, batch.events,
-                       batch.resolutions or None)
+        """Hand the polls' readings to the buffer writer. Each poll stays
+        one put (and one chunk in the buffer); a burst of polls is handed
+        over together, so the writer thread wakes once for it, not once
+        per poll."""
+        puts, self._puts = self._puts, []
+        for readings, counters, meters, events, resolutions in puts:
+            self._sink.put(readings, counters, meters, events, resolutions)
 
     @staticmethod
     def _describe(state: DeviceState, readings: list[Reading]) -> dict[tuple[str, str], Resolution] | None:
