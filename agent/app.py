@@ -23,22 +23,21 @@ from typing import TYPE_CHECKING
 
 from agent import failpoints, logs
 from agent.buffer import Buffer, BufferWriter, file_size
-from agent.spool import Spool
-from agent.spool import path_for as spool_path_for
 from agent.clock import ClockState, ClockWatch
-from agent.config import LoadedConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
+from agent.config import BusConfig, LoadedConfig
 from agent.fingerprint import profile_set
-from agent.health import DeviceHealth, Health
+from agent.forward import Forwarder, ForwardSettings
+from agent.health import Health
 from agent.integrity import CounterGuard
 from agent.lifecycle import PRIVATE_FILE_MODE, StopRequest, make_private
 from agent.notify import Notifier
-from agent.version import version
-from agent.forward import Forwarder, ForwardSettings
+from agent.pipeline import BusWorker
+from agent.spool import Spool
+from agent.spool import path_for as spool_path_for
 from agent.transports import open_transport
-from agent.worker import BusWorker, DevicePoller
-from drivers import modbus
+from agent.version import version
+from drivers import registry
 from drivers.core.readings import now_ms
-from drivers.plan import LinkCost
 
 if TYPE_CHECKING:
     from agent.remote_config import RemoteControl
@@ -63,14 +62,6 @@ def _write_atomically(path: Path | None, figures: dict[str, object]) -> None:
         os.replace(temporary, path)
     except OSError:
         pass  # a full disk is reported by the buffer; the snapshot is best effort
-
-
-def _link_for(bus: ModbusRtuBus | ModbusTcpBus) -> tuple[modbus.RegisterReader, LinkCost]:
-    if isinstance(bus, ModbusRtuBus):
-        link = modbus.serial_link(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize, bus.timeout)
-        return link, LinkCost.rtu(bus.baudrate, bus.parity, bus.stopbits)
-    link = modbus.tcp_link(bus.host, bus.port, bus.timeout, rtu_framing=bus.framing == "rtu")
-    return link, LinkCost.tcp()
 
 
 class Agent:
@@ -137,15 +128,16 @@ class Agent:
         self.spool = self._spool()
         self.writer = BufferWriter(self.buffer, on_commit=self.uplink.notify,
                                    flush_interval=self.cfg.buffer.flush_interval, spool=self.spool)
-        # Modbus points' resolutions come from their profiles; an M-Bus
-        # meter's are added by its bus worker from the first telegram's VIFs,
-        # before that telegram's readings are put, so the meta message
-        # describing a new series has them.
-        self.uplink.resolutions = self._resolutions()
+        # A point's resolution travels with the first readings of its series
+        # (the bus workers put both); the writer stores it in the series'
+        # attrs, from which the forwarder's meta message describes it.
         self.step("workers")
-        self.workers = [self._worker(bus) for bus in self.cfg.buses if self.cfg.devices_on(bus.id)]
-        for worker in self.workers:
-            self._closers.append(worker.link.close)
+        self.workers = []
+        for bus in self.cfg.buses:
+            if self.cfg.devices_on(bus.id):
+                worker = self._worker(bus)
+                self._closers.append(worker.close)
+                self.workers.append(worker)
 
     def _close_opened(self) -> None:
         for close in reversed(self._closers):
@@ -176,46 +168,15 @@ class Agent:
     def _corrupt(self, id_range: tuple[int, int]) -> None:
         self.writer.corrupt(id_range)
 
-    def _worker(self, bus: ModbusRtuBus | ModbusTcpBus | MbusBus) -> BusWorker:
-        guard = CounterGuard(last=self._counter_state)
-        if isinstance(bus, MbusBus):
-            from agent.mbus_worker import MbusBusWorker, MbusDevicePoller
-            from drivers.mbus_link import MbusLink
-
-            mbus_pollers = []
-            for device in self.cfg.devices_on(bus.id):
-                self.health.devices[device.id] = DeviceHealth(bus=bus.id)
-                mbus_pollers.append(MbusDevicePoller(
-                    device.id, device.address, device.interval, self.loaded.catalogue.get(device.profile),
-                    self.health.devices[device.id], max_rates=dict(device.max_rate or {}),
-                    meter=self._meters.get(device.id, "")))
-            link = MbusLink(bus.port, bus.baudrate, bus.parity, bus.timeout, bus.retries)
-            return MbusBusWorker(bus.id, link, mbus_pollers, self.writer, self.health, self.stop_event,
-                                 self.clock_state, guard, resolutions=self.uplink.resolutions)
-        link, cost = _link_for(bus)
-        pollers = []
-        for device in self.cfg.devices_on(bus.id):
-            profile = self.loaded.catalogue.get(device.profile)
-            points = tuple(p for p in profile.points if device.points is None or p.name in device.points)
-            self.health.devices[device.id] = DeviceHealth(bus=bus.id)
-            pollers.append(DevicePoller(device.id, device.address, device.interval, profile, points,
-                                        cost, self.health.devices[device.id],
-                                        max_rates=dict(device.max_rate or {}),
-                                        intervals=dict(device.intervals or {}),
-                                        meter=self._meters.get(device.id, "")))
-        return BusWorker(bus.id, link, pollers, self.writer, self.health, self.stop_event, self.clock_state, guard)
-
-    def _resolutions(self) -> dict[tuple[str, str], dict[str, float | str]]:
-        """Each Modbus point's resolution, from its profile, for the retained meta message."""
-        out: dict[tuple[str, str], dict[str, float | str]] = {}
-        for device in self.cfg.devices:
-            profile = self.loaded.catalogue.get(device.profile)
-            if profile.protocol != "modbus":
-                continue
-            for point in profile.points:
-                if (meta := point.resolution_meta()) is not None:
-                    out[(device.id, point.name)] = meta
-        return out
+    def _worker(self, bus: BusConfig) -> BusWorker:
+        """The bus's source, from its protocol, on the pipeline's worker thread."""
+        devices = self.cfg.devices_on(bus.id)
+        source = registry.for_bus(bus).open(bus, [(device, self.loaded.catalogue.get(device.profile))
+                                                  for device in devices])
+        return BusWorker(bus.id, source, self.writer, self.health, self.stop_event, self.clock_state,
+                         CounterGuard(last=self._counter_state),
+                         max_rates={device.id: dict(device.max_rate or {}) for device in devices},
+                         meters={device.id: self._meters.get(device.id, "") for device in devices})
 
     def status_figures(self) -> dict[str, object]:
         """Health figures for the retained status message and the status file."""

@@ -40,80 +40,41 @@ import json
 import os
 import queue
 import sqlite3
-import struct
 import threading
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import cast
 
 from agent import chunks, failpoints, logs
 from agent import spool as spool_module
+from agent.schema import (
+    _ROW,
+    _ROW_VALUES,
+    KIND_CODE,
+    ROW_READINGS,
+    SCHEMA_VERSION,
+    CounterState,
+    Event,
+    IdRange,
+    NewRow,
+    Row,
+    Series,
+    StoredEvent,
+    StoredRow,
+    crc,
+    now_ms,
+    schema_statements,
+    series_crc,
+    stored_row,
+)
 from agent.spool import Spool
 from drivers.core.errors import StorageError
 from drivers.core.readings import Reading
 
-SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS series (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    point TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    meter TEXT NOT NULL DEFAULT '',
-    attrs TEXT NOT NULL DEFAULT '',  -- JSON: what the platform needs to read the series (resolution)
-    crc INTEGER NOT NULL,
-    UNIQUE (device, point, unit, kind, meter)
-);
--- Readings, packed: the readings with ids first_id .. first_id + count - 1,
--- all of one kind (0 counter, 1 gauge), as chunks (agent/chunks.py).
-CREATE TABLE IF NOT EXISTS batches (
-    first_id INTEGER PRIMARY KEY,
-    count INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
-    ts_min INTEGER NOT NULL,
-    ts_max INTEGER NOT NULL,
-    mono INTEGER NOT NULL,  -- 1: some readings carry monotonic stamps (clock not yet trusted)
-    acked INTEGER NOT NULL,  -- the acknowledged watermark when this row was stored
-    spool INTEGER NOT NULL,  -- the highest spool record this commit covered (agent/spool.py)
-    zlib INTEGER NOT NULL,  -- 1: the body is zlib-compressed
-    body BLOB NOT NULL,
-    crc INTEGER NOT NULL
-);
--- Reports for the platform (evictions, meter swaps, clock corrections,
--- unclean stops), kept until the platform acknowledged them.
-CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, crc INTEGER NOT NULL);
-"""
-
-
-
-def schema_statements() -> list[str]:
-    """The schema, one statement each (executescript would commit an open transaction)."""
-    text = "\n".join(line.split("--")[0] for line in _SCHEMA.splitlines())
-    return [statement.strip() for statement in text.split(";") if statement.strip()]
-
-
-Row = tuple[int, int, int, float | int | str | None, str]  # id, series, ts, value, quality
-Series = tuple[str, str, str, str, str]  # device, point, unit, kind, meter
-IdRange = tuple[int, int]  # first id, last id, inclusive
-Event = dict[str, object]
-StoredEvent = tuple[int, str]  # seq, JSON body
-CounterState = dict[tuple[str, str], tuple[float | int, int]]  # (device, point) -> (value, ts)
-
-KIND_CODE = {"counter": 0, "gauge": 1}
-KIND_NAME = {code: name for name, code in KIND_CODE.items()}
-
-# A stored row holds about this many readings at most (whole chunks): small
-# enough that a forwarder batch decodes little more than it sends, large
-# enough that a commit at 300 readings/s is a handful of rows.
-ROW_READINGS = 2048
 EVICT_ROWS = 256
 # Reports the platform acknowledged are forgotten promptly: they are rare,
 # and a crash before would send them twice.
@@ -133,79 +94,6 @@ CACHE_KIB = 256
 # Every commit appends each page it changed to the WAL; small pages write
 # less per commit (measured with ./scripts/bench: docs/performance.md).
 PAGE_BYTES = 1024
-
-
-def crc(*parts: object) -> int:
-    """CRC-32 of the parts, each length-prefixed, so that ('ab','c') != ('a','bc')."""
-    value = 0
-    for part in parts:
-        data = part if isinstance(part, (bytes, bytearray, memoryview)) else str(part).encode()
-        value = zlib.crc32(struct.pack("<I", len(data)), value)
-        value = zlib.crc32(data, value)
-    return value
-
-
-_ROW = "first_id, count, kind, ts_min, ts_max, mono, acked, spool, zlib, body, crc"
-_ROW_VALUES = ", ".join("?" * len(_ROW.split(",")))
-
-
-class StoredRow(NamedTuple):
-    """One row of the batches table, as read."""
-
-    first_id: int
-    count: int
-    kind: int
-    ts_min: int
-    ts_max: int
-    mono: int
-    acked: int
-    spool: int
-    zlib: int
-    body: bytes
-    crc: int
-
-    @property
-    def last_id(self) -> int:
-        return self.first_id + self.count - 1
-
-    def intact(self) -> bool:
-        if not (all(type(v) is int for v in self[:9]) and type(self.body) is bytes and type(self.crc) is int):
-            return False  # a damaged byte changed a column's type
-        return self.crc == row_crc(*self[:-1])
-
-    def columns(self) -> chunks.Columns:
-        """The readings, decoded; ChunkError when they fail any check."""
-        if not self.intact():
-            raise chunks.ChunkError("the row fails its checksum")
-        try:
-            body = zlib.decompress(self.body) if self.zlib else self.body
-        except zlib.error as exc:
-            raise chunks.ChunkError(f"the row does not decompress: {exc}") from None
-        columns = chunks.decode(body)
-        if len(columns) != self.count:
-            raise chunks.ChunkError("the row holds another number of readings than it says")
-        return columns
-
-
-def row_crc(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, acked: int, spool: int,
-            compressed: int, body: bytes) -> int:
-    return crc(struct.pack("<qqqqqqqqq", first_id, count, kind, ts_min, ts_max, mono, acked, spool, compressed),
-               body)
-
-
-def stored_row(first_id: int, count: int, kind: int, ts_min: int, ts_max: int, mono: int, acked: int,
-               spool: int, raw: bytes) -> StoredRow:
-    """A row ready to insert: compressed where that saves a tenth, checksummed."""
-    packed = zlib.compress(raw, 6) if len(raw) > 64 else raw
-    compressed = int(len(packed) <= len(raw) * 0.9)
-    body = packed if compressed else raw
-    return StoredRow(first_id, count, kind, ts_min, ts_max, mono, acked, spool, compressed, body,
-                     row_crc(first_id, count, kind, ts_min, ts_max, mono, acked, spool, compressed, body))
-
-
-def series_crc(sid: int, device: str | bytes, point: str | bytes, unit: str | bytes, kind: str | bytes,
-               meter: str | bytes, attrs: str | bytes) -> int:
-    return crc(sid, device, point, unit, kind, meter, attrs)
 
 
 def _runs(ids: Iterable[int]) -> list[IdRange]:
@@ -228,25 +116,6 @@ def _delta_runs(rows: Iterable[tuple[int, int]]) -> list[tuple[int, int, int]]:
         else:
             runs.append((rid, rid, delta))
     return runs
-
-
-@dataclass
-class NewRow:
-    """Readings of one kind on their way into one stored row."""
-
-    kind: int
-    parts: list[bytes] = field(default_factory=list)
-    count: int = 0
-    ts_min: int = 2**62
-    ts_max: int = -(2**62)
-    mono: int = 0
-
-    def add(self, chunk: bytes, count: int, ts_min: int, ts_max: int, mono: bool) -> None:
-        self.parts.append(chunk)
-        self.count += count
-        self.ts_min = min(self.ts_min, ts_min)
-        self.ts_max = max(self.ts_max, ts_max)
-        self.mono |= int(mono)
 
 
 @dataclass(frozen=True)
@@ -656,7 +525,7 @@ class Buffer:
             with self.lock, self._transaction():
                 for row, columns in self._decoded("WHERE mono = 1"):
                     first_id = row.first_id
-                    for offset, (ts, mono) in enumerate(zip(columns.stamps, columns.monos)):
+                    for offset, (ts, mono) in enumerate(zip(columns.stamps, columns.monos, strict=True)):
                         if mono is None:
                             continue
                         deltas.append((first_id + offset, mono + wall_minus_mono_ms - ts))
@@ -843,7 +712,8 @@ class BufferReader:
                 start = max(0, after_id + 1 - first_id)
                 stop = min(row.count, start + limit - len(out))
                 out += zip(range(first_id + start, first_id + stop), columns.sids[start:stop],
-                           columns.stamps[start:stop], columns.values[start:stop], columns.qualities[start:stop])
+                           columns.stamps[start:stop], columns.values[start:stop], columns.qualities[start:stop],
+                           strict=True)
                 if len(out) >= limit:
                     break
         return out
@@ -884,9 +754,6 @@ class BufferReader:
     def close(self) -> None:
         self._cached = None
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def boot_id() -> str:
@@ -962,6 +829,12 @@ def pack(buffer: Buffer, readings: Sequence[Reading]) -> list[NewRow]:
 CommitListener = Callable[[IdRange | None], None]
 
 
+# What a bus worker's put() hands the writer thread: readings, counter state,
+# meter ids, events, resolutions.
+_Put = tuple[list[Reading], "CounterState | None", "dict[str, str] | None", "list[Event] | None",
+             "dict[tuple[str, str], Mapping[str, float | str]] | None"]
+
+
 class BufferWriter(threading.Thread):
     """Owns every write to the buffer; one synced commit per flush.
 
@@ -1017,9 +890,13 @@ class BufferWriter(threading.Thread):
 
     # -- called from other threads ---------------------------------------------------------------
     def put(self, readings: list[Reading], counters: CounterState | None = None,
-            meters: dict[str, str] | None = None, events: list[Event] | None = None) -> None:
-        """A poll's readings, with the state and reports it produced."""
-        self._queue.put(("r", (readings, counters, meters, events)))
+            meters: dict[str, str] | None = None, events: list[Event] | None = None,
+            resolutions: dict[tuple[str, str], Mapping[str, float | str]] | None = None) -> None:
+        """A poll's readings, with the state and reports it produced, and the
+        resolution of each (device, point) among them whose series the platform
+        is not told of yet (stored as the series' attrs)."""
+        put: _Put = (readings, counters, meters, events, resolutions)
+        self._queue.put(("r", put))
 
     def restamp(self, wall_minus_mono_ms: int) -> None:
         """The wall clock is trusted from now on (see Buffer.restamp)."""
@@ -1075,9 +952,9 @@ class BufferWriter(threading.Thread):
         """Take one message; return when the next commit is due for it (None: stop)."""
         now = time.monotonic()
         if kind == "r":
-            readings, counters, meters, events = payload  # type: ignore[misc]
+            readings, counters, meters, events, resolutions = cast("_Put", payload)
             if readings:
-                self._pack(self._fix_stamps(readings))
+                self._pack(self._fix_stamps(readings), resolutions)
             if (events or meters) and self._spool is not None:
                 self._append(spool_module.EXTRAS, json.dumps({"events": events or [], "meters": meters or {}}).encode())
             if counters:
@@ -1102,10 +979,15 @@ class BufferWriter(threading.Thread):
             return now
         return None
 
-    def _pack(self, readings: list[Reading]) -> None:
+    def _pack(self, readings: list[Reading],
+              resolutions: dict[tuple[str, str], Mapping[str, float | str]] | None = None) -> None:
         buffer = self.buffer
         for part_kind, members in _by_kind(readings):
             sids = [buffer.series_id(r.device, r.point, r.unit, r.kind, r.meter) for r in members]
+            if resolutions:
+                for reading, sid in zip(members, sids, strict=True):
+                    if (resolution := resolutions.get((reading.device, reading.point))) is not None:
+                        buffer.set_attrs(sid, json.dumps({"resolution": resolution}, sort_keys=True))
             stamps = [r.ts for r in members]
             mono = any(r.mono is not None for r in members)
             chunk = chunks.encode_readings(sids, members)

@@ -18,6 +18,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
+from typing import cast
 
 from drivers.core.errors import StorageError
 from drivers.core.readings import Reading
@@ -61,11 +62,12 @@ def _unraw(typecode: str, data: bytes | memoryview, count: int, at: int) -> tupl
 
 def _values(values: list[Value]) -> tuple[int, bytes]:
     if all(type(v) is float for v in values):
-        if array("f", values).tolist() == values:  # every one exact in float32 (NaN never is)
-            return _F32, _raw("f", values)
-        return _F64, _raw("d", values)
-    if all(type(v) is int and _I64_MIN <= v <= _I64_MAX for v in values):  # type: ignore[operator]
-        return _I64, _raw("q", values)  # type: ignore[arg-type]
+        floats = cast("list[float]", values)
+        if array("f", floats).tolist() == floats:  # every one exact in float32 (NaN never is)
+            return _F32, _raw("f", floats)
+        return _F64, _raw("d", floats)
+    if all(type(v) is int and _I64_MIN <= v <= _I64_MAX for v in values):
+        return _I64, _raw("q", cast("list[int]", values))
     text = json.dumps(values, separators=(",", ":"), allow_nan=True).encode()
     return _JSON, struct.pack("<I", len(text)) + text
 
@@ -185,7 +187,7 @@ def decode(body: bytes | memoryview, into: Columns | None = None) -> Columns:
             out.sids += sids
             out.values += values
             out.qualities += qualities
-            for ts, mono, length in zip(run_ts, run_mono, run_len):
+            for ts, mono, length in zip(run_ts, run_mono, run_len, strict=True):
                 out.stamps += [ts] * length
                 out.monos += [None if mono < 0 else mono] * length
             at = end

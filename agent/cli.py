@@ -21,16 +21,23 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from drivers.core.errors import ConfigError, DecodeError, ProfileError, RetrofitError, did_you_mean
+from drivers.core.errors import (
+    ConfigError,
+    DecodeError,
+    InputUnreadable,
+    PortUnavailable,
+    ProfileError,
+    RetrofitError,
+    UsageError,
+    did_you_mean,
+)
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger as BoundLogger
 
-    from agent.commission import Progress
-    from agent.config import LoadedConfig, MbusBus, ModbusRtuBus, ModbusTcpBus
+    from agent.config import LoadedConfig
     from agent.remote_config import RemoteControl
-    from drivers.mbus_link import MbusLink
-    from drivers.profile import AnyProfile, SerialDefaults
+    from drivers.core.protocol import BusRecord, Commissioning, DeviceProfile
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -42,10 +49,6 @@ EX_UNAVAILABLE = 69
 EX_ALREADY_RUNNING = 75  # EX_TEMPFAIL: it may start once the other one stopped
 EX_CONFIG = 78
 DEFAULT_CONFIG = Path("/etc/retrofit-agent/config.yaml")
-
-
-class UsageError(RetrofitError):
-    """The command line itself is wrong (missing or contradicting options)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,42 +80,34 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("schema", help="print the JSON Schema of the config (for editors)")
     _config_parser(commands)
 
-    probe = commands.add_parser("probe", help="read one device once: values beside raw registers or M-Bus records")
+    from drivers import registry
+
+    probe = commands.add_parser("probe", help="read one device once: its values beside what it sent")
     probe.add_argument("--config", type=Path, metavar="FILE",
                        help=f"take the bus and profile of --device from this config (default with --device: "
                             f"{DEFAULT_CONFIG})")
     probe.add_argument("--device", help="device id in the config")
     _bus_arguments(probe)
-    probe.add_argument("--address", help="without --config: Modbus unit id; M-Bus primary address (0-250) or "
-                                         "8-digit secondary address")
-    probe.add_argument("--profile", help="without --config: profile name (M-Bus default: mbus, every record)")
-    probe.add_argument("--mbus", action="store_true", help="the line is M-Bus (implied by an M-Bus profile)")
+    probe.add_argument("--address", help="without --config: the device's address on its bus ("
+                       + "; ".join(f"{p.title}: {p.commissioning.address_help}" for p in _commissioned()) + ")")
+    probe.add_argument("--profile", help="without --config: profile name"
+                       + "".join(f" ({p.title} default: {p.commissioning.default_profile})"
+                                 for p in _commissioned() if p.commissioning.default_profile))
 
-    scan = commands.add_parser("scan", help="find the devices that answer on a Modbus bus or an M-Bus line")
+    scan = commands.add_parser("scan", help="find the devices that answer on a bus")
     _bus_arguments(scan)
     scan.add_argument("--bus", help="a bus id from the config instead of the settings above")
     scan.add_argument("--config", type=Path, metavar="FILE",
                       help=f"the config --bus is in (default with --bus: {DEFAULT_CONFIG})")
-    scan.add_argument("--addresses", help="e.g. 1-247 or 1,2,10-20 (default 1-247; M-Bus primary: 0-250)")
-    scan.add_argument("--baudrates", default=None,
-                      help="serial: comma list to try (default 9600,19200,2400,4800,38400,115200)")
-    scan.add_argument("--parities", default="N,E", help="serial: comma list to try (default N,E)")
-    scan.add_argument("--table", choices=("holding", "input"), default="holding")
-    scan.add_argument("--register", type=int, default=0, help="register to read (default 0)")
-    scan.add_argument("--mbus", action="store_true", help="the --serial port (or socket://host:port) is an M-Bus line")
-    scan.add_argument("--secondary", action="store_true", help="M-Bus: search by secondary address (wildcards)")
-    scan.add_argument("--max-selections", type=int, default=5000,
-                      help="M-Bus secondary search: give up after this many selections (default 5000)")
-    scan.add_argument("--max-time", default="30m",
-                      help="M-Bus secondary search: give up after this long (default 30m)")
-
-    mbus = commands.add_parser("mbus", help="M-Bus tools")
-    mbus_commands = mbus.add_subparsers(dest="mbus_command", required=True, metavar="ACTION")
-    decode = mbus_commands.add_parser(
-        "decode", help="decode telegrams written as hex (file or -): '68 1F 1F 68 ..' or '681F1F68..', "
-                       "one telegram per line; several print as a JSON list")
-    decode.add_argument("file", nargs="?", default="-")
-    _wmbus_parser(commands)
+    scan.add_argument("--addresses", help="e.g. 1-247 or 1,2,10-20 (default: every address the protocol has)")
+    for protocol in _commissioned():
+        for verb, verb_parser in (("probe", probe), ("scan", scan)):
+            if protocol.commissioning.flag:
+                verb_parser.add_argument(protocol.commissioning.flag, action="store_true",
+                                         help=protocol.commissioning.flag_help)
+            protocol.commissioning.add_arguments(verb, verb_parser)
+    for tool in registry.tools():
+        tool.add_arguments(commands)
     return parser
 
 
@@ -122,15 +117,36 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _bus_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--serial", metavar="PORT", help="serial port, e.g. /dev/ttyUSB0 (M-Bus also socket://HOST:PORT)")
-    parser.add_argument("--baudrate", type=int, help="default 9600 (Modbus), 2400 (M-Bus)")
-    parser.add_argument("--parity", choices=("N", "E", "O"), help="default N (Modbus), E (M-Bus)")
+    def defaults(option: str, fallback: str = "") -> str:
+        said = [p.commissioning.option_defaults[option] for p in _commissioned()
+                if option in p.commissioning.option_defaults]
+        return f"default {', '.join(said)}" if said else fallback
+
+    parser.add_argument("--serial", metavar="PORT", help="serial port, e.g. /dev/ttyUSB0 (or socket://HOST:PORT where "
+                                                         "the protocol takes a TCP-to-serial gateway)")
+    parser.add_argument("--baudrate", type=int, help=defaults("baudrate"))
+    parser.add_argument("--parity", choices=("N", "E", "O"), help=defaults("parity"))
     parser.add_argument("--stopbits", type=int, choices=(1, 2), help="default 1")
-    parser.add_argument("--host", help="Modbus TCP host (M-Bus: a TCP-to-serial gateway, with --port)")
-    parser.add_argument("--port", type=int, help="TCP port (Modbus default 502)")
+    parser.add_argument("--host", help="TCP host (a device, or a gateway to a serial line, with --port)")
+    parser.add_argument("--port", type=int, help=f"TCP port ({defaults('port')})")
     parser.add_argument("--timeout", type=_seconds,
-                        help="seconds to wait for an answer (default: scan 0.3 on TCP, 0.5 on serial; probe 0.5; "
-                             "M-Bus from the baud rate)")
+                        help=f"seconds to wait for an answer ({defaults('timeout')})")
+
+
+def _commissioned() -> list[_Commissioned]:
+    """The protocols with commissioning verbs, in the registry's order."""
+    from drivers import registry
+
+    return [_Commissioned(p.name, p.title, p.takes, p.commissioning) for p in registry.PROTOCOLS
+            if p.commissioning is not None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Commissioned:
+    name: str
+    title: str
+    takes: tuple[str, ...]
+    commissioning: Commissioning
 
 
 def _seconds(text: str) -> float:
@@ -173,7 +189,9 @@ def _exit_code(exc: RetrofitError) -> int:
         return EX_USAGE
     if isinstance(exc, DecodeError):
         return EX_DATAERR
-    if getattr(exc, "port_unavailable", False):  # agent.commission.PortUnavailable, not imported for `run`
+    if isinstance(exc, InputUnreadable):
+        return EX_NOINPUT
+    if isinstance(exc, PortUnavailable):
         return EX_UNAVAILABLE
     return EX_FAILURE
 
@@ -196,21 +214,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(json.dumps(config_schema(), indent=2))
         return EX_OK
-    if args.command == "mbus":
-        return _mbus_decode(args.file)
-    if args.command == "wmbus":
-        return _wmbus_decode(args)
     if args.command == "config":
         return _config_command(args)
-    raise AssertionError(args.command)
+    from drivers import registry
+
+    tool = next(tool for tool in registry.tools() if tool.name == args.command)
+    return tool.run(args)
 
 
 def _check(path: Path) -> int:
     from agent.commission import load_warnings
-    from agent.config import check_files, load_config, summarise
+    from agent.config import load_config, summarise
 
     loaded = load_config(path)
-    check_files(loaded)
+    _check_files(loaded)
     print("\n".join(summarise(loaded)))
     print("\n".join(load_warnings(loaded.config, loaded.catalogue)))
     for warning in loaded.warnings:
@@ -220,6 +237,27 @@ def _check(path: Path) -> int:
 
         print("\n".join(describe(loaded)))
     return EX_OK
+
+
+def _check_files(loaded: LoadedConfig) -> None:
+    """The files `run` reads at start, read now; ConfigError lists every problem."""
+    from agent.config import check_files
+
+    problems: list[str] = []
+    if loaded.config.remote_config.enabled:
+        # cryptography is imported only where remote configuration is on.
+        from agent.remote_config import load_public_key
+
+        try:
+            load_public_key(loaded)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    try:
+        check_files(loaded)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
 
 
 def _run(path: Path, log_level: str) -> int:
@@ -243,11 +281,11 @@ def _run(path: Path, log_level: str) -> int:
     try:
         step("imports")
         from agent.app import Agent
-        from agent.config import check_files, load_config
+        from agent.config import load_config
 
         step("config")
         local = load_config(path)
-        check_files(local)
+        _check_files(local)
         for warning in local.warnings:
             log.warning("config.warning", warning=warning)
         step("lock")
@@ -302,45 +340,11 @@ def _execute_again(log: BoundLogger, why: str) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execv(sys.executable, argv)
+        os.execv(sys.executable, argv)  # noqa: S606 - this very program again, argument by argument
     except OSError as exc:
-        log.error("agent.execute_again_failed", error=str(exc), exit_code=EX_ALREADY_RUNNING)
+        log.error("agent.execute_again_failed", error=str(exc),  # noqa: TRY400 - the reason is in the line
+                  exit_code=EX_ALREADY_RUNNING)
     return EX_ALREADY_RUNNING
-
-
-def _adhoc_bus(args: argparse.Namespace, serial: SerialDefaults | None = None,
-               timeout: float = 0.5) -> ModbusRtuBus | ModbusTcpBus:
-    """The Modbus bus the command line describes; unset serial settings come
-    from the profile's factory settings when it has them, else 9600 8N1."""
-    from agent.config import ModbusRtuBus, ModbusTcpBus
-
-    if args.serial:
-        return ModbusRtuBus(id="probe", type="modbus-rtu", port=args.serial,
-                            baudrate=args.baudrate or (serial.baudrate if serial else 9600),
-                            parity=args.parity or (serial.parity if serial else "N"),
-                            stopbits=args.stopbits or (serial.stopbits if serial else 1),
-                            timeout=args.timeout or timeout)
-    if args.host:
-        return ModbusTcpBus(id="probe", type="modbus-tcp", host=args.host, port=args.port or 502,
-                            timeout=args.timeout or timeout)
-    raise UsageError("say where: --serial PORT or --host HOST (or --config FILE with --device or --bus)")
-
-
-def _adhoc_mbus_bus(args: argparse.Namespace) -> MbusBus:
-    """The M-Bus line the command line describes: a serial port, or a
-    TCP-to-serial gateway (--host and --port, or --serial socket://HOST:PORT)."""
-    from agent.config import MbusBus
-
-    if args.host:
-        if not args.port:
-            raise UsageError("an M-Bus line behind a TCP gateway needs --port as well as --host")
-        port = f"socket://{args.host}:{args.port}"
-    elif args.serial:
-        port = args.serial
-    else:
-        raise UsageError("say where the M-Bus line is: --serial PORT (or socket://HOST:PORT), or --config with --bus")
-    return MbusBus(id="probe", type="mbus", port=port, baudrate=args.baudrate or 2400,
-                   parity=args.parity or "E", timeout=args.timeout, retries=1)
 
 
 def _from_config(path: Path | None, kind: str, wanted: str, known: list[str]) -> NoReturn:
@@ -349,10 +353,50 @@ def _from_config(path: Path | None, kind: str, wanted: str, known: list[str]) ->
                      f"{kind}s there: {', '.join(known) or 'none'}")
 
 
+def _flagged(args: argparse.Namespace) -> list[_Commissioned]:
+    """The protocols the command line names by their option (--mbus)."""
+    return [p for p in _commissioned() if p.commissioning.flag and getattr(args, _dest(p.commissioning.flag))]
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _of_bus(bus: BusRecord) -> _Commissioned:
+    from drivers import registry
+
+    protocol = registry.for_bus(bus)
+    found = next((p for p in _commissioned() if p.name == protocol.name), None)
+    if found is None:
+        raise UsageError(f"bus {bus.id} is {bus.type}: that protocol has no probe or scan")
+    return found
+
+
+def _named(args: argparse.Namespace, bus: BusRecord | None) -> _Commissioned:
+    """The protocol a command is about: its bus's, else the one its option
+    names, else the one a bus without such an option is."""
+    flagged = _flagged(args)
+    if bus is not None:
+        protocol = _of_bus(bus)
+        for other in flagged:
+            if other is not protocol and other.name != protocol.name:
+                raise UsageError(f"{other.commissioning.flag}, but bus {bus.id} is {bus.type}")
+        return protocol
+    if flagged:
+        return flagged[0]
+    return next(p for p in _commissioned() if p.commissioning.flag is None)
+
+
+def _check_arguments(verb: str, args: argparse.Namespace, chosen: _Commissioned) -> None:
+    for protocol in _commissioned():
+        protocol.commissioning.check_arguments(verb, args, protocol.name == chosen.name)
+
+
 def _probe(args: argparse.Namespace) -> int:
     from drivers.profile import SITE_PROFILE_DIR, load_catalogue
 
     address: int | str
+    points: tuple[str, ...] | None = None
     if args.device or args.config:
         from agent.config import load_config
 
@@ -362,102 +406,37 @@ def _probe(args: argparse.Namespace) -> int:
         device = next((d for d in loaded.config.devices if d.id == args.device), None)
         if device is None:
             _from_config(args.config, "device", args.device, [d.id for d in loaded.config.devices])
-        bus, address = loaded.config.bus(device.bus), device.address
-        profile, points = loaded.catalogue.get(device.profile), device.points
+        bus: BusRecord = loaded.config.bus(device.bus)
+        protocol = _named(args, bus)
+        address, points = device.address, device.points
+        profile: DeviceProfile = loaded.catalogue.get(device.profile)
     else:
         if args.address is None:
-            raise UsageError("without --config, give --address (and --profile, or --mbus)")
-        profile_name = args.profile or ("mbus" if args.mbus else None)
+            flags = ", or ".join(str(p.commissioning.flag) for p in _commissioned() if p.commissioning.flag)
+            raise UsageError(f"without --config, give --address (and --profile, or {flags})")
+        flagged = _flagged(args)
+        defaults = [p for p in flagged if p.commissioning.default_profile]
+        profile_name = args.profile or (defaults[0].commissioning.default_profile if defaults else None)
         if profile_name is None:
-            raise UsageError("without --config, give --profile (`retrofit-agent profiles list`), or --mbus")
+            flags = ", or ".join(str(p.commissioning.flag) for p in _commissioned() if p.commissioning.default_profile)
+            raise UsageError(f"without --config, give --profile (`retrofit-agent profiles list`), or {flags}")
         catalogue = load_catalogue([SITE_PROFILE_DIR])
         if profile_name not in catalogue:
-            raise UsageError(f"--profile: unknown profile {profile_name!r}{did_you_mean(profile_name, catalogue.names())}; "
+            raise UsageError(f"--profile: unknown profile {profile_name!r}"
+                             f"{did_you_mean(profile_name, catalogue.names())}; "
                              "`retrofit-agent profiles list` shows them")
-        profile, points = catalogue.get(profile_name), None
-        if args.mbus and profile.protocol != "mbus":
-            raise UsageError(f"--mbus, but {profile.name} is a Modbus profile")
-        address = _parse_address(args.address, profile.protocol == "mbus")
-        bus = (_adhoc_mbus_bus(args) if profile.protocol == "mbus"
-               else _adhoc_bus(args, profile.workarounds.serial))
-    if profile.protocol == "mbus":
-        return _probe_mbus(bus, address, profile)  # type: ignore[arg-type]
-    return _probe_modbus(bus, address, profile, points)  # type: ignore[arg-type]
+        profile = catalogue.get(profile_name)
+        protocol = next((p for p in _commissioned() if profile.protocol in p.takes), _named(args, None))
+        for other in flagged:
+            if other.name != protocol.name:
+                raise UsageError(f"{other.commissioning.flag}, but {profile.name} is a {protocol.title} profile")
+        address = protocol.commissioning.parse_address(args.address)
+        bus = protocol.commissioning.adhoc_bus("probe", args, profile)
+    ok = protocol.commissioning.probe(bus, address, profile, points)
+    return EX_OK if ok else EX_FAILURE
 
 
-def _parse_address(text: str, mbus: bool) -> int | str:
-    if mbus and len(text) == 8 and text.isdigit():
-        return text  # a secondary address
-    highest = 250 if mbus else 247
-    if not text.isdigit() or not (0 if mbus else 1) <= int(text) <= highest:
-        what = ("an M-Bus primary address 0..250 or an 8-digit secondary address" if mbus
-                else "a Modbus unit id 1..247")
-        raise UsageError(f"--address {text!r}: expected {what}")
-    return int(text)
-
-
-def _probe_modbus(bus: ModbusRtuBus | ModbusTcpBus, unit: int, profile: AnyProfile,
-                  points: tuple[str, ...] | None) -> int:
-    from agent.commission import check_bus, format_probe, link_cost, open_link, probe
-    from agent.config import MbusBus
-
-    if isinstance(bus, MbusBus):
-        raise UsageError(f"{profile.name} is a Modbus profile, but bus {bus.id} is an M-Bus line")
-    check_bus(bus)
-    link = open_link(bus)
-    try:
-        rows = probe(link, unit, profile, link_cost(bus), points)  # type: ignore[arg-type]
-    finally:
-        link.close()
-    print(f"{profile.name} at unit {unit} on {bus.id}:")
-    print(format_probe(rows))
-    return EX_OK if all(not r.error for r in rows) else EX_FAILURE
-
-
-def _probe_mbus(bus: MbusBus, address: int | str, profile: AnyProfile) -> int:
-    from agent.commission import (
-        check_bus,
-        describe_meter,
-        format_mbus_probe,
-        mbus_probe,
-        refused_settings,
-    )
-    from agent.config import MbusBus
-    from drivers.mbus_link import MbusLink
-    from drivers.profile import MbusProfile
-
-    if not isinstance(bus, MbusBus) or not isinstance(profile, MbusProfile):
-        raise UsageError(f"{profile.name} is an M-Bus profile, but bus {bus.id} is not an M-Bus line")
-    check_bus(bus)
-    link = MbusLink(bus.port, bus.baudrate, bus.parity, bus.timeout, retries=bus.retries)
-    try:
-        with refused_settings(bus.port, f"{bus.baudrate} 8{bus.parity}1"):
-            telegrams = link.read(address)
-    finally:
-        link.close()
-    rows, unused = mbus_probe(telegrams, profile)
-    where = f"secondary address {address}" if isinstance(address, str) else f"address {address}"
-    line = bus.port if bus.id == "probe" else f"{bus.id} ({bus.port})"  # "probe": given on the command line
-    print(f"{profile.name} at {where} on {line}: {describe_meter(telegrams[0].header)}; {len(telegrams)} telegram(s)")
-    print(format_mbus_probe(rows, unused))
-    return EX_OK if rows and all(row.value is not None for row in rows) else EX_FAILURE
-
-
-def _parse_units(text: str, lowest: int = 1, highest: int = 247) -> list[int]:
-    units: list[int] = []
-    for part in text.split(","):
-        low, sep, high = part.strip().partition("-")
-        try:
-            first, last = int(low), int(high) if sep else int(low)
-        except ValueError:
-            raise UsageError(f"--addresses: cannot read {part!r}; use e.g. 1-247 or 1,5,10-20") from None
-        if not (lowest <= first <= last <= highest):
-            raise UsageError(f"--addresses: {part!r} is outside {lowest}..{highest}")
-        units.extend(range(first, last + 1))
-    return units
-
-
-def _bus_from_config(args: argparse.Namespace) -> ModbusRtuBus | ModbusTcpBus | MbusBus | None:
+def _bus_from_config(args: argparse.Namespace) -> BusRecord | None:
     """The bus --bus names in the config, or None when scanning ad hoc."""
     if not args.bus:
         if args.config:
@@ -472,139 +451,13 @@ def _bus_from_config(args: argparse.Namespace) -> ModbusRtuBus | ModbusTcpBus | 
     return bus
 
 
-def _scan_mbus(args: argparse.Namespace, bus: MbusBus) -> int:
-    from agent.commission import Progress, check_bus, refused_settings
-    from agent.config import parse_duration
-    from drivers.mbus_link import MbusLink
-
-    try:
-        max_time = parse_duration(args.max_time)
-    except ValueError as exc:
-        raise UsageError(f"--max-time: {exc}") from None
-    if args.max_selections < 1:
-        raise UsageError("--max-selections must be at least 1")
-    addresses = _parse_units(args.addresses or "0-250", 0, 250)
-    check_bus(bus)
-    link = MbusLink(bus.port, bus.baudrate, bus.parity, bus.timeout, retries=0)
-    progress = Progress(sys.stderr)
-    line = f"{bus.port} ({bus.baudrate} 8{bus.parity}1)"
-    try:
-        with refused_settings(bus.port, f"{bus.baudrate} 8{bus.parity}1"):
-            incomplete = _mbus_search(args, link, line, progress, addresses, max_time)
-    finally:
-        progress.clear()
-        link.close()
-    return EX_FAILURE if incomplete else EX_OK
-
-
-def _mbus_search(args: argparse.Namespace, link: MbusLink, line: str, progress: Progress, addresses: list[int],
-                 max_time: float) -> bool:
-    """Print the meters found on the line; True when nothing was found or the search stopped early."""
-    from agent.commission import SecondarySearch, describe_meter, mbus_scan_primary
-
-    found = 0
-    if args.secondary:
-        search = SecondarySearch(link, max_selections=args.max_selections, max_seconds=max_time)
-        print(f"searching {line} by secondary address (at most {args.max_selections} selections, "
-              f"{args.max_time}) ...", flush=True)
-        for pattern, header in search.run():
-            if header is not None:
-                found += 1
-                progress.clear()
-                print(f"  {describe_meter(header)}", flush=True)
-            progress.update(f"selection {search.selections} ({pattern}), {found} found, "
-                            f"{search.collisions} collision(s)")
-        progress.clear()
-        for identification in search.unresolved:
-            print(f"  {identification}: several answers at once (meters sharing this number, or noise)")
-        if search.stopped:
-            print(f"{found} meter(s) found; search incomplete: {search.stopped}")
-            return True
-    else:
-        print(f"scanning {line}, primary addresses {addresses[0]}..{addresses[-1]} "
-              f"({link.timeout:.2f} s per silent address) ...", flush=True)
-        for done, (address, header) in enumerate(mbus_scan_primary(link, addresses), 1):
-            if header is not None:
-                found += 1
-                progress.clear()
-                print(f"  address {address:3}: {describe_meter(header)}", flush=True)
-            progress.update(f"address {address} ({done}/{len(addresses)}), {found} found")
-        progress.clear()
-    print(f"{found} meter(s) found")
-    return not found
-
-
 def _scan(args: argparse.Namespace) -> int:
-    from agent.config import MbusBus, ModbusRtuBus
-
     bus = _bus_from_config(args)
+    protocol = _named(args, bus)
     if bus is not None and args.timeout:  # a scan may wait less per unit than polling does
-        bus = dataclasses.replace(bus, timeout=args.timeout)
-    if isinstance(bus, MbusBus) or (bus is None and args.mbus):
-        return _scan_mbus(args, bus or _adhoc_mbus_bus(args))
-    if args.mbus:
-        raise UsageError(f"--mbus, but bus {args.bus} is {bus.type if bus else 'not M-Bus'}")
-    if args.secondary:
-        raise UsageError("--secondary is for M-Bus lines: add --mbus")
-    units = _parse_units(args.addresses or "1-247")
-    if not 0 <= args.register <= 0xFFFF:
-        raise UsageError(f"--register {args.register}: a register address is 0..65535")
-    if bus is not None:
-        settings = [bus]
-    else:
-        bus = _adhoc_bus(args, timeout=0.5 if args.serial else 0.3)
-        settings = [bus]
-        if isinstance(bus, ModbusRtuBus):
-            try:
-                rates = [int(r) for r in (args.baudrates or "9600,19200,2400,4800,38400,115200").split(",")]
-            except ValueError:
-                raise UsageError(f"--baudrates: cannot read {args.baudrates!r}; use e.g. 9600,19200") from None
-            parities = [p.strip().upper() for p in args.parities.split(",")]
-            if bad := [p for p in parities if p not in ("N", "E", "O")]:
-                raise UsageError(f"--parities: {', '.join(bad)} is not N, E or O")
-            rates = [args.baudrate] if args.baudrate else rates
-            parities = [args.parity] if args.parity else parities
-            settings = [dataclasses.replace(bus, baudrate=r, parity=p) for r in rates for p in parities]
-    return _scan_modbus(args, units, settings)
-
-
-def _scan_modbus(args: argparse.Namespace, units: list[int], settings: list[ModbusRtuBus | ModbusTcpBus]) -> int:
-    from agent.commission import PortUnavailable, Progress, check_bus, open_link, scan_units
-    from agent.config import ModbusRtuBus
-
-    progress = Progress(sys.stderr)
-    found = opened = 0
-    refused: list[str] = []
-    for candidate in settings:
-        where = (f"{candidate.port} {candidate.baudrate} 8{candidate.parity}{candidate.stopbits}"
-                 if isinstance(candidate, ModbusRtuBus) else f"tcp://{candidate.host}:{candidate.port}")
-        try:
-            check_bus(candidate)
-        except PortUnavailable as exc:
-            if not exc.settings_refused:
-                raise
-            refused.append(str(exc))
-            print(f"skipping {where}: the port refuses these settings", flush=True)
-            continue
-        opened += 1
-        print(f"scanning {where}, units {units[0]}..{units[-1]} ({candidate.timeout:g} s per silent unit: "
-              f"at most {len(units) * candidate.timeout:.0f} s) ...", flush=True)
-        link = open_link(candidate)
-        try:
-            for done, (unit, answer) in enumerate(scan_units(link, units, args.table, args.register), 1):
-                if answer is not None:
-                    found += 1
-                    progress.clear()
-                    print(f"  unit {unit:3} answers ({answer}) at {where}", flush=True)
-                progress.update(f"unit {unit} ({done}/{len(units)}) at {where}, {found} found")
-        finally:
-            progress.clear()
-            link.close()
-    if not opened:
-        raise PortUnavailable(refused[0] if len(refused) == 1 else
-                              f"the port refuses every setting tried ({len(refused)}): {refused[0]}")
-    print(f"{found} device(s) found")
-    return EX_OK if found else EX_FAILURE
+        bus = protocol.commissioning.with_timeout(bus, args.timeout)
+    _check_arguments("scan", args, protocol)
+    return EX_OK if protocol.commissioning.scan(args, bus) else EX_FAILURE
 
 
 def _status(config: Path, as_json: bool) -> int:
@@ -636,6 +489,7 @@ def _status(config: Path, as_json: bool) -> int:
 
 
 def _profiles(action: str, name: str | None, config: Path | None) -> int:
+    from drivers import registry
     from drivers.profile import SITE_PROFILE_DIR, load_catalogue
 
     if config is not None:
@@ -658,46 +512,9 @@ def _profiles(action: str, name: str | None, config: Path | None) -> int:
     print(f"{profile.name}: {profile.manufacturer} {profile.model}")
     print(f"source: {profile.source}")
     print(f"from: {profile.origin}")
-    if profile.protocol == "mbus":
-        print(f"{'point':26} {'quantity':24} {'storage':>7} {'tariff':>6} {'subunit':>7} {'unit':5} kind")
-        for mp in profile.points:
-            print(f"{mp.name:26} {mp.quantity:24} {mp.storage:>7} {mp.tariff:>6} {mp.subunit:>7} "
-                  f"{mp.unit or '(sent)':5} "
-                  f"{mp.kind}  {mp.description}")
-        if profile.all_records:
-            print("(every record of the telegram becomes a point, in its base unit; the points above are "
-                  "the counters it knows by name)")
-        return EX_OK
-    quirks = profile.workarounds
-    if quirks.serial:
-        print(f"factory serial settings: {quirks.serial.describe()}")
-    if profile.identity:
-        ident = profile.identity
-        print(f"identity: {ident.table} {ident.address:#x} {ident.type}"
-              + (f" x{ident.length}" if ident.length else ""))
-    print(f"at most {quirks.max_registers} registers per request"
-          + "".join(f"; never across {t} {a:#x}..{b - 1:#x}" for t, a, b in quirks.holes)
-          + (f"; {quirks.pause_between_requests:g} s between requests" if quirks.pause_between_requests else ""))
-    print(f"{'point':26} {'table':8} {'address':>7} {'type':8} {'order':5} {'scale':>7} {'unit':5} kind")
-    for p in profile.points:
-        kind = p.type + (f"x{p.length}" if p.length else f":{p.bit}" if p.bit is not None else "")
-        scale = f"{p.scale}e@{p.scale_register.address:#x}" if p.scale_register else str(p.scale)
-        print(f"{p.name:26} {p.table:8} {p.address:>#7x} {kind:8} {p.order:5} {scale:>7} "
-              f"{p.unit:5} {p.kind}  {p.description}")
-    return EX_OK
-
-
-def _mbus_decode(file: str) -> int:
-    from drivers.mbus.decode_json import telegrams_to_json
-
-    try:
-        text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
-    except OSError as exc:
-        print(f"retrofit-agent mbus: cannot read {file}: {exc.strerror}", file=sys.stderr)
-        return EX_NOINPUT
-    except UnicodeDecodeError:
-        raise DecodeError(f"{file} is not text; expected hex bytes like '68 1F 1F 68 ...'") from None
-    print(json.dumps(telegrams_to_json(text), indent=2, default=str))
+    protocol = registry.by_name(profile.protocol)
+    if protocol is not None:
+        print("\n".join(protocol.show_profile(profile)))
     return EX_OK
 
 
@@ -789,40 +606,6 @@ def _config_command(args: argparse.Namespace) -> int:
         print(f"  {reason}")
     return EX_OK if result.get("state") == "applied" else EX_FAILURE
 
-
-# --- wireless M-Bus: `retrofit-agent wmbus decode` (the logic is drivers/wmbus/command.py) ---
-
-
-def _wmbus_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    wmbus = commands.add_parser("wmbus", help="wireless M-Bus tools")
-    actions = wmbus.add_subparsers(dest="wmbus_command", required=True, metavar="ACTION")
-    decode = actions.add_parser(
-        "decode", help="decode telegrams, one hex telegram per line (file or -), to JSON lines")
-    keys = decode.add_mutually_exclusive_group()
-    keys.add_argument("--key", metavar="HEX", help="one AES key for every meter (shows in shell history: prefer --keys)")
-    keys.add_argument("--keys", type=Path, metavar="FILE", help="per-meter key file: meter id, key (docs/wmbus.md)")
-    decode.add_argument("file", nargs="?", default="-")
-
-
-def _wmbus_decode(args: argparse.Namespace) -> int:
-    from drivers.wmbus.command import decode_lines, keys_from_options
-
-    keys = keys_from_options(args.key, args.keys)
-    try:
-        source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        print(f"retrofit-agent: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return EX_FAILURE
-    try:
-        for line in decode_lines(source, keys):
-            print(line, flush=True)
-    except UnicodeDecodeError:
-        print(f"retrofit-agent: {args.file} is not text; expected hex telegrams, one per line", file=sys.stderr)
-        return EX_FAILURE
-    finally:
-        if source is not sys.stdin:
-            source.close()
-    return EX_OK
 
 
 if __name__ == "__main__":

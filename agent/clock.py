@@ -39,6 +39,10 @@ class ClockState:
     def mono_ms() -> int:
         return time.monotonic_ns() // 1_000_000
 
+    def stamp(self) -> tuple[int, int | None]:
+        """The moment an answer came: wall-clock ms, and monotonic ms while the wall clock is not trusted."""
+        return self.wall_ms(), None if self.trusted else self.mono_ms()
+
 
 class ClockWatch:
     def __init__(self, flag_path: Path | None = TIMESYNC_FLAG, use_timedatectl: bool = True,
@@ -72,7 +76,7 @@ class ClockWatch:
     def _ask_timedatectl(self) -> bool | None:
         try:
             result = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
-                                    capture_output=True, text=True, timeout=2)
+                                    check=False, capture_output=True, text=True, timeout=2)
         except FileNotFoundError:
             self.use_timedatectl = False
             return None

@@ -15,59 +15,19 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from drivers.core.durations import DURATION_SCHEMA, Duration, parse_duration
+from drivers import registry
+from drivers.core.device import DeviceConfig
+from drivers.core.durations import DURATION_SCHEMA, Duration, format_duration, parse_duration
 from drivers.core.errors import ConfigError, did_you_mean
+from drivers.core.fields import Host, Identifier, Port, PrintableText
+from drivers.core.protocol import BusRecord
 from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, json_schema, validate
 from drivers.core.yamlsource import Located, YamlProblem, load_located
-from drivers.profile import SITE_PROFILE_DIR, Catalogue, MbusProfile, load_catalogue
+from drivers.profile import SITE_PROFILE_DIR, Catalogue, load_catalogue
 
-# Ids end up in MQTT topics and file names: no '/', '+', '#', spaces.
-Identifier = Annotated[str, Rule(pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
-                                 explain="use letters, digits, '_', '.' or '-' (it becomes part of MQTT topics)")]
-Port = Annotated[int, Rule(ge=1, le=65535)]
-NonEmpty = Annotated[str, Rule(min_length=1)]
-# MQTT forbids U+0000 in a string and advises against the other control
-# characters; a NUL would also cut the name short in C brokers' logs and ACLs.
-PrintableText = Annotated[str, Rule(pattern=r"[^\x00-\x1f\x7f-\x9f]+",
-                                    explain="no control characters (NUL, tab, line break ...); "
-                                            "is the value quoted right?")]
-
-
-def parse_host(value: object) -> str:
-    """A host name or address as a socket takes it. A URL (``mqtt://broker``)
-    or ``host:port`` would pass as text and fail only at run time, so it is
-    refused here, naming the host part to write instead."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a host name or IP address (got {value!r})")
-    text = value.strip()
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "", text
-    authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-    host, port = authority, ""
-    if authority.startswith("[") and "]" in authority:  # [::1]:1883
-        host, _, tail = authority[1:].partition("]")
-        port = tail.removeprefix(":")
-    elif authority.count(":") == 1:  # host:port; more colons are a bare IPv6 address
-        host, _, port = authority.partition(":")
-    if not (sep or port or "/" in rest or "@" in rest or any(c.isspace() for c in text)):
-        return text
-    if not host or any(c.isspace() for c in host):
-        raise ValueError(f"{text!r} is not a host name or IP address")
-    what = "a URL" if sep else ("host:port" if port else "not a host name")
-    hints = [f"give the host alone (did you mean {host!r}?)"]
-    if port:
-        hints.append(f"the port goes in `port: {port}`")
-    if scheme.lower() in ("mqtts", "ssl", "tls", "wss", "https"):
-        hints.append("TLS is switched on with a `tls:` section")
-    raise ValueError(f"{text!r} is {what}: " + "; ".join(hints))
-
-
-Host = Annotated[str, Parse(parse_host, {"type": "string", "minLength": 1, "pattern": r"^[^\s/@]+$",
-                                         "description": "a host name or IP address, without scheme or port"})]
-
+__all__ = ["Config", "DeviceConfig", "LoadedConfig", "format_duration", "load_config", "parse_duration"]
 
 # systemd's RuntimeDirectory= (a tmpfs): the status snapshot, rewritten every
 # few seconds, belongs there rather than on the SD card.
@@ -79,16 +39,13 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/retrofit-agent").split(":")[0])
 
 
-_record = dataclass(frozen=True, kw_only=True)
-
-
-@_record
+@dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
     id: Identifier
     site: Identifier
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class BufferConfig:
     path: Path = field(default_factory=lambda: default_state_dir() / "buffer.db")
     max_size_mb: Annotated[float, Rule(ge=0.02, le=1_000_000)] = 512
@@ -107,7 +64,7 @@ class BufferConfig:
     spool_dir: Path | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class HealthConfig:
     # A worker without progress for this long is stuck: the systemd watchdog
     # is no longer fed and systemd restarts the service.
@@ -123,7 +80,7 @@ class HealthConfig:
     use_timedatectl: bool = True
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class TlsConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -131,7 +88,7 @@ class TlsConfig:
     insecure_skip_hostname_check: bool = False
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class DeliveryConfig:
     """How readings travel, whatever carries them (agent/forward.py)."""
 
@@ -152,7 +109,7 @@ class DeliveryConfig:
     ack_timeout: Duration = 30.0
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class MqttConfig(DeliveryConfig):
     host: Host
     port: Port = 1883
@@ -167,7 +124,7 @@ class MqttConfig(DeliveryConfig):
     tls: TlsConfig | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class HttpConfig(DeliveryConfig):
     # The platform's ingest endpoint; every message is POSTed to it.
     url: Annotated[str, Rule(pattern=r"https?://[^\s/?#]+(/[^\s#]*)?")]
@@ -177,7 +134,7 @@ class HttpConfig(DeliveryConfig):
     tls: TlsConfig | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class UplinkConfig:
     # Exactly one of them.
     mqtt: MqttConfig | None = None
@@ -190,71 +147,16 @@ class UplinkConfig:
         return chosen
 
 
-@_record
-class ModbusRtuBus:
-    id: Identifier
-    type: Literal["modbus-rtu"]
-    port: NonEmpty
-    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    timeout: Duration = 1.0
+# A bus is a record of the protocol its `type` names (drivers/registry.py):
+# the validator tells them apart by that key. For the type checker every
+# one of them is a BusRecord; the agent needs no more than that of a bus.
+if TYPE_CHECKING:
+    BusConfig = BusRecord
+else:
+    BusConfig = Union[registry.bus_records()]  # noqa: UP007 - a union built at run time
 
 
-@_record
-class ModbusTcpBus:
-    id: Identifier
-    type: Literal["modbus-tcp"]
-    host: Host
-    port: Port = 502
-    # "rtu": an RTU-over-TCP serial server (raw RTU frames inside TCP).
-    framing: Literal["socket", "rtu"] = "socket"
-    timeout: Duration = 3.0
-
-
-@_record
-class MbusBus:
-    id: Identifier
-    type: Literal["mbus"]
-    # A serial port (/dev/ttyAMA0, a USB level converter) or a transparent
-    # TCP-to-serial gateway as socket://host:port.
-    port: NonEmpty
-    baudrate: Literal[300, 600, 1200, 2400, 4800, 9600, 19200, 38400] = 2400
-    parity: Literal["N", "E", "O"] = "E"  # M-Bus is 8E1; a pty (tests) only takes N
-    # Per telegram; the default follows EN 13757-2 (330 bit times + 50 ms).
-    timeout: Duration | None = None
-    retries: Annotated[int, Rule(ge=0, le=5)] = 2
-
-
-BusConfig = Union[ModbusRtuBus, ModbusTcpBus, MbusBus]  # told apart by their `type`
-MODBUS_BUS_TYPES = ("modbus-rtu", "modbus-tcp")
-BUS_TYPES = ("modbus-rtu", "modbus-tcp", "mbus")
-
-
-SecondaryAddress = Annotated[str, Rule(pattern=r"[0-9]{8}", explain="a secondary address is 8 digits in quotes")]
-
-
-@_record
-class DeviceConfig:
-    id: Identifier
-    bus: Identifier
-    # Modbus: unit id 1..247. M-Bus: primary address 1..250, or the meter's
-    # 8-digit identification number (secondary address) as a quoted string.
-    address: Annotated[int, Rule(ge=0, le=255)] | SecondaryAddress
-    profile: NonEmpty
-    interval: Duration = 60.0
-    # A subset of the profile's points; all of them when absent.
-    points: tuple[str, ...] | None = None
-    # The most a counter can rise per hour, in its unit (e.g. a 63 A
-    # three-phase supply: energy_active_import: 45). A larger rise is flagged.
-    max_rate: dict[str, Annotated[float, Rule(gt=0)]] | None = None
-    # Points read at their own interval, e.g. {energy_active_import: 15m,
-    # power_active: 10s}; the others at the device's interval.
-    intervals: dict[str, Duration] | None = None
-
-
-@_record
+@dataclass(frozen=True, kw_only=True)
 class RemoteConfig:
     """Configuration pushed by the platform, signed (agent/remote_config.py, docs/operations.md).
 
@@ -273,7 +175,7 @@ class RemoteConfig:
     directory: Path | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class Config:
     gateway: GatewayConfig
     buffer: BufferConfig = field(default_factory=BufferConfig)
@@ -284,7 +186,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     remote_config: RemoteConfig = field(default_factory=RemoteConfig)
 
-    def bus(self, bus_id: str) -> ModbusRtuBus | ModbusTcpBus | MbusBus:
+    def bus(self, bus_id: str) -> BusConfig:
         return next(b for b in self.buses if b.id == bus_id)
 
     def devices_on(self, bus_id: str) -> list[DeviceConfig]:
@@ -358,8 +260,8 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None, bas
         warnings = ()
     buffer_data = data.get("buffer")
     if isinstance(buffer_data, dict) and buffer_data.get("synchronous") == "normal":
-        warnings += ("buffer.synchronous: 'normal' no longer weakens durability: every commit is synced "
-                     "before its readings leave (docs/config.md); the key can go",)
+        warnings += (("buffer.synchronous: 'normal' no longer weakens durability: every commit is synced "
+                      "before its readings leave (docs/config.md); the key can go"),)
 
     if problems or config is None:
         unique = sorted(set(problems), key=lambda item: (item[0], item[1]))
@@ -367,7 +269,7 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None, bas
 
     buffer_path = _resolve(base, config.buffer.path)
     spool_dir = _resolve(base, config.buffer.spool_dir) if config.buffer.spool_dir else (
-        RUNTIME_DIR if RUNTIME_DIR.is_dir() else Path("/dev/shm"))
+        RUNTIME_DIR if RUNTIME_DIR.is_dir() else Path("/dev/shm"))  # noqa: S108 - a directory of our own inside it (agent/spool.py)
     status_file = _resolve(base, config.health.status_file) if config.health.status_file else (
         RUNTIME_DIR / "status.json" if RUNTIME_DIR.is_dir() else buffer_path.parent / "status.json")
     uplink = config.uplink
@@ -384,9 +286,8 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None, bas
                      directory=_resolve(base, remote.directory) if remote.directory else buffer_path.parent / "config")
     if remote.enabled and config.uplink.mqtt is None:
         line = located.line_of(("remote_config", "enabled"))
-        problem = (f"{path}:{line}: remote_config.enabled: remote configuration comes over MQTT only; "
-                   "with uplink.http switch it off")
-        raise ConfigError([problem])
+        raise ConfigError([(f"{path}:{line}: remote_config.enabled: remote configuration comes over MQTT only; "
+                            "with uplink.http switch it off")])
     resolved = replace(config, buffer=replace(config.buffer, path=buffer_path, spool_dir=spool_dir),
                        health=replace(config.health, status_file=status_file), profile_dirs=tuple(profile_dirs),
                        uplink=uplink, remote_config=remote)
@@ -395,8 +296,9 @@ def load_config(path: Path, catalogue_loader: CatalogueLoader | None = None, bas
 
 
 def _resolved_tls(base: Path, tls: TlsConfig | None) -> TlsConfig | None:
-    return tls and replace(tls, **{name: _resolve(base, value) for name in ("ca_file", "cert_file", "key_file")
-                                   if (value := getattr(tls, name)) is not None})
+    return tls and replace(tls, ca_file=_resolve_optional(base, tls.ca_file),
+                           cert_file=_resolve_optional(base, tls.cert_file),
+                           key_file=_resolve_optional(base, tls.key_file))
 
 
 def credential(explicit: Path | None, name: str) -> Path | None:
@@ -425,14 +327,6 @@ def check_files(loaded: LoadedConfig) -> None:
     uplink = loaded.config.uplink
     section = "mqtt" if uplink.mqtt is not None else "http"
     problems: list[str] = []
-    if loaded.config.remote_config.enabled:
-        # cryptography is imported only where remote configuration is on.
-        from agent.remote_config import load_public_key
-
-        try:
-            load_public_key(loaded)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
 
     def where(*key: str | int) -> str:
         line = loaded.located.line_of(("uplink", section, *key)) if loaded.located else 1
@@ -459,7 +353,7 @@ def check_files(loaded: LoadedConfig) -> None:
             if path is not None and not os.access(path, os.R_OK):
                 problems.append(f"{where('tls', key)}: cannot read {path}"
                                 + ("" if path.exists() else ": no such file"))
-                return _raise_if(problems)
+                raise ConfigError(problems)
         try:
             if tls.ca_file is not None:
                 context.load_verify_locations(cafile=str(tls.ca_file))
@@ -485,6 +379,10 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else Path(os.path.normpath(base / path))
 
 
+def _resolve_optional(base: Path, path: Path | None) -> Path | None:
+    return None if path is None else _resolve(base, path)
+
+
 def _as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -492,7 +390,7 @@ def _as_list(value: object) -> list[Any]:
 def _describe(problem: Problem, located: Located) -> tuple[int, str]:
     message = problem.message
     if problem.kind == "tag_missing":
-        message = f"a bus needs a 'type' ({', '.join(BUS_TYPES)})"
+        message = f"a bus needs a 'type' ({', '.join(registry.bus_types())})"
     elif problem.kind == "tag_unknown":
         message = message.replace("unknown type", "unknown bus type", 1)
     return located.line_of(problem.loc), f"{dotted(problem.loc)}: {message}"
@@ -554,28 +452,20 @@ def _cross_check(located: Located, catalogue: Catalogue,
             )
         address = device.get("address")
         if isinstance(bus_id, str) and address is not None and not isinstance(address, (dict, list)):
-            key = (bus_id, address)
-            if key in addresses:
+            taken = (bus_id, address)
+            if taken in addresses:
                 problems.append(
                     (located.line_of(where + ("address",)),
-                     f"devices[{index}].address: address {address} is already used on bus "
-                     f"{bus_id!r} by devices[{addresses[key]}]; two devices cannot share an address")
+                     (f"devices[{index}].address: address {address} is already used on bus "
+                      f"{bus_id!r} by devices[{addresses[taken]}]; two devices cannot share an address"))
                 )
             else:
-                addresses[key] = index
-            if bus_types.get(bus_id) in MODBUS_BUS_TYPES and not (isinstance(address, int) and 1 <= address <= 247):
+                addresses[taken] = index
+            protocol = registry.for_bus_type(bus_types.get(bus_id, ""))
+            problem = protocol.check_address(address) if protocol is not None else None
+            if problem is not None:
                 judged.add(where + ("address",))
-                problems.append(
-                    (located.line_of(where + ("address",)),
-                     f"devices[{index}].address: a Modbus unit id is 1..247 (got {address!r})")
-                )
-            if bus_types.get(bus_id) == "mbus" and isinstance(address, int) and not 1 <= address <= 250:
-                judged.add(where + ("address",))
-                problems.append(
-                    (located.line_of(where + ("address",)),
-                     f"devices[{index}].address: an M-Bus primary address is 1..250, or give the "
-                     f"8-digit secondary address in quotes (got {address})")
-                )
+                problems.append((located.line_of(where + ("address",)), f"devices[{index}].address: {problem}"))
         profile_name = device.get("profile")
         if isinstance(profile_name, str):
             if profile_name in catalogue.broken:
@@ -586,18 +476,18 @@ def _cross_check(located: Located, catalogue: Catalogue,
             elif profile_name not in catalogue:
                 problems.append(
                     (located.line_of(where + ("profile",)),
-                     f"devices[{index}].profile: unknown profile {profile_name!r}"
-                     f"{did_you_mean(profile_name, catalogue.names())}; "
-                     "`retrofit-agent profiles list` shows the known ones")
+                     (f"devices[{index}].profile: unknown profile {profile_name!r}"
+                      f"{did_you_mean(profile_name, catalogue.names())}; "
+                      "`retrofit-agent profiles list` shows the known ones"))
                 )
             else:
                 profile = catalogue.get(profile_name)
-                protocol = "mbus" if bus_types.get(bus_id) == "mbus" else "modbus"
-                if isinstance(bus_id, str) and bus_id in bus_types and profile.protocol != protocol:
+                protocol = registry.for_bus_type(bus_types.get(bus_id, "")) if isinstance(bus_id, str) else None
+                if isinstance(bus_id, str) and protocol is not None and profile.protocol not in protocol.takes:
                     problems.append(
                         (located.line_of(where + ("profile",)),
-                         f"devices[{index}].profile: {profile_name!r} is a {profile.protocol} profile, "
-                         f"but bus {bus_id!r} is {bus_types[bus_id]}"))
+                         (f"devices[{index}].profile: {profile_name!r} is a {profile.protocol} profile, "
+                          f"but bus {bus_id!r} is {bus_types[bus_id]}")))
                 wanted = device.get("points")
                 names = {p.name for p in profile.points}
                 for key in ("max_rate", "intervals"):
@@ -634,48 +524,25 @@ def summarise(loaded: LoadedConfig) -> list[str]:
     lines = [
         f"config {loaded.path}: valid",
         f"gateway {cfg.gateway.id} at site {cfg.gateway.site}",
-        f"buffer {cfg.buffer.path} (max {cfg.buffer.max_size_mb} MB, commits at most every "
-        f"{cfg.buffer.flush_interval:g} s)",
+        (f"buffer {cfg.buffer.path} (max {cfg.buffer.max_size_mb} MB, commits at most every "
+         f"{cfg.buffer.flush_interval:g} s)"),
         _describe_uplink(cfg),
     ]
     by_bus: dict[str, list[DeviceConfig]] = defaultdict(list)
     for device in cfg.devices:
         by_bus[device.bus].append(device)
     for bus in cfg.buses:
-        where = (
-            f"{bus.port} {bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"
-            if isinstance(bus, ModbusRtuBus)
-            else f"{bus.port} {bus.baudrate} 8{bus.parity}1" if isinstance(bus, MbusBus)
-            else f"{bus.host}:{bus.port}"
-        )
-        lines.append(f"bus {bus.id} ({bus.type}, {where}): {len(by_bus[bus.id])} device(s)")
+        protocol = registry.for_bus(bus)
+        lines.append(f"bus {bus.id} ({bus.type}, {bus.describe()}): {len(by_bus[bus.id])} device(s)")
         for device in by_bus[bus.id]:
             profile = loaded.catalogue.get(device.profile)
-            every_record = isinstance(profile, MbusProfile) and profile.all_records
-            points = device.points or (("every record",) if every_record else tuple(p.name for p in profile.points))
-            min_interval = getattr(profile, "min_interval", None)
-            if min_interval and device.interval < min_interval:
-                lines.append(f"  warning: device {device.id} every {format_duration(device.interval)}: "
-                             f"{profile.name} meters allow a read every {format_duration(min_interval)} at most "
-                             "(battery); the meter may stop answering or drain its battery")
-            factory = profile.workarounds.serial
-            if factory and isinstance(bus, ModbusRtuBus) and (factory.baudrate, factory.parity, factory.stopbits) \
-                    != (bus.baudrate, bus.parity, bus.stopbits):
-                lines.append(f"  note: device {device.id}: {profile.name} leaves the factory at {factory.describe()}, "
-                             f"bus {bus.id} runs {bus.baudrate} 8{bus.parity}{bus.stopbits}; right only if the "
-                             "meter was set to the bus's settings")
+            points = protocol.point_names(device, profile)
+            lines.extend(f"  {note}" for note in protocol.notes(bus, device, profile))
             lines.append(
                 f"  device {device.id}: address {device.address}, profile {device.profile}, "
                 f"every {format_duration(device.interval)}, {len(points)} point(s): {', '.join(points)}"
             )
     return lines
-
-
-def format_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def config_schema() -> dict[str, Any]:

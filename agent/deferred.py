@@ -47,7 +47,7 @@ def defer(name: str) -> None:
         # second thread wait for this import and then hands it the same module.
         return getattr(importlib.import_module(name), attribute)
 
-    stand_in.__getattr__ = load  # type: ignore[method-assign]  # PEP 562
+    vars(stand_in)["__getattr__"] = load  # PEP 562: the module's own attribute lookup
     sys.modules[name] = stand_in
     if parent is not None:
         setattr(parent, child, stand_in)

@@ -31,10 +31,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from tenacity import RetryError, Retrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from agent import logs
-from agent.buffer import BufferReader, IdRange
+from agent.buffer import BufferReader
 from agent.health import Health
 from agent.payload import (
     STATUS_SCHEMA,
@@ -43,6 +43,7 @@ from agent.payload import (
     encode_events,
     meta_parts,
 )
+from agent.schema import IdRange
 from drivers.core.errors import RetrofitError
 from drivers.core.readings import now_ms
 
@@ -172,8 +173,6 @@ class Forwarder(threading.Thread):
         self._on_reported = on_reported
         self._on_corrupt = on_corrupt
         self._acked = AckedRanges(resume_after)
-        # Resolutions of points the buffer does not describe yet (protocol drivers fill in).
-        self.resolutions: dict[tuple[str, str], dict[str, float | str]] = {}
         self._stop_event = threading.Event()
         self._drain_s = 1.0
         self._wake = threading.Event()
@@ -226,7 +225,7 @@ class Forwarder(threading.Thread):
                 # reconnect storm: short-lived connections keep the backoff growing.
                 if time.monotonic() - connected_at < FLAP_WINDOW_S:
                     flaps += 1
-                    delay = min(BACKOFF_MAX_S, 2.0 ** flaps) * random.uniform(0.5, 1.0)
+                    delay = min(BACKOFF_MAX_S, 2.0 ** flaps) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
                     if flaps == 3:
                         self._log.warning("uplink.flapping", connections=flaps, retry_in_s=round(delay, 1))
                     self._sleep(delay)
@@ -239,14 +238,14 @@ class Forwarder(threading.Thread):
         attempts = 0
         started = time.monotonic()
 
-        def log_failure(state) -> None:  # noqa: ANN001 - tenacity's RetryCallState
+        def log_failure(state: RetryCallState) -> None:
             nonlocal attempts
             attempts += 1
             error = str(state.outcome.exception()) if state.outcome else "?"
             self._health.uplink.last_error = error
             if attempts == 1:
                 self._log.warning("uplink.connect_failed", error=error,
-                                  retry_in_s=round(state.next_action.sleep, 1))
+                                  retry_in_s=round(state.next_action.sleep, 1) if state.next_action else None)
 
         retrying = Retrying(
             retry=retry_if_exception_type(ConnectFailed),
@@ -262,7 +261,7 @@ class Forwarder(threading.Thread):
                     return
                 self.transport.open(self._status("offline"))
         self._health.uplink.connected = True
-        self._health.uplink.last_error = None
+        self._health.uplink.last_error = ""
         self._log.info("uplink.connected", attempts=attempts + 1, waited_s=round(time.monotonic() - started, 1))
 
     def _sleep(self, seconds: float) -> None:
@@ -441,7 +440,7 @@ class Forwarder(threading.Thread):
             start = end
 
     def _send_meta(self, inflight: dict[int, Inflight], series: dict, attrs: dict) -> None:  # type: ignore[type-arg]
-        parts = meta_parts(self.gateway, self.site, self.stream, series, attrs, self.resolutions,
+        parts = meta_parts(self.gateway, self.site, self.stream, series, attrs,
                            lambda part: self._limit("meta", part))
         for number, payload in enumerate(parts, start=1):
             self._send(inflight, "meta", payload, part=number if len(parts) > 1 else 0,

@@ -37,4 +37,5 @@ def configure(level: str = "info", stream: TextIO | None = None, force_json: boo
 
 
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name).bind(component=name)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name).bind(component=name)
+    return logger

@@ -13,19 +13,10 @@ import sqlite3
 from collections.abc import Callable
 
 from agent import chunks
+from agent.schema import KIND_CODE, ROW_READINGS, SCHEMA_VERSION, crc, schema_statements, series_crc, stored_row
 
 
 def from_v1(conn: sqlite3.Connection) -> None:
-    from agent.buffer import (
-        KIND_CODE,
-        ROW_READINGS,
-        SCHEMA_VERSION,
-        crc,
-        schema_statements,
-        series_crc,
-        stored_row,
-    )
-
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -39,7 +30,8 @@ def from_v1(conn: sqlite3.Connection) -> None:
         kept = {"stream": meta.get("stream"), "next_id": meta.get("next_id"), "acked_through": str(acked),
                 "schema": str(SCHEMA_VERSION), "mono_boot": meta.get("mono_boot")}
         if "counters" in tables:
-            kept["counters"] = json.dumps([list(r) for r in conn.execute("SELECT device, point, value, ts FROM v1_counters")])
+            kept["counters"] = json.dumps(
+                [list(r) for r in conn.execute("SELECT device, point, value, ts FROM v1_counters")])
         if "meters" in tables:
             kept["meters"] = json.dumps(dict(conn.execute("SELECT device, meter FROM v1_meters")), sort_keys=True)
         conn.executemany("INSERT INTO meta (key, value, crc) VALUES (?, ?, ?)",
@@ -71,13 +63,13 @@ def from_v1(conn: sqlite3.Connection) -> None:
 def _pack_readings(conn: sqlite3.Connection, acked: int, kinds: dict[int, int], row_readings: int,
                    stored_row: Callable[..., tuple[object, ...]]) -> None:
     """Waiting readings, in id order, as rows of consecutive ids of one kind."""
-    run: list[tuple[int, int, int, object, str, int | None]] = []
+    run: list[tuple[int, int, int, chunks.Value, str, int | None]] = []
 
     def store() -> None:
         if not run:
             return
         first_id = run[0][0]
-        body = chunks.encode([r[1] for r in run], [r[2] for r in run], [r[3] for r in run],  # type: ignore[misc]
+        body = chunks.encode([r[1] for r in run], [r[2] for r in run], [r[3] for r in run],
                              [r[4] for r in run], [r[5] for r in run])
         stamps = [r[2] for r in run]
         mono = int(any(r[5] is not None for r in run))

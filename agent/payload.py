@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agent.buffer import Row, Series
+from agent.schema import Row, Series
 
 READINGS_SCHEMA = "retrofit-agent/readings/1"
 COMPACT_SCHEMA = "retrofit-agent/readings-compact/1"
@@ -124,7 +124,7 @@ def encode_meta(gateway: str, site: str, stream: str, series: Mapping[int, Serie
 
 
 def meta_parts(gateway: str, site: str, stream: str, series: Mapping[int, Series], attrs: Mapping[int, str],
-               resolutions: Mapping[tuple[str, str], Resolution] | None, room: Callable[[int], int]) -> list[bytes]:
+               room: Callable[[int], int]) -> list[bytes]:
     """The description of every series, in as many messages as the link's size
     limit needs (``room(part)`` gives it; part 0 when one message carries all).
 
@@ -138,7 +138,7 @@ def meta_parts(gateway: str, site: str, stream: str, series: Mapping[int, Series
         if m:
             entry["meter"] = m
         stored = attrs.get(sid)
-        resolution = (json.loads(stored).get("resolution") if stored else None) or (resolutions or {}).get((d, p))
+        resolution = json.loads(stored).get("resolution") if stored else None
         if resolution:
             entry["resolution"] = resolution
         entries.append((str(sid), entry))

@@ -410,8 +410,7 @@ def _load_pushed(local: LoadedConfig, store: Store, entry: Entry) -> LoadedConfi
                            f"taken as {entry.sha256[:12]})")])
     loaded = load_config(path, base=local.path.absolute().parent)
     check_files(loaded)
-    # The ignore: agent.config's records are dataclasses under another decorator name, which mypy does not follow.
-    return replace(loaded, config=replace(loaded.config, remote_config=local.config.remote_config))  # type: ignore[type-var]
+    return replace(loaded, config=replace(loaded.config, remote_config=local.config.remote_config))
 
 
 @dataclass
@@ -483,7 +482,8 @@ def select(local: LoadedConfig, key: Ed25519PublicKey) -> Selection:
             failed = ledger.active
             fallback = ledger.previous
             what = f"version {fallback.version}" if fallback else f"the local config {local.path}"
-            log.error("remote_config.unusable", version=failed.version, problems=exc.problems, running=what)
+            log.error("remote_config.unusable",  # noqa: TRY400 - the problems are the message
+                      version=failed.version, problems=exc.problems, running=what)
             ledger.result = Result(failed.version, "rolled_back", [*exc.problems, f"running {what} instead"], now)
             ledger.active, ledger.previous = fallback, None
             changed = True
@@ -907,7 +907,8 @@ def push(payload: bytes, host: str, port: int, topic_prefix: str, wait_s: float,
         if wait_s > 0:
             client.subscribe(f"{base}/{STATE_TOPIC}", qos=1)
             if not subscribed.wait(10):
-                raise RetrofitError(f"the broker {host}:{port} did not confirm the subscription to {base}/{STATE_TOPIC}")
+                raise RetrofitError(f"the broker {host}:{port} did not confirm the subscription "
+                                    f"to {base}/{STATE_TOPIC}")
         info = client.publish(f"{base}/{SET_TOPIC}", payload, qos=1, retain=retain)
         info.wait_for_publish(timeout=10)
         if not info.is_published():

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import chunks, logs
+from agent.schema import KIND_NAME, Event, NewRow, Series, StoredRow, crc, now_ms, series_crc
 
 if TYPE_CHECKING:
-    from agent.buffer import Buffer, Event, Series
+    from agent.buffer import Buffer
 
 _TABLE_LEAF, _INDEX_LEAF = 0x0D, 0x0A
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
@@ -186,7 +187,6 @@ class Found:
 
 def read(path: Path) -> Found:
     """Everything in the file (and its WAL) whose checksum proves it intact."""
-    from agent.buffer import StoredRow, crc, series_crc
 
     found = Found()
     pages = _pages(path)
@@ -205,7 +205,7 @@ def read(path: Path) -> Found:
             if row.intact():
                 found.rows[rowid] = row
         elif len(values) == 8 and all(isinstance(v, str) for v in values[1:7]):
-            device, point, unit, kind, meter, attrs = values[1:7]
+            device, point, unit, kind, meter, _attrs = values[1:7]
             if values[7] == series_crc(rowid, *values[1:7]):  # type: ignore[arg-type]
                 found.series[rowid] = (device, point, unit, kind, meter)  # type: ignore[assignment]
         elif len(values) == 3 and isinstance(values[1], str) and values[2] == crc(values[1]):
@@ -216,7 +216,6 @@ def read(path: Path) -> Found:
 
 def recover_into(buffer: Buffer, moved_aside: str) -> None:
     """Take what can be read of the moved-aside file into the buffer's new stream."""
-    from agent.buffer import KIND_NAME, NewRow, now_ms
 
     log = logs.get("buffer")
     found = read(Path(moved_aside))

@@ -136,8 +136,8 @@ def read_snapshot(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"not a status snapshot (not JSON: {exc.msg}, line {exc.lineno})") from None
     problem = _misfit(snapshot, _SNAPSHOT, "")
-    if problem:
-        raise ValueError(f"not a status snapshot of this version ({problem})")
+    if problem or not isinstance(snapshot, dict):
+        raise ValueError(f"not a status snapshot of this version ({problem or 'not a JSON object'})")
     return snapshot
 
 

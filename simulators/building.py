@@ -36,10 +36,14 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from drivers.codec import encode
 from drivers.core.errors import RetrofitError
-from drivers.profile import MbusProfile, ModbusPoint, Profile, load_catalogue
-from drivers.values import scaled_by_exponent
+from drivers.core.protocol import DeviceProfile
+from drivers.mbus.profile import MbusProfile
+from drivers.modbus.codec import encode
+from drivers.modbus.profile import ModbusPoint
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.modbus.values import scaled_by_exponent
+from drivers.profile import load_catalogue
 from simulators import physics
 from simulators.building_config import (
     BuildingConfig,
@@ -59,6 +63,7 @@ from simulators.building_config import (
 from simulators.building_mbus import BuildingMbusMeter
 from simulators.groundtruth import GroundTruthWriter
 from simulators.mbus_meter import MbusLineServer
+from simulators.meters import modbus_profile
 from simulators.modbus_server import FaultPlan, ModbusRtuServer, ModbusTcpServer, Unit
 from simulators.pty import PtyPair
 
@@ -544,17 +549,19 @@ class Building:
         self.devices: dict[str, BuildingDevice | BuildingMbusMeter] = {}
         for spec in config.devices:
             profile = catalogue.get(spec.profile)
-            self._check_profile(spec, profile)
             wanted = "mbus" if spec.bus in mbus_buses else "modbus"
             if profile.protocol != wanted:
                 raise RetrofitError(f"device {spec.id}: profile {profile.name} is {profile.protocol}, but bus "
                                     f"{spec.bus} is {'an M-Bus line' if wanted == 'mbus' else 'Modbus'}")
             if isinstance(profile, MbusProfile):
+                self._check_profile(spec, profile)
                 assert isinstance(spec, HeatMeterSpec)  # _cross_check allows nothing else on M-Bus
                 serial = spec.serial if spec.serial is not None else _stable_serial(self.seed, spec.id)
                 self.devices[spec.id] = BuildingMbusMeter(self, spec, profile, serial)
             else:
-                self.devices[spec.id] = BuildingDevice(self, spec, profile)
+                modbus = modbus_profile(profile)
+                self._check_profile(spec, modbus)
+                self.devices[spec.id] = BuildingDevice(self, spec, modbus)
         self.offline: list[Window] = []
         self.bus_down: list[Window] = []
         self.noisy: list[tuple[Window, dict[str, float]]] = []
@@ -563,14 +570,14 @@ class Building:
         self._schedule_faults()
 
     @staticmethod
-    def _check_profile(spec: DeviceSpec, profile: Profile) -> None:
+    def _check_profile(spec: DeviceSpec, profile: DeviceProfile) -> None:
         names = {p.name for p in profile.points}
         needed = {"heat": {"energy_heat"}, "electricity": {"energy_active_import"}, "room": {"temperature"},
                   "pv": {"energy_produced"}}
-        missing = needed[spec.model] - names  # type: ignore[attr-defined]
+        missing = needed[spec.model] - names
         if missing:
             raise RetrofitError(f"device {spec.id}: profile {profile.name} has no point(s) {sorted(missing)} "
-                                f"that a {spec.model} model serves")  # type: ignore[attr-defined]
+                                f"that a {spec.model} model serves")
 
     # simulated time <-> wall time
     def sim_time(self, wall: float) -> float:
@@ -598,7 +605,8 @@ class Building:
             elif fault.fault == "bus_down":
                 self.bus_down.append(Window(at, end, fault.bus or ""))
             elif fault.fault == "noisy":
-                self.noisy.append((Window(at, end, fault.bus or ""), dict(fault.rates or {})))
+                rates = {str(k): v for k, v in (fault.rates or {}).items()}
+                self.noisy.append((Window(at, end, fault.bus or ""), rates))
             else:
                 self._counter_fault(fault, at, entry)
             if fault.for_:
@@ -612,7 +620,8 @@ class Building:
         points = [fault.point] if fault.point else list(device.counters)
         for name in points:
             if name not in device.counters:
-                raise RetrofitError(f"fault {fault.fault} at {iso(at)}: device {device.spec.id} has no counter {name!r}; "
+                raise RetrofitError(f"fault {fault.fault} at {iso(at)}: device {device.spec.id} "
+                                    f"has no counter {name!r}; "
                                     f"counters: {', '.join(device.counters)}")
         if fault.fault == "rollover":
             point = device.counters[points[0]].point
@@ -690,11 +699,12 @@ class Building:
             "retrofit": ({"at": ph.retrofit.at, "at_iso": iso(ph.retrofit.at), "heat_loss_factor": ph.retrofit.factor}
                          if ph.retrofit else None),
             "devices": {
-                d.spec.id: {"model": d.spec.model, "profile": d.profile.name, "bus": d.spec.bus,  # type: ignore[attr-defined]
+                d.spec.id: {"model": d.spec.model, "profile": d.profile.name, "bus": d.spec.bus,
                             "address": d.spec.address, "serial": d.serial,
-                            **({"heat_loss_w_per_k": d.spec.heat_loss,  # type: ignore[attr-defined]
-                                "heat_loss_after_w_per_k": d.spec.heat_loss * (ph.retrofit.factor if ph.retrofit else 1),  # type: ignore[attr-defined]
-                                "dhw_kwh_per_day": d.spec.dhw_kwh_per_day}  # type: ignore[attr-defined]
+                            **({"heat_loss_w_per_k": d.spec.heat_loss,
+                                "heat_loss_after_w_per_k":
+                                    d.spec.heat_loss * (ph.retrofit.factor if ph.retrofit else 1),
+                                "dhw_kwh_per_day": d.spec.dhw_kwh_per_day}
                                if isinstance(d.spec, HeatMeterSpec) else {}),
                             **({"pv": d.spec.pv} if isinstance(d.spec, ElectricityMeterSpec) and d.spec.pv else {}),
                             **({"peak_w": d.spec.peak} if isinstance(d.spec, PvInverterSpec) else {}),
@@ -845,7 +855,8 @@ class BuildingHandle:
     def _plan(self, faults: RandomFaults, index: int,
               devices: Mapping[int, BuildingDevice | BuildingMbusMeter]) -> FaultPlan:
         only = ({a for a, d in devices.items() if d.spec.id in faults.devices} if faults.devices else None)
-        return FaultPlan(faults.rates, seed=self.building.seed * 1000 + index, only=only, slow_s=faults.slow)
+        rates = {str(k): v for k, v in faults.rates.items()}
+        return FaultPlan(rates, seed=self.building.seed * 1000 + index, only=only, slow_s=faults.slow)
 
     def _tcp_server(self, runtime: _BusRuntime) -> ModbusTcpServer:
         spec = runtime.spec
@@ -1074,3 +1085,10 @@ def add_cli(commands: Any) -> None:
     parser.add_argument("--broker-port", type=int, default=18830, help="broker port for --agent-config")
     parser.set_defaults(handler=lambda args: main_building(args.config, args.duration, args.agent_config,
                                                            args.broker_port))
+
+
+def _numeric(point: ModbusPoint, value: int | float | str | None) -> int | float:
+    """A served value of a building's meter: its points are numbers."""
+    if isinstance(value, str) or value is None:
+        raise RetrofitError(f"point {point.name}: a building's meter serves numbers (got {value!r})")
+    return value

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from agent.config import parse_duration
+from drivers.core.durations import parse_duration
 from drivers.core.errors import RetrofitError
 from drivers.core.records import Invalid, Parse, Problem, Rule, dotted, validate
 from simulators.mbus_meter import MAX_IDENTIFICATION, MAX_INT32, MBUS_FAULTS
@@ -49,10 +49,8 @@ FaultName = Literal["silent", "crc", "garbage", "partial", "busy", "slow"]
 # A scheduled fault's `at`: an offset from the start (36h, 1d12h) or a date-time.
 Moment = Duration | dt.datetime
 
-_record = dataclass(frozen=True, kw_only=True)
 
-
-@_record
+@dataclass(frozen=True, kw_only=True)
 class WeatherSpec:
     mean: float = -1.0  # degC, the level of the period
     daily_sd: Annotated[float, Rule(ge=0, le=15)] = 3.0  # day-to-day anomaly
@@ -63,14 +61,14 @@ class WeatherSpec:
     coldest_day: Annotated[float, Rule(ge=1, le=366)] = 20.0  # day of the year
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class RetrofitSpec:
     at: dt.datetime
     # The heat-loss coefficient H falls by this share: 0.35 -> H x 0.65.
     heat_loss_reduction: Annotated[float, Rule(gt=0, lt=1)]
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class BuildingSpec:
     name: Identifier = "sim-building"
     seed: int = 0
@@ -85,7 +83,7 @@ class BuildingSpec:
     timezone: str = "Europe/Warsaw"
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class RandomFaults:
     """Per-request faults on a bus (FaultPlan): probability of each fault."""
 
@@ -94,7 +92,7 @@ class RandomFaults:
     devices: tuple[str, ...] | None = None  # only these device ids; all when absent
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class TcpBusSpec:
     id: Identifier
     type: Literal["modbus-tcp"]
@@ -103,7 +101,7 @@ class TcpBusSpec:
     faults: RandomFaults | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class RtuBusSpec:
     id: Identifier
     type: Literal["modbus-rtu"]
@@ -115,7 +113,7 @@ class RtuBusSpec:
     faults: RandomFaults | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class MbusBusSpec:
     id: Identifier
     type: Literal["mbus"]
@@ -129,7 +127,7 @@ BusSpec = TcpBusSpec | RtuBusSpec | MbusBusSpec  # told apart by their `type`
 BUS_TYPES = ("modbus-tcp", "modbus-rtu", "mbus")
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class _DeviceBase:
     id: Identifier
     bus: Identifier
@@ -140,7 +138,7 @@ class _DeviceBase:
     points: tuple[str, ...] | None = None  # the agent reads only these (configs made from this file)
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class HeatMeterSpec(_DeviceBase):
     model: Literal["heat"]
     heat_loss: Annotated[float, Rule(gt=0)]  # H before the retrofit, W/K
@@ -152,7 +150,7 @@ class HeatMeterSpec(_DeviceBase):
     daily_sd: Annotated[float, Rule(ge=0, le=0.5)] = 0.0
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class ElectricityMeterSpec(_DeviceBase):
     model: Literal["electricity"]
     annual_kwh: Annotated[float, Rule(gt=0)]
@@ -164,7 +162,7 @@ class ElectricityMeterSpec(_DeviceBase):
     export_start: Annotated[float, Rule(ge=0)] = 0.0  # kWh on the export register at the start
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class PvInverterSpec(_DeviceBase):
     model: Literal["pv"]
     peak: Annotated[float, Rule(gt=0, le=1_000_000)]  # W AC at a clear noon sun
@@ -173,7 +171,7 @@ class PvInverterSpec(_DeviceBase):
     energy_start: Annotated[float, Rule(ge=0)] = 0.0  # kWh produced before the start
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class RoomSensorSpec(_DeviceBase):
     model: Literal["room"]
     setpoint: float = 21.0
@@ -184,7 +182,7 @@ class RoomSensorSpec(_DeviceBase):
 DeviceSpec = HeatMeterSpec | ElectricityMeterSpec | RoomSensorSpec | PvInverterSpec  # told apart by their `model`
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class ScheduledFault:
     """A fault at a simulated moment: ``at`` is an offset from the start (36h)
     or a date-time; ``for`` a simulated duration."""
@@ -198,7 +196,7 @@ class ScheduledFault:
     rates: dict[FaultName, Rate] | None = None
 
 
-@_record
+@dataclass(frozen=True, kw_only=True)
 class BuildingConfig:
     building: BuildingSpec
     output: Path = Path("sim-output")
@@ -234,7 +232,9 @@ def parse_building_config(raw: object, base: Path, origin: str = "building confi
     except Invalid as exc:
         problems = "; ".join(f"{dotted(p.loc)}: {_bus_words(p)}" for p in exc.problems)
         raise RetrofitError(f"{origin}: {problems}") from None
-    resolve = (lambda p: p if p.is_absolute() else base / p)
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else base / path
+
     buses = tuple(replace(b, pty=resolve(b.pty)) if isinstance(b, RtuBusSpec | MbusBusSpec) else b
                   for b in config.buses)
     config = replace(config, output=resolve(config.output), buses=buses)

@@ -19,9 +19,9 @@ import math
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from drivers.mbus import decode_telegram
-from drivers.mbus_points import point_values
-from drivers.profile import MbusProfile
+from drivers.mbus.points import point_values
+from drivers.mbus.profile import MbusProfile
+from drivers.mbus.telegram import decode_telegram
 from simulators.mbus_meter import HeatReading, SimulatedMbusMeter
 
 if TYPE_CHECKING:

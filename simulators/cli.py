@@ -7,11 +7,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drivers.core.errors import RetrofitError
 from drivers.profile import SITE_PROFILE_DIR, load_catalogue
 from simulators.meters import SimulatedDevice, model_for
 from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer
+
+if TYPE_CHECKING:
+    from simulators.mbus_meter import SimulatedMbusMeter
 from simulators.pty import PtyPair
 
 
@@ -101,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _mbus_meter(spec: str):  # noqa: ANN202
-    from drivers.mbus import parse_hex
+def _mbus_meter(spec: str) -> SimulatedMbusMeter:
+    from drivers.mbus.decode_json import parse_hex
     from simulators.mbus_meter import SimulatedMbusMeter
 
     primary, sep, rest = spec.partition("=")
@@ -166,7 +170,7 @@ def _modbus(args: argparse.Namespace) -> int:
     if serial_port:
         rtu = ModbusRtuServer(units, str(serial_port), args.baudrate, args.parity, pace=args.pace).start()
         closers.insert(0, rtu.stop)
-        where = args.pty if args.pty else serial_port
+        where = args.pty or serial_port
         print(f"modbus-rtu on {where} ({args.baudrate} 8{args.parity}1): units {sorted(units)}", flush=True)
     try:
         stop.wait()

@@ -35,7 +35,8 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.core.errors import RetrofitError
-from drivers.profile import Profile, load_catalogue
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice, model_for
 from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer
 from simulators.platform import Fleet, render_fleet

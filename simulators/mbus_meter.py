@@ -20,8 +20,7 @@ from decimal import Decimal
 import serial
 
 from drivers.core.errors import DecodeError
-from drivers.mbus import bytes_needed, checksum, parse_frame
-from drivers.mbus.frame import ACK, LongFrame, ShortFrame
+from drivers.mbus.frame import ACK, LongFrame, ShortFrame, bytes_needed, checksum, parse_frame
 from simulators.modbus_server import FaultPlan, read_burst
 
 # What goes wrong on an M-Bus line (FaultPlan names). "busy" is a Modbus

@@ -14,8 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from drivers.codec import encode
-from drivers.profile import ModbusPoint, Profile
+from drivers.core.protocol import DeviceProfile
+from drivers.modbus.codec import encode
+from drivers.modbus.profile import ModbusPoint
+from drivers.modbus.profile import ModbusProfile as Profile
 from simulators.modbus_server import ILLEGAL_DATA_ADDRESS, Unit
 
 Clock = Callable[[], float]
@@ -116,7 +118,15 @@ class Overlay(MeterModel):
         return {**self.generic.values(t), **self.physical.values(t)}
 
 
-def model_for(profile: Profile, seed: int = 0) -> MeterModel:
+def modbus_profile(profile: DeviceProfile) -> Profile:
+    """A catalogue's profile as the Modbus profile a simulated Modbus device serves."""
+    if not isinstance(profile, Profile):
+        raise TypeError(f"profile {profile.name} is a {profile.protocol} profile: a Modbus device serves Modbus ones")
+    return profile
+
+
+def model_for(profile: DeviceProfile, seed: int = 0) -> MeterModel:
+    profile = modbus_profile(profile)
     if profile.name.startswith("eastron-sdm630"):
         return ThreePhaseMeter(seed)
     if profile.name == "xy-md02":
@@ -181,18 +191,18 @@ class SimulatedDevice(Unit):
 
     def __init__(
         self,
-        profile: Profile,
+        profile: DeviceProfile,
         model: MeterModel | None = None,
         clock: Clock = time.monotonic,
         holes: tuple[tuple[str, int, int], ...] = (),
         serial: int = 12345678,
     ) -> None:
-        self.profile = profile
-        self.model = model or model_for(profile)
+        self.profile = modbus_profile(profile)
+        self.model = model or model_for(self.profile)
         self.clock = clock
         self.holes = holes
         self.serial = serial  # served at the profile's identity register; change it to swap the meter
-        self.served: dict[str, float] = {}
+        self.served: dict[str, float | int | str] = {}
         self.exponents: dict[tuple[str, int], int] = {}  # served in each scale register
         self._lock = threading.Lock()
 
@@ -221,8 +231,8 @@ class SimulatedDevice(Unit):
             for point in self.profile.points:
                 if point.table != table or point.end <= start or point.address >= end:
                     continue
-                exponent = self.exponents.get(point.scale_source) if point.scale_source else None  # type: ignore[call-overload]
-                raw, served = _served(point, values[point.name], exponent)
+                scale = self.exponents.get(point.scale_source) if point.scale_source else None
+                raw, served = _served(point, values[point.name], scale)
                 place(point.address, encode(raw, point.type, point.order, point.length))
                 self.served[point.name] = served
         return words

@@ -235,7 +235,7 @@ class ModbusTcpServer:
                 pass
 
 
-def read_burst(port: serial.SerialBase) -> bytes:
+def read_burst(port: serial.Serial) -> bytes:
     """One byte (or b"" after the port's timeout of silence), then whatever else
     has arrived: a simulated device answers as soon as a request is whole."""
     chunk = port.read(1)
@@ -307,7 +307,8 @@ class ModbusRtuServer:
                 frame, buffer = buffer[:need], buffer[need:]
                 if crc16(frame[:-2]) != frame[-2:]:
                     continue  # a real device stays silent on a bad CRC
-                fault = self.faults.pick(frame[0]) if self.faults else None
+                faults = self.faults
+                fault = faults.pick(frame[0]) if faults else None
                 if fault == "silent":
                     continue
                 if self.pace and frame[0] in self.units:
@@ -323,9 +324,9 @@ class ModbusRtuServer:
                 adu = bytes([frame[0]]) + reply
                 adu += crc16(adu)
                 if fault == "slow":
-                    time.sleep(self.faults.slow_s)
-                elif fault in ("crc", "partial", "garbage"):
-                    adu = self.faults.garble(adu, fault)
+                    time.sleep(faults.slow_s if faults else 0.0)
+                elif fault in ("crc", "partial", "garbage") and faults:
+                    adu = faults.garble(adu, fault)
                 try:
                     self._serial.write(adu)
                 except (serial.SerialException, OSError):

@@ -621,7 +621,8 @@ def _saving(usable: Sequence[str], measured: Mapping[str, float], true: Mapping[
         true_saving = 1 - after["kwh_per_hdd_true"] / before["kwh_per_hdd_true"]
         out["saving_measured"] = round(measured_saving, 5)
         out["saving_true"] = round(true_saving, 5)
-        out["saving_error_relative"] = round(abs(measured_saving - true_saving) / abs(true_saving), 5) if true_saving else None
+        out["saving_error_relative"] = (round(abs(measured_saving - true_saving) / abs(true_saving), 5)
+                                        if true_saving else None)
     out["per_day"] = {d: {"kwh_measured": round(measured[d], 3), "kwh_true": round(true[d], 3),
                           "hdd": round(days[d]["hdd"], 3)} for d in usable}
     return out
@@ -678,7 +679,8 @@ def render(report: Mapping[str, Any], max_days: int = 8) -> str:
                 f"after {a['days']} d {a['kwh_per_hdd_measured'] or 0:8.2f} kWh/HDD")
         if "saving_measured" in result:
             line += (f"; saving measured {100 * result['saving_measured']:5.2f} % vs true "
-                     f"{100 * result['saving_true']:5.2f} % (off by {100 * (result['saving_error_relative'] or 0):.2f} %"
+                     f"{100 * result['saving_true']:5.2f} % "
+                     f"(off by {100 * (result['saving_error_relative'] or 0):.2f} %"
                      " of the true saving)")
         else:
             line += "; saving: waiting for complete days on both sides"
@@ -702,14 +704,15 @@ def plot(report: Mapping[str, Any], path: Path) -> bool:
         days = sorted(result["per_day"])
         if not days:
             continue
-        x = [dt.date.fromisoformat(d) for d in days]
+        x: list[Any] = [dt.date.fromisoformat(d) for d in days]  # matplotlib plots dates; its stubs say numbers
         axis.plot(x, [result["per_day"][d]["kwh_measured"] / max(result["per_day"][d]["hdd"], 1e-9) for d in days],
                   marker="o", label=f"{name} measured")
         axis.plot(x, [result["per_day"][d]["kwh_true"] / max(result["per_day"][d]["hdd"], 1e-9) for d in days],
                   linestyle="--", label=f"{name} true")
     retrofit = (report.get("building") or {}).get("retrofit")
     if retrofit:
-        axis.axvline(dt.date.fromisoformat(retrofit["at_iso"][:10]), color="grey", linestyle=":", label="retrofit")
+        at: Any = dt.date.fromisoformat(retrofit["at_iso"][:10])
+        axis.axvline(at, color="grey", linestyle=":", label="retrofit")
     axis.set_ylabel("kWh per heating degree day")
     axis.set_title("Heat per degree day before and after the retrofit")
     axis.legend(fontsize="small")
@@ -760,7 +763,7 @@ def main_platform(broker: tuple[str, int], topic_prefix: str, meta_path: Path | 
 
 def add_cli(commands: Any) -> None:
     """`retrofit-sim platform` (hooked into simulators/cli.py)."""
-    from agent.config import parse_duration
+    from drivers.core.durations import parse_duration
 
     def host_port(spec: str) -> tuple[str, int]:
         host, sep, port = spec.rpartition(":")

@@ -387,8 +387,8 @@ def opendsm_problem() -> str | None:
     """Why OpenDSM cannot be used, or None. It imports matplotlib without
     declaring it, so the `platform` extra carries matplotlib too."""
     try:
-        import opendsm  # type: ignore[import-untyped]  # noqa: F401
-        from opendsm import eemeter  # type: ignore[import-untyped]  # noqa: F401
+        import opendsm  # noqa: F401
+        from opendsm import eemeter  # noqa: F401
     except ImportError as exc:
         if getattr(exc, "name", None) == "opendsm":
             return "OpenDSM is not installed: pip install 'retrofit-agent[platform]'"
@@ -401,7 +401,7 @@ def daily_frame(days: Sequence[LocalDay], energy: Mapping[str, float | None], te
     """The table OpenDSM reads: a daily, timezone-aware index, the day's mean
     temperature in degrees Fahrenheit (the library's unit) and the observed
     use (NaN on a missing day)."""
-    import pandas as pd  # type: ignore[import-untyped]
+    import pandas as pd
 
     index = pd.DatetimeIndex([pd.Timestamp(d.date).tz_localize(zone) for d in days], name="datetime")
     temps = [temperature.get(d.date) for d in days]
@@ -422,7 +422,7 @@ def caltrack_savings(baseline: Sequence[LocalDay], reporting: Sequence[LocalDay]
     sufficiency verdict, and the avoided energy over the reporting period."""
     import logging
 
-    from opendsm import eemeter  # type: ignore[import-untyped]
+    from opendsm import eemeter
 
     logging.getLogger("eemeter").setLevel(logging.ERROR)  # its warnings are in the report
     base_frame = daily_frame(baseline, energy, temperature, zone)
@@ -611,7 +611,8 @@ def pv_report(prepared: Prepared, days: Sequence[LocalDay], meta: Mapping[str, A
     from simulators import intervals
 
     producers = sorted(d for d, p in prepared.rows if p == "energy_produced")
-    mains = [d for d, p in prepared.rows if p == "energy_active_export" and (d, "energy_active_import") in prepared.rows]
+    mains = [d for d, p in prepared.rows
+             if p == "energy_active_export" and (d, "energy_active_import") in prepared.rows]
     devices = (meta or {}).get("devices", {})
     mains = sorted(d for d in mains if devices.get(d, {}).get("pv")) or sorted(mains)
     if not producers or not mains:
@@ -808,7 +809,7 @@ def main_verify(store: Path, truth: Path | None, options: VerifyOptions, out: Pa
 
 def add_cli(commands: Any) -> None:
     """`retrofit-sim verify` (hooked into simulators/cli.py)."""
-    from agent.config import parse_duration
+    from drivers.core.durations import parse_duration
 
     parser = commands.add_parser("verify", help="daily energy, completeness and the CalTRACK saving, from what "
                                                 "`retrofit-sim platform --store` kept")

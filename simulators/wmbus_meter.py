@@ -395,7 +395,7 @@ class RadioChannel:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._next = {i: self._rng.uniform(0, m.spec.interval_s) for i, m in enumerate(self.meters)}
-        self._last = {i: 0.0 for i in range(len(self.meters))}
+        self._last = dict.fromkeys(range(len(self.meters)), 0.0)
 
     def run(self, seconds: float) -> list[Transmission]:
         end = self._now + seconds

@@ -18,10 +18,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from drivers.modbus import serial_link  # noqa: E402
-from drivers.plan import LinkCost, plan_requests  # noqa: E402
-from drivers.values import with_exponent_registers  # noqa: E402
-from drivers.profile import ModbusPoint, Profile, load_catalogue  # noqa: E402
+from drivers.modbus.link import serial_link  # noqa: E402
+from drivers.modbus.plan import LinkCost, plan_requests  # noqa: E402
+from drivers.modbus.profile import ModbusPoint  # noqa: E402
+from drivers.modbus.profile import ModbusProfile as Profile  # noqa: E402
+from drivers.modbus.values import with_exponent_registers  # noqa: E402
+from drivers.profile import load_catalogue  # noqa: E402
 from simulators.meters import SimulatedDevice  # noqa: E402
 from simulators.modbus_server import ModbusRtuServer  # noqa: E402
 from simulators.pty import PtyPair  # noqa: E402

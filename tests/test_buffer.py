@@ -229,8 +229,11 @@ def test_writer_commits_puts_and_acks_from_other_threads(tmp_path: Path) -> None
     buffer = Buffer(path)
     writer = BufferWriter(buffer, on_commit, flush_interval=0.2)
     writer.start()
-    producers = [threading.Thread(target=lambda d=f"d{k}": [writer.put(readings(10, d)) for _ in range(25)])
-                 for k in range(4)]
+    def produce(device: str) -> None:
+        for _ in range(25):
+            writer.put(readings(10, device))
+
+    producers = [threading.Thread(target=produce, args=(f"d{k}",)) for k in range(4)]
     for thread in producers:
         thread.start()
     for thread in producers:

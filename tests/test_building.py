@@ -21,7 +21,7 @@ import yaml
 from agent.config import load_config
 from drivers.core.errors import RetrofitError
 from simulators import physics
-from simulators.building import Building, BuildingPhysics, agent_config, run_building
+from simulators.building import Building, BuildingDevice, BuildingPhysics, agent_config, run_building
 from simulators.building_config import load_building_config, parse_building_config
 from simulators.groundtruth import GroundTruth, GroundTruthWriter
 from tests.support import REPO, free_port, require_binary, wait_until
@@ -103,6 +103,7 @@ def test_same_seed_same_ground_truth_file(tmp_path: Path) -> None:
         for step in range(200):
             clock.now = building.wall_start + step * 0.7
             for device in building.devices.values():
+                assert isinstance(device, BuildingDevice)  # this building has no M-Bus line
                 device.registers("holding", 0, 18)
                 device.registers("input", 0, 0x4C)
         building.truth.close()
@@ -296,7 +297,7 @@ def test_example_building_and_its_agent_config_agree() -> None:
 
 def test_building_serves_on_tcp_and_a_pty_and_records_what_it_served(tmp_path: Path) -> None:
     require_binary("socat")
-    from drivers import modbus
+    from drivers.modbus import link as modbus
 
     config = config_of(tmp_path, tcp_port=free_port(), pty=str(tmp_path / "ttyB1"), faults=[
         {"at": "5h", "fault": "bus_down", "bus": "plant", "for": "3h"}])
@@ -388,7 +389,7 @@ def test_a_noisy_mbus_line_loses_and_garbles_answers(tmp_path: Path) -> None:
     import serial
 
     from drivers.core.errors import DecodeError
-    from drivers.mbus import bytes_needed, parse_frame
+    from drivers.mbus.frame import bytes_needed, parse_frame
 
     raw = with_mbus(tmp_path)
     raw["building"]["acceleration"] = 86_400  # a simulated day a second
@@ -503,21 +504,24 @@ def test_pv_produces_by_day_and_the_main_meter_imports_and_exports_what_the_load
 
 
 def test_a_sunspec_inverter_is_served_with_its_scale_factors_and_decoded_as_the_agent_does(tmp_path: Path) -> None:
-    from drivers.codec import registers_to_bytes
-    from drivers.plan import ReadRequest
+    from drivers.modbus.codec import registers_to_bytes
+    from drivers.modbus.plan import ReadRequest
+    from drivers.modbus.profile import ModbusProfile
+    from drivers.modbus.values import AnswerDecoder, with_exponent_registers
     from drivers.profile import load_catalogue
-    from drivers.values import AnswerDecoder, with_exponent_registers
 
     clock = FakeClock()
     building = Building(parse_building_config(pv_dict(), tmp_path), clock)
     at_sim(building, clock, building.physics.start + 11 * 3600 + 30)  # 11:00 UTC: midday sun
     device = building.devices["roof"]
+    assert isinstance(device, BuildingDevice)
     profile = load_catalogue().get("sunspec-inverter-103")
+    assert isinstance(profile, ModbusProfile)
     words = device.registers("holding", 40069, 125)
     assert isinstance(words, list)
-    decoder = AnswerDecoder(profile.points)  # type: ignore[arg-type]
-    inside = tuple(p for p in with_exponent_registers(profile.points)  # type: ignore[arg-type]
-                   if 40069 <= p.address and p.end <= 40069 + 125)
+    decoder = AnswerDecoder(profile.points)
+    inside = tuple(p for p in with_exponent_registers(profile.points)
+                   if p.address >= 40069 and p.end <= 40069 + 125)
     request = ReadRequest("holding", 40069, 125, inside)
     answer = registers_to_bytes(words)
     decoder.take_exponents([(request, answer)])

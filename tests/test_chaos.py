@@ -43,7 +43,7 @@ class DurableSubscriber:
         self.raw: list[dict] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="chaos-platform", clean_session=False)
-        self.client.reconnect_delay_set(0.1, 1)
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho takes float seconds; says int
         self.client.on_connect = lambda c, *_: c.subscribe("buildings/+/+/readings", qos=1)
         self.client.on_message = self._on_message
 
@@ -110,7 +110,7 @@ def test_agent_kills_and_broker_restarts_lose_nothing(tmp_path: Path) -> None:
         wait_until(lambda: buffer_next_id(buffer) >= target, 30, what)
 
     with running(server), broker, DurableSubscriber(broker.port) as platform:
-        wait_until(lambda: platform.client.is_connected(), 10, "the platform to connect")
+        wait_until(platform.client.is_connected, 10, "the platform to connect")
         for round_ in range(AGENT_KILLS):
             with AgentProcess(config, tmp_path / f"agent-{round_}.log") as agent:
                 commits(rng.randint(0, 50), f"round {round_}: readings committed before the kill")
@@ -129,7 +129,7 @@ def test_agent_kills_and_broker_restarts_lose_nothing(tmp_path: Path) -> None:
     with platform.lock:
         raw = list(platform.raw)
     by_id: dict[int, dict] = {}
-    altered = []
+    altered: list[tuple[object, object]] = []
     for reading in raw:
         first = by_id.setdefault(reading["id"], reading)
         if first != reading:

@@ -18,7 +18,7 @@ QUALITIES = st.sampled_from(["ok", "ok", "ok", "invalid", "counter_jump", "clock
 
 
 @st.composite
-def columns(draw: st.DrawFn) -> tuple[list[int], list[int], list[object], list[str], list[int | None]]:
+def columns(draw: st.DrawFn) -> tuple[list[int], list[int], list[chunks.Value], list[str], list[int | None]]:
     n = draw(st.integers(min_value=1, max_value=300))
     sids = draw(st.lists(st.integers(min_value=1, max_value=draw(st.sampled_from([300, 2**20]))), min_size=n, max_size=n))
     base = draw(st.integers(min_value=0, max_value=2**45))
@@ -28,8 +28,8 @@ def columns(draw: st.DrawFn) -> tuple[list[int], list[int], list[object], list[s
                "mixed": VALUES}[kind]
     values = draw(st.lists(element, min_size=n, max_size=n))
     qualities = draw(st.lists(QUALITIES, min_size=n, max_size=n))
-    monos = draw(st.one_of(st.just([None] * n),
-                           st.lists(st.integers(min_value=0, max_value=2**40), min_size=n, max_size=n)))
+    monos: list[int | None] = draw(st.one_of(st.just([None] * n),
+                                             st.lists(st.integers(min_value=0, max_value=2**40), min_size=n, max_size=n)))
     return sids, stamps, values, qualities, monos
 
 
@@ -41,19 +41,19 @@ def _same(a: object, b: object) -> bool:
 
 @settings(max_examples=150, deadline=None)
 @given(columns())
-def test_a_chunk_gives_back_exactly_what_went_in(cols: tuple) -> None:  # type: ignore[type-arg]
+def test_a_chunk_gives_back_exactly_what_went_in(cols: tuple) -> None:
     sids, stamps, values, qualities, monos = cols
     decoded = chunks.decode(chunks.encode(sids, stamps, values, qualities, monos))
     assert decoded.sids == sids
     assert decoded.stamps == stamps
     assert decoded.qualities == qualities
     assert decoded.monos == monos
-    assert all(_same(a, b) for a, b in zip(decoded.values, values)), (decoded.values, values)
+    assert all(_same(a, b) for a, b in zip(decoded.values, values, strict=True)), (decoded.values, values)
 
 
 @settings(max_examples=150, deadline=None)
 @given(columns(), st.data())
-def test_damaged_bytes_are_a_chunk_error_or_decode_to_the_same_shape(cols: tuple, data: st.DataObject) -> None:  # type: ignore[type-arg]
+def test_damaged_bytes_are_a_chunk_error_or_decode_to_the_same_shape(cols: tuple, data: st.DataObject) -> None:
     """The stored checksum catches damage; decoding damaged bytes must still
     fail with the project's own error, never crash with another."""
     body = bytearray(chunks.encode(*cols))
@@ -79,15 +79,15 @@ def test_chunks_laid_end_to_end_decode_in_order() -> None:
 
 
 def test_float32_values_take_four_bytes_and_others_keep_their_precision() -> None:
-    exact = [struct.unpack("<f", struct.pack("<f", 230.1))[0]] * 100
+    exact: list[chunks.Value] = [struct.unpack("<f", struct.pack("<f", 230.1))[0]] * 100
     assert len(chunks.encode(list(range(100)), [0] * 100, exact, ["ok"] * 100)) < 100 * 7
-    precise = [230.1] * 100  # not exact in float32: stored as float64
+    precise: list[chunks.Value] = [230.1] * 100  # not exact in float32: stored as float64
     assert chunks.decode(chunks.encode(list(range(100)), [0] * 100, precise, ["ok"] * 100)).values == precise
 
 
 def test_a_chunk_holds_at_most_its_limit() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a chunk holds"):
         chunks.encode([], [], [], [])
     n = chunks.MAX_READINGS + 1
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a chunk holds"):
         chunks.encode([1] * n, [0] * n, [0.0] * n, ["ok"] * n)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.codec import REGISTER_TYPES, WORD_ORDERS, encode, make_decoder, shortest_float32
+from drivers.modbus.codec import REGISTER_TYPES, WORD_ORDERS, encode, make_decoder, shortest_float32
 
 # 0x01020304 as each order puts it on the wire (written out, not computed).
 WIRE = {"ABCD": [0x0102, 0x0304], "CDAB": [0x0304, 0x0102], "BADC": [0x0201, 0x0403], "DCBA": [0x0403, 0x0201]}
@@ -37,7 +37,7 @@ def test_known_encodings(kind: str, registers: list[int], value: float) -> None:
 def test_scale_is_exact_decimal_arithmetic() -> None:
     tenth = make_decoder("int16", "ABCD", Decimal("0.1"))
     assert tenth([231]) == 23.1 and tenth([3]) == 0.3  # not 0.30000000000000004
-    assert make_decoder("uint16", "ABCD", Decimal("0.01"), Decimal("-40"))([6543]) == 25.43
+    assert make_decoder("uint16", "ABCD", Decimal("0.01"), Decimal(-40))([6543]) == 25.43
 
 
 def _int_range(kind: str) -> st.SearchStrategy[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.commission import Progress
+from drivers.core.cli import Progress
 from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer

@@ -28,6 +28,7 @@ import yaml
 from agent.app import Agent
 from agent.config import Config, check_files, load_config
 from agent.lifecycle import StopRequest
+from agent.spool import Spool
 from drivers.core.records import hints, is_record, key_of
 from tests.support import REPO
 from tests.test_tls import make_ca, make_cert
@@ -51,6 +52,12 @@ def _worker(agent: Agent, bus_id: str) -> Any:
 
 
 def _poller(agent: Agent, device_id: str) -> Any:
+    """The device as its protocol reads it."""
+    return next(d for w in agent.workers for d in w.source.devices if d.device_id == device_id)
+
+
+def _state(agent: Agent, device_id: str) -> Any:
+    """The device as the pipeline keeps it (schedule, counter limits)."""
     return next(d for w in agent.workers for d in w.devices if d.device_id == device_id)
 
 
@@ -63,10 +70,20 @@ def _synchronous(agent: Agent) -> str:
     return {1: "normal", 2: "full"}[level]
 
 
-UPLINK = ReadBy("agent/transports/mqtt.py", lambda a: a.uplink.transport.cfg)
-TLS = ReadBy("agent/transports/mqtt.py", lambda a: a.uplink.transport.cfg.tls)
-HTTP = ReadBy("agent/transports/http.py", lambda a: a.uplink.transport.cfg)
-HTTP_TLS = ReadBy("agent/transports/http.py", lambda a: a.uplink.transport.cfg.tls)
+def _transport(agent: Agent) -> Any:
+    """The transport's own settings: each transport keeps its config section (MQTT, HTTPS)."""
+    return agent.uplink.transport
+
+
+def _spool(agent: Agent) -> Spool:
+    assert agent.spool is not None, "a spool directory was configured"
+    return agent.spool
+
+
+UPLINK = ReadBy("agent/transports/mqtt.py", lambda a: _transport(a).cfg)
+TLS = ReadBy("agent/transports/mqtt.py", lambda a: _transport(a).cfg.tls)
+HTTP = ReadBy("agent/transports/http.py", lambda a: _transport(a).cfg)
+HTTP_TLS = ReadBy("agent/transports/http.py", lambda a: _transport(a).cfg.tls)
 
 
 def _delivery(field: str) -> Observe:
@@ -86,11 +103,11 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
     "buffer.synchronous": ("full", "full", _synchronous),
     "buffer.flush_interval": ("7s", 7.0, lambda a: a.writer._flush_interval),
     "buffer.max_age": ("2d", 172800.0, lambda a: a.buffer.max_age_s),
-    "buffer.spool_dir": ("spool", "spool", lambda a: a.spool.path.parent.name),
+    "buffer.spool_dir": ("spool", "spool", lambda a: _spool(a).path.parent.name),
     "uplink.mqtt": ({}, "MqttTransport", lambda a: type(a.uplink.transport).__name__),  # its keys follow
     "uplink.mqtt.host": ("127.0.0.3", "127.0.0.3", UPLINK),
     "uplink.mqtt.port": (8883, 8883, UPLINK),
-    "uplink.mqtt.topic_prefix": ("city/keys", "city/keys", lambda a: a.uplink.transport._topics["readings"].split("/site-keys")[0]),
+    "uplink.mqtt.topic_prefix": ("city/keys", "city/keys", lambda a: _transport(a)._topics["readings"].split("/site-keys")[0]),
     "uplink.mqtt.client_id": ("keys-client", "keys-client", UPLINK),
     "uplink.mqtt.qos": (1, 1, UPLINK),  # the one value allowed: it must still be what is sent with
     "uplink.mqtt.keepalive": ("45s", 45.0, UPLINK),
@@ -123,22 +140,22 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
     "buses[modbus-tcp].framing": ("rtu", "FramerRTU", lambda a: type(_worker(a, "plant").link._client.framer).__name__),
     "buses[modbus-tcp].timeout": ("2.5s", 2.5, lambda a: _comm(a, "plant").timeout_connect),
     "buses[mbus].id": ("heat-line", "bus-heat-line", lambda a: _worker(a, "heat-line").name),
-    "buses[mbus].type": ("mbus", "MbusBusWorker", lambda a: type(_worker(a, "heat-line")).__name__),
-    "buses[mbus].port": ("/dev/ttyKEYS1", "/dev/ttyKEYS1", lambda a: _worker(a, "heat-line").mbus.port),
-    "buses[mbus].baudrate": (9600, 9600, lambda a: _worker(a, "heat-line").mbus.baudrate),
-    "buses[mbus].parity": ("N", "N", lambda a: _worker(a, "heat-line").mbus.parity),
-    "buses[mbus].timeout": ("0.4s", 0.4, lambda a: _worker(a, "heat-line").mbus.timeout),
-    "buses[mbus].retries": (4, 4, lambda a: _worker(a, "heat-line").mbus.retries),
+    "buses[mbus].type": ("mbus", "MbusLink", lambda a: type(_worker(a, "heat-line").link).__name__),
+    "buses[mbus].port": ("/dev/ttyKEYS1", "/dev/ttyKEYS1", lambda a: _worker(a, "heat-line").link.port),
+    "buses[mbus].baudrate": (9600, 9600, lambda a: _worker(a, "heat-line").link.baudrate),
+    "buses[mbus].parity": ("N", "N", lambda a: _worker(a, "heat-line").link.parity),
+    "buses[mbus].timeout": ("0.4s", 0.4, lambda a: _worker(a, "heat-line").link.timeout),
+    "buses[mbus].retries": (4, 4, lambda a: _worker(a, "heat-line").link.retries),
     "devices[].id": ("elec-keys", "elec-keys", lambda a: _poller(a, "elec-keys").device_id),
     "devices[].bus": ("line-a", "bus-line-a", lambda a: next(
-        w.name for w in a.workers if any(d.device_id == "elec-keys" for d in w.devices))),
+        w.name for w in a.workers if any(d.device_id == "elec-keys" for d in w.source.devices))),
     "devices[].address": (17, 17, lambda a: _poller(a, "elec-keys").unit),
     "devices[].profile": ("eastron-sdm120", "eastron-sdm120", lambda a: _poller(a, "elec-keys").profile.name),
     "devices[].interval": ("20s", 20.0, lambda a: _poller(a, "elec-keys").interval),
     "devices[].points": (["voltage", "energy_active_import"], ["voltage", "energy_active_import"],
-                         lambda a: [p.name for p in _poller(a, "elec-keys").points]),
+                         lambda a: list(_poller(a, "elec-keys").points)),
     "devices[].max_rate": ({"energy_active_import": 4.5}, 4.5,
-                           lambda a: _poller(a, "elec-keys").limits["energy_active_import"].max_rate_per_h),
+                           lambda a: _state(a, "elec-keys").limits["energy_active_import"].max_rate_per_h),
     "devices[].intervals": ({"energy_active_import": "15m"}, [20.0, 900.0],
                             lambda a: [g.interval for g in _poller(a, "elec-keys").groups]),
     "profile_dirs": (["site-profiles"], "site-profiles/keys-meter.yaml",

@@ -186,7 +186,7 @@ def test_readings_before_ntp_are_restamped_exactly_once(tmp_path: Path) -> None:
         covering = [c for c in corrections if c["first_id"] <= rid <= c["last_id"]]
         assert len(covering) == 1, f"reading {rid} sent before NTP must be corrected exactly once"
         assert abs(reading["ts"] + covering[0]["add_ms"] - room.served_at[reading["value"]]) < 1000
-    for rid, reading in restamped.items():
+    for reading in restamped.values():
         # A correction may cover it too (it might have been in flight); the
         # platform applies corrections only to readings flagged clock_unsynced.
         assert abs(reading["ts"] - room.served_at[reading["value"]]) < 1000

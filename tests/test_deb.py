@@ -110,8 +110,8 @@ class Root:
         result = subprocess.run(wrapper, capture_output=True, text=True, timeout=timeout, env=CLEAN_ENV,
                                 stdin=subprocess.DEVNULL, check=False)
         if check:
-            assert result.returncode == 0, f"{' '.join(command)} -> {result.returncode}:\n" \
-                                           f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            assert result.returncode == 0, (f"{' '.join(command)} -> {result.returncode}:\n"
+                                            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
 
     def install(self, deb: Path, *dpkg_options: str) -> subprocess.CompletedProcess[str]:
@@ -468,8 +468,8 @@ def test_debian_orders_the_mapped_versions_as_python_does() -> None:
     for lower, higher in itertools.pairwise(ordered):
         result = subprocess.run(["dpkg", "--compare-versions", helper.debian_version(lower), "lt",
                                  helper.debian_version(higher)], timeout=10, check=False)
-        assert result.returncode == 0, f"{lower} -> {helper.debian_version(lower)} does not sort " \
-                                       f"before {higher} -> {helper.debian_version(higher)}"
+        assert result.returncode == 0, (f"{lower} -> {helper.debian_version(lower)} does not sort "
+                                        f"before {higher} -> {helper.debian_version(higher)}")
 
 
 def test_build_script_is_shellcheck_clean() -> None:

@@ -186,7 +186,7 @@ def test_the_hand_recipe_after_a_demo_measures_the_true_saving(tmp_path: Path) -
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             tcp_port = next(b["port"] for b in yaml.safe_load(building.read_text())["buses"] if "port" in b)
-            wait_until(lambda: (output / "meta.json").exists() and port_open(tcp_port) or sim.poll() is not None,
+            wait_until(lambda: ((output / "meta.json").exists() and port_open(tcp_port)) or sim.poll() is not None,
                        20, "the building")
             assert sim.poll() is None, sim.communicate()[0]
             ingest = PlatformIngest(port=port, meta_path=output / "meta.json").start()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.buffer import inspect
 from drivers.profile import load_catalogue
 from simulators.meters import MeterModel, SimulatedDevice
 from simulators.modbus_server import ModbusRtuServer, ModbusTcpServer
 from simulators.pty import PtyPair
 from tests.independent_meter import IndependentMeter, float32_words, int16_word
-from agent.buffer import inspect
 from tests.support import (
     AgentProcess,
     Broker,

@@ -9,16 +9,17 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
 import pytest
 
+from agent.buffer import inspect
 from drivers.profile import load_catalogue
 from simulators.meters import MeterModel, SimulatedDevice
 from simulators.modbus_server import FaultPlan, ModbusRtuServer, ModbusTcpServer
 from simulators.pty import PtyPair
-from agent.buffer import inspect
 from tests.support import (
     AgentProcess,
     Broker,
@@ -131,7 +132,7 @@ def test_long_outage_with_a_small_buffer_evicts_gauges_and_reports_every_run(tmp
     # Counters are kept while gauges can go: every counter value the meters
     # served reached the platform, poll after poll, with no hole.
     readings = subscriber.unique_readings().values()
-    for unit, model in zip(units, models):
+    for unit, model in zip(units, models, strict=True):
         for point in ("energy_active_import", "energy_active_export"):
             seen = sorted(r["value"] for r in readings if r["device"] == f"elec-{unit}" and r["point"] == point)
             assert seen and seen == sorted(model.served[point])[: len(seen)], f"elec-{unit} {point} lost a poll"
@@ -180,7 +181,7 @@ def _fill(path: Path, leave: int = 0) -> None:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
+def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real full filesystem: a 2 MB tmpfs (needs root; CI runs as root)."""
     mount = tmp_path / "disk"
     mount.mkdir()

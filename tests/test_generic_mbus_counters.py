@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from drivers.core.errors import ProfileError
-from drivers.profile import MbusProfile, load_catalogue, load_profile_file
+from drivers.mbus.profile import MbusProfile
+from drivers.profile import load_catalogue, load_profile_file
 from simulators.mbus_meter import MbusLineServer
 from simulators.pty import PtyPair
 from tests.support import AgentProcess, Broker, Subscriber, require_binary, wait_until, write_config

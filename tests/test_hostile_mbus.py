@@ -12,17 +12,21 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 from agent.health import DeviceHealth, Health
-from agent.mbus_worker import SWAP_CONFIRM_POLLS, MbusBusWorker, MbusDevicePoller
+from agent.pipeline import BusWorker
 from drivers.core.errors import BusError, MismatchedReply
+from drivers.core.protocol import Polled
 from drivers.core.readings import Reading
-from drivers.mbus_link import MbusLink
-from drivers.profile import MbusProfile, load_catalogue
+from drivers.mbus.link import MbusLink
+from drivers.mbus.profile import MbusProfile
+from drivers.mbus.reader import SWAP_CONFIRM_POLLS, MbusDevice
+from drivers.profile import load_catalogue
 from simulators.mbus_meter import MbusLineServer, SimulatedMbusMeter
 from simulators.pty import PtyPair
 from tests.hostile.mbus_line import (
@@ -203,7 +207,7 @@ class Collector:
         self._lock = threading.Lock()
 
     def put(self, readings: list[Reading], counters: object = None, meters: dict[str, str] | None = None,
-            events: list[dict[str, object]] | None = None) -> None:
+            events: list[dict[str, object]] | None = None, resolutions: object = None) -> None:
         with self._lock:
             self.readings.extend(readings)
             self.events.extend(events or [])
@@ -217,10 +221,21 @@ def heat_profile() -> MbusProfile:
     return profile
 
 
-def run_mbus_worker(line: PtyPair, devices: list[MbusDevicePoller], health: Health, until: object,
+@dataclass(frozen=True)
+class Poller:
+    """A meter for the bus worker to poll, and the identification it knew before."""
+
+    device_id: str
+    address: int | str
+    meter: str = ""
+
+
+def run_mbus_worker(line: PtyPair, devices: list[Poller], health: Health, until: object,
                     what: str, timeout: float = 20) -> Collector:
     collector, stop = Collector(), threading.Event()
-    worker = MbusBusWorker("m", mbus_link(line), devices, collector, health, stop)
+    link = mbus_link(line)
+    source = Polled(link, [MbusDevice(link, d.device_id, d.address, 0.3, heat_profile()) for d in devices])
+    worker = BusWorker("m", source, collector, health, stop, meters={d.device_id: d.meter for d in devices})
     worker.start()
     try:
         wait_until(until, timeout, what)  # type: ignore[arg-type]
@@ -230,9 +245,9 @@ def run_mbus_worker(line: PtyPair, devices: list[MbusDevicePoller], health: Heal
     return collector
 
 
-def poller(device_id: str, address: int | str, health: Health, meter: str = "") -> MbusDevicePoller:
+def poller(device_id: str, address: int | str, health: Health, meter: str = "") -> Poller:
     health.devices[device_id] = DeviceHealth(bus="m")
-    return MbusDevicePoller(device_id, address, 0.3, heat_profile(), health.devices[device_id], meter=meter)
+    return Poller(device_id, address, meter)
 
 
 def served_values(meter: SimulatedMbusMeter) -> dict[str, set[float]]:

@@ -1,6 +1,6 @@
 """A broken or hostile Modbus device never gets a value through the link.
 
-Each case is a real pymodbus client (drivers/modbus.py) against a hostile
+Each case is a real pymodbus client (drivers/modbus/link.py) against a hostile
 Modbus TCP server on a loopback socket (tests/hostile/modbus_tcp.py), or a
 flooder on a socat pty. Every register of a broken answer is POISON, so a
 value that got through would be visible.
@@ -19,8 +19,9 @@ import pytest
 import serial
 
 from drivers.core.errors import BusError, ExceptionResponse, MismatchedReply
-from drivers.modbus import PymodbusLink, serial_link, tcp_link
-from drivers.profile import Profile, load_catalogue
+from drivers.modbus.link import PymodbusLink, serial_link, tcp_link
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusRtuServer
 from simulators.pty import PtyPair

@@ -43,7 +43,8 @@ from typing import Any
 
 import pytest
 
-from drivers.profile import Profile, load_catalogue
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.profile import load_catalogue
 from simulators.mbus_meter import MbusLineServer, SimulatedMbusMeter
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer

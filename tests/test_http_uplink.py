@@ -59,7 +59,7 @@ def _streams(platform: HttpPlatform) -> set[str]:
 
 def test_readings_arrive_over_https_with_values_and_contiguous_ids(tmp_path: Path, pki: Path) -> None:
     (tmp_path / "token").write_text("s3cret-token\n")
-    platform = HttpPlatform(tls=server_context(pki), token="s3cret-token")
+    platform = HttpPlatform(tls=server_context(pki), token="s3cret-token")  # noqa: S106 - the test platform's own
     with running(_meters()) as server, platform:
         config = _config(tmp_path, server, {"url": f"https://127.0.0.1:{platform.port}/ingest",
                                             "token_file": "token", "tls": {"ca_file": str(pki / "ca.pem")}})

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from agent.buffer import inspect
-from drivers.profile import Profile, load_catalogue
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 from tests.support import (
@@ -98,7 +99,7 @@ def test_a_second_agent_on_the_same_buffer_is_refused_naming_the_first(tmp_path:
         # The first one goes on undisturbed: new readings, no duplicate ids, one connection.
         seen = len(subscriber.unique_readings())
         wait_until(lambda: len(subscriber.unique_readings()) >= seen + 24, 20, "readings after the refusal")
-        assert first.proc.poll() is None  # type: ignore[union-attr]
+        assert first.proc.poll() is None
         assert not _events(first, "uplink.lost")
     finally:
         assert first.stop() == 0

@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Self
 
@@ -15,8 +16,8 @@ import pytest
 import serial
 import yaml
 
-from agent.commission import SecondarySearch
-from drivers.mbus_link import MbusLink
+from drivers.mbus.commission import SecondarySearch
+from drivers.mbus.link import MbusLink
 from simulators.mbus_meter import HeatMeterState, MbusLineServer, SimulatedMbusMeter
 from simulators.pty import PtyPair
 from tests.support import REPO, require_binary
@@ -163,7 +164,9 @@ def test_probe_reads_an_mbus_meter_ad_hoc_with_each_point_and_its_record(tmp_pat
     assert rows["power_heat"][1:3] == ["9000", "W"]
     assert rows["temperature_supply"][1:3] == ["65", "Cel"]
     assert rows["temperature_supply"][3:7] == _record("025A", 650, 2).split()  # 0.1 Cel steps on the wire
-    assert rows["temperature_difference"][1:3] == [str(second["temperature_difference"].normalize()), "K"]
+    difference = second["temperature_difference"]
+    assert isinstance(difference, Decimal)
+    assert rows["temperature_difference"][1:3] == [str(difference.normalize()), "K"]
     assert rows["energy_heat_due_date"][1:3] == ["12000", "kWh"]
     assert "storage 1" in " ".join(rows["energy_heat_due_date"])
     assert "records the profile does not use:\n  1F = " in result.stdout

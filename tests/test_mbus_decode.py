@@ -19,19 +19,11 @@ from pathlib import Path
 import pytest
 
 from drivers.core.errors import DecodeError, FrameError
-from drivers.mbus import (
-    DataCoding,
-    DataRecord,
-    LongFrame,
-    RecordFunction,
-    decode_records,
-    decode_telegram,
-    decode_user_data,
-    parse_hex,
-    telegram_to_json,
-)
-from drivers.mbus.decode_json import split_frames
-from drivers.mbus.telegram import manufacturer_code
+from drivers.mbus.datafield import DataCoding
+from drivers.mbus.decode_json import parse_hex, split_frames, telegram_to_json
+from drivers.mbus.frame import LongFrame
+from drivers.mbus.records import DataRecord, RecordFunction, decode_records
+from drivers.mbus.telegram import decode_telegram, decode_user_data, manufacturer_code
 from tests.mbus_support.libmbus_reference import (
     header_problems,
     load_reference,
@@ -91,9 +83,9 @@ def test_bad_frame_is_refused_or_flagged(path: Path | None) -> None:
         return
     # A structurally valid telegram that carries no readings: it must say so.
     assert telegram.more_records_follow or not any(
-        record.function not in (RecordFunction.MANUFACTURER_DATA,) for record in telegram.records
+        record.function != RecordFunction.MANUFACTURER_DATA for record in telegram.records
     ), f"{path.name} decoded without any flag"
-    assert not [r for r in telegram.records if r.quantity not in ("manufacturer_data",)]
+    assert not [r for r in telegram.records if r.quantity != "manufacturer_data"]
 
 
 # --- Header and CI ------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_three_heat_meters_one_by_secondary_address(tmp_path: Path, broker: Brok
     assert all(r["quality"] == "ok" for r in readings.values())
     selections = [f for f in server.requests if f[0] == 0x68 and f[6] == 0x52]
     assert selections, "heat-6 is read through a secondary-address selection"
-    writes = [f for f in server.requests if f[0] == 0x68 and f[6] not in (0x52,)]
+    writes = [f for f in server.requests if f[0] == 0x68 and f[6] != 0x52]
     assert writes == [], "nothing but selections is ever sent as user data"
 
 

@@ -14,16 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.core.errors import DecodeError
-from drivers.mbus import (
-    LongFrame,
-    bytes_needed,
-    decode_records,
-    decode_telegram,
-    decode_user_data,
-    parse_frame,
-    parse_hex,
-    telegram_json,
-)
+from drivers.mbus.decode_json import parse_hex, telegram_json
+from drivers.mbus.frame import LongFrame, bytes_needed, parse_frame
+from drivers.mbus.records import decode_records
+from drivers.mbus.telegram import decode_telegram, decode_user_data
 from tests.mbus_support.libmbus_reference import missing_testdata_message
 from tests.mbus_support.libmbus_reference import testdata_dir as reference_dir
 
@@ -112,7 +106,7 @@ def _mutations() -> st.SearchStrategy[bytes]:
     operation = st.sampled_from([flip, truncate, insert])
     step = st.tuples(operation, st.integers(0, 1000), st.integers(0, 255))
 
-    def apply(data: bytes, steps: list) -> bytes:  # type: ignore[type-arg]
+    def apply(data: bytes, steps: list) -> bytes:
         for function, position, value in steps:
             data = function(data, position, value)
         return data

@@ -1,4 +1,4 @@
-"""drivers/mbus_points.py: records of a telegram -> a profile's points, their
+"""drivers/mbus/points.py: records of a telegram -> a profile's points, their
 values and their resolution, in the point's unit."""
 
 from __future__ import annotations
@@ -7,13 +7,20 @@ from decimal import Decimal
 
 import pytest
 
-from drivers.mbus import DataRecord, decode_records
-from drivers.mbus_points import PointStep, point_steps, point_values
+from drivers.mbus.points import PointStep, point_steps, point_values
+from drivers.mbus.profile import MbusProfile
+from drivers.mbus.records import DataRecord, decode_records
 from drivers.profile import load_catalogue
 
 pytestmark = pytest.mark.timeout(30)
 
-HEAT = load_catalogue().get("mbus-heat")
+def _mbus_profile(name: str) -> MbusProfile:
+    profile = load_catalogue().get(name)
+    assert isinstance(profile, MbusProfile)
+    return profile
+
+
+HEAT = _mbus_profile("mbus-heat")
 
 
 def records(hex_records: str) -> tuple[DataRecord, ...]:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.payload import CompactEncoder, FlatEncoder, decode_compact, encode_meta
+from drivers.core.protocol import Value
 from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
@@ -27,11 +28,11 @@ qualities = st.sampled_from(["ok", "invalid", "counter_jump", "clock_unsynced+co
 
 
 @st.composite
-def batches(draw: st.DrawFn) -> list[tuple[int, int, int, object, str]]:
+def batches(draw: st.DrawFn) -> list[tuple[int, int, int, Value, str]]:
     n = draw(st.integers(1, 60))
     rid = draw(st.integers(1, 10**9))
     ts = draw(st.integers(1_600_000_000_000, 1_900_000_000_000))
-    rows = []
+    rows: list[tuple[int, int, int, Value, str]] = []
     for _ in range(n):
         rid += draw(st.sampled_from([1, 1, 1, 2, 7]))  # mostly contiguous, sometimes a gap
         ts += draw(st.sampled_from([0, 0, 0, 1, 1000]))

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from itertools import combinations
+from itertools import combinations, pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.plan import LinkCost, gaps_inside, plan_requests
-from drivers.profile import ModbusPoint
+from drivers.modbus.codec import RegisterType
+from drivers.modbus.plan import Hole, LinkCost, gaps_inside, plan_requests
+from drivers.modbus.profile import ModbusPoint, Table
 
 
-def point(address: int, kind: str = "float32", table: str = "input") -> ModbusPoint:
+def point(address: int, kind: RegisterType = "float32", table: Table = "input") -> ModbusPoint:
     return ModbusPoint(name=f"p{table}{address}", table=table, address=address, type=kind, unit="", kind="gauge")
 
 
@@ -23,7 +24,7 @@ def brute_force(points: list[ModbusPoint], cost: LinkCost, limit: int, holes: li
         for cuts in combinations(range(1, len(ordered)), k):
             bounds = [0, *cuts, len(ordered)]
             total = 0.0
-            for a, b in zip(bounds, bounds[1:], strict=False):
+            for a, b in pairwise(bounds):
                 run = ordered[a:b]
                 start, end = run[0].address, max(p.end for p in run)
                 if end - start > limit or (len(run) > 1 and any(
@@ -41,7 +42,7 @@ def brute_force(points: list[ModbusPoint], cost: LinkCost, limit: int, holes: li
 def test_planner_is_optimal_and_respects_limits(addresses: list[int], baud: int, limit: int, raw_holes: list) -> None:
     points = [point(a) for a in sorted(addresses)]
     points = [p for i, p in enumerate(points) if i == 0 or p.address >= points[i - 1].end]  # no overlaps
-    holes = [("input", s, s + n) for s, n in raw_holes]
+    holes: list[Hole] = [("input", s, s + n) for s, n in raw_holes]
     cost = LinkCost.rtu(baud) if baud else LinkCost.tcp()
     plan = plan_requests(points, cost, limit, holes)
     assert sorted(p.name for r in plan for p in r.points) == sorted(p.name for p in points)

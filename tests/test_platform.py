@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.buffer import inspect
 from simulators.building import run_building
 from simulators.building_config import parse_building_config
 from simulators.groundtruth import GroundTruth, prove
@@ -32,7 +33,6 @@ from simulators.platform import (
     energy_report,
     render,
 )
-from agent.buffer import inspect
 from tests.support import (
     REPO,
     AgentProcess,

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.worker import group_by_interval
 from drivers.core.errors import ProfileError
-from drivers.profile import Profile, load_profile_file
+from drivers.modbus.plan import group_by_interval
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.profile import load_profile_file
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 from tests.support import AgentProcess, Broker, Subscriber, wait_until, write_config
@@ -52,14 +53,14 @@ def test_a_profile_point_interval_is_read_and_validated(tmp_path: Path) -> None:
     assert isinstance(profile, Profile)
     assert profile.point("humidity").interval == 3600.0
     assert profile.point("temperature").interval is None
-    with pytest.raises(ProfileError, match="points.humidity.interval: expected a duration"):
+    with pytest.raises(ProfileError, match=r"points\.humidity\.interval: expected a duration"):
         load_profile_file(_profile(tmp_path, ROOM.replace("interval: 1h", "interval: often")))
-    with pytest.raises(ProfileError, match="points.humidity.interval: a duration must be positive"):
+    with pytest.raises(ProfileError, match=r"points\.humidity\.interval: a duration must be positive"):
         load_profile_file(_profile(tmp_path, ROOM.replace("interval: 1h", "interval: 0")))
 
 
 def test_a_profile_max_rate_is_refused_as_the_devices_setting(tmp_path: Path) -> None:
-    with pytest.raises(ProfileError, match="points.humidity.max_rate: unknown key"):
+    with pytest.raises(ProfileError, match=r"points\.humidity\.max_rate: unknown key"):
         load_profile_file(_profile(tmp_path, ROOM.replace("interval: 1h", "max_rate: 5")))
 
 

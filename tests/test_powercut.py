@@ -52,7 +52,7 @@ class Platform:
         self.events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, clean_session=False)
-        self.client.reconnect_delay_set(0.1, 1)
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho takes float seconds; says int
         self.client.on_connect = lambda c, *_: c.subscribe([("buildings/+/+/readings", 1),
                                                             ("buildings/+/+/events", 1)])
         self.client.on_message = self._on_message

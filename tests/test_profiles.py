@@ -6,13 +6,16 @@ from __future__ import annotations
 import dataclasses
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from drivers.codec import registers_to_bytes
-from drivers.plan import ReadRequest
-from drivers.profile import ModbusPoint, Profile, bundled_profile_texts, load_catalogue
-from drivers.values import AnswerDecoder, with_exponent_registers
+from drivers.modbus.codec import registers_to_bytes
+from drivers.modbus.plan import ReadRequest
+from drivers.modbus.profile import ModbusPoint
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.modbus.values import AnswerDecoder, with_exponent_registers
+from drivers.profile import bundled_profile_texts, load_catalogue
 
 CATALOGUE = load_catalogue()
 MODBUS = [p for p in (CATALOGUE.get(n) for n in CATALOGUE.names()) if isinstance(p, Profile)]
@@ -22,7 +25,7 @@ def run_vectors(profile: Profile) -> list[str]:
     """Mismatches between the profile's decoding and its test vectors.
 
     Each block of a vector is served as one answer through the decoding the
-    bus worker uses (drivers/values.py), scale registers included."""
+    bus worker uses (drivers/modbus/values.py), scale registers included."""
     problems = []
     for index, vector in enumerate(profile.tests):
         decoder = AnswerDecoder(profile.points)
@@ -49,7 +52,7 @@ def test_profile_vectors(profile: Profile) -> None:
     assert {n for v in profile.tests for n in v.expect} <= {p.name for p in profile.points}
 
 
-def _mutated(profile: Profile, name: str, **change: object) -> Profile:
+def _mutated(profile: Profile, name: str, **change: Any) -> Profile:
     points = tuple(dataclasses.replace(p, **change) if p.name == name else p for p in profile.points)
     return dataclasses.replace(profile, points=points)
 
@@ -88,7 +91,7 @@ def _mutations(profile: Profile) -> list[tuple[str, str, dict[str, object]]]:
     """For every point the vectors cover: a tenfold scale, another word order
     and another type of the same width (where the change can show at all)."""
     covered = {name for vector in profile.tests for name in vector.expect}
-    out = []
+    out: list[tuple[str, str, dict[str, object]]] = []
     for point in profile.points:
         if point.name not in covered or point.type in ("string", "bits"):
             continue
@@ -107,8 +110,7 @@ def test_every_profile_catches_a_wrong_scale_order_or_type(profile: Profile) -> 
     survivors = [(kind, name) for kind, name, change in _mutations(profile)
                  if not run_vectors(_mutated(profile, name, **change))]
     blind = [(kind, name) for kind, name in survivors
-             if kind == "type" and {profile.point(name).type, _OTHER_TYPE[profile.point(name).type]}
-             in ({"int16", "uint16"},)]
+             if kind == "type" and {profile.point(name).type, _OTHER_TYPE[profile.point(name).type]} == {"int16", "uint16"}]
     assert [s for s in survivors if s not in blind] == []
 
 

@@ -8,17 +8,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.config import Config, GatewayConfig, MqttConfig
 from drivers.core.records import Invalid, Parse, Rule, dotted, json_schema, validate
 
 pytestmark = pytest.mark.timeout(30)
-record = dataclass(frozen=True, kw_only=True)
 Byte = Annotated[int, Rule(ge=0, le=255)]
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Scalars:
     i: int = 0
     f: float = 0.0
@@ -28,7 +28,7 @@ class Scalars:
     d: Decimal = Decimal(0)
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Serial:
     baud: Literal[9600, 19200] = 9600
     flag: Literal[1] = 1
@@ -36,29 +36,29 @@ class Serial:
     address: int | Annotated[str, Rule(pattern=r"[0-9]{8}")] = 0
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Tcp:
     type: Literal["tcp"]
     host: str
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Rtu:
     type: Literal["rtu"]
     port: str
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Site:
     bus: Tcp | Rtu
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Inner:
     n: Byte
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Outer:
     name: str
     inner: Inner
@@ -67,7 +67,7 @@ class Outer:
     rates: dict[str, Annotated[float, Rule(gt=0)]] = field(default_factory=dict)
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Ruled:
     pos: Annotated[float, Rule(gt=0)] = 1.0
     text: Annotated[str, Rule(min_length=1)] = "x"
@@ -83,12 +83,12 @@ def halve(value: Any) -> float:
     return float(value[:-1]) / 2
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Parsed:
     half: Annotated[float, Parse(halve, {"type": "string"}), Rule(le=10)]
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Window:
     start: int
     end: int
@@ -98,7 +98,7 @@ class Window:
             raise ValueError("end must not be before start")
 
 
-@record
+@dataclass(frozen=True, kw_only=True)
 class Span:
     window: Window
 
@@ -142,7 +142,7 @@ def test_str_and_path() -> None:
     assert rejects(Scalars, {"s": 5}) and rejects(Scalars, {"p": ""}) and rejects(Scalars, {"p": 3})
 
 
-@pytest.mark.parametrize("raw, exact", [(3, "3"), (0.1, "0.1"), ("0.001", "0.001")])
+@pytest.mark.parametrize(("raw", "exact"), [(3, "3"), (0.1, "0.1"), ("0.001", "0.001")])
 def test_decimal_is_exact(raw: Any, exact: str) -> None:
     assert str(validate(Scalars, {"d": raw}).d) == exact
 
@@ -223,8 +223,8 @@ def test_a_key_that_is_not_a_python_name_and_date_times() -> None:
     fault = validate(Fault, {"for": 3, "at": "2025-01-14T06:00:00Z"})
     assert fault.for_ == 3.0 and fault.at == dt.datetime(2025, 1, 14, 6, tzinfo=dt.UTC)
     assert validate(Fault, {"at": dt.date(2025, 1, 14)}).at == dt.datetime(2025, 1, 14)
-    assert problems(Fault, {"for_": 3}) == [(("for_",), "unknown_key", "unknown key (did you mean 'for'?); "
-                                                                     "allowed here: at, for, share")]
+    assert problems(Fault, {"for_": 3}) == [(("for_",), "unknown_key", ("unknown key (did you mean 'for'?); "
+                                                                     "allowed here: at, for, share"))]
     assert [p[2] for p in problems(Fault, {"at": 1736834400, "share": 1})] == [
         "expected a date-time like 2025-01-12T21:00:00Z (got 1736834400)", "must be less than 1 (got 1.0)"]
     assert json_schema(Fault)["properties"]["for"] == {"anyOf": [{"type": "number"}, {"type": "null"}],
@@ -265,7 +265,7 @@ def test_every_problem_reported_at_once() -> None:
         (("name",), "missing"), (("inner", "n"), "invalid"), (("items", 0, "x"), "unknown_key")]
 
 
-@pytest.mark.parametrize("loc, text", [
+@pytest.mark.parametrize(("loc", "text"), [
     (("devices", 1, "address"), "devices[1].address"), (("uplink", "mqtt"), "uplink.mqtt"),
     ((), "(top level)"), ((0, "a"), "[0].a")])
 def test_dotted(loc: tuple, text: str) -> None:

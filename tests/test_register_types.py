@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.core.errors import ProfileError
 from agent.health import Health
-from drivers.profile import Profile, load_profile_file
+from drivers.core.errors import ProfileError
+from drivers.modbus.link import tcp_link
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.profile import load_profile_file
 from tests.independent_meter import IndependentMeter
 from tests.support import free_port
 from tests.test_profiles import run_vectors
@@ -59,7 +61,7 @@ IMAGE = {
 }
 
 
-@pytest.fixture()
+@pytest.fixture
 def profile(tmp_path: Path) -> Profile:
     path = tmp_path / "typed.yaml"
     path.write_text(PROFILE)
@@ -76,11 +78,11 @@ def test_the_poll_reads_the_scale_registers_and_applies_them(profile: Profile) -
     port = free_port()
     meter = IndependentMeter({1: IMAGE}, port).start()
     health = Health()
-    device = poller("typed", 1, profile, 0.3, health)
+    link = tcp_link("127.0.0.1", port, 2.0)
+    device = poller(link, "typed", 1, profile, 0.3, health)
     assert {(r.start, r.count) for r in device.plan} == {(0, 8), (10, 1), (20, 5), (40, 3)}
     try:
-        sink = run_worker(port, [device], health, lambda c: len(c.of("typed")) >= 2, "two polls",
-                          timeout=20, link_timeout=2.0)
+        sink = run_worker(link, [device], health, lambda c: len(c.of("typed")) >= 2, "two polls", timeout=20)
     finally:
         meter.stop()
     readings = {r.point: r for r in sink.of("typed")[-1][1]}
@@ -90,7 +92,7 @@ def test_the_poll_reads_the_scale_registers_and_applies_them(profile: Profile) -
     assert readings["voltage"].quality == "invalid", "an exponent of -32768 means the meter has no value"
     assert readings["power_l2"].quality == "invalid", "so does the profile's `missing` raw value"
     assert readings["energy"].quality == "ok"
-    assert device.meter == "SN4711", "a text serial number is the meter's identity"
+    assert {r.meter for r in readings.values()} == {"SN4711"}, "a text serial number is the meter's identity"
 
 
 @pytest.mark.parametrize(("point", "complaint"), [

@@ -143,7 +143,7 @@ def assert_nothing_lost_or_renumbered(subscriber: Subscriber) -> int:
         assert seen.setdefault(reading["id"], identity) == identity, f"id {reading['id']} renumbered"
     ids = sorted(seen)
     assert ids == list(range(1, ids[-1] + 1)), f"ids missing: {sorted(set(range(1, ids[-1] + 1)) - set(ids))[:20]}"
-    assert len({identity for identity in seen.values()}) == len(seen), "one reading arrived under two ids"
+    assert len(set(seen.values())) == len(seen), "one reading arrived under two ids"
     return ids[-1]
 
 

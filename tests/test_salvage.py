@@ -84,7 +84,7 @@ def _judge(path: Path, stream: str, by_id: dict[int, tuple[str, str, float]]) ->
         assert (device, point, value) == by_id[original], f"id {rid} (old {original}) carries something else"
         assert quality == "ok"
         sent.add(original)
-    reported = {i for e in events if e["type"] in ("corrupt", "lost") and "from_first_id" in e or e["type"] == "corrupt"
+    reported = {i for e in events if (e["type"] in ("corrupt", "lost") and "from_first_id" in e) or e["type"] == "corrupt"
                 for i in range(int(e.get("from_first_id", e.get("first_id"))),  # type: ignore[call-overload]
                                int(e.get("from_last_id", e.get("last_id"))) + 1)}  # type: ignore[call-overload]
     unexplained = set(range(SENT + 1, SENT + WAITING + 1)) - sent - reported
@@ -103,7 +103,7 @@ def test_a_damaged_schema_page_moves_the_file_aside_and_every_waiting_reading_is
     assert figures == {"sent": WAITING, "reported": 0, "new_stream": 1}
     assert list(tmp_path.glob("buffer.db.corrupt-*")), "the damaged file is kept for forensics"
     salvaged = [e for e in _events(path) if e["type"] == "salvaged"]
-    assert salvaged and all(int(e["from_first_id"]) > SENT for e in salvaged), "acknowledged readings stay sent"
+    assert salvaged and all(int(str(e["from_first_id"])) > SENT for e in salvaged), "acknowledged readings stay sent"
 
 
 def test_a_file_beyond_reading_is_reported_lost_not_silently_replaced(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -96,11 +95,11 @@ def run_until(tmp: Path, building: dict[str, Any], sim_seconds: float, point: st
 
 
 @pytest.fixture(scope="module")
-def year(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def year(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("year")
     run = run_until(tmp, year_building(tmp), (2 + 365 + REPORTING_DAYS + 1) * 86_400, "energy_heat")
     print(f"\n545 simulated days through the agent: {run.wall_s:.1f} s wall, {run.readings} readings")
-    yield run
+    return run
 
 
 def report_of(run: Run, drop: float = 0.0) -> dict[str, Any]:

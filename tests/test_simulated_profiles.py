@@ -7,10 +7,12 @@ import math
 
 import pytest
 
-from agent.commission import probe
-from drivers.modbus import tcp_link
-from drivers.plan import LinkCost
-from drivers.profile import ModbusPoint, Profile, load_catalogue
+from drivers.modbus.commission import probe
+from drivers.modbus.link import tcp_link
+from drivers.modbus.plan import LinkCost
+from drivers.modbus.profile import ModbusPoint
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 
@@ -52,7 +54,8 @@ def test_every_point_of_every_profile_is_served_and_read_back(profile: Profile) 
         elif point.type == "float32":
             assert row.value == pytest.approx(meant, rel=1e-6), row.point
         else:
-            assert math.isclose(row.value, meant, rel_tol=1e-12, abs_tol=_step(point, device) + 1e-9), row.point
+            assert math.isclose(_number(row.value), _number(meant), rel_tol=1e-12,
+                                abs_tol=_step(point, device) + 1e-9), row.point
     if profile.identity is not None:
         assert str(identity) == "4711"
     assert server.stats.write_attempts == 0
@@ -72,11 +75,11 @@ def test_a_simulated_three_phase_meter_is_consistent(profile: Profile) -> None:
     link = tcp_link("127.0.0.1", server.port, 2.0)
     wanted = ["power_active", "power_active_l1", "power_active_l2", "power_active_l3", "energy_active_import"]
     try:
-        first = {r.point: r.value for r in probe(link, 1, profile, LinkCost.tcp(), wanted)}
+        first = {r.point: _number(r.value) for r in probe(link, 1, profile, LinkCost.tcp(), wanted)}
         for _ in range(60):  # one simulated hour, a minute at a time
             now[0] += 60.0
             probe(link, 1, profile, LinkCost.tcp(), ["energy_active_import"])
-        last = {r.point: r.value for r in probe(link, 1, profile, LinkCost.tcp(), wanted)}
+        last = {r.point: _number(r.value) for r in probe(link, 1, profile, LinkCost.tcp(), wanted)}
     finally:
         link.close()
         server.stop()
@@ -86,3 +89,8 @@ def test_a_simulated_three_phase_meter_is_consistent(profile: Profile) -> None:
     used_kwh = last["energy_active_import"] - first["energy_active_import"]
     mean_kw = (first["power_active"] + last["power_active"]) / 2 / 1000
     assert used_kwh == pytest.approx(mean_kw, rel=0.2), "an hour at ~P kW adds ~P kWh"
+
+
+def _number(value: object) -> float:
+    assert isinstance(value, (int, float)), value
+    return float(value)

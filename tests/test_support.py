@@ -47,7 +47,7 @@ def test_buffer_next_id_reads_nothing_before_the_agent_made_its_schema(tmp_path:
 def test_an_assertion_failing_inside_still_stops_the_broker_and_the_agent(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker")
     agent = AgentProcess(_agent_config(tmp_path, broker.port), tmp_path / "agent.log")
-    with pytest.raises(AssertionError, match="as a test fails"), broker, agent:
+    with pytest.raises(AssertionError, match="as a test fails"), broker, agent:  # noqa: PT012 - the block is the test
         assert port_open(broker.port)
         raise AssertionError("as a test fails")
     assert not port_open(broker.port), "the broker still listens"
@@ -57,7 +57,8 @@ def test_an_assertion_failing_inside_still_stops_the_broker_and_the_agent(tmp_pa
 def test_an_agent_that_exits_non_zero_fails_the_block_that_ended_normally(tmp_path: Path) -> None:
     config = _agent_config(tmp_path, free_port())
     config.write_text(config.read_text() + "no_such_key: 1\n")  # a config error: exit 78
-    with pytest.raises(AssertionError, match="exited with 78"), AgentProcess(config, tmp_path / "agent.log") as agent:
+    with pytest.raises(AssertionError, match="exited with 78"), \
+            AgentProcess(config, tmp_path / "agent.log") as agent:  # noqa: PT012 - the block is the test
         assert agent.proc is not None
         agent.proc.wait(timeout=20)
 

@@ -33,8 +33,8 @@ needs_systemd_analyze = pytest.mark.skipif(
 def unit_settings(path: Path = UNIT) -> dict[str, list[str]]:
     """Key -> every value assigned to it, comments and sections dropped."""
     settings: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
         if not line or line.startswith(("#", ";", "[")):
             continue
         key, _, value = line.partition("=")
@@ -53,7 +53,7 @@ def one(settings: dict[str, list[str]], key: str) -> str:
 @needs_systemd_analyze
 def test_exposure_is_at_most_1_5() -> None:
     result = subprocess.run(
-        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(UNIT)],
+        [str(SYSTEMD_ANALYZE), "security", "--offline=yes", "--no-pager", str(UNIT)],
         capture_output=True, text=True, timeout=60,
     )
     output = result.stdout + result.stderr
@@ -68,7 +68,7 @@ def test_exposure_is_at_most_1_5() -> None:
 @needs_systemd_analyze
 def test_unit_verifies_except_for_the_binary_installed_later() -> None:
     result = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", "--no-pager", str(UNIT)],
+        [str(SYSTEMD_ANALYZE), "verify", "--no-pager", str(UNIT)],
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )
     # /opt/retrofit-agent/venv only exists after install.sh; anything else
@@ -136,8 +136,8 @@ def test_unit_identity_directories_and_credentials() -> None:
     # a SetCredential= of the same id gives a fallback.
     assert {v.split(":", 1)[0] for v in s["SetCredential"]} == set(loads)
     sysusers = (REPO / "systemd" / "sysusers.d" / "retrofit-agent.conf").read_text()
-    assert re.search(r"^u\s+retrofit-agent\s", sysusers, re.M)
-    assert re.search(r"^m\s+retrofit-agent\s+dialout\s*$", sysusers, re.M)
+    assert re.search(r"^u\s+retrofit-agent\s", sysusers, re.MULTILINE)
+    assert re.search(r"^m\s+retrofit-agent\s+dialout\s*$", sysusers, re.MULTILINE)
 
 
 # --- install.sh -------------------------------------------------------------

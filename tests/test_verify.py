@@ -86,8 +86,10 @@ def test_a_reset_makes_its_day_missing_and_is_listed_with_its_flag() -> None:
     reset_at = local(2025, 2, 3, 10)
     cut = next(i for i, r in enumerate(rows) if r.t == reset_at)
     # The meter is reset to 0 at 10:00 and counts on from there; the agent flags the first reading.
-    rows = rows[:cut] + [counters.Row(r.t, r.value - rows[cut].value, "counter_backwards" if r.t == reset_at else "ok",
-                                      r.id) for r in rows[cut:]]
+    base = rows[cut].value
+    assert base is not None
+    rows = rows[:cut] + [counters.Row(r.t, (r.value or Decimal(0)) - base,
+                                      "counter_backwards" if r.t == reset_at else "ok", r.id) for r in rows[cut:]]
     series = counters.build_series(rows)
     energy = verify.daily_energy(series, days_between(local(2025, 2, 2), local(2025, 2, 3, 12)), WARSAW)
     assert energy["2025-02-02"].kwh == pytest.approx(48.0)
@@ -115,7 +117,7 @@ def test_a_rollover_counts_the_width_and_a_swap_starts_a_new_series() -> None:
     rows = []
     for k in range(60):
         raw = (65_510 + k) % 65_536
-        quality = "counter_rollover" if 0 < k and raw < (65_510 + k - 1) % 65_536 else "ok"
+        quality = "counter_rollover" if k > 0 and raw < (65_510 + k - 1) % 65_536 else "ok"
         rows.append(counters.Row(start + k * HOUR, Decimal(raw), quality, k))
     swap_at = start + 40 * HOUR  # 2025-02-03 10:00: a new meter from 0
     rows = rows[:40] + [counters.Row(r.t, Decimal(r.id - 40), "meter_swap" if r.t == swap_at else "ok", r.id)

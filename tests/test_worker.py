@@ -12,11 +12,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.health import DeviceHealth, Health
-from agent.worker import BusWorker, DevicePoller, next_slot
+from agent.pipeline import BusWorker, next_slot
+from drivers.core.protocol import Polled
 from drivers.core.readings import Reading
-from drivers.modbus import tcp_link
-from drivers.plan import LinkCost
-from drivers.profile import Profile, load_catalogue
+from drivers.modbus.link import PymodbusLink, tcp_link
+from drivers.modbus.plan import LinkCost
+from drivers.modbus.profile import ModbusProfile as Profile
+from drivers.modbus.reader import ModbusDevice
+from drivers.profile import load_catalogue
 from simulators.meters import SimulatedDevice
 from simulators.modbus_server import ModbusTcpServer
 from tests.hostile.modbus_tcp import HostileModbusTcp
@@ -33,7 +36,7 @@ class Collector:
         self.lock = threading.Lock()
 
     def put(self, readings: list[Reading], counters: object = None, meters: object = None,
-            events: object = None) -> None:
+            events: object = None, resolutions: object = None) -> None:
         if not readings:
             return
         with self.lock:
@@ -44,18 +47,19 @@ class Collector:
             return [(t, b) for t, b in self.batches if b[0].device == device]
 
 
-def poller(device: str, unit: int, profile: str | Profile, interval: float, health: Health) -> DevicePoller:
+def poller(link: PymodbusLink, device: str, unit: int, profile: str | Profile, interval: float,
+           health: Health) -> ModbusDevice:
     p = load_catalogue().get(profile) if isinstance(profile, str) else profile
     assert isinstance(p, Profile)
     health.devices[device] = DeviceHealth(bus="b")
-    return DevicePoller(device, unit, interval, p, p.points, LinkCost.tcp(), health.devices[device])
+    return ModbusDevice(link, device, unit, interval, p, p.points, LinkCost.tcp())
 
 
-def run_worker(port: int, devices: list[DevicePoller], health: Health, done: Callable[[Collector], bool],
-               what: str, timeout: float = 15, link_timeout: float = 1.0) -> Collector:
-    """A bus worker polling a meter on a loopback port until ``done``; then stopped."""
+def run_worker(link: PymodbusLink, devices: list[ModbusDevice], health: Health, done: Callable[[Collector], bool],
+               what: str, timeout: float = 15) -> Collector:
+    """A bus worker polling meters over ``link`` until ``done``; then stopped."""
     collector, stop = Collector(), threading.Event()
-    worker = BusWorker("b", tcp_link("127.0.0.1", port, link_timeout), devices, collector, health, stop)
+    worker = BusWorker("b", Polled(link, devices), collector, health, stop)
     worker.start()
     try:
         wait_until(lambda: done(collector), timeout, what)
@@ -75,10 +79,11 @@ def test_a_hole_answering_exception_02_is_split_once_and_remembered(tmp_path: Pa
     port = free_port()
     meter = IndependentMeter({1: image}, port).start()
     health = Health()
-    device = poller("elec", 1, "eastron-sdm630", 0.2, health)
+    link = tcp_link("127.0.0.1", port, 1.0)
+    device = poller(link, "elec", 1, "eastron-sdm630", 0.2, health)
     assert len(device.plan) == 1, "the TCP plan reads the whole map in one request"
     try:
-        collector = run_worker(port, [device], health, lambda c: len(c.of("elec")) >= 4, "four polls")
+        collector = run_worker(link, [device], health, lambda c: len(c.of("elec")) >= 4, "four polls")
     finally:
         meter.stop()
     exceptions_seen = health.devices["elec"].failures
@@ -102,12 +107,13 @@ def test_a_dead_device_costs_its_bus_only_its_timeout_and_other_buses_nothing(tm
     collector = Collector()
     stop = threading.Event()
     timeout = 0.4
-    alive_a = poller("alive-a", 10, "xy-md02", 1.0, health)
-    dead = poller("dead", 11, "xy-md02", 1.0, health)
-    alive_b = poller("alive-b", 20, "xy-md02", 1.0, health)
+    link_a, link_b = tcp_link("127.0.0.1", server_a.port, timeout), tcp_link("127.0.0.1", server_b.port, timeout)
+    alive_a = poller(link_a, "alive-a", 10, "xy-md02", 1.0, health)
+    dead = poller(link_a, "dead", 11, "xy-md02", 1.0, health)
+    alive_b = poller(link_b, "alive-b", 20, "xy-md02", 1.0, health)
     workers = [
-        BusWorker("a", tcp_link("127.0.0.1", server_a.port, timeout), [alive_a, dead], collector, health, stop),
-        BusWorker("b", tcp_link("127.0.0.1", server_b.port, timeout), [alive_b], collector, health, stop),
+        BusWorker("a", Polled(link_a, [alive_a, dead]), collector, health, stop),
+        BusWorker("b", Polled(link_b, [alive_b]), collector, health, stop),
     ]
     with running(server_a), running(server_b):
         started = time.monotonic()
@@ -151,12 +157,14 @@ def test_points_are_read_at_their_own_interval_aligned_to_the_clock() -> None:
     health = Health()
     health.devices["elec"] = DeviceHealth(bus="b")
     profile = catalogue.get("eastron-sdm630")
-    device = DevicePoller("elec", 1, 0.5, profile, profile.points, LinkCost.tcp(), health.devices["elec"],
+    assert isinstance(profile, Profile)
+    link = tcp_link("127.0.0.1", server.port, 1.0)
+    device = ModbusDevice(link, "elec", 1, 0.5, profile, profile.points, LinkCost.tcp(),
                           intervals={"energy_active_import": 2.0, "energy_active_export": 2.0})
     assert [g.interval for g in device.groups] == [0.5, 2.0]
     collector = Collector()
     stop = threading.Event()
-    worker = BusWorker("b", tcp_link("127.0.0.1", server.port, 1.0), [device], collector, health, stop)
+    worker = BusWorker("b", Polled(link, [device]), collector, health, stop)
 
     def readings(point: str) -> list[Reading]:
         return [r for _, batch in collector.of("elec") for r in batch if r.point == point]
@@ -172,10 +180,10 @@ def test_points_are_read_at_their_own_interval_aligned_to_the_clock() -> None:
     assert len(energy) == 4, len(energy)  # the worker stops at once; a fifth cannot come 2 s later
     # Voltage at every 0.5 s boundary over those 4 s and more: nine reads at least.
     assert len(voltage) >= 3 * (len(energy) - 1), (len(voltage), len(energy))
-    group = device.groups[1]
+    slot = worker.devices[0].slots[1]
     # After the first poll, every counter read sits on a 2 s boundary (plus the device's small offset).
     for reading in energy[1:]:
-        phase = (reading.ts / 1000 - group.offset) % 2.0
+        phase = (reading.ts / 1000 - slot.offset) % 2.0
         assert min(phase, 2.0 - phase) < 0.25, phase
 
 
@@ -189,11 +197,12 @@ def test_a_device_answering_another_question_publishes_nothing_and_logs_once() -
     server = HostileModbusTcp({7: "other_read_function", 1: "good"},
                               {1: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))}).start()
     health = Health()
-    bad = poller("bad", 7, "xy-md02", 0.2, health)
-    good = poller("good", 1, "xy-md02", 0.2, health)
+    link = tcp_link("127.0.0.1", server.port, 1.0)
+    bad = poller(link, "bad", 7, "xy-md02", 0.2, health)
+    good = poller(link, "good", 1, "xy-md02", 0.2, health)
     try:
         with capture_logs() as logged:
-            collector = run_worker(server.port, [bad, good], health,
+            collector = run_worker(link, [bad, good], health,
                                    lambda c: len(c.of("good")) >= 8 and health.devices["bad"].mismatched_replies >= 8,
                                    "polls of both devices")
     finally:
@@ -217,10 +226,11 @@ def test_a_gateway_closing_idle_connections_loses_no_poll_and_is_counted() -> No
     server = HostileModbusTcp({1: "good"}, {1: SimulatedDevice(catalogue.get("xy-md02"), FixedModel(ROOM_VALUES))},
                               idle_close_s=0.2).start()
     health = Health()
-    device = poller("room", 1, "xy-md02", 0.5, health)
+    link = tcp_link("127.0.0.1", server.port, 1.0)
+    device = poller(link, "room", 1, "xy-md02", 0.5, health)
     try:
         with capture_logs() as logged:
-            collector = run_worker(server.port, [device], health,
+            collector = run_worker(link, [device], health,
                                    lambda c: len(c.of("room")) >= 5 and server.counters.idle_closes >= 4,
                                    "polls across idle closes")
     finally:
@@ -240,16 +250,19 @@ def test_a_device_back_from_silence_by_way_of_wrong_answers_is_told_back() -> No
     server = HostileModbusTcp({3: "silent"}, {3: SimulatedDevice(catalogue.get("xy-md02"),
                                                                  FixedModel(ROOM_VALUES))}).start()
     health = Health()
-    device = poller("room", 3, "xy-md02", 0.2, health)
+    link = tcp_link("127.0.0.1", server.port, 0.2)
+    device = poller(link, "room", 3, "xy-md02", 0.2, health)
     collector, stop = Collector(), threading.Event()
-    worker = BusWorker("b", tcp_link("127.0.0.1", server.port, 0.2), [device], collector, health, stop)
+    worker = BusWorker("b", Polled(link, [device]), collector, health, stop)
     try:
         with capture_logs() as logged:
             worker.start()
             for behaviour, state in (("silent", "silent"), ("more_registers", "rejected"), ("good", "ok")):
                 server.behaviours[3] = behaviour
-                wait_until(lambda s=state: health.devices["room"].state == s and health.devices["room"].polls >= 3,
-                           10, f"the device {state}")
+                def reached(wanted: str = state) -> bool:
+                    return health.devices["room"].state == wanted and health.devices["room"].polls >= 3
+
+                wait_until(reached, 10, f"the device {state}")
                 if state != "ok":
                     assert collector.of("room") == []
             wait_until(lambda: len(collector.of("room")) >= 3, 10, "readings")

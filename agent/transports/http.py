@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import http.client
 import queue
-import socket
 import ssl
 import threading
 from urllib.parse import urlsplit
@@ -91,7 +90,7 @@ class HttpTransport:
         except ssl.SSLError as exc:
             conn.close()
             raise ConnectFailed(f"TLS handshake failed: {exc.reason or exc}") from None
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             conn.close()
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         self._conn = conn
@@ -130,7 +129,7 @@ class HttpTransport:
             conn.request("POST", self._path, body=payload, headers=headers)
             answer = conn.getresponse()
             body = answer.read(ANSWER_BYTES)  # a platform that closes after it: http.client opens again
-        except (OSError, http.client.HTTPException, socket.timeout) as exc:
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
             self._lost = True
             raise Lost(str(exc) or type(exc).__name__) from None
         why = answer.reason or ""

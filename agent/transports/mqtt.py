@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig, credential
 from agent.forward import ConnectFailed, Kind, Lost
@@ -71,27 +73,31 @@ class MqttTransport:
         return self._topics[kind] if part <= 1 else f"{self._topics[kind]}/{part}"
 
     # -- paho callbacks (paho's network thread; never take a lock here) -------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
+                    properties: Properties | None) -> None:
         if not reason_code.is_failure:
             for subscription in self._listeners:
                 client.subscribe(subscription, qos=1)
             self.connections += 1
         self._connack.put(reason_code)
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes: list[ReasonCode],
+                      properties: Properties | None) -> None:
         refused = [str(code) for code in reason_codes if code.is_failure]
         self.subscription_refused = f"{', '.join(self._listeners)}: {', '.join(refused)}" if refused else None
 
-    def _on_message(self, client, userdata, message) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         listener = self._listeners.get(message.topic)
         if listener is not None:
             listener(bytes(message.payload))
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None) -> None:
         self._lost.set()
         self.wakeup.set()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: ReasonCode,
+                    properties: Properties | None) -> None:
         self._acks.put(mid)
         self.wakeup.set()
 

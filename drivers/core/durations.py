@@ -35,3 +35,11 @@ DURATION_SCHEMA = {
     "description": "seconds, or a number with ms, s, m, h or d (10s, 15m, 1h)",
 }
 Duration = Annotated[float, Parse(parse_duration, DURATION_SCHEMA)]
+
+
+def format_duration(seconds: float) -> str:
+    """900 -> "15m", 3600 -> "1h", 2.5 -> "2.5s": as a technician writes it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

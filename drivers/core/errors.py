@@ -77,5 +77,23 @@ class ExceptionResponse(BusError):
         super().__init__(message)
 
 
+class PortUnavailable(BusError):
+    """The port or host cannot be used at all (missing, no permission,
+    settings it refuses, nothing listening): not the same as a silent
+    meter, and said at once instead of after a scan of empty answers."""
+
+    def __init__(self, message: str, settings_refused: bool = False) -> None:
+        self.settings_refused = settings_refused  # another baud rate or parity may still open
+        super().__init__(message)
+
+
+class UsageError(RetrofitError):
+    """The command line itself is wrong (missing or contradicting options)."""
+
+
+class InputUnreadable(RetrofitError):
+    """A file a command was given to read cannot be read."""
+
+
 class StorageError(RetrofitError):
     """The local buffer cannot be opened or written."""

@@ -6,9 +6,11 @@ thousand per second on the hot path and only carried, never changed.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 QUALITY_OK = "ok"
+QUALITY_INVALID = "invalid"  # no usable value: not a number, or the meter says it has none
+Kind = Literal["counter", "gauge"]  # a counter's differences are consumption; a gauge is read as is
 
 
 class Reading(NamedTuple):

@@ -168,7 +168,8 @@ def _check(tp: Any, value: Any, loc: Loc, problems: list[Problem]) -> Any:
             return _BAD
         else:
             item_types = list(args)
-        items = [_check(t, item, (*loc, i), problems) for i, (t, item) in enumerate(zip(item_types, value))]
+        items = [_check(t, item, (*loc, i), problems)
+                 for i, (t, item) in enumerate(zip(item_types, value, strict=True))]
         return _BAD if any(i is _BAD for i in items) else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):

@@ -130,14 +130,15 @@ def _check_nesting(text: str, loader_class: type[yaml.SafeLoader]) -> None:
 
 def _nesting(text: str, loader_class: type[yaml.SafeLoader]) -> None:
     loader = loader_class(text)
+    next_event: Callable[[], yaml.Event] = loader.get_event  # PyYAML's stubs leave it untyped
     try:
         depth = 0
         while loader.check_event():
-            event = loader.get_event()
+            event = next_event()
             if isinstance(event, _COLLECTION_STARTS):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    raise YamlProblem(event.start_mark.line + 1,
+                    raise YamlProblem(event.start_mark.line + 1 if event.start_mark else 1,
                                       f"nested more than {MAX_DEPTH} levels deep; a config or profile needs a few")
             elif isinstance(event, _COLLECTION_ENDS):
                 depth -= 1

@@ -393,7 +393,7 @@ def _read_record(
 ) -> DataRecord:
     meaning = _interpret_vib(header)
     coding, field = _read_data_field(reader, header.data_field)
-    if msb_first and coding not in (DataCoding.TEXT,):
+    if msb_first and coding != DataCoding.TEXT:
         field = field[::-1]
     value, invalid_reason = _value(coding, field, meaning)
     notes = meaning.notes + ((invalid_reason,) if invalid_reason else ())

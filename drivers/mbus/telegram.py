@@ -311,7 +311,7 @@ def _fixed_counter(
     invalid = isinstance(number, datafield.Invalid)
     notes: tuple[str, ...] = (number.reason,) if isinstance(number, datafield.Invalid) else ()
     quantity, unit, base_unit = "unknown", "", ""
-    value: Decimal | int | None = None if invalid else number  # type: ignore[assignment]
+    value: Decimal | int | None = None if isinstance(number, datafield.Invalid) else number
     base_value = None
     unknown = False
     described = _FIXED_UNITS.get(unit_code)

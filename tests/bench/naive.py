@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from pymodbus.client import ModbusTcpClient  # noqa: E402
 
 from drivers.profile import load_catalogue  # noqa: E402
+from simulators.meters import modbus_profile  # noqa: E402
 
 
 def main() -> int:
@@ -53,7 +54,7 @@ def main() -> int:
     devices = []
     for spec in args.device:
         unit, _, name = spec.partition("=")
-        profile = catalogue.get(name)
+        profile = modbus_profile(catalogue.get(name))
         devices.append((f"meter-{int(unit):02d}", int(unit),
                         [(p, p.decoder()) for p in profile.points]))
 

@@ -13,6 +13,8 @@ figures are for people (docs/performance.md), never a pass/fail test.
 
 Scenarios (each bounded in time; every child dies with the harness):
   load-300     10 meters x 30 points every 1 s (300 readings/s): agent, then naive
+  load-30x10   30 SDM630 x 10 points every 1 s, one request per meter (300 readings/s, 30 requests/s):
+               the agent alone; per-request overhead dominates here
   pi-load      6 meters x 10 points every 10 s (a building, 6 readings/s): agent, then naive
   compact      pi-load with uplink.mqtt.encoding: compact (skipped while the agent rejects the key)
   drain        a buffer pre-filled with 1,000,000 readings, delivered while load-300 polling runs
@@ -69,9 +71,12 @@ TARGETS = {  # issue 9, "Done when"
     "disk_bytes_per_reading": 100.0,
     "drain_readings_per_s": 100_000.0,
     "compact_bytes_per_reading": 25.0,
+    "cpu_us_per_reading_30x10": 20.0,  # issue 16, "Done when"
+    "rss_mb_30x10": 33.0,
 }
 LOAD_300 = [(unit, "bench-meter-30") for unit in range(1, 11)]  # 10 x 30 points
 PI_LOAD = [(unit, "eastron-sdm630") for unit in range(21, 27)]  # 6 x 10 points
+LOAD_30X10 = [(unit, "eastron-sdm630") for unit in range(31, 61)]  # 30 x 10 points, one request each
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -88,7 +93,7 @@ def spawn(args: list[str], *, env: dict[str, str] | None = None, stdout: Any = s
           ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=stdout, stderr=subprocess.STDOUT, cwd=REPO,
                             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=_die_with_parent)  # noqa: PLW1509 - one prctl() call, no lock taken
 
 
 def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> int | None:
@@ -358,7 +363,7 @@ class Platform:
                 meta = self._meta.get(gateway)
                 if self._decode_compact is not None and meta is not None:
                     try:
-                        ids = [r["id"] for r in self._decode_compact(raw, meta)]
+                        ids = [r["id"] for r in self._decode_compact(bytes(raw), meta)]
                         stream, decoded = str(meta.get("stream", "")), True
                     except Exception:  # noqa: BLE001 - an unknown encoding is counted, not fatal
                         decoded = False
@@ -643,6 +648,11 @@ class Bench:
         naive = self.naive_steady("naive-300", LOAD_300, 1.0, warmup, window)
         self.results["load_300"] = {"agent": agent, "naive": naive}
 
+    def load_30x10(self) -> None:
+        warmup, window = (4.0, 15.0) if self.quick else (6.0, 45.0)
+        self.say(f"load-30x10: agent, 30 SDM630 x 10 points every 1 s, {window:.0f} s window")
+        self.results["load_30x10"] = {"agent": self.agent_steady("agent-30x10", LOAD_30X10, 1.0, warmup, window)}
+
     def pi_load(self) -> None:
         # The agent commits every two minutes at this pace: the window holds several commits.
         warmup, window = (2.0, 245.0) if self.quick else (4.0, 725.0)
@@ -870,10 +880,11 @@ def prefill(db: Path, total: int) -> str:
     from agent.buffer import Buffer, pack
     from drivers.core.readings import Reading
     from drivers.profile import load_catalogue
+    from simulators.meters import modbus_profile
 
     catalogue = load_catalogue([PROFILE_DIR])
     series = [(f"meter-{unit:02d}", p.name, p.unit, p.kind) for unit, name in LOAD_300
-              for p in catalogue.get(name).points]
+              for p in modbus_profile(catalogue.get(name)).points]
     buffer = Buffer(db, max_bytes=None)
     ts0 = time.time_ns() // 1_000_000 - total // len(series) * 1000
     chunk = 20_000
@@ -1008,6 +1019,15 @@ def table(results: dict[str, Any]) -> str:
             n["uplink_payload_bytes_per_reading"])
         row("300/s: readings per MQTT message", a["readings_per_message"], n["readings_per_message"],
             ratio=False)
+    many = results.get("load_30x10")
+    if many:
+        a = many["agent"]
+        row("30 x 10 pts/1 s: delivered readings/s", a["delivered_per_s"], ratio=False)
+        row("30 x 10 pts/1 s: CPU us per reading", a["cpu_us_per_reading"], None, "<= 20",
+            _verdict(a["cpu_us_per_reading"], TARGETS["cpu_us_per_reading_30x10"]))
+        row("30 x 10 pts/1 s: CPU us per reading (schedstat)", a["cpu_us_per_reading_schedstat"])
+        row("30 x 10 pts/1 s: RSS MB (max in window)", a["rss_mb_max"], None, "<= 33",
+            _verdict(a["rss_mb_max"], TARGETS["rss_mb_30x10"]))
     pi = results.get("pi_load")
     if pi:
         a, n = pi["agent"], pi["naive"]
@@ -1065,16 +1085,16 @@ def table(results: dict[str, Any]) -> str:
         f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Python {m['python']}, SQLite {m['sqlite']}, "
         f"{m['mosquitto']}, paho-mqtt {m['paho_mqtt']}, pymodbus {m['pymodbus']}, commit {m['commit']}"
         + (f" + uncommitted {', '.join(m['uncommitted_changes'])}" if m["uncommitted_changes"] else ""),
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
         "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     for r in rows:
         lines.append("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                         for i, (c, w) in enumerate(zip(r, widths))) + " |")
+                                         for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |")
     return "\n".join(lines)
 
 
-SCENARIOS = ("load-300", "pi-load", "compact", "drain", "power-cut", "startup")
+SCENARIOS = ("load-300", "load-30x10", "pi-load", "compact", "drain", "power-cut", "startup")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1102,15 +1122,15 @@ def main(argv: list[str] | None = None) -> int:
     m = results["machine"]
     print(f"machine: nproc {m['nproc']}, {m['cpu_model']}, Python {m['python']}; work dir {workdir}",
           file=sys.stderr, flush=True)
-    all_devices = LOAD_300 + PI_LOAD
+    all_devices = LOAD_300 + PI_LOAD + LOAD_30X10
     bench: Bench | None = None
     try:
         with mosquitto(workdir) as broker_port, simulator(all_devices, duration=900) as sim_port:
             bench = Bench(workdir, broker_port, sim_port, Platform(broker_port), args.quick, args.py_spy)
             bench.results = results
             steps: dict[str, Callable[[], None]] = {
-                "load-300": bench.load_300, "pi-load": bench.pi_load, "compact": bench.compact,
-                "power-cut": bench.power_cut,
+                "load-300": bench.load_300, "load-30x10": bench.load_30x10, "pi-load": bench.pi_load,
+                "compact": bench.compact, "power-cut": bench.power_cut,
                 "drain": bench.drain, "startup": bench.startup,
             }
             for name in SCENARIOS:

@@ -47,7 +47,7 @@ class Node:
         return stat.S_ISDIR(self.mode)
 
 
-class PowerCutFS(fuse.Operations):  # type: ignore[misc]
+class PowerCutFS(fuse.Operations):
     use_ns = False
 
     def __init__(self) -> None:
@@ -70,7 +70,7 @@ class PowerCutFS(fuse.Operations):  # type: ignore[misc]
             self.cuts += 1
             for node in self.nodes.values():
                 if not node.is_dir:
-                    self.lost_bytes += sum(1 for a, b in zip(node.data, node.synced) if a != b) + abs(
+                    self.lost_bytes += sum(1 for a, b in zip(node.data, node.synced, strict=False) if a != b) + abs(
                         len(node.data) - len(node.synced))
                     node.data = bytearray(node.synced)
 

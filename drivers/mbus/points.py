@@ -10,9 +10,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from drivers.mbus import DataRecord
+from drivers.core.protocol import Resolution
 from drivers.mbus.datafield import DataCoding
-from drivers.profile import RECORD_COUNTERS, MbusPoint, MbusProfile, record_point_name
+from drivers.mbus.profile import RECORD_COUNTERS, MbusPoint, MbusProfile, record_point_name
+from drivers.mbus.records import DataRecord
 
 # (base unit of the record, unit wanted) -> factor
 _CONVERT: dict[tuple[str, str], Decimal] = {
@@ -44,7 +45,6 @@ def _matches(point: MbusPoint, record: DataRecord) -> bool:
             and record.function.value == point.function)
 
 
-Resolution = dict[str, float | str]  # as agent/payload.py describes it: {"step": 0.001} or {"float": "float32"}
 
 
 def _chosen(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tuple[str, DataRecord, str, str]]:

@@ -155,16 +155,17 @@ def make_block_decoder(kind: str, order: str = "ABCD", scale: Decimal | None = N
     if perm is None:
         unpack_from = codec.unpack_from
 
-        def raw_value(buf: bytes, at: int) -> Number:
-            return unpack_from(buf, at)[0]
+        def present(buf: bytes, at: int) -> Number:
+            number: Number = unpack_from(buf, at)[0]
+            return number
     else:
-        def raw_value(buf: bytes, at: int) -> Number:
-            return unpack(raw_bytes(buf, at))[0]
+        def present(buf: bytes, at: int) -> Number:
+            number: Number = unpack(raw_bytes(buf, at))[0]
+            return number
 
+    raw_value: Callable[[bytes, int], Number | None] = present
     if missing is not None:
-        present = raw_value
-
-        def raw_value(buf: bytes, at: int) -> Number | None:  # type: ignore[misc]
+        def raw_value(buf: bytes, at: int) -> Number | None:
             value = present(buf, at)
             return None if value == missing else value
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from drivers.profile import ModbusPoint, Table
+from drivers.modbus.profile import ModbusPoint, Table
 
 MODBUS_MAX_REGISTERS = 125  # protocol limit for function codes 3 and 4
 
@@ -79,14 +79,14 @@ def plan_requests(
     """The cheapest set of requests that reads every point exactly as declared."""
     limit = min(max_registers, MODBUS_MAX_REGISTERS)
     requests: list[ReadRequest] = []
-    by_table: dict[str, list[ModbusPoint]] = {}
+    by_table: dict[Table, list[ModbusPoint]] = {}
     for point in points:
         if point.count > limit:
             raise ValueError(f"point {point.name} needs {point.count} registers, limit is {limit}")
         by_table.setdefault(point.table, []).append(point)
     for table in sorted(by_table):
         ordered = sorted(by_table[table], key=lambda p: (p.address, p.count))
-        requests.extend(_plan_table(table, ordered, cost, limit, holes))  # type: ignore[arg-type]
+        requests.extend(_plan_table(table, ordered, cost, limit, holes))
     return tuple(requests)
 
 
@@ -120,6 +120,19 @@ def _plan_table(
         j = i
     runs.reverse()
     return runs
+
+
+def group_by_interval(points: tuple[ModbusPoint, ...], device_interval: float,
+                      overrides: dict[str, float] | None = None) -> dict[float, tuple[ModbusPoint, ...]]:
+    """Points by the interval they are read at: the device config's
+    per-point override, else the device's own, slowed to the profile
+    point's ``interval`` where it has one (a profile never makes a point
+    read more often than its device)."""
+    groups: dict[float, list[ModbusPoint]] = {}
+    for point in points:
+        interval = (overrides or {}).get(point.name) or max(device_interval, point.interval or 0.0)
+        groups.setdefault(float(interval), []).append(point)
+    return {interval: tuple(members) for interval, members in sorted(groups.items())}
 
 
 def gaps_inside(request: ReadRequest) -> list[Hole]:

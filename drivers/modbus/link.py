@@ -19,9 +19,9 @@ peer floods it.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
+import struct
 from typing import Protocol
 
 from pymodbus import FramerType
@@ -31,7 +31,8 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
 from drivers.core.errors import BusError, ExceptionResponse, MismatchedReply
-from drivers.profile import Table
+from drivers.core.ports import port_in_use
+from drivers.modbus.profile import Table
 
 # pymodbus logs every timeout and retry itself; the bus worker reports state
 # changes with counts instead, so its own chatter is kept out of the journal.
@@ -67,6 +68,8 @@ class RegisterReader(Protocol):
     floods: int  # connections dropped because the peer sent far more than an answer
 
     def read(self, table: Table, unit: int, start: int, count: int) -> list[int]: ...
+
+    def read_bytes(self, table: Table, unit: int, start: int, count: int) -> bytes: ...
 
     def close(self) -> None: ...
 
@@ -127,18 +130,21 @@ class _SerialClient(ModbusSerialClient):
 
 class _StrictRegisters(ModbusPDU):
     """A read answer that keeps what pymodbus throws away: the byte count as
-    sent and the number of data bytes that came with it."""
+    sent and the number of data bytes that came with it. The registers stay
+    the bytes they came as (big-endian words), which is what the decoders
+    read: no list of ints made and packed again for every answer."""
 
     byte_count = -1
     data_bytes = -1
+    raw = b""
 
     def decode(self, data: bytes) -> None:
         self.byte_count = data[0] if data else -1
         self.data_bytes = len(data) - 1
         if 0 <= self.byte_count == self.data_bytes and self.byte_count % 2 == 0:
-            self.registers = [int.from_bytes(data[i:i + 2], "big") for i in range(1, len(data), 2)]
+            self.raw = bytes(data[1:])
         else:
-            self.registers = []  # a length that lies yields no register at all
+            self.raw = b""  # a length that lies yields no register at all
 
 
 class _StrictHolding(_StrictRegisters, ReadHoldingRegistersResponse):
@@ -171,6 +177,11 @@ class PymodbusLink:
         self.floods = 0
 
     def read(self, table: Table, unit: int, start: int, count: int) -> list[int]:
+        """The registers of a block, as numbers."""
+        return list(struct.unpack(f">{count}H", self.read_bytes(table, unit, start, count)))
+
+    def read_bytes(self, table: Table, unit: int, start: int, count: int) -> bytes:
+        """The registers of a block as they came: big-endian words (the poll's hot path)."""
         try:
             response = self._ask(table, unit, start, count)
         except _PeerClosed:
@@ -229,12 +240,12 @@ class PymodbusLink:
             f"the request (another unit, transaction or protocol id, a length or CRC error, or noise; "
             f"first bytes {self._meter.head.hex(' ')})")
 
-    def _registers(self, response: ModbusPDU, table: Table, unit: int, start: int, count: int) -> list[int]:
+    def _registers(self, response: ModbusPDU, table: Table, unit: int, start: int, count: int) -> bytes:
         """The registers of a reply that answers exactly the request sent."""
-        asked = f"a read of {count} {table} register(s) at {start} ({_function(READ_FUNCTION[table])})"
         expected = READ_FUNCTION[table]
 
         def mismatch(kind: str, what: str) -> MismatchedReply:
+            asked = f"a read of {count} {table} register(s) at {start} ({_function(expected)})"
             return MismatchedReply(f"unit {unit} on {self._describe} {what} to {asked}: not an answer to "
                                    "this request, ignored", kind)
 
@@ -246,7 +257,8 @@ class PymodbusLink:
         if response.isError():
             code = int(response.exception_code)
             if response.function_code != expected | 0x80:
-                raise mismatch("function", f"answered exception {code:02d} for {_function(response.function_code & 0x7F)}")
+                raise mismatch("function",
+                               f"answered exception {code:02d} for {_function(response.function_code & 0x7F)}")
             name = EXCEPTION_NAMES.get(code, "unknown exception")
             raise ExceptionResponse(
                 f"unit {unit} answered exception {code:02d} ({name}) to a read of "
@@ -260,7 +272,7 @@ class PymodbusLink:
         if response.byte_count != 2 * count or response.data_bytes != 2 * count:
             raise mismatch("length", f"answered with byte count {response.byte_count} and "
                                      f"{response.data_bytes} data byte(s) ({2 * count} expected)")
-        return list(response.registers)
+        return response.raw
 
     def close(self) -> None:
         self._client.close()
@@ -278,22 +290,6 @@ class PymodbusLink:
             return (": the port is in use by another process (another retrofit-agent, or a terminal "
                     "program?); a line has one master")
         return ": the port refused these settings"
-
-
-def port_in_use(port: str) -> bool:
-    """Does another process hold the port's exclusive lock (pyserial's
-    ``exclusive=True`` takes an advisory flock)? Asked on the error path only."""
-    try:
-        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # closing the only descriptor releases a lock taken here
-    return False
 
 
 def _short(exc: Exception) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
-from drivers.codec import BlockDecoder, Number, Value
-from drivers.plan import ReadRequest
-from drivers.profile import ModbusPoint
+from drivers.modbus.codec import BlockDecoder, Number, Value
+from drivers.modbus.plan import ReadRequest
+from drivers.modbus.profile import ModbusPoint
 
 EXPONENT_PREFIX = "_exponent:"
 NOT_IMPLEMENTED = -32768  # SunSpec: the meter has no such value
@@ -74,11 +74,17 @@ class AnswerDecoder:
             for point in request.points:
                 if point.name.startswith(EXPONENT_PREFIX):
                     value = self.decoders[point.name](answer, 2 * (point.address - request.start))
-                    self.exponents[point.name] = int(value)
+                    if isinstance(value, int):  # an int16 register: always
+                        self.exponents[point.name] = value
 
     def values(self, request: ReadRequest, answer: bytes) -> list[tuple[ModbusPoint, Value | None]]:
         """(point, value) of every point in one answer; hidden exponent points left out."""
         exponents = self.exponents
         return [(point, decode(answer, at) if exponent is None
-                 else scaled_by_exponent(decode(answer, at), exponents.get(exponent)))  # type: ignore[arg-type]
+                 else scaled_by_exponent(_number(decode(answer, at)), exponents.get(exponent)))
                 for point, decode, at, exponent in self._steps_for(request)]
+
+
+def _number(value: Value | None) -> Number | None:
+    """A value a scale register applies to: numbers only (a profile gives text no scale)."""
+    return None if isinstance(value, str) else value

@@ -21,20 +21,19 @@ import time
 import serial
 
 from drivers.core.errors import BusError, DecodeError, MismatchedReply
-from drivers.mbus import (
+from drivers.mbus.frame import (
+    MAX_FRAME_LENGTH,
     NETWORK_LAYER_ADDRESS,
     LongFrame,
     SingleChar,
-    Telegram,
     build_req_ud2,
     build_select_secondary,
     build_snd_nke,
     bytes_needed,
-    decode_user_data,
     is_rsp_ud,
     parse_frame,
 )
-from drivers.mbus.frame import MAX_FRAME_LENGTH
+from drivers.mbus.telegram import Telegram, decode_user_data
 
 MAX_TELEGRAMS = 16  # a multi-telegram readout longer than this is a meter fault
 FLOOD_BYTES = 4 * MAX_FRAME_LENGTH  # more than a few frames' worth between two transactions: a flood
@@ -62,12 +61,12 @@ class MbusLink:
         self.timeout = timeout if timeout is not None else answer_timeout(baudrate)
         self.retries = retries
         self.char_time = 11 / baudrate
-        self._serial: serial.SerialBase | None = None
+        self._serial: serial.Serial | None = None
         self._fcb: dict[int, bool] = {}
         self.idle_reconnects = 0  # a TCP gateway had closed the idle connection: reopened and asked again
         self.floods = 0  # times the line was closed because a device flooded it
 
-    def _line(self) -> serial.SerialBase:
+    def _line(self) -> serial.Serial:
         if self._serial is None:
             try:
                 # exclusive: a second master (another agent started by hand)
@@ -89,7 +88,7 @@ class MbusLink:
                 pass
             self._serial = None
 
-    def _drain(self, line: serial.SerialBase) -> None:
+    def _drain(self, line: serial.Serial) -> None:
         """Drop what arrived since the last answer, but never more than
         FLOOD_BYTES (pyserial's own reset of a socket:// line reads for as
         long as bytes keep coming)."""
@@ -99,7 +98,7 @@ class MbusLink:
             if dropped > FLOOD_BYTES:
                 raise _Flooded
 
-    def _receive(self, line: serial.SerialBase, who: str) -> bytes:
+    def _receive(self, line: serial.Serial, who: str) -> bytes:
         """One frame, or BusError after the answer timeout; the frame's own
         length drives how much is read, so a whole frame costs no waiting."""
         received = b""
