@@ -55,8 +55,8 @@ def test_scan_lists_every_meter_heard_with_its_security_and_whether_a_key_is_the
         assert profile == {"water": "oms-water", "warm_water": "oms-water", "heat_cost_allocator": "oms-hca",
                            "heat_outlet": "oms-heat"}.get(medium), row
     assert "1 encrypted meter(s) without a key: " + meters[4].spec.id_text in result.stdout
-    for key in (m.spec.key for m in meters if m.spec.key):
-        assert key.secret().hex() not in result.stdout.lower()
+    for meter_key in (m.spec.key for m in meters if m.spec.key):
+        assert meter_key.secret().hex() not in result.stdout.lower()
 
 
 def test_scan_reads_an_sdr_decoders_lines_from_its_command() -> None:
