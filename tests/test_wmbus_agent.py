@@ -161,3 +161,36 @@ def test_heat_cost_allocator_units_are_points_with_their_set_date_value() -> Non
     steps = point_steps(profile, result.records)
     assert steps["hca_units"].resolution() == {"step": 1.0}
     assert steps["hca_units"].wraps_at == 10**6  # six BCD digits
+
+
+# -- check --------------------------------------------------------------------------------------
+
+def test_check_names_the_configured_meters_without_a_key_and_never_a_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import REPO, write_config
+
+    with_key = _meter(11111111, MeterKind.WATER)  # meter 22222222 (heat) is configured without a key
+    keys = write_key_file([with_key], tmp_path / "keys.csv")
+    config = write_config(tmp_path / "agent.yaml", broker_port=1883, buffer=tmp_path / "buffer.db",
+                          buses=[{"id": "radio", "type": "wmbus", "stick": "im871a", "port": "/dev/ttyUSB1",
+                                  "modes": ["t1", "c1"], "keys_file": str(keys)}],
+                          devices=[{"id": "flat-1-water", "bus": "radio", "address": "11111111",
+                                    "profile": "oms-water", "interval": "2m"},
+                                   {"id": "flat-1-heat", "bus": "radio", "address": "22222222",
+                                    "profile": "oms-heat", "interval": "15m"}])
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "check", "--config", str(config)],
+                            capture_output=True, text=True, cwd=REPO, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    notes = [line.strip() for line in result.stdout.splitlines() if "has no key" in line]
+    assert len(notes) == 1 and "flat-1-heat (meter 22222222)" in notes[0]
+    assert "im871a on /dev/ttyUSB1 57600 8N1, C1+T1" in result.stdout
+    assert with_key.spec.key is not None
+    assert with_key.spec.key.secret().hex().upper() not in result.stdout + result.stderr
+
+    keys.write_text("11111111;0011\n")  # a broken key file stops `check` with its line
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "check", "--config", str(config)],
+                            capture_output=True, text=True, cwd=REPO, timeout=30, check=False)
+    assert result.returncode == 78
+    assert f"{keys}:1:" in result.stderr and "0011" not in result.stderr
