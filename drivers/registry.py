@@ -1,9 +1,9 @@
 """The protocols this agent speaks: one package each under drivers/.
 
 A protocol registers by defining ``PROTOCOL`` (a BusProtocol) in its
-package's ``protocol.py`` and being listed here; a package with commands of
-its own only (wireless M-Bus's `wmbus decode`, until its receiver is wired)
-lists its ``TOOLS``. Every lookup the agent makes by bus type, profile
+package's ``protocol.py`` and being listed here; its commands come with its
+commissioning (``tools()``); a package with commands only would list them
+in ``EXTRA_TOOLS``. Every lookup the agent makes by bus type, profile
 protocol or command goes through this module, so agent/ never names one.
 """
 
@@ -17,12 +17,12 @@ from drivers.core.protocol import BusProtocol, BusRecord, Tool
 from drivers.core.records import hints
 from drivers.mbus.protocol import PROTOCOL as MBUS
 from drivers.modbus.protocol import PROTOCOL as MODBUS
-from drivers.wmbus.tools import TOOLS as WMBUS_TOOLS
+from drivers.wmbus.protocol import PROTOCOL as WMBUS
 
 AnyProtocol = BusProtocol[Any, Any]
 
-PROTOCOLS: tuple[AnyProtocol, ...] = (MODBUS, MBUS)
-EXTRA_TOOLS: tuple[Tool, ...] = WMBUS_TOOLS
+PROTOCOLS: tuple[AnyProtocol, ...] = (MODBUS, MBUS, WMBUS)
+EXTRA_TOOLS: tuple[Tool, ...] = ()
 # A profile file without `protocol:` is a Modbus profile: the first ones had none.
 DEFAULT_PROFILE_PROTOCOL = MODBUS.name
 

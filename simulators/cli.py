@@ -68,11 +68,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="where the summary, the plot and the buffer go (default: .demo/)")
     demo.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     # `building`, `platform` and `verify` live in their own modules (issues 8, 19).
-    from simulators import building, platform, verify
+    from simulators import building, platform, verify, wmbus_stick
 
     building.add_cli(commands)
     platform.add_cli(commands)
     verify.add_cli(commands)
+    wmbus_stick.add_cli(commands)
     return parser
 
 

@@ -36,6 +36,7 @@ from tests.test_tls import make_ca, make_cert
 pytestmark = pytest.mark.timeout(60)
 
 Observe = Callable[[Agent], Any]
+WMBUS_KEYS = REPO / "tests" / "data" / "wmbus" / "config-keys.csv"  # a made-up key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +147,19 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
     "buses[mbus].parity": ("N", "N", lambda a: _worker(a, "heat-line").link.parity),
     "buses[mbus].timeout": ("0.4s", 0.4, lambda a: _worker(a, "heat-line").link.timeout),
     "buses[mbus].retries": (4, 4, lambda a: _worker(a, "heat-line").link.retries),
+    "buses[wmbus].id": ("radio-keys", "bus-radio-keys", lambda a: _worker(a, "radio-keys").name),
+    "buses[wmbus].type": ("wmbus", "SerialStick", lambda a: type(_worker(a, "radio-keys").link.receiver).__name__),
+    "buses[wmbus].stick": ("amb8465", "amb8465", lambda a: _worker(a, "radio-keys").link.receiver.stick),
+    "buses[wmbus].port": ("/dev/ttyKEYS2", "/dev/ttyKEYS2", lambda a: _worker(a, "radio-keys").link.receiver.port),
+    "buses[wmbus].baudrate": (19200, 19200, lambda a: _worker(a, "radio-keys").link.receiver.baudrate),
+    "buses[wmbus].modes": (["C1", "T1"], ("c1", "t1"), lambda a: _worker(a, "radio-keys").link.receiver.modes),
+    "buses[wmbus].keys_file": (str(WMBUS_KEYS), ["12345678"], lambda a: _worker(a, "radio-keys").link.key_meters()),
+    "buses[wmbus-sdr].id": ("sdr-keys", "bus-sdr-keys", lambda a: _worker(a, "sdr-keys").name),
+    "buses[wmbus-sdr].type": ("wmbus-sdr", "CommandReceiver",
+                              lambda a: type(_worker(a, "sdr-keys").link.receiver).__name__),
+    "buses[wmbus-sdr].command": ("rtl_433 -F json", "rtl_433 -F json",
+                                 lambda a: _worker(a, "sdr-keys").link.receiver.command),
+    "buses[wmbus-sdr].keys_file": (str(WMBUS_KEYS), ["12345678"], lambda a: _worker(a, "sdr-keys").link.key_meters()),
     "devices[].id": ("elec-keys", "elec-keys", lambda a: _poller(a, "elec-keys").device_id),
     "devices[].bus": ("line-a", "bus-line-a", lambda a: next(
         w.name for w in a.workers if any(d.device_id == "elec-keys" for d in w.source.devices))),
@@ -277,9 +291,12 @@ def _config(tmp_path: Path, uplink: str = "mqtt") -> Path:
         "points:\n  temperature: {table: input, address: 1, type: int16, scale: 0.1, unit: Cel, kind: gauge}\n")
     tree: dict[str, Any] = {
         "gateway": {}, "buffer": {}, "uplink": {uplink: {"tls": {}}},
-        "buses": [{"type": "modbus-rtu"}, {"type": "modbus-tcp"}, {"type": "mbus"}],
+        "buses": [{"type": "modbus-rtu"}, {"type": "modbus-tcp"}, {"type": "mbus"}, {"type": "wmbus"},
+                  {"type": "wmbus-sdr"}],
         "devices": [{}, {"id": "room-keys", "bus": "plant", "address": 10, "profile": "keys-meter"},
-                    {"id": "heat-keys", "bus": "heat-line", "address": 5, "profile": "mbus-heat"}],
+                    {"id": "heat-keys", "bus": "heat-line", "address": 5, "profile": "mbus-heat"},
+                    {"id": "flat-keys", "bus": "radio-keys", "address": "12345678", "profile": "oms-water"},
+                    {"id": "flat-sdr-keys", "bus": "sdr-keys", "address": "12345678", "profile": "oms-water"}],
         "health": {}, "remote_config": {},
     }
     (tmp_path / "platform.pub").write_bytes(_ed25519_public_key())

@@ -131,7 +131,8 @@ def test_unit_identity_directories_and_credentials() -> None:
                      "mqtt-client-key": "/etc/retrofit-agent/mqtt-client-key",
                      "http-token": "/etc/retrofit-agent/http-token",
                      "http-client-key": "/etc/retrofit-agent/http-client-key",
-                     "config-signing-key": "/etc/retrofit-agent/config-signing-key"}
+                     "config-signing-key": "/etc/retrofit-agent/config-signing-key",
+                     "wmbus-keys": "/etc/retrofit-agent/wmbus-keys.csv"}
     # An absolute LoadCredential= path that is missing fails the start unless
     # a SetCredential= of the same id gives a fallback.
     assert {v.split(":", 1)[0] for v in s["SetCredential"]} == set(loads)

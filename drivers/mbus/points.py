@@ -39,6 +39,25 @@ def _number(value: Decimal) -> float | int:
     return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
 
 
+# Dimensionless counts a meter reports as a plain number (a heat cost
+# allocator's HCA units): their value is the number, with no unit.
+# Their unit, as the platform gets it (the record itself has none).
+COUNT_QUANTITIES = {"hca": "HCA"}
+
+
+def _base_unit(record: DataRecord) -> str:
+    return record.base_unit or COUNT_QUANTITIES.get(record.quantity, "")
+
+
+def _numeric(record: DataRecord) -> Decimal | None:
+    """A record's value in its base unit; a dimensionless count as itself."""
+    if record.base_value is not None:
+        return record.base_value
+    if record.quantity in COUNT_QUANTITIES and isinstance(record.value, int) and not isinstance(record.value, bool):
+        return Decimal(record.value)
+    return None
+
+
 def _matches(point: MbusPoint, record: DataRecord) -> bool:
     return (record.quantity == point.quantity and record.storage == point.storage
             and record.tariff == point.tariff and record.subunit == point.subunit
@@ -59,18 +78,18 @@ def _chosen(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tuple[s
     if profile.all_records:
         seen: set[str] = set()
         for r in records:
-            if r.base_value is None or r.function.value != "instantaneous":
+            if _numeric(r) is None or r.function.value != "instantaneous":
                 continue
             name = record_point_name(r.quantity, r.storage, r.tariff, r.subunit)
             if name in seen:
                 continue
             seen.add(name)
-            out.append((name, r, r.base_unit or "", "counter" if r.quantity in RECORD_COUNTERS else "gauge"))
+            out.append((name, r, _base_unit(r), "counter" if r.quantity in RECORD_COUNTERS else "gauge"))
         return out
     for point in profile.points:
         record = next((r for r in records if _matches(point, r)), None)
         if record is not None:
-            out.append((point.name, record, point.unit or record.base_unit or "", point.kind))
+            out.append((point.name, record, point.unit or _base_unit(record), point.kind))
     return out
 
 
@@ -80,8 +99,9 @@ def point_values(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tu
     out: list[tuple[str, float | int | None, str, str]] = []
     for name, record, unit, kind in _chosen(profile, records):
         value = None
-        if not record.invalid and record.base_value is not None:
-            converted = convert(record.base_value, record.base_unit, unit)
+        number = _numeric(record)
+        if not record.invalid and number is not None:
+            converted = convert(number, _base_unit(record), unit)
             value = None if converted is None else _number(converted)
         out.append((name, value, unit, kind))
     return out
@@ -110,11 +130,13 @@ def point_steps(profile: MbusProfile, records: Iterable[DataRecord]) -> dict[str
     whose record gives neither (invalid, not a number) are left out."""
     out: dict[str, PointStep] = {}
     for name, record, unit, _kind in _chosen(profile, records):
-        if record.invalid or record.base_value is None:
+        if record.invalid or _numeric(record) is None:
             continue
-        if record.coding is DataCoding.REAL32:
+        digits = _BCD_DIGITS.get(record.coding)
+        if record.base_value is None:  # a dimensionless count: one unit per step
+            out[name] = PointStep(Decimal(1), Decimal(10)**digits if digits else None)
+        elif record.coding is DataCoding.REAL32:
             out[name] = PointStep(None)
         elif record.step is not None and (step := convert(record.step, record.base_unit, unit)) is not None:
-            digits = _BCD_DIGITS.get(record.coding)
             out[name] = PointStep(step, step * 10**digits if digits else None)
     return out

@@ -36,7 +36,7 @@ class MbusPoint:
 # What an every-record profile (``all_records``) makes of a record: the point
 # is named after its quantity, and its storage, tariff and subunit when not 0;
 # these quantities are counters, the others gauges.
-RECORD_COUNTERS = ("energy", "volume", "mass")
+RECORD_COUNTERS = ("energy", "volume", "mass", "hca")
 
 
 def record_point_name(quantity: str, storage: int, tariff: int, subunit: int) -> str:

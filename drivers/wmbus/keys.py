@@ -143,12 +143,29 @@ def load_key_file(path: Path) -> KeyRing:
 
 
 def credentials_key_file(environ: Mapping[str, str] | None = None) -> Path | None:
-    """The key file systemd hands over with LoadCredential=wmbus-keys:..., if any."""
+    """The key file systemd hands over with LoadCredential=wmbus-keys:..., if any.
+
+    The unit gives the credential a one-newline fallback (SetCredential=,
+    as for the broker password): a blank credential means no key file."""
     directory = (environ if environ is not None else os.environ).get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
     candidate = Path(directory) / CREDENTIAL_NAME
-    return candidate if candidate.exists() else None
+    try:
+        return candidate if candidate.is_file() and candidate.read_bytes().strip() else None
+    except OSError:
+        return candidate  # there, but unreadable: load_key_file says why
+
+
+def key_file_for(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """A bus's key file: its ``keys_file``, else the systemd credential, else none."""
+    return explicit if explicit is not None else credentials_key_file(environ)
+
+
+def load_bus_keys(explicit: Path | None, environ: Mapping[str, str] | None = None) -> KeyRing:
+    """The key ring of a receiver: empty when no key file is configured."""
+    path = key_file_for(explicit, environ)
+    return EMPTY if path is None else load_key_file(path)
 
 
 def permission_problem(path: Path) -> str | None:

@@ -1,8 +1,6 @@
-"""`retrofit-agent wmbus decode`, registered with the agent's command line
-(the logic is drivers/wmbus/command.py, imported when the command runs).
-
-Wireless M-Bus has no bus type yet: receiving inside the running agent (a
-pushed source, docs/architecture.md) registers here next to this tool.
+"""`retrofit-agent wmbus decode`, registered with the agent's command line by
+the protocol's commissioning (cli.py); the logic is drivers/wmbus/command.py,
+imported when the command runs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,136 @@
+"""Radio meters -> a simulated stick on a socat pty -> the agent (its own
+process) -> Mosquitto -> a subscriber: every telegram the stick delivered
+intact arrives once, with the values the meters sent; keys never show in
+a log line; a meter that cannot be opened is one event, never a reading."""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.wmbus import amb8465, im871a
+from simulators.pty import PtyPair
+from simulators.wmbus_meter import MeterKind, SimulatedRadioMeter, generate_keys, write_key_file
+from simulators.wmbus_stick import Delivered, StickServer, device_entries, radio_meters
+from tests.support import AgentProcess, Broker, Subscriber, require_binary, running, wait_until, write_config
+
+pytestmark = pytest.mark.timeout(90)
+
+# truth key of the simulator -> (point of the OMS profile, factor to the point's unit)
+POINTS: dict[MeterKind, dict[str, tuple[str, Decimal]]] = {
+    MeterKind.WATER: {"volume": ("volume", Decimal(1)), "volume_flow": ("flow", Decimal(1)),
+                      "volume@1": ("volume_set_date", Decimal(1))},
+    MeterKind.HEAT: {"energy": ("energy_heat", Decimal("0.001")), "volume": ("volume", Decimal(1)),
+                     "power": ("power_heat", Decimal(1)), "volume_flow": ("flow", Decimal(1)),
+                     "flow_temperature": ("temperature_supply", Decimal(1)),
+                     "return_temperature": ("temperature_return", Decimal(1)),
+                     "energy@1": ("energy_heat_set_date", Decimal("0.001"))},
+    MeterKind.HCA: {"hca": ("hca_units", Decimal(1)), "hca@1": ("hca_units_set_date", Decimal(1))},
+}
+POINTS[MeterKind.WARM_WATER] = POINTS[MeterKind.WATER]
+
+
+def _number(value: Any) -> Decimal:
+    return Decimal(str(value)).normalize()
+
+
+def expected_readings(delivered: list[Delivered], devices: dict[str, str]) -> Counter[tuple[str, str, Decimal]]:
+    """(device, point, value) of every reading the delivered telegrams must give."""
+    out: Counter[tuple[str, str, Decimal]] = Counter()
+    for item in delivered:
+        truth = item.transmission.truth
+        device = devices[truth.meter]
+        for key, (point, factor) in POINTS[truth.kind].items():
+            value = truth.values[key]
+            assert isinstance(value, Decimal | int)
+            out[(device, point, _number(value * factor))] += 1
+        out[(device, "rssi", _number(item.rssi_dbm))] += 1
+    return out
+
+
+def _secrets(meters: list[SimulatedRadioMeter]) -> list[str]:
+    keys = [m.spec.key.secret().hex() for m in meters if m.spec.key is not None]
+    return keys + [k.upper() for k in keys]
+
+
+@pytest.mark.parametrize("stick", ["im871a", "amb8465"])
+def test_a_hundred_radio_meters_arrive_complete_and_exact(tmp_path: Path, broker: Broker, subscriber: Subscriber,
+                                                         stick: str) -> None:
+    require_binary("socat")
+    meters = radio_meters(100, interval_s=2.0, seed=17)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    write_key_file(meters, credentials / "wmbus-keys")
+    entries = device_entries(meters, "radio")
+    devices = {str(e["address"]): str(e["id"]) for e in entries}
+    config = write_config(tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+                          buses=[{"id": "radio", "type": "wmbus", "stick": stick,
+                                  "port": str(tmp_path / "tty.agent"), "modes": ["T1"]}],
+                          devices=entries)
+    log = tmp_path / "agent.log"
+    with (PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as line,
+          running(StickServer(meters, str(line.meter_end), stick, duration_s=6.0, bit_error_rate=0.03,
+                              repeat_every=5, serial_noise=0.05, seed=3)) as server,
+          AgentProcess(config, log, env={"CREDENTIALS_DIRECTORY": str(credentials)})):
+        wait_until(server.finished.is_set, 40, "the simulated meters' six seconds on air")
+        expected = expected_readings(server.delivered, devices)
+        wait_until(lambda: len(subscriber.unique_readings()) >= sum(expected.values()), 20,
+                   f"{sum(expected.values())} readings at the subscriber")
+    readings = subscriber.unique_readings()
+    got = Counter((r["device"], r["point"], _number(r["value"])) for r in readings.values())
+    assert got == expected
+    # 100 meters every 2 s for 6 s: about 300 telegrams, more than half lost
+    # to collisions at this (unrealistic) density and 3 % to bit errors.
+    assert len(server.delivered) > 100, "enough telegrams for the test to mean something"
+    assert len({d.transmission.truth.meter for d in server.delivered}) > 60
+    assert any(d.copies == 2 for d in server.delivered), "repeats were sent, and dropped"
+    assert server.dropped, "damaged telegrams were in the air (and never delivered)"
+    assert {r["quality"] for r in readings.values()} == {"ok"}
+    assert {r["meter"] for r in readings.values()} == {d.transmission.truth.meter for d in server.delivered}
+    assert all(devices[r["meter"]] == r["device"] for r in readings.values())
+    ids = sorted(readings)
+    assert ids == list(range(1, ids[-1] + 1))
+    # The agent wrote nothing to the stick but its receive mode.
+    mode = im871a.set_config_request(["t1"]) if stick == "im871a" else amb8465.set_mode_request(["t1"])
+    assert b"".join(server.requests) == mode
+    text = log.read_text() + (tmp_path / "agent.status.json").read_text()
+    leaked = [key for key in _secrets(meters) if key in text]
+    assert leaked == []
+
+
+def test_a_meter_that_cannot_be_opened_is_one_event_and_never_a_reading(
+        tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    require_binary("socat")
+    meters = radio_meters(4, interval_s=0.25, seed=5, security=(5,))
+    no_key, wrong_key, readable, stranger = meters
+    keys_file = tmp_path / "keys.csv"
+    wrong = generate_keys(1, seed=99)[0]
+    write_key_file([readable], keys_file)
+    keys_file.write_text(keys_file.read_text() + f"{wrong_key.spec.id_text};{wrong.secret().hex()}\n")
+    entries = device_entries([no_key, wrong_key, readable], "radio")
+    config = write_config(tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+                          buses=[{"id": "radio", "type": "wmbus", "stick": "im871a",
+                                  "port": str(tmp_path / "tty.agent"), "keys_file": str(keys_file)}],
+                          devices=entries)
+    with (PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as line,
+          running(StickServer(meters, str(line.meter_end), "im871a", duration_s=3.0, collisions=False)) as server,
+          AgentProcess(config, tmp_path / "agent.log") as agent):
+        wait_until(server.finished.is_set, 30, "three seconds on air")
+        heard = Counter(d.transmission.truth.meter for d in server.delivered)
+        assert min(heard.values()) >= 5, "each meter sent several telegrams"
+        wait_until(lambda: {r["device"] for r in subscriber.unique_readings().values()} == {entries[2]["id"]}
+                   and any(e.get("event") == "bus.unknown_sender" for e in agent.events()), 20,
+                   "the readable meter's readings")
+        events = agent.events()
+    told = [(e["event"], e.get("device"), e.get("meter")) for e in events if str(e.get("event")).startswith("wmbus.")]
+    assert sorted(told) == [("wmbus.no_key", entries[0]["id"], no_key.spec.id_text),
+                            ("wmbus.wrong_key", entries[1]["id"], wrong_key.spec.id_text)]
+    unknown = [e for e in events if e.get("event") == "bus.unknown_sender"]
+    assert [e["sender"] for e in unknown] == [stranger.spec.id_text]
+    text = (tmp_path / "agent.log").read_text()
+    assert wrong.secret().hex() not in text and wrong.secret().hex().upper() not in text
+    assert all(key not in text for key in _secrets(meters))
