@@ -368,9 +368,13 @@ class Forwarder(threading.Thread):
         limit = max(1024, refused_bytes // 2)
         if self._learned_limit is not None and self._learned_limit <= limit:
             return
+        first = self._learned_limit is None
         self._learned_limit = limit
-        self._log.error("uplink.message_too_large", bytes=refused_bytes, reason=reason, sending_at_most=limit,
-                        hint="set max_message_bytes below the platform's limit")
+        if first:
+            self._log.error("uplink.message_too_large", bytes=refused_bytes, reason=reason, sending_at_most=limit,
+                            hint="set max_message_bytes below the platform's limit")
+        else:  # halved once more: messages at the first guess were still too large
+            self._log.warning("uplink.message_limit_lowered", bytes=refused_bytes, sending_at_most=limit)
 
     def _send(self, inflight: dict[int, Inflight], kind: Kind, payload: bytes, part: int = 0,
               **details: object) -> None:

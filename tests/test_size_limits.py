@@ -102,7 +102,11 @@ def test_a_broker_that_drops_oversized_packets_is_noticed_and_sent_messages_it_t
     assert platform.largest() <= 4200
     said = [e for e in agent.events() if e.get("event") == "uplink.message_too_large"]
     assert len(said) == 1, "the refusal is named, once"
-    assert said[0]["sending_at_most"] < 4200
+    # Halving below the first refused message may take another step (a first
+    # guess still above the limit): that is a quieter event of its own.
+    limits = [e["sending_at_most"] for e in agent.events()
+              if e.get("event") in ("uplink.message_too_large", "uplink.message_limit_lowered")]
+    assert limits == sorted(limits, reverse=True) and limits[-1] < 4200, limits
     status = [json.loads(p) for t, p in platform.messages if t.endswith("/status") and p]
     assert any(s["state"] == "online" for s in status), "the status arrives, trimmed to fit"
 
