@@ -118,15 +118,19 @@ class Slot:
     """When one poll group of a device is due next.
 
     ``target`` is the wall-clock moment the poll is for (None: the first
-    poll after start, at once); ``deadline`` the same moment on the
-    monotonic clock, worked out when the slot is placed, so a poll waits for
-    its moment whatever the wall clock does meanwhile."""
+    poll after start, at once). ``due`` is when it is due by the wall clock
+    (the target, or the boundary poll it waits for), which orders the polls:
+    polls for the same boundary tie exactly and go by ``rank``.
+    ``deadline`` is the same moment on the monotonic clock, worked out when
+    the slot is placed, so a poll waits for its moment whatever the wall
+    clock does meanwhile."""
 
     group: int
     interval: float
     offset: float
     aligned: bool = False  # on the boundary itself, first (``align: boundary``)
     target: float | None = None
+    due: float = 0.0
     deadline: float = 0.0
     took: deque[float] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
     deferred: bool = False  # waited once for a boundary poll; goes at its next turn
@@ -141,8 +145,12 @@ class Slot:
 
     def place(self, wall: float, mono: float) -> None:
         """The next slot after ``wall`` (and after the one just polled)."""
-        self.target = next_slot(max(wall, self.target or 0.0), self.interval, self.offset)
+        self.target = self.due = next_slot(max(wall, self.target or 0.0), self.interval, self.offset)
         self.deadline = mono + (self.target - wall)
+
+    def behind(self, other: Slot) -> None:
+        """Due right after ``other`` (a boundary poll it would hold the bus for)."""
+        self.due, self.deadline = other.due, other.deadline
 
 
 class DeviceState:
@@ -245,11 +253,11 @@ class BusWorker(threading.Thread):
         boundary = [slot for _, _, slot in schedule if slot.aligned]
         # The first poll of each group happens at once (staggered), so a
         # technician sees data right after start; then polls align.
-        start = time.monotonic()
+        start, wall = time.monotonic(), time.time()
         for index, (_, _, slot) in enumerate(schedule):
-            slot.deadline = start + index * 0.01
+            slot.due, slot.deadline = wall + index * 0.01, start + index * 0.01
         # A heap: the next poll first; at the same moment, boundary polls first.
-        due = [(slot.deadline, slot.rank, index) for index, (_, _, slot) in enumerate(schedule)]
+        due = [(slot.due, slot.rank, index) for index, (_, _, slot) in enumerate(schedule)]
         heapq.heapify(due)
         wall_minus_mono = time.time() - time.monotonic()
         while not self._stop_event.is_set():
@@ -259,19 +267,20 @@ class BusWorker(threading.Thread):
             was, wall_minus_mono = wall_minus_mono, time.time() - now
             if abs(wall_minus_mono - was) > CLOCK_STEP_S:
                 due = self._place_anew(schedule, wall_minus_mono + now, now)
-            deadline, _, index = due[0]
+            index = due[0][2]
             state, reader, slot = schedule[index]
             # A boundary poll starts at its moment, never early; others
             # follow a poll due within CHAIN_S at once.
-            if deadline - now > (0.0 if slot.aligned else CHAIN_S):
+            if slot.deadline - now > (0.0 if slot.aligned else CHAIN_S):
                 self._hand_over()  # before a wait: the writer wakes once for a burst of polls
-                self._stop_event.wait(min(deadline - time.monotonic(), 1.0))
+                self._stop_event.wait(min(slot.deadline - time.monotonic(), 1.0))
                 continue
             if boundary and not slot.aligned and not slot.deferred:
-                ahead = min(other.deadline for other in boundary)
-                if ahead < now + max(slot.took, default=0.0) + BOUNDARY_MARGIN_S:
+                ahead = min(boundary, key=lambda other: other.deadline)
+                if ahead.deadline < now + max(slot.took, default=0.0) + BOUNDARY_MARGIN_S:
                     slot.deferred = True  # once: then it goes, even before the next boundary
-                    heapq.heapreplace(due, (max(ahead, deadline), slot.rank, index))
+                    slot.behind(ahead)
+                    heapq.heapreplace(due, (slot.due, slot.rank, index))
                     continue
             if slot.aligned and slot.target is not None and self._clock.trusted:
                 self._check_boundary(state, slot, time.time() - slot.target)
@@ -285,7 +294,7 @@ class BusWorker(threading.Thread):
             # From the slot, not the clock: a poll chained a little early
             # must not land in the same slot again.
             slot.place(time.time(), time.monotonic())
-            heapq.heapreplace(due, (slot.deadline, slot.rank, index))
+            heapq.heapreplace(due, (slot.due, slot.rank, index))
 
     @staticmethod
     def _place_anew(schedule: list[tuple[DeviceState, PolledDevice, Slot]], wall: float,
@@ -294,10 +303,13 @@ class BusWorker(threading.Thread):
         poll at its next moment by the clock as it is now."""
         due = []
         for index, (_, _, slot) in enumerate(schedule):
-            if slot.target is not None:
+            if slot.target is None:
+                slot.due = wall + (slot.deadline - mono)  # a first poll, still due at once
+            else:
                 slot.target = None
                 slot.place(wall, mono)
-            due.append((slot.deadline, slot.rank, index))
+            slot.deferred = False
+            due.append((slot.due, slot.rank, index))
         heapq.heapify(due)
         return due
 
