@@ -91,6 +91,9 @@ DURATIONS_KEPT = 4
 # The wall clock moved against the monotonic one by more than this between
 # two turns of the loop (NTP stepped it): every slot is placed anew.
 CLOCK_STEP_S = 0.05
+# The two clocks are compared only from readings taken this close together
+# (a thread paused between them would look like a step).
+CLOCK_READ_S = 0.005
 # At most this many polls are handed over together (a bus of many devices
 # all due at once still hands its readings over steadily).
 HAND_OVER_POLLS = 32
@@ -105,6 +108,15 @@ RECEIVER_RETRY_S = (1.0, 30.0)  # first and longest wait before a failed receive
 def next_slot(now: float, interval: float, offset: float) -> float:
     """The first time after ``now`` that is a multiple of ``interval`` plus ``offset``."""
     return (math.floor((now - offset) / interval) + 1) * interval + offset
+
+
+def wall_minus_mono() -> float | None:
+    """How far the wall clock is ahead of the monotonic one, in seconds;
+    None when the thread was paused while reading them."""
+    before = time.monotonic()
+    wall = time.time()
+    after = time.monotonic()
+    return wall - (before + after) / 2 if after - before < CLOCK_READ_S else None
 
 
 def device_offset(device_id: str, interval: float) -> float:
@@ -143,10 +155,10 @@ class Slot:
         10-second gauges), then the others."""
         return (0, -self.interval) if self.aligned else (1, 0.0)
 
-    def place(self, wall: float, mono: float) -> None:
+    def place(self, wall: float, wall_minus_mono: float) -> None:
         """The next slot after ``wall`` (and after the one just polled)."""
         self.target = self.due = next_slot(max(wall, self.target or 0.0), self.interval, self.offset)
-        self.deadline = mono + (self.target - wall)
+        self.deadline = self.target - wall_minus_mono
 
     def behind(self, other: Slot) -> None:
         """Due right after ``other`` (a boundary poll it would hold the bus for)."""
@@ -259,14 +271,16 @@ class BusWorker(threading.Thread):
         # A heap: the next poll first; at the same moment, boundary polls first.
         due = [(slot.due, slot.rank, index) for index, (_, _, slot) in enumerate(schedule)]
         heapq.heapify(due)
-        wall_minus_mono = time.time() - time.monotonic()
+        offset = wall - start
         while not self._stop_event.is_set():
             self._health.touch(self.name)
             failpoints.hang_if(self._stall_failpoint)
+            measured = wall_minus_mono()
+            if measured is not None:
+                if abs(measured - offset) > CLOCK_STEP_S:
+                    due = self._place_anew(schedule, time.time(), measured)
+                offset = measured
             now = time.monotonic()
-            was, wall_minus_mono = wall_minus_mono, time.time() - now
-            if abs(wall_minus_mono - was) > CLOCK_STEP_S:
-                due = self._place_anew(schedule, wall_minus_mono + now, now)
             index = due[0][2]
             state, reader, slot = schedule[index]
             # A boundary poll starts at its moment, never early; others
@@ -293,21 +307,21 @@ class BusWorker(threading.Thread):
             self._bus_health.floods = link.floods
             # From the slot, not the clock: a poll chained a little early
             # must not land in the same slot again.
-            slot.place(time.time(), time.monotonic())
+            slot.place(time.time(), offset)
             heapq.heapreplace(due, (slot.due, slot.rank, index))
 
     @staticmethod
     def _place_anew(schedule: list[tuple[DeviceState, PolledDevice, Slot]], wall: float,
-                    mono: float) -> list[tuple[float, tuple[int, float], int]]:
+                    offset: float) -> list[tuple[float, tuple[int, float], int]]:
         """The wall clock was stepped (NTP after boot): every slot's next
         poll at its next moment by the clock as it is now."""
         due = []
         for index, (_, _, slot) in enumerate(schedule):
             if slot.target is None:
-                slot.due = wall + (slot.deadline - mono)  # a first poll, still due at once
+                slot.due = slot.deadline + offset  # a first poll, still due at once
             else:
                 slot.target = None
-                slot.place(wall, mono)
+                slot.place(wall, offset)
             slot.deferred = False
             due.append((slot.due, slot.rank, index))
         heapq.heapify(due)
