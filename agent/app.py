@@ -176,7 +176,8 @@ class Agent:
         return BusWorker(bus.id, source, self.writer, self.health, self.stop_event, self.clock_state,
                          CounterGuard(last=self._counter_state),
                          max_rates={device.id: dict(device.max_rate or {}) for device in devices},
-                         meters={device.id: self._meters.get(device.id, "") for device in devices})
+                         meters={device.id: self._meters.get(device.id, "") for device in devices},
+                         aligned={device.id for device in devices if device.align == "boundary"})
 
     def status_figures(self) -> dict[str, object]:
         """Health figures for the retained status message and the status file."""

@@ -540,7 +540,8 @@ def summarise(loaded: LoadedConfig) -> list[str]:
             lines.extend(f"  {note}" for note in protocol.notes(bus, device, profile))
             lines.append(
                 f"  device {device.id}: address {device.address}, profile {device.profile}, "
-                f"every {format_duration(device.interval)}, {len(points)} point(s): {', '.join(points)}"
+                f"every {format_duration(device.interval)}{' on the boundary' if device.align == 'boundary' else ''}, "
+                f"{len(points)} point(s): {', '.join(points)}"
             )
     return lines
 

@@ -8,8 +8,11 @@ drivers/*/protocol.py) and does, the same for every protocol:
 - scheduling (polled sources): polls aligned to wall-clock multiples of the
   interval (a 15-minute counter is read at :00, :15, :30, :45, as utility
   interval data is), shifted by a small per-device offset so a bus is not
-  flooded at the boundary; or listening (pushed sources), where a device
-  that has not been heard for a few of its intervals is silent;
+  flooded at the boundary; a device set to ``align: boundary`` is read at
+  the boundary itself, first, and nothing that would still hold the bus
+  then is started before it (settlement periods, docs/savings.md); or
+  listening (pushed sources), where a device that has not been heard for a
+  few of its intervals is silent;
 - health: each device's state (ok, partial, silent, rejected), one log
   line per change of state, counts for the repeats;
 - the counter guard (agent/integrity.py) on every counter reading;
@@ -37,8 +40,9 @@ import math
 import threading
 import time
 import zlib
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections import deque
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from agent import failpoints, logs
@@ -72,6 +76,24 @@ MISMATCH_LOG_EVERY_S = 3600.0
 # after a sleep of a few ms: one wake-up for the devices a bus spreads over
 # the first moments of a slot, not one each.
 CHAIN_S = 0.02
+# A poll on its boundary (``align: boundary``) is on time within this: the
+# platform takes a settlement period's counter at its boundary from a reading
+# no further than 2 s (simulators/intervals.py). A later one is still read,
+# and the device logs once that its boundary reads are late, once when they
+# are on time again.
+BOUNDARY_TOLERANCE_S = 2.0
+# A spread poll that, judged by its last polls, would still hold the bus this
+# close to a boundary poll's start waits and goes right after it.
+BOUNDARY_MARGIN_S = 0.05
+# How long a poll group takes: the longest of its last few polls (a device
+# that timed out lately is expected to again).
+DURATIONS_KEPT = 4
+# The wall clock moved against the monotonic one by more than this between
+# two turns of the loop (NTP stepped it): every slot is placed anew.
+CLOCK_STEP_S = 0.05
+# The two clocks are compared only from readings taken this close together
+# (a thread paused between them would look like a step).
+CLOCK_READ_S = 0.005
 # At most this many polls are handed over together (a bus of many devices
 # all due at once still hands its readings over steadily).
 HAND_OVER_POLLS = 32
@@ -88,6 +110,15 @@ def next_slot(now: float, interval: float, offset: float) -> float:
     return (math.floor((now - offset) / interval) + 1) * interval + offset
 
 
+def wall_minus_mono() -> float | None:
+    """How far the wall clock is ahead of the monotonic one, in seconds;
+    None when the thread was paused while reading them."""
+    before = time.monotonic()
+    wall = time.time()
+    after = time.monotonic()
+    return wall - (before + after) / 2 if after - before < CLOCK_READ_S else None
+
+
 def device_offset(device_id: str, interval: float) -> float:
     """A stable spread within the first 5 % of the interval (at most 2 s)."""
     spread = min(interval * 0.05, 2.0)
@@ -96,12 +127,42 @@ def device_offset(device_id: str, interval: float) -> float:
 
 @dataclass
 class Slot:
-    """When one poll group of a device is due next."""
+    """When one poll group of a device is due next.
+
+    ``target`` is the wall-clock moment the poll is for (None: the first
+    poll after start, at once). ``due`` is when it is due by the wall clock
+    (the target, or the boundary poll it waits for), which orders the polls:
+    polls for the same boundary tie exactly and go by ``rank``.
+    ``deadline`` is the same moment on the monotonic clock, worked out when
+    the slot is placed, so a poll waits for its moment whatever the wall
+    clock does meanwhile."""
 
     group: int
     interval: float
     offset: float
-    next_due: float = 0.0
+    aligned: bool = False  # on the boundary itself, first (``align: boundary``)
+    target: float | None = None
+    due: float = 0.0
+    deadline: float = 0.0
+    took: deque[float] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
+    deferred: bool = False  # waited once for a boundary poll; goes at its next turn
+    late: bool = False  # the last boundary poll started more than BOUNDARY_TOLERANCE_S late
+
+    @property
+    def rank(self) -> tuple[int, float]:
+        """Among polls due at the same moment: boundary polls first, the
+        longest interval first (a device's 15-minute counters before its
+        10-second gauges), then the others."""
+        return (0, -self.interval) if self.aligned else (1, 0.0)
+
+    def place(self, wall: float, wall_minus_mono: float) -> None:
+        """The next slot after ``wall`` (and after the one just polled)."""
+        self.target = self.due = next_slot(max(wall, self.target or 0.0), self.interval, self.offset)
+        self.deadline = self.target - wall_minus_mono
+
+    def behind(self, other: Slot) -> None:
+        """Due right after ``other`` (a boundary poll it would hold the bus for)."""
+        self.due, self.deadline = other.due, other.deadline
 
 
 class DeviceState:
@@ -109,12 +170,12 @@ class DeviceState:
     limits, health and what the platform was told. Owned by its bus worker."""
 
     def __init__(self, device: Device, health: DeviceHealth, max_rates: Mapping[str, float] | None = None,
-                 meter: str = "") -> None:
+                 meter: str = "", aligned: bool = False) -> None:
         self.device = device
         self.device_id = device.device_id
         self.health = health
         self.meter = meter  # the identification number last read (or stored in the buffer)
-        self.slots = [Slot(index, interval, device_offset(self.device_id, interval))
+        self.slots = [Slot(index, interval, 0.0 if aligned else device_offset(self.device_id, interval), aligned)
                       for index, interval in enumerate(device.intervals)]
         rates = max_rates or {}
         self.limits = {name: CounterLimits(max_rate_per_h=rates.get(name), rollover_at=info.rollover_at,
@@ -152,7 +213,7 @@ class BusWorker(threading.Thread):
     def __init__(self, bus_id: str, source: Source, sink: Sink, health: Health, stop: threading.Event,
                  clock: ClockState | None = None, guard: CounterGuard | None = None,
                  max_rates: Mapping[str, Mapping[str, float]] | None = None,
-                 meters: Mapping[str, str] | None = None) -> None:
+                 meters: Mapping[str, str] | None = None, aligned: Collection[str] = ()) -> None:
         super().__init__(name=f"bus-{bus_id}", daemon=True)
         self.bus_id = bus_id
         self.source = source
@@ -170,7 +231,8 @@ class BusWorker(threading.Thread):
         self.unknown_senders = 0  # transmissions heard from nobody configured on the bus (pushed sources)
         self.devices = [
             DeviceState(device, health.devices.setdefault(device.device_id, DeviceHealth(bus=bus_id)),
-                        (max_rates or {}).get(device.device_id), (meters or {}).get(device.device_id, ""))
+                        (max_rates or {}).get(device.device_id), (meters or {}).get(device.device_id, ""),
+                        device.device_id in aligned)
             for device in source.devices]
         self._readers: dict[str, PolledDevice] = (
             {device.device_id: device for device in source.devices} if isinstance(source, Polled) else {})
@@ -200,32 +262,84 @@ class BusWorker(threading.Thread):
     def _poll(self, source: Polled) -> None:
         link = source.link
         schedule = [(state, self._readers[state.device_id], slot) for state in self.devices for slot in state.slots]
+        boundary = [slot for _, _, slot in schedule if slot.aligned]
         # The first poll of each group happens at once (staggered), so a
         # technician sees data right after start; then polls align.
-        start = time.time()
+        start, wall = time.monotonic(), time.time()
         for index, (_, _, slot) in enumerate(schedule):
-            slot.next_due = start + index * 0.01
-        due = [(slot.next_due, index) for index, (_, _, slot) in enumerate(schedule)]  # a heap: the next poll first
+            slot.due, slot.deadline = wall + index * 0.01, start + index * 0.01
+        # A heap: the next poll first; at the same moment, boundary polls first.
+        due = [(slot.due, slot.rank, index) for index, (_, _, slot) in enumerate(schedule)]
         heapq.heapify(due)
+        offset = wall - start
         while not self._stop_event.is_set():
             self._health.touch(self.name)
             failpoints.hang_if(self._stall_failpoint)
-            next_due, index = due[0]
-            wait = next_due - time.time()
-            if wait > CHAIN_S:
-                self._hand_over()  # before a wait: the writer wakes once for a burst of polls
-                self._stop_event.wait(min(wait, 1.0))
-                continue
+            measured = wall_minus_mono()
+            if measured is not None:
+                if abs(measured - offset) > CLOCK_STEP_S:
+                    due = self._place_anew(schedule, time.time(), measured)
+                offset = measured
+            now = time.monotonic()
+            index = due[0][2]
             state, reader, slot = schedule[index]
+            # A boundary poll starts at its moment, never early; others
+            # follow a poll due within CHAIN_S at once.
+            if slot.deadline - now > (0.0 if slot.aligned else CHAIN_S):
+                self._hand_over()  # before a wait: the writer wakes once for a burst of polls
+                self._stop_event.wait(min(slot.deadline - time.monotonic(), 1.0))
+                continue
+            if boundary and not slot.aligned and not slot.deferred:
+                ahead = min(boundary, key=lambda other: other.deadline)
+                if ahead.deadline < now + max(slot.took, default=0.0) + BOUNDARY_MARGIN_S:
+                    slot.deferred = True  # once: then it goes, even before the next boundary
+                    slot.behind(ahead)
+                    heapq.heapreplace(due, (slot.due, slot.rank, index))
+                    continue
+            if slot.aligned and slot.target is not None and self._clock.trusted:
+                self._check_boundary(state, slot, time.time() - slot.target)
             self.take(state, reader.read(slot.group, self._clock))
+            slot.took.append(time.monotonic() - now)
+            slot.deferred = False
             if len(self._puts) >= HAND_OVER_POLLS:
                 self._hand_over()
             self._bus_health.idle_reconnects = link.idle_reconnects
             self._bus_health.floods = link.floods
             # From the slot, not the clock: a poll chained a little early
             # must not land in the same slot again.
-            slot.next_due = next_slot(max(time.time(), slot.next_due), slot.interval, slot.offset)
-            heapq.heapreplace(due, (slot.next_due, index))
+            slot.place(time.time(), offset)
+            heapq.heapreplace(due, (slot.due, slot.rank, index))
+
+    @staticmethod
+    def _place_anew(schedule: list[tuple[DeviceState, PolledDevice, Slot]], wall: float,
+                    offset: float) -> list[tuple[float, tuple[int, float], int]]:
+        """The wall clock was stepped (NTP after boot): every slot's next
+        poll at its next moment by the clock as it is now."""
+        due = []
+        for index, (_, _, slot) in enumerate(schedule):
+            if slot.target is None:
+                slot.due = slot.deadline + offset  # a first poll, still due at once
+            else:
+                slot.target = None
+                slot.place(wall, offset)
+            slot.deferred = False
+            due.append((slot.due, slot.rank, index))
+        heapq.heapify(due)
+        return due
+
+    def _check_boundary(self, state: DeviceState, slot: Slot, late_s: float) -> None:
+        """Log when a device's boundary polls start late (a busy bus), and
+        when they are on time again: one line per change."""
+        late = late_s > BOUNDARY_TOLERANCE_S
+        if late == slot.late:
+            return
+        slot.late = late
+        if late:
+            self._log.warning("device.boundary_late", device=state.device_id, interval=slot.interval,
+                              late_s=round(late_s, 3))
+        else:
+            self._log.info("device.boundary_on_time", device=state.device_id, interval=slot.interval,
+                           late_s=round(late_s, 3))
 
     # -- pushed sources ------------------------------------------------------------------------
     def _listen(self, source: Pushed) -> None:

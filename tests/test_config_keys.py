@@ -168,6 +168,8 @@ REACHES: dict[str, tuple[Any, Any, Observe | ReadBy]] = {
     "devices[].interval": ("20s", 20.0, lambda a: _poller(a, "elec-keys").interval),
     "devices[].points": (["voltage", "energy_active_import"], ["voltage", "energy_active_import"],
                          lambda a: list(_poller(a, "elec-keys").points)),
+    "devices[].align": ("boundary", [(True, 0.0)] * 2,
+                        lambda a: [(slot.aligned, slot.offset) for slot in _state(a, "elec-keys").slots]),
     "devices[].max_rate": ({"energy_active_import": 4.5}, 4.5,
                            lambda a: _state(a, "elec-keys").limits["energy_active_import"].max_rate_per_h),
     "devices[].intervals": ({"energy_active_import": "15m"}, [20.0, 900.0],

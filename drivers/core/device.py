@@ -9,7 +9,7 @@ because the bus is a reference the record alone cannot follow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from drivers.core.durations import Duration
 from drivers.core.fields import Identifier, NonEmpty
@@ -27,6 +27,13 @@ class DeviceConfig:
     # Polled: read every interval. Pushed: the device sends about this often
     # (silent after a few intervals without a word).
     interval: Duration = 60.0
+    # Where in its interval a poll sits. `spread`: shifted by a small offset
+    # of its own (up to 5 % of the interval, at most 2 s), so the devices of
+    # a bus do not all ask at the same instant. `boundary`: on the
+    # wall-clock boundary itself (:00, :15, :30, :45 for 15m), before the
+    # bus's other polls: a counter read for 15-minute settlement periods
+    # (docs/savings.md). Every poll group of the device.
+    align: Literal["spread", "boundary"] = "spread"
     # A subset of the profile's points; all of them when absent.
     points: tuple[str, ...] | None = None
     # The most a counter can rise per hour, in its unit (e.g. a 63 A
