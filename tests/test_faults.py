@@ -224,6 +224,7 @@ def test_disk_full_holds_readings_in_memory_and_writes_them_when_space_returns(
         wait_until(lambda: any(e.get("event") == "buffer.write_resumed" for e in agent.events()), 20,
                    "writing to resume")
         final = buffer_next_id(buffer) - 1
+        served_by_then = len(model.served["voltage_l1"])
         wait_until(lambda: set(range(1, final + 1)) <= set(subscriber.unique_readings()), 20, "the catch-up")
     events = [e["event"] for e in agent.events()]
     assert events.count("buffer.write_failed") == 1, "one event per state change"
@@ -233,7 +234,11 @@ def test_disk_full_holds_readings_in_memory_and_writes_them_when_space_returns(
     seen = sorted(r["value"] for r in readings.values() if r["point"] == "voltage_l1")
     served = sorted(model.served["voltage_l1"])
     assert seen == served[: len(seen)], "a poll taken while the disk was full went missing"
-    assert len(served) - len(seen) <= 3  # at most the polls of the last flush before stop
+    # Every poll served before the catch-up's last id was read arrived, but for
+    # those still waiting for their commit then: a flush interval's (1 s of
+    # 0.2 s polls) and the one on the bus. Later polls may still be on their way
+    # at the stop (a loaded machine catches up slower: one CI run saw 16).
+    assert len(seen) >= served_by_then - 6, (len(seen), served_by_then)
 
 
 def test_a_corrupt_buffer_is_moved_aside_and_a_new_stream_starts(tmp_path: Path, broker: Broker,
