@@ -1125,7 +1125,10 @@ def main(argv: list[str] | None = None) -> int:
     all_devices = LOAD_300 + PI_LOAD + LOAD_30X10
     bench: Bench | None = None
     try:
-        with mosquitto(workdir) as broker_port, simulator(all_devices, duration=900) as sim_port:
+        # The simulator's own end is only a safety net (it is stopped when the
+        # bench ends): 900 s ended it in the middle of a full run once pi-load
+        # grew to 725 s, and every later scenario then measured nothing.
+        with mosquitto(workdir) as broker_port, simulator(all_devices, duration=4 * 3600) as sim_port:
             bench = Bench(workdir, broker_port, sim_port, Platform(broker_port), args.quick, args.py_spy)
             bench.results = results
             steps: dict[str, Callable[[], None]] = {
