@@ -539,9 +539,11 @@ def steady_state(proc: subprocess.Popen[bytes], platform_: Platform, gateway: st
     delivered = p1["unique"] - p0["unique"]
     if p1["undecoded_messages"] > p0["undecoded_messages"] and acked0 is not None and acked1 is not None:
         delivered = acked1 - acked0  # an encoding this harness cannot read: the agent's own count
+    if delivered <= 0:  # a figure per reading of no readings would read as a great result
+        raise RuntimeError(f"{gateway}: no reading delivered in the {seconds:.0f} s window")
     cpu_s = (s1.cpu_ticks - s0.cpu_ticks) / CLK_TCK
     cpu_ns_s = (s1.cpu_ns - s0.cpu_ns) / 1e9
-    per = max(delivered, 1)
+    per = delivered
     return {
         "window_s": round(seconds, 1),
         "delivered": delivered,
