@@ -123,12 +123,16 @@ def test_a_meter_that_cannot_be_opened_is_one_event_and_never_a_reading(
         heard = Counter(d.transmission.truth.meter for d in server.delivered)
         assert min(heard.values()) >= 5, "each meter sent several telegrams"
         wait_until(lambda: {r["device"] for r in subscriber.unique_readings().values()} == {entries[2]["id"]}
-                   and any(e.get("event") == "bus.unknown_sender" for e in agent.events()), 20,
-                   "the readable meter's readings")
+                   and any(e.get("event") == "bus.unknown_sender" for e in agent.events())
+                   and sum(str(e.get("event")).startswith("wmbus.") for e in agent.events()) >= 2, 20,
+                   "the readable meter's readings and the two meters' events")
         events = agent.events()
     told = [(e["event"], e.get("device"), e.get("meter")) for e in events if str(e.get("event")).startswith("wmbus.")]
     assert sorted(told) == [("wmbus.no_key", entries[0]["id"], no_key.spec.id_text),
                             ("wmbus.wrong_key", entries[1]["id"], wrong_key.spec.id_text)]
+    # The event is the line for that change of state: no device.silent repeating its message.
+    unopened = {entries[0]["id"], entries[1]["id"]}
+    assert [e for e in events if e.get("event") == "device.silent" and e.get("device") in unopened] == []
     unknown = [e for e in events if e.get("event") == "bus.unknown_sender"]
     assert [e["sender"] for e in unknown] == [stranger.spec.id_text]
     text = (tmp_path / "agent.log").read_text()
