@@ -95,7 +95,9 @@ def test_rtl_433_json_line() -> None:
                        "id": 20000001, "data": telegram.hex(), "rssi": -12.3})
     received = sdr.parse_line(line)
     assert received is not None and received.telegram == telegram
-    assert received.rssi_dbm == -12.3 and received.mode == "T"
+    assert received.mode == "T"
+    # rtl_433's level is dB below full scale: kept as the SDR's level, never as dBm.
+    assert received.rssi_dbm is None and received.level == -12.3 and "not dBm" in str(received.level_scale)
     assert sdr.parse_line(json.dumps({"model": "Acurite-Tower", "id": 1})) is None
 
 
@@ -103,7 +105,8 @@ def test_rtl_wmbus_line() -> None:
     telegram = _telegrams(1)[0]
     received = sdr.parse_line(rtl_wmbus_line(telegram, "C1", rssi=37))
     assert received is not None and received.telegram == telegram and received.mode == "C1"
-    assert received.rssi_dbm == 37.0
+    # rtl_wmbus's rssi field is an uncalibrated magnitude: the SDR's level, never dBm.
+    assert received.rssi_dbm is None and received.level == 37.0 and "not dBm" in str(received.level_scale)
     with pytest.raises(DecodeError, match="CRC error"):
         sdr.parse_line(rtl_wmbus_line(telegram).replace(";1;1;", ";0;1;", 1))
 
