@@ -48,7 +48,8 @@ def expected_readings(delivered: list[Delivered], devices: dict[str, str]) -> Co
             value = truth.values[key]
             assert isinstance(value, Decimal | int)
             out[(device, point, _number(value * factor))] += 1
-        out[(device, "rssi", _number(item.rssi_dbm))] += 1
+        if item.rssi_dbm is not None:
+            out[(device, "rssi", _number(item.rssi_dbm))] += 1
     return out
 
 
@@ -94,8 +95,10 @@ def test_a_hundred_radio_meters_arrive_complete_and_exact(tmp_path: Path, broker
     assert all(devices[r["meter"]] == r["device"] for r in readings.values())
     ids = sorted(readings)
     assert ids == list(range(1, ids[-1] + 1))
-    # The agent wrote nothing to the stick but its receive mode.
-    mode = im871a.set_config_request(["t1"]) if stick == "im871a" else amb8465.set_mode_request(["t1"])
+    # The agent wrote nothing to the stick but its receive mode (and, to an
+    # AMB8465, the query of its RSSI setting: a read).
+    mode = (im871a.set_config_request(["t1"]) if stick == "im871a"
+            else amb8465.get_request(amb8465.RSSI_ENABLE) + amb8465.set_mode_request(["t1"]))
     assert b"".join(server.requests) == mode
     text = log.read_text() + (tmp_path / "agent.status.json").read_text()
     leaked = [key for key in _secrets(meters) if key in text]
@@ -138,3 +141,33 @@ def test_a_meter_that_cannot_be_opened_is_one_event_and_never_a_reading(
     text = (tmp_path / "agent.log").read_text()
     assert wrong.secret().hex() not in text and wrong.secret().hex().upper() not in text
     assert all(key not in text for key in _secrets(meters))
+
+
+def test_an_amb8465_set_without_rssi_output_loses_no_telegram(tmp_path: Path, broker: Broker,
+                                                              subscriber: Subscriber) -> None:
+    """RSSI_Enable off: no RSSI byte after a telegram. The agent reads the
+    setting from the stick and decodes accordingly (a decoder that assumed
+    the byte would lose every frame); the devices simply have no rssi point."""
+    require_binary("socat")
+    meters = radio_meters(8, interval_s=0.5, seed=23)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    write_key_file(meters, credentials / "wmbus-keys")
+    entries = device_entries(meters, "radio")
+    devices = {str(e["address"]): str(e["id"]) for e in entries}
+    config = write_config(tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+                          buses=[{"id": "radio", "type": "wmbus", "stick": "amb8465",
+                                  "port": str(tmp_path / "tty.agent"), "modes": ["T1"]}],
+                          devices=entries)
+    with (PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as line,
+          running(StickServer(meters, str(line.meter_end), "amb8465", duration_s=3.0, collisions=False,
+                              rssi=False)) as server,
+          AgentProcess(config, tmp_path / "agent.log", env={"CREDENTIALS_DIRECTORY": str(credentials)})):
+        wait_until(server.finished.is_set, 30, "three seconds on air")
+        expected = expected_readings(server.delivered, devices)
+        wait_until(lambda: len(subscriber.unique_readings()) >= sum(expected.values()), 20,
+                   f"{sum(expected.values())} readings at the subscriber")
+    assert len(server.delivered) >= 30 and all(d.rssi_dbm is None for d in server.delivered)
+    got = Counter((r["device"], r["point"], _number(r["value"])) for r in subscriber.unique_readings().values())
+    assert got == expected
+    assert b"".join(server.requests).startswith(amb8465.get_request(amb8465.RSSI_ENABLE))

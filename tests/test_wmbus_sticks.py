@@ -134,3 +134,14 @@ def test_an_on_air_format_b_telegram_through_a_stick_decodes_to_its_truth() -> N
     assert received is not None
     result = decode_wmbus(received.telegram, KeyRing({"20000002": key}))
     assert [r.value for r in result.records if r.quantity == "hca"] == [truth.values["hca"], truth.values["hca@1"]]
+
+
+def test_amb8465_settings_confirmation_carries_rssi_enable() -> None:
+    decoder = amb8465.AmberDecoder(rssi=False)
+    answer = decoder.feed(amb8465.get_confirmation(amb8465.RSSI_ENABLE, b"\x01"))[0]
+    assert amb8465.setting(answer, amb8465.RSSI_ENABLE) == 1
+    assert amb8465.setting(answer, amb8465.RSSI_ENABLE + 1) is None
+    block = decoder.feed(amb8465.get_confirmation(60, bytes(range(20))))[0]  # 60..79: 69 is the tenth
+    assert amb8465.setting(block, amb8465.RSSI_ENABLE) == 9
+    mode = decoder.feed(amb8465.set_mode_request(["t1"]))[0]
+    assert amb8465.setting(mode, amb8465.RSSI_ENABLE) is None

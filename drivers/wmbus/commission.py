@@ -82,7 +82,8 @@ def heard_meter(result: WmbusResult, received: Received, mode: str, keys: KeyRin
     meter = result.meter or result.link.address
     return HeardMeter(meter.identification, meter.manufacturer, meter.medium, meter.version,
                       received.mode or mode, result.security.mode, result.security.state.value,
-                      meter.identification in keys, rssi_dbm=received.rssi_dbm, level=received.level, error=result.error)
+                      meter.identification in keys, rssi_dbm=received.rssi_dbm, level=received.level,
+                      error=result.error)
 
 
 def scan_radio(args: argparse.Namespace, bus: AnyWmbusBus) -> bool:
