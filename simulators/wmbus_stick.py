@@ -19,6 +19,7 @@ A stdout line source (rtl_wmbus lines, for the agent's SDR receiver) is
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import threading
@@ -204,8 +205,13 @@ class StickServer:
 
 
 def run_line_source(meters: Sequence[SimulatedRadioMeter], out: TextIO = sys.stdout, duration_s: float | None = None,
-                    jitter: float = 0.1, seed: int = 0) -> int:
-    """rtl_wmbus lines on stdout, in real time: the agent's SDR receiver runs this as its command."""
+                    jitter: float = 0.1, seed: int = 0, truth: TextIO | None = None) -> int:
+    """rtl_wmbus lines on stdout, in real time: the agent's SDR receiver runs this as its command.
+
+    ``truth`` gets one JSON line per telegram printed (the meter and the
+    values it sent, decimals as strings), and ``{"sent": N}`` at the end:
+    the ground truth of a test that runs this as the agent's command.
+    """
     channel = RadioChannel(meters, jitter=jitter, seed=seed)
     start = time.monotonic()
     sent = 0
@@ -217,6 +223,13 @@ def run_line_source(meters: Sequence[SimulatedRadioMeter], out: TextIO = sys.std
         if transmission.intact:
             out.write(rtl_wmbus_line(transmission.telegram, transmission.meter.spec.mode.upper()) + "\n")
             out.flush()
+            if truth is not None:
+                facts = transmission.truth
+                truth.write(json.dumps({"meter": facts.meter, "kind": facts.kind.value,
+                                        "values": {k: str(v) for k, v in facts.values.items()}}) + "\n")
+    if truth is not None:
+        truth.write(json.dumps({"sent": sent}) + "\n")
+        truth.flush()
     return sent
 
 
@@ -268,6 +281,8 @@ def add_cli(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     wmbus.add_argument("--no-rssi", action="store_true",
                        help="an AMB8465 whose RSSI output (RSSI_Enable) is off: no RSSI byte after a telegram")
     wmbus.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    wmbus.add_argument("--truth-out", type=Path, metavar="FILE",
+                       help="with --stick lines: the values of every telegram printed, as JSON lines")
     wmbus.add_argument("--seed", type=int, default=0)
     wmbus.set_defaults(handler=_run_cli)
 
@@ -292,7 +307,11 @@ def _run_cli(args: argparse.Namespace) -> int:
         args.devices_out.write_text(yaml.safe_dump({"devices": device_entries(meters, args.bus)}, sort_keys=False))
         print(f"devices for bus {args.bus} in {args.devices_out}", file=say, flush=True)
     if args.stick == "lines":
-        run_line_source(meters, sys.stdout, args.duration, args.jitter, args.seed)
+        if args.truth_out is None:
+            run_line_source(meters, sys.stdout, args.duration, args.jitter, args.seed)
+            return 0
+        with args.truth_out.open("w", encoding="utf-8") as truth:
+            run_line_source(meters, sys.stdout, args.duration, args.jitter, args.seed, truth)
         return 0
     if not (args.pty or args.serial):
         raise RetrofitError("give --pty LINK or --serial PATH (or --stick lines)")

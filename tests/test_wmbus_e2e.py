@@ -5,6 +5,9 @@ a log line; a meter that cannot be opened is one event, never a reading."""
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +19,7 @@ from drivers.wmbus import amb8465, im871a
 from simulators.pty import PtyPair
 from simulators.wmbus_meter import MeterKind, SimulatedRadioMeter, generate_keys, write_key_file
 from simulators.wmbus_stick import Delivered, StickServer, device_entries, radio_meters
-from tests.support import AgentProcess, Broker, Subscriber, require_binary, running, wait_until, write_config
+from tests.support import REPO, AgentProcess, Broker, Subscriber, require_binary, running, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -171,3 +174,37 @@ def test_an_amb8465_set_without_rssi_output_loses_no_telegram(tmp_path: Path, br
     got = Counter((r["device"], r["point"], _number(r["value"])) for r in subscriber.unique_readings().values())
     assert got == expected
     assert b"".join(server.requests).startswith(amb8465.get_request(amb8465.RSSI_ENABLE))
+
+
+def test_an_sdr_decoders_lines_through_the_agent_arrive_complete_and_exact(
+        tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    """A `wmbus-sdr` bus: the agent runs the command (here the simulator
+    printing rtl_wmbus lines) and every telegram printed arrives once with
+    its values; the SDR's level is no dBm, so there is no rssi point."""
+    truth_file = tmp_path / "truth.jsonl"
+    sim = shlex.join([sys.executable, "-m", "simulators.cli", "wmbus", "--stick", "lines", "--meters", "8",
+                      "--interval", "0.5", "--duration", "3", "--seed", "4", "--truth-out", str(truth_file)])
+    # After its three seconds the decoder stays quiet (it does not exit: the
+    # agent would start it again and the same meters would send again).
+    command = shlex.join(["sh", "-c", f"{sim} && exec sleep 600"])
+    meters = radio_meters(8, interval_s=0.5, seed=4)  # the same meters the command simulates
+    entries = device_entries(meters, "sdr")
+    devices = {str(e["address"]): str(e["id"]) for e in entries}
+    (tmp_path / "credentials").mkdir()
+    write_key_file(meters, tmp_path / "credentials" / "wmbus-keys")
+    config = write_config(tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+                          buses=[{"id": "sdr", "type": "wmbus-sdr", "command": command}], devices=entries)
+    with AgentProcess(config, tmp_path / "agent.log", env={"CREDENTIALS_DIRECTORY": str(tmp_path / "credentials"),
+                                                            "PYTHONPATH": str(REPO)}):
+        wait_until(lambda: truth_file.exists() and '"sent"' in truth_file.read_text(), 40,
+                   "the SDR command's three seconds")
+        printed = [json.loads(line) for line in truth_file.read_text().splitlines()][:-1]
+        expected: Counter[tuple[str, str, Decimal]] = Counter()
+        for item in printed:
+            for key, (point, factor) in POINTS[MeterKind(item["kind"])].items():
+                expected[(devices[item["meter"]], point, _number(Decimal(item["values"][key]) * factor))] += 1
+        wait_until(lambda: len(subscriber.unique_readings()) >= sum(expected.values()), 20,
+                   f"{sum(expected.values())} readings at the subscriber")
+    assert len(printed) >= 20 and len({item["meter"] for item in printed}) == 8
+    got = Counter((r["device"], r["point"], _number(r["value"])) for r in subscriber.unique_readings().values())
+    assert got == expected
