@@ -4,6 +4,7 @@ that cannot be opened), and HCA units as points."""
 
 from __future__ import annotations
 
+import calendar
 import threading
 import time
 from datetime import datetime
@@ -141,7 +142,13 @@ def test_a_repeated_telegram_is_heard_once_and_an_unknown_sender_is_named() -> N
     readout = heard[0].readout if heard[0] else None
     assert readout is not None and readout.error is None
     values = {point.name: value for _, _, answer in readout.answers for point, value in answer}
-    assert set(values) == {"volume", "flow", "volume_set_date", "rssi"} and values["rssi"] == -71.0
+    assert set(values) == {"volume", "flow", "volume_set_date", "set_date", "meter_datetime", "rssi"}
+    assert values["rssi"] == -71.0
+    # The meter's clock and its set date, as seconds since 1970 as the meter reads them (no zone).
+    assert values["meter_datetime"] == calendar.timegm((2025, 3, 1, 12, 0, 0))
+    assert values["set_date"] == calendar.timegm((2024, 5, 31, 0, 0, 0))
+    units = {point.name: point.unit for _, _, answer in readout.answers for point, _ in answer}
+    assert units["meter_datetime"] == units["set_date"] == "s"
     assert listener.repeats == 1
 
 
@@ -171,7 +178,9 @@ def test_heat_cost_allocator_units_are_points_with_their_set_date_value() -> Non
     result = decode_wmbus(telegram)
     profile = _profile("oms-hca")
     values = {name: (value, unit) for name, value, unit, _ in point_values(profile, result.records)}
-    assert values == {"hca_units": (truth.values["hca"], "HCA"), "hca_units_set_date": (truth.values["hca@1"], "HCA")}
+    assert values == {"hca_units": (truth.values["hca"], "HCA"), "hca_units_set_date": (truth.values["hca@1"], "HCA"),
+                      "set_date": (calendar.timegm((2024, 5, 31, 0, 0, 0)), "s"),
+                      "meter_datetime": (calendar.timegm((2025, 3, 1, 12, 0, 0)), "s")}
     steps = point_steps(profile, result.records)
     assert steps["hca_units"].resolution() == {"step": 1.0}
     assert steps["hca_units"].wraps_at == 10**6  # six BCD digits

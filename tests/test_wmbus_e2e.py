@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 from collections import Counter
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,24 @@ POINTS: dict[MeterKind, dict[str, tuple[str, Decimal]]] = {
     MeterKind.HCA: {"hca": ("hca_units", Decimal(1)), "hca@1": ("hca_units_set_date", Decimal(1))},
 }
 POINTS[MeterKind.WARM_WATER] = POINTS[MeterKind.WATER]
+for _points in POINTS.values():  # the meter's clock and set date: seconds since 1970 as it reads them
+    _points.update({"date@1": ("set_date", Decimal(1)), "date_time": ("meter_datetime", Decimal(1))})
+
+
+def clock_seconds(value: object) -> Decimal:
+    """A date or date-time of the meter's, as the point carries it (seconds since 1970, no zone)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, date)
+    moment = value if isinstance(value, datetime) else datetime.combine(value, datetime.min.time())
+    return Decimal(int((moment - datetime(1970, 1, 1)).total_seconds()))
+
+
+def truth_value(value: object) -> Decimal:
+    if isinstance(value, date) or (isinstance(value, str) and "-" in value):
+        return clock_seconds(value)
+    assert isinstance(value, Decimal | int | str)
+    return Decimal(value)
 
 
 def _number(value: Any) -> Decimal:
@@ -49,9 +68,7 @@ def expected_readings(delivered: list[Delivered], devices: dict[str, str]) -> Co
         truth = item.transmission.truth
         device = devices[truth.meter]
         for key, (point, factor) in POINTS[truth.kind].items():
-            value = truth.values[key]
-            assert isinstance(value, Decimal | int)
-            out[(device, point, _number(value * factor))] += 1
+            out[(device, point, _number(truth_value(truth.values[key]) * factor))] += 1
         if item.rssi_dbm is not None:
             out[(device, "rssi", _number(item.rssi_dbm))] += 1
     return out
@@ -203,7 +220,7 @@ def test_an_sdr_decoders_lines_through_the_agent_arrive_complete_and_exact(
         expected: Counter[tuple[str, str, Decimal]] = Counter()
         for item in printed:
             for key, (point, factor) in POINTS[MeterKind(item["kind"])].items():
-                expected[(devices[item["meter"]], point, _number(Decimal(item["values"][key]) * factor))] += 1
+                expected[(devices[item["meter"]], point, _number(truth_value(item["values"][key]) * factor))] += 1
         wait_until(lambda: len(subscriber.unique_readings()) >= sum(expected.values()), 20,
                    f"{sum(expected.values())} readings at the subscriber")
     assert len(printed) >= 20 and len({item["meter"] for item in printed}) == 8
