@@ -198,7 +198,8 @@ def test_an_sdr_decoders_lines_through_the_agent_arrive_complete_and_exact(
         tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
     """A `wmbus-sdr` bus: the agent runs the command (here the simulator
     printing rtl_wmbus lines) and every telegram printed arrives once with
-    its values; the SDR's level is no dBm, so there is no rssi point."""
+    its values, each meter's profile chosen by oms-auto; the SDR's level is
+    no dBm, so there is no rssi point."""
     truth_file = tmp_path / "truth.jsonl"
     sim = shlex.join([sys.executable, "-m", "simulators.cli", "wmbus", "--stick", "lines", "--meters", "8",
                       "--interval", "0.5", "--duration", "3", "--seed", "4", "--truth-out", str(truth_file)])
@@ -206,7 +207,8 @@ def test_an_sdr_decoders_lines_through_the_agent_arrive_complete_and_exact(
     # agent would start it again and the same meters would send again).
     command = shlex.join(["sh", "-c", f"{sim} && exec sleep 600"])
     meters = radio_meters(8, interval_s=0.5, seed=4)  # the same meters the command simulates
-    entries = device_entries(meters, "sdr")
+    # Profiles chosen per meter from the telegram header: the readings are those of the named profiles.
+    entries = [{**entry, "profile": "oms-auto"} for entry in device_entries(meters, "sdr")]
     devices = {str(e["address"]): str(e["id"]) for e in entries}
     (tmp_path / "credentials").mkdir()
     write_key_file(meters, tmp_path / "credentials" / "wmbus-keys")
