@@ -94,6 +94,14 @@ def test_oms_auto_picks_each_profile_for_its_own_test_telegrams(profile: MbusPro
         assert chosen is not None and chosen.name == profile.name
 
 
+def test_oms_auto_declares_every_candidates_points_for_the_config() -> None:
+    """`points`, `max_rate` and `intervals` of a device on oms-auto may name any candidate's point."""
+    assert [p.name for p in AUTO.candidates] == ["oms-water", "oms-heat", "oms-hca"]
+    declared = {p.name for p in AUTO.points}
+    assert declared == {p.name for candidate in AUTO.candidates for p in candidate.points}
+    assert {"volume", "energy_heat", "hca_units", "meter_datetime"} <= declared
+
+
 def test_a_vendors_profile_wins_over_the_generic_one_for_its_meters() -> None:
     generic = _mbus("oms-water")
     vendor = dataclasses.replace(generic, name="apa-water", detect=(

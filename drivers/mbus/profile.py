@@ -130,7 +130,13 @@ class MbusProfile:
                 raise ValueError(f"profile {self.name}: choose_from {name!r} must be an M-Bus profile with a detect "
                                  "block (and no choose_from of its own)")
             found.append(profile)
-        return dataclasses.replace(self, candidates=tuple(found))
+        # Its points: every candidate's (the first of a name), so that a device's
+        # `points`, `max_rate` and `intervals` may name them before any telegram.
+        points: dict[str, MbusPoint] = {}
+        for candidate in found:
+            for point in candidate.points:
+                points.setdefault(point.name, point)
+        return dataclasses.replace(self, candidates=tuple(found), points=tuple(points.values()))
 
     def choose(self, manufacturer: str, version: int, device_type: str) -> MbusProfile | None:
         """The candidate whose detect block fits this header most specifically (the first named on a tie)."""
@@ -142,7 +148,7 @@ class MbusProfile:
         return None if best is None else best[1]
 
     def __post_init__(self) -> None:
-        if self.choose_from and (self.points or self.all_records):
+        if self.choose_from and (self.points or self.all_records) and not self.candidates:
             raise ValueError("a profile with choose_from has no points of its own: the chosen profile's are used")
         if not self.all_records:
             return

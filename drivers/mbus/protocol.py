@@ -44,8 +44,8 @@ class MbusProtocol(BusProtocol[MbusBus, MbusProfile]):
 
     def notes(self, bus: MbusBus, device: DeviceConfig, profile: MbusProfile) -> list[str]:
         if profile.choose_from:
-            return [(f"warning: device {device.id}: profile {profile.name} chooses per radio telegram and gives a "
-                     "wired meter no values; name the meter's profile")]
+            return [(f"warning: device {device.id}: profile {profile.name} chooses per radio telegram; a wired "
+                     "meter is not chosen for (every candidate's point is tried): name the meter's profile")]
         if profile.min_interval and device.interval < profile.min_interval:
             return [(f"warning: device {device.id} every {format_duration(device.interval)}: {profile.name} meters "
                      f"allow a read every {format_duration(profile.min_interval)} at most (battery); the meter may "

@@ -91,10 +91,7 @@ class WmbusProtocol(BusProtocol[AnyWmbusBus, MbusProfile]):
                  "reported as wmbus.no_key, never read")]
 
     def point_names(self, device: DeviceConfig, profile: MbusProfile) -> tuple[str, ...]:
-        if profile.candidates and not device.points:  # a choosing profile: any of its candidates' points
-            names = tuple(dict.fromkeys(p.name for candidate in profile.candidates for p in candidate.points))
-        else:
-            names = MBUS.point_names(device, profile)
+        names = MBUS.point_names(device, profile)  # a choosing profile's: its candidates' (resolved)
         return names if device.points else (*names, "rssi")
 
     def show_profile(self, profile: MbusProfile) -> list[str]:

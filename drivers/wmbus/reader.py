@@ -85,11 +85,10 @@ class RadioMeter:
         self.where = f"radio meter {meter}"
         self._wanted = frozenset(points) if points is not None else None
         self._rssi = rssi and (self._wanted is None or RSSI_POINT in self._wanted)
-        # A choosing profile (oms-auto): the candidates' points, known before the first telegram.
+        # A choosing profile (oms-auto): its points are its candidates', the choice is per header.
         self._chosen: dict[tuple[str, int, str], MbusProfile | None] = {}
         self.points: dict[str, PointInfo] = {p.name: PointInfo(p.name, p.unit or "", p.kind)
-                                             for candidate in (profile.candidates or (profile,))
-                                             for p in candidate.points if self._wants(p.name)}
+                                             for p in profile.points if self._wants(p.name)}
         if self._rssi:
             self.points[RSSI_POINT] = PointInfo(RSSI_POINT, "dBm", "gauge")
         self.problem: str | None = None  # the security state last told ("no_key", ...), None when readable
