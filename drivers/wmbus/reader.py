@@ -129,7 +129,6 @@ class RadioMeter:
         return Readout([(stamp, mono, values)], meter=self.meter,
                        points={name: info for name, info in points.items() if name in steps})
 
-
     def _profile_for(self, result: WmbusResult) -> MbusProfile | None:
         """The configured profile, or the one a choosing profile picks for this header (once per header)."""
         if not self.profile.candidates:
