@@ -183,6 +183,7 @@ class DeviceState:
                        for name, info in device.points.items() if info.kind == "counter"}
         self.swapped: set[str] = set()  # counters whose next reading starts a new series
         self.silent_since: float | None = None
+        self.told: set[str] = set()  # errors the last readout's notes already logged
         self.heard_at = time.monotonic()  # pushed: when the device was last heard
         self.candidate = ""  # a new identification, not yet confirmed
         self.held: list[Readout] = []  # the candidate's readouts, in order
@@ -415,6 +416,7 @@ class BusWorker(threading.Thread):
         """One readout of a device: identity, readings, health."""
         for event, fields in readout.notes:
             self._log.warning(event, device=state.device_id, **fields)
+        state.told = {str(fields["error"]) for _, fields in readout.notes if "error" in fields}
         meter = readout.meter
         if meter and state.meter and meter != state.meter and state.device.identity_confirm > 1:
             self._unconfirmed(state, meter, readout)
@@ -535,7 +537,8 @@ class BusWorker(threading.Thread):
             reader = self._readers.get(state.device_id)
             if reader is not None:
                 reader.identity_lost()  # a meter that was away may be another meter when it answers
-            self._log.warning("device.silent", device=state.device_id, error=str(error))
+            if str(error) not in state.told:  # a note (wmbus.no_key, ...) already said it: one line per change
+                self._log.warning("device.silent", device=state.device_id, error=str(error))
         elif status == "partial":
             self._log.warning("device.partial", device=state.device_id, error=str(error))
         elif previous == "silent" or state.silent_since is not None:  # also back by way of 'rejected'

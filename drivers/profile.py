@@ -88,6 +88,7 @@ class Catalogue:
     # not silently get the bundled profile the file meant to override.
     broken: dict[str, str] = field(default_factory=dict)
     pending: dict[str, Callable[[], DeviceProfile]] = field(default_factory=dict)
+    _resolving: set[str] = field(default_factory=set)  # a profile referring back to itself ends here
 
     def get(self, name: str) -> DeviceProfile:
         if name not in self.profiles and name in self.pending:
@@ -96,9 +97,21 @@ class Catalogue:
                 raise ProfileError(f"{profile.origin}: the file of profile {name!r} names {profile.name!r}")
             self.profiles[name] = profile
         try:
-            return self.profiles[name]
+            profile = self.profiles[name]
         except KeyError:
             raise ProfileError(f"unknown profile {name!r}; known: {', '.join(self.names())}") from None
+        # A profile that refers to others (an M-Bus profile's choose_from) gets them once, here.
+        resolve = getattr(profile, "resolve", None)
+        if callable(resolve) and name not in self._resolving:
+            self._resolving.add(name)
+            try:
+                resolved: DeviceProfile = resolve(self.get)
+            except ValueError as exc:
+                raise ProfileError(f"{profile.origin}: {exc}") from None
+            finally:
+                self._resolving.discard(name)
+            self.profiles[name] = profile = resolved
+        return profile
 
     def __contains__(self, name: object) -> bool:
         return name in self.profiles or name in self.pending

@@ -8,7 +8,9 @@ intervals with jitter, collisions, bit errors), each telegram CRC-less
 with an RSSI byte, in the stick's framing, at the moment it is sent. Like
 a real stick it drops what failed its CRCs (collisions, bit errors);
 ``repeat_every`` delivers every n-th telegram twice (a repeater's copy)
-and ``serial_noise`` puts garbage bytes between frames. ``delivered`` is
+and ``serial_noise`` puts garbage bytes between frames. An AMB8465 answers
+the host's query of its RSSI_Enable setting; ``rssi=False`` is a module
+set without it (no RSSI byte after a telegram). ``delivered`` is
 the ground truth: every intact telegram the host was given, once each.
 A stdout line source (rtl_wmbus lines, for the agent's SDR receiver) is
 ``run_line_source``.
@@ -17,6 +19,7 @@ A stdout line source (rtl_wmbus lines, for the agent's SDR receiver) is
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import threading
@@ -78,7 +81,7 @@ def device_entries(meters: Sequence[SimulatedRadioMeter], bus: str,
 @dataclass(frozen=True)
 class Delivered:
     transmission: Transmission
-    rssi_dbm: float
+    rssi_dbm: float | None  # None: an AMB8465 set without RSSI output
     copies: int  # 2 when a repeater's copy followed
 
 
@@ -88,7 +91,7 @@ class StickServer:
     def __init__(self, meters: Sequence[SimulatedRadioMeter], port: str, stick: str = "im871a",
                  duration_s: float | None = None, jitter: float = 0.1, bit_error_rate: float = 0.0,
                  collisions: bool = True, repeat_every: int = 0, serial_noise: float = 0.0, seed: int = 0,
-                 baudrate: int = 57600) -> None:
+                 baudrate: int = 57600, rssi: bool = True) -> None:
         if stick not in ("im871a", "amb8465"):
             raise ValueError(f"stick {stick!r}: im871a or amb8465")
         self.meters = list(meters)
@@ -100,6 +103,9 @@ class StickServer:
         self.repeat_every = repeat_every
         self.serial_noise = serial_noise
         self.baudrate = baudrate
+        self.rssi = rssi or stick == "im871a"
+        # The AMB8465's user settings the host may read (CMD_GET_REQ): only RSSI_Enable matters here.
+        self.settings = {amb8465.RSSI_ENABLE: 1 if self.rssi else 0}
         self._rng = random.Random(seed + 1)
         self.requests: list[bytes] = []  # every chunk of bytes the host wrote
         self.configured = threading.Event()
@@ -139,6 +145,10 @@ class StickServer:
                     self.configured.set()
         else:
             for amber in self._amber.feed(data):
+                if amber.command == amb8465.CMD_GET_REQ and len(amber.payload) == 2:
+                    position, length = amber.payload
+                    values = bytes(self.settings.get(p, 0) for p in range(position, position + length))
+                    line.write(amb8465.get_confirmation(position, values))
                 if amber.command == amb8465.CMD_SET_MODE_REQ:
                     line.write(amb8465.encode(amb8465.AmberMessage(amb8465.CMD_SET_MODE_REQ | amb8465.CONFIRM,
                                                                    b"\x00")))
@@ -146,7 +156,9 @@ class StickServer:
 
     def _frame(self, transmission: Transmission, rssi: float) -> bytes:
         crcless = strip_to_crcless(transmission.meter, transmission.telegram)
-        return im871a_frame(crcless, rssi) if self.stick == "im871a" else amb8465_frame(crcless, rssi)
+        if self.stick == "im871a":
+            return im871a_frame(crcless, rssi)
+        return amb8465_frame(crcless, rssi) if self.rssi else amb8465.telegram_indication(crcless)
 
     def _run(self) -> None:
         line = self._line
@@ -179,8 +191,10 @@ class StickServer:
         line.flush()
         self.finished.set()
 
-    def _rng_rssi(self, rssi: float) -> float:
+    def _rng_rssi(self, rssi: float) -> float | None:
         """The RSSI the host will read back: the stick's byte rounds it."""
+        if not self.rssi:
+            return None
         if self.stick == "im871a":
             from simulators.wmbus_meter import rssi_raw_im871a
 
@@ -191,8 +205,13 @@ class StickServer:
 
 
 def run_line_source(meters: Sequence[SimulatedRadioMeter], out: TextIO = sys.stdout, duration_s: float | None = None,
-                    jitter: float = 0.1, seed: int = 0) -> int:
-    """rtl_wmbus lines on stdout, in real time: the agent's SDR receiver runs this as its command."""
+                    jitter: float = 0.1, seed: int = 0, truth: TextIO | None = None) -> int:
+    """rtl_wmbus lines on stdout, in real time: the agent's SDR receiver runs this as its command.
+
+    ``truth`` gets one JSON line per telegram printed (the meter and the
+    values it sent, decimals as strings), and ``{"sent": N}`` at the end:
+    the ground truth of a test that runs this as the agent's command.
+    """
     channel = RadioChannel(meters, jitter=jitter, seed=seed)
     start = time.monotonic()
     sent = 0
@@ -204,6 +223,13 @@ def run_line_source(meters: Sequence[SimulatedRadioMeter], out: TextIO = sys.std
         if transmission.intact:
             out.write(rtl_wmbus_line(transmission.telegram, transmission.meter.spec.mode.upper()) + "\n")
             out.flush()
+            if truth is not None:
+                facts = transmission.truth
+                truth.write(json.dumps({"meter": facts.meter, "kind": facts.kind.value,
+                                        "values": {k: str(v) for k, v in facts.values.items()}}) + "\n")
+    if truth is not None:
+        truth.write(json.dumps({"sent": sent}) + "\n")
+        truth.flush()
     return sent
 
 
@@ -252,7 +278,11 @@ def add_cli(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     wmbus.add_argument("--bit-errors", type=float, default=0.0, help="share of telegrams with a flipped bit")
     wmbus.add_argument("--no-collisions", action="store_true", help="overlapping telegrams both arrive")
     wmbus.add_argument("--repeat-every", type=int, default=0, help="deliver every n-th telegram twice (a repeater)")
+    wmbus.add_argument("--no-rssi", action="store_true",
+                       help="an AMB8465 whose RSSI output (RSSI_Enable) is off: no RSSI byte after a telegram")
     wmbus.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    wmbus.add_argument("--truth-out", type=Path, metavar="FILE",
+                       help="with --stick lines: the values of every telegram printed, as JSON lines")
     wmbus.add_argument("--seed", type=int, default=0)
     wmbus.set_defaults(handler=_run_cli)
 
@@ -277,7 +307,11 @@ def _run_cli(args: argparse.Namespace) -> int:
         args.devices_out.write_text(yaml.safe_dump({"devices": device_entries(meters, args.bus)}, sort_keys=False))
         print(f"devices for bus {args.bus} in {args.devices_out}", file=say, flush=True)
     if args.stick == "lines":
-        run_line_source(meters, sys.stdout, args.duration, args.jitter, args.seed)
+        if args.truth_out is None:
+            run_line_source(meters, sys.stdout, args.duration, args.jitter, args.seed)
+            return 0
+        with args.truth_out.open("w", encoding="utf-8") as truth:
+            run_line_source(meters, sys.stdout, args.duration, args.jitter, args.seed, truth)
         return 0
     if not (args.pty or args.serial):
         raise RetrofitError("give --pty LINK or --serial PATH (or --stick lines)")
@@ -287,7 +321,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     pair = PtyPair(args.pty.with_name(args.pty.name + ".stick"), args.pty).start() if args.pty else None
     port = pair.meter_end if pair else args.serial
     server = StickServer(meters, str(port), args.stick, args.duration, args.jitter, args.bit_errors,
-                         not args.no_collisions, args.repeat_every, seed=args.seed).start()
+                         not args.no_collisions, args.repeat_every, seed=args.seed,
+                         rssi=not args.no_rssi).start()
     print(f"{len(meters)} radio meters behind a simulated {args.stick} on {args.pty or port}, every "
           f"{args.interval:g} s; waiting for the receiver to set its mode", flush=True)
     try:

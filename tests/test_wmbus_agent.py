@@ -4,22 +4,37 @@ that cannot be opened), and HCA units as points."""
 
 from __future__ import annotations
 
+import calendar
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import serial
 
-from drivers.core.errors import ConfigError
+from drivers.core.errors import BusError, ConfigError
 from drivers.core.records import Invalid, validate
 from drivers.mbus.points import point_steps, point_values
 from drivers.mbus.profile import MbusProfile
 from drivers.profile import load_catalogue
+from drivers.wmbus import amb8465
 from drivers.wmbus.config import WmbusBus, WmbusSdrBus, check_address
 from drivers.wmbus.decode import decode_wmbus
 from drivers.wmbus.keys import KeyRing, credentials_key_file, load_bus_keys
 from drivers.wmbus.reader import RadioListener, RadioMeter
 from drivers.wmbus.received import Received
-from simulators.wmbus_meter import MeterKind, RadioMeterSpec, SimulatedRadioMeter, generate_keys, write_key_file
+from drivers.wmbus.stick import SerialStick
+from simulators.pty import PtyPair
+from simulators.wmbus_meter import (
+    MeterKind,
+    RadioMeterSpec,
+    SimulatedRadioMeter,
+    generate_keys,
+    strip_to_crcless,
+    write_key_file,
+)
+from tests.support import require_binary
 
 CATALOGUE = load_catalogue()
 
@@ -127,7 +142,13 @@ def test_a_repeated_telegram_is_heard_once_and_an_unknown_sender_is_named() -> N
     readout = heard[0].readout if heard[0] else None
     assert readout is not None and readout.error is None
     values = {point.name: value for _, _, answer in readout.answers for point, value in answer}
-    assert set(values) == {"volume", "flow", "volume_set_date", "rssi"} and values["rssi"] == -71.0
+    assert set(values) == {"volume", "flow", "volume_set_date", "set_date", "meter_datetime", "rssi"}
+    assert values["rssi"] == -71.0
+    # The meter's clock and its set date, as seconds since 1970 as the meter reads them (no zone).
+    assert values["meter_datetime"] == calendar.timegm((2025, 3, 1, 12, 0, 0))
+    assert values["set_date"] == calendar.timegm((2024, 5, 31, 0, 0, 0))
+    units = {point.name: point.unit for _, _, answer in readout.answers for point, _ in answer}
+    assert units["meter_datetime"] == units["set_date"] == "s"
     assert listener.repeats == 1
 
 
@@ -157,7 +178,9 @@ def test_heat_cost_allocator_units_are_points_with_their_set_date_value() -> Non
     result = decode_wmbus(telegram)
     profile = _profile("oms-hca")
     values = {name: (value, unit) for name, value, unit, _ in point_values(profile, result.records)}
-    assert values == {"hca_units": (truth.values["hca"], "HCA"), "hca_units_set_date": (truth.values["hca@1"], "HCA")}
+    assert values == {"hca_units": (truth.values["hca"], "HCA"), "hca_units_set_date": (truth.values["hca@1"], "HCA"),
+                      "set_date": (calendar.timegm((2024, 5, 31, 0, 0, 0)), "s"),
+                      "meter_datetime": (calendar.timegm((2025, 3, 1, 12, 0, 0)), "s")}
     steps = point_steps(profile, result.records)
     assert steps["hca_units"].resolution() == {"step": 1.0}
     assert steps["hca_units"].wraps_at == 10**6  # six BCD digits
@@ -194,3 +217,45 @@ def test_check_names_the_configured_meters_without_a_key_and_never_a_key(tmp_pat
                             capture_output=True, text=True, cwd=REPO, timeout=30, check=False)
     assert result.returncode == 78
     assert f"{keys}:1:" in result.stderr and "0011" not in result.stderr
+
+
+# -- the AMB8465's RSSI setting, read from the stick on a pty -------------------------------------
+
+def test_an_amb8465_is_asked_for_its_rssi_setting_and_a_telegram_before_the_answer_is_kept(
+        tmp_path: Path) -> None:
+    require_binary("socat")
+    meter = SimulatedRadioMeter(RadioMeterSpec(30000001, MeterKind.WATER), seed=1)
+    telegram = strip_to_crcless(meter, meter.transmit(60, datetime(2025, 1, 1))[0])
+    with PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as pair, \
+            serial.Serial(str(pair.meter_end), 9600, timeout=0.1) as stick_end:
+        stick = SerialStick("amb8465", str(pair.agent_end), 9600, ("t1",))
+        asked = threading.Thread(target=lambda: stick_end.write(
+            _await(stick_end, amb8465.get_request(amb8465.RSSI_ENABLE))
+            + amb8465.telegram_indication(telegram)  # RSSI output off: no RSSI byte
+            + amb8465.get_confirmation(amb8465.RSSI_ENABLE, b"\x00")))
+        asked.start()
+        try:
+            received = stick.read(2.0)
+        finally:
+            asked.join(5)
+            stick.close()
+    assert stick.rssi is False
+    assert [r.telegram for r in received] == [telegram] and received[0].rssi_dbm is None
+
+
+def test_an_amb8465_that_does_not_answer_the_settings_query_is_a_failing_receiver(tmp_path: Path) -> None:
+    require_binary("socat")
+    with PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as pair:
+        stick = SerialStick("amb8465", str(pair.agent_end), 9600, ("t1",))
+        with pytest.raises(BusError, match="did not answer the query of its RSSI_Enable"):
+            stick.read(0.1)
+
+
+def _await(line: serial.Serial, request: bytes) -> bytes:
+    """Read until ``request`` came from the host (bounded); nothing to send back for it."""
+    seen = b""
+    deadline = time.monotonic() + 5
+    while request not in seen and time.monotonic() < deadline:
+        seen += line.read(64)
+    assert request in seen, "the host asked for the setting"
+    return b""

@@ -64,7 +64,11 @@ def test_scan_reads_an_sdr_decoders_lines_from_its_command() -> None:
                       "--interval", "0.3", "--security", "0"])
     result = _scan("--sdr-command", sim, "--seconds", "2")
     assert result.returncode == 0, result.stderr
-    assert set(_rows(result.stdout)) == {"30000001", "30000002", "30000003"}
+    rows = _rows(result.stdout)
+    assert set(rows) == {"30000001", "30000002", "30000003"}
+    # rtl_wmbus's level is no dBm: shown as the SDR's own figure, and said so.
+    assert all(row[5].startswith("~") for row in rows.values())
+    assert "not dBm" in result.stdout
 
 
 def test_scan_with_nothing_heard_says_so_and_fails(tmp_path: Path) -> None:

@@ -95,7 +95,9 @@ def test_rtl_433_json_line() -> None:
                        "id": 20000001, "data": telegram.hex(), "rssi": -12.3})
     received = sdr.parse_line(line)
     assert received is not None and received.telegram == telegram
-    assert received.rssi_dbm == -12.3 and received.mode == "T"
+    assert received.mode == "T"
+    # rtl_433's level is dB below full scale: kept as the SDR's level, never as dBm.
+    assert received.rssi_dbm is None and received.level == -12.3 and "not dBm" in str(received.level_scale)
     assert sdr.parse_line(json.dumps({"model": "Acurite-Tower", "id": 1})) is None
 
 
@@ -103,7 +105,8 @@ def test_rtl_wmbus_line() -> None:
     telegram = _telegrams(1)[0]
     received = sdr.parse_line(rtl_wmbus_line(telegram, "C1", rssi=37))
     assert received is not None and received.telegram == telegram and received.mode == "C1"
-    assert received.rssi_dbm == 37.0
+    # rtl_wmbus's rssi field is an uncalibrated magnitude: the SDR's level, never dBm.
+    assert received.rssi_dbm is None and received.level == 37.0 and "not dBm" in str(received.level_scale)
     with pytest.raises(DecodeError, match="CRC error"):
         sdr.parse_line(rtl_wmbus_line(telegram).replace(";1;1;", ";0;1;", 1))
 
@@ -131,3 +134,14 @@ def test_an_on_air_format_b_telegram_through_a_stick_decodes_to_its_truth() -> N
     assert received is not None
     result = decode_wmbus(received.telegram, KeyRing({"20000002": key}))
     assert [r.value for r in result.records if r.quantity == "hca"] == [truth.values["hca"], truth.values["hca@1"]]
+
+
+def test_amb8465_settings_confirmation_carries_rssi_enable() -> None:
+    decoder = amb8465.AmberDecoder(rssi=False)
+    answer = decoder.feed(amb8465.get_confirmation(amb8465.RSSI_ENABLE, b"\x01"))[0]
+    assert amb8465.setting(answer, amb8465.RSSI_ENABLE) == 1
+    assert amb8465.setting(answer, amb8465.RSSI_ENABLE + 1) is None
+    block = decoder.feed(amb8465.get_confirmation(60, bytes(range(20))))[0]  # 60..79: 69 is the tenth
+    assert amb8465.setting(block, amb8465.RSSI_ENABLE) == 9
+    mode = decoder.feed(amb8465.set_mode_request(["t1"]))[0]
+    assert amb8465.setting(mode, amb8465.RSSI_ENABLE) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
 from drivers.core.protocol import Resolution
@@ -45,8 +46,30 @@ def _number(value: Decimal) -> float | int:
 COUNT_QUANTITIES = {"hca": "HCA"}
 
 
+# The meter's own dates and times (VIF 6C type G, 6D type F or I): the
+# meter's date-time and the set (due) date. A point's value is a number, so
+# such a point is the seconds since 1970-01-01 00:00 *of the meter's clock as
+# it reads*, no time zone applied: meters keep local time (some without
+# summer time), and only the platform knows the site's zone to compare it
+# with the reading's `ts`. A set date is its day at 00:00. Only a profile's
+# named points take them; an every-record profile leaves them out.
+DATE_QUANTITIES = {"time_point": "s"}  # VIF 6C (a date), 6D (a date-time): the decoder's name for both
+_EPOCH = datetime(1970, 1, 1)
+
+
 def _base_unit(record: DataRecord) -> str:
-    return record.base_unit or COUNT_QUANTITIES.get(record.quantity, "")
+    return record.base_unit or COUNT_QUANTITIES.get(record.quantity) or DATE_QUANTITIES.get(record.quantity, "")
+
+
+def _clock_seconds(record: DataRecord) -> Decimal | None:
+    """A date or date-time record as the seconds its reading shows since 1970 (no zone)."""
+    value = record.value
+    if record.quantity not in DATE_QUANTITIES or not isinstance(value, date):
+        return None
+    moment = value if isinstance(value, datetime) else datetime.combine(value, time())
+    if moment.tzinfo is not None:
+        moment = moment.replace(tzinfo=None)
+    return Decimal((moment - _EPOCH) // timedelta(seconds=1))
 
 
 def _numeric(record: DataRecord) -> Decimal | None:
@@ -100,6 +123,8 @@ def point_values(profile: MbusProfile, records: Iterable[DataRecord]) -> list[tu
     for name, record, unit, kind in _chosen(profile, records):
         value = None
         number = _numeric(record)
+        if number is None:
+            number = _clock_seconds(record)
         if not record.invalid and number is not None:
             converted = convert(number, _base_unit(record), unit)
             value = None if converted is None else _number(converted)

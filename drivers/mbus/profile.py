@@ -9,11 +9,56 @@ their application layer is the same EN 13757-3.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from drivers.core.readings import Kind
-from drivers.core.records import Rule
+from drivers.core.records import Parse, Rule
+
+MANUFACTURER = re.compile(r"[A-Z]{3}")
+
+
+def parse_manufacturer(value: object) -> str:
+    """The three letters of the M-field (EN 62056-21 flag id), as `wmbus decode` prints them."""
+    if not isinstance(value, str) or not MANUFACTURER.fullmatch(value.upper()):
+        raise ValueError(f"expected a manufacturer's three letters, e.g. APA, KAM (got {value!r})")
+    return value.upper()
+
+
+Manufacturer = Annotated[str, Parse(parse_manufacturer, {"type": "string", "pattern": "^[A-Za-z]{3}$"})]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MbusDetect:
+    """Which meters a profile fits, from the telegram header alone: every given field must match.
+
+    ``device_types`` are the medium names `wmbus decode` and `scan` print
+    (water, warm_water, heat_outlet, heat_cost_allocator, ...).
+    """
+
+    device_types: tuple[str, ...]
+    manufacturers: tuple[Manufacturer, ...] = ()  # empty: any
+    versions: tuple[Annotated[int, Rule(ge=0, le=255)], ...] = ()  # empty: any
+
+    def matches(self, manufacturer: str, version: int, device_type: str) -> bool:
+        return (device_type in self.device_types and (not self.manufacturers or manufacturer in self.manufacturers)
+                and (not self.versions or version in self.versions))
+
+    @property
+    def specificity(self) -> int:
+        """A vendor's profile (manufacturer, version) wins over a generic one for the same device type."""
+        return 2 * bool(self.manufacturers) + bool(self.versions)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MbusVector:
+    """A radio telegram (hex from the L-field, unencrypted, block CRCs optional) -> the values the profile gives."""
+
+    radio: str
+    expect: dict[str, float | int]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,9 +106,50 @@ class MbusProfile:
     all_records: bool = False
     # Battery meters allow few reads: `check` warns below this interval.
     min_interval: Annotated[float, Rule(gt=0)] | None = None
+    # The telegram headers this profile fits: how a profile that chooses
+    # (``choose_from``) picks it for a meter.
+    detect: tuple[MbusDetect, ...] = ()
+    # Test telegrams and the values they must give (tests/test_wmbus_profiles.py runs them).
+    tests: tuple[MbusVector, ...] = ()
+    # A profile with no points of its own: per meter, the one of these whose
+    # ``detect`` fits the telegram's header (manufacturer, version, device
+    # type) best. Radio meters only: a wired one is read with a named profile.
+    choose_from: tuple[str, ...] = ()
+    # ``choose_from`` resolved by the catalogue (never written in a file).
+    candidates: tuple[MbusProfile, ...] = field(default=(), metadata={"key": "(resolved)"}, compare=False)
     origin: str = ""
 
+    def resolve(self, get: Callable[[str], object]) -> MbusProfile:
+        """The catalogue's hook: the profiles ``choose_from`` names, looked up once."""
+        if not self.choose_from or self.candidates:
+            return self
+        found: list[MbusProfile] = []
+        for name in self.choose_from:
+            profile = get(name)
+            if not isinstance(profile, MbusProfile) or profile.choose_from or not profile.detect:
+                raise ValueError(f"profile {self.name}: choose_from {name!r} must be an M-Bus profile with a detect "
+                                 "block (and no choose_from of its own)")
+            found.append(profile)
+        # Its points: every candidate's (the first of a name), so that a device's
+        # `points`, `max_rate` and `intervals` may name them before any telegram.
+        points: dict[str, MbusPoint] = {}
+        for candidate in found:
+            for point in candidate.points:
+                points.setdefault(point.name, point)
+        return dataclasses.replace(self, candidates=tuple(found), points=tuple(points.values()))
+
+    def choose(self, manufacturer: str, version: int, device_type: str) -> MbusProfile | None:
+        """The candidate whose detect block fits this header most specifically (the first named on a tie)."""
+        best: tuple[int, MbusProfile] | None = None
+        for profile in self.candidates:
+            for rule in profile.detect:
+                if rule.matches(manufacturer, version, device_type) and (best is None or rule.specificity > best[0]):
+                    best = (rule.specificity, profile)
+        return None if best is None else best[1]
+
     def __post_init__(self) -> None:
+        if self.choose_from and (self.points or self.all_records) and not self.candidates:
+            raise ValueError("a profile with choose_from has no points of its own: the chosen profile's are used")
         if not self.all_records:
             return
         # Here a point only declares a point every-record makes, so that it is

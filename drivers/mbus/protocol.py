@@ -43,6 +43,9 @@ class MbusProtocol(BusProtocol[MbusBus, MbusProfile]):
         return bus_load(bus, devices)
 
     def notes(self, bus: MbusBus, device: DeviceConfig, profile: MbusProfile) -> list[str]:
+        if profile.choose_from:
+            return [(f"warning: device {device.id}: profile {profile.name} chooses per radio telegram; a wired "
+                     "meter is not chosen for (every candidate's point is tried): name the meter's profile")]
         if profile.min_interval and device.interval < profile.min_interval:
             return [(f"warning: device {device.id} every {format_duration(device.interval)}: {profile.name} meters "
                      f"allow a read every {format_duration(profile.min_interval)} at most (battery); the meter may "
@@ -53,6 +56,9 @@ class MbusProtocol(BusProtocol[MbusBus, MbusProfile]):
         return device.points or (("every record",) if profile.all_records else tuple(p.name for p in profile.points))
 
     def show_profile(self, profile: MbusProfile) -> list[str]:
+        if profile.choose_from:
+            return [(f"no points of its own: per radio meter, the profile among {', '.join(profile.choose_from)} "
+                     "whose detect block fits the telegram header (manufacturer, version, device type) best")]
         lines = [f"{'point':26} {'quantity':24} {'storage':>7} {'tariff':>6} {'subunit':>7} {'unit':5} kind"]
         lines += [f"{mp.name:26} {mp.quantity:24} {mp.storage:>7} {mp.tariff:>6} {mp.subunit:>7} "
                   f"{mp.unit or '(sent)':5} {mp.kind}  {mp.description}" for mp in profile.points]

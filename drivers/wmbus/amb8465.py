@@ -14,6 +14,12 @@ byte counted in the L-field.
 
 Modes are set with CMD_SET_MODE_REQ (volatile memory only): the collector
 ("other") modes that receive what meters send.
+
+Whether the RSSI byte follows a data indication is the module's
+non-volatile user setting RSSI_Enable (memory position 69). A decoder
+that guesses wrong loses every frame (the checksum lands one byte off), so
+the host reads the setting with CMD_GET_REQ before listening, never writes
+it: changing it would wear the module's flash, and reading is enough.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ MODES: dict[frozenset[str], int] = {
 }
 
 MAX_PAYLOAD = 255
+RSSI_ENABLE = 69  # memory position of the user setting RSSI_Enable (1: an RSSI byte after each telegram)
 
 
 def checksum(data: bytes) -> int:
@@ -85,6 +92,25 @@ def set_mode_request(modes: Iterable[str]) -> bytes:
         choices = ", ".join("+".join(sorted(m)) for m in MODES)
         raise FrameError(f"the AMB8465 cannot listen to {'+'.join(sorted(wanted))}; it can: {choices}")
     return encode(AmberMessage(CMD_SET_MODE_REQ, bytes([code])))
+
+
+def get_request(position: int, length: int = 1) -> bytes:
+    """CMD_GET_REQ: read ``length`` bytes of the user settings from ``position`` (nothing is written)."""
+    return encode(AmberMessage(CMD_GET_REQ, bytes([position, length])))
+
+
+def get_confirmation(position: int, values: bytes) -> bytes:
+    """What the module answers a CMD_GET_REQ: position, length, the settings' bytes."""
+    return encode(AmberMessage(CMD_GET_REQ | CONFIRM, bytes([position, len(values)]) + values))
+
+
+def setting(message: AmberMessage, position: int) -> int | None:
+    """The value of the user setting at ``position`` if ``message`` is the confirmation that carries it."""
+    payload = message.payload
+    if message.command != CMD_GET_REQ | CONFIRM or len(payload) < 3 or payload[0] > position:
+        return None
+    index = 2 + position - payload[0]
+    return payload[index] if position - payload[0] < payload[1] and index < len(payload) else None
 
 
 def telegram_indication(telegram: bytes, rssi_raw: int | None = None) -> bytes:

@@ -34,6 +34,8 @@ def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
         out.update(result.to_json())
         if received.rssi_dbm is not None:
             out["rssi_dbm"] = received.rssi_dbm
+        if received.level is not None:
+            out["signal_level"] = {"value": received.level, "scale": received.level_scale}
         yield json.dumps(out, ensure_ascii=False)
 
 

@@ -49,10 +49,12 @@ class HeardMeter:
     key: bool
     telegrams: int = 0
     rssi_dbm: float | None = None
+    level: float | None = None  # an SDR's own figure, not dBm: shown with a ~
     error: str | None = None
 
     def row(self) -> list[str]:
-        rssi = f"{self.rssi_dbm:.0f}" if self.rssi_dbm is not None else "-"
+        rssi = (f"{self.rssi_dbm:.0f}" if self.rssi_dbm is not None
+                else f"~{self.level:.0f}" if self.level is not None else "-")
         security = "none" if not self.security_mode else f"mode {self.security_mode}"
         return [self.identification, self.manufacturer, self.medium, str(self.version), self.mode.upper(), rssi,
                 security, self.state, "yes" if self.key else "no", suggested_profile(self.medium),
@@ -80,7 +82,8 @@ def heard_meter(result: WmbusResult, received: Received, mode: str, keys: KeyRin
     meter = result.meter or result.link.address
     return HeardMeter(meter.identification, meter.manufacturer, meter.medium, meter.version,
                       received.mode or mode, result.security.mode, result.security.state.value,
-                      meter.identification in keys, rssi_dbm=received.rssi_dbm, error=result.error)
+                      meter.identification in keys, rssi_dbm=received.rssi_dbm, level=received.level,
+                      error=result.error)
 
 
 def scan_radio(args: argparse.Namespace, bus: AnyWmbusBus) -> bool:
@@ -120,6 +123,8 @@ def scan_radio(args: argparse.Namespace, bus: AnyWmbusBus) -> bool:
     no_key = [m.identification for m in meters.values() if m.state == "no_key"]
     print(f"{len(meters)} meter(s) heard in {seconds:g} s; {repeats.dropped} repeat(s) dropped, "
           f"{broken + receiver.garbled} garbled telegram(s)")
+    if any(m.rssi_dbm is None and m.level is not None for m in meters.values()):
+        print("RSSI ~N: the SDR decoder's own signal level, not dBm: compare meters with it, not with a stick's")
     if no_key:
         print(f"{len(no_key)} encrypted meter(s) without a key: {', '.join(sorted(no_key))} "
               "(add them to the key file: meter id;32 hex digits)")

@@ -91,7 +91,7 @@ class WmbusProtocol(BusProtocol[AnyWmbusBus, MbusProfile]):
                  "reported as wmbus.no_key, never read")]
 
     def point_names(self, device: DeviceConfig, profile: MbusProfile) -> tuple[str, ...]:
-        names = MBUS.point_names(device, profile)
+        names = MBUS.point_names(device, profile)  # a choosing profile's: its candidates' (resolved)
         return names if device.points else (*names, "rssi")
 
     def show_profile(self, profile: MbusProfile) -> list[str]:

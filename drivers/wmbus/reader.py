@@ -25,6 +25,7 @@ from drivers.core.errors import BusError
 from drivers.core.protocol import Clock, Heard, PointInfo, Readout
 from drivers.mbus.points import point_steps, point_values
 from drivers.mbus.profile import MbusProfile
+from drivers.mbus.telegram import medium_name
 from drivers.wmbus.decode import WmbusResult, decode_wmbus
 from drivers.wmbus.keys import KeyRing
 from drivers.wmbus.link import RepeatFilter
@@ -84,6 +85,8 @@ class RadioMeter:
         self.where = f"radio meter {meter}"
         self._wanted = frozenset(points) if points is not None else None
         self._rssi = rssi and (self._wanted is None or RSSI_POINT in self._wanted)
+        # A choosing profile (oms-auto): its points are its candidates', the choice is per header.
+        self._chosen: dict[tuple[str, int, str], MbusProfile | None] = {}
         self.points: dict[str, PointInfo] = {p.name: PointInfo(p.name, p.unit or "", p.kind)
                                              for p in profile.points if self._wants(p.name)}
         if self._rssi:
@@ -102,14 +105,17 @@ class RadioMeter:
                 notes.append((f"wmbus.{problem.state}", {"meter": self.meter, "security_mode": result.security.mode,
                                                           "error": str(problem)}))
             return Readout(meter=self.meter, error=problem, notes=notes)
+        profile = self._profile_for(result)
+        if profile is None:
+            return self._no_profile(result)
         self.problem = None
         if result.error is not None:
             return Readout(meter=self.meter, error=BusError(f"{self.where}: {result.error}"))
         records = result.records
-        steps = point_steps(self.profile, records)
+        steps = point_steps(profile, records)
         points: dict[str, PointInfo] = {}
         values: list[tuple[PointInfo, float | int | None]] = []
-        for name, value, unit, kind in point_values(self.profile, records):
+        for name, value, unit, kind in point_values(profile, records):
             if not self._wants(name):
                 continue
             step = steps.get(name)
@@ -122,6 +128,33 @@ class RadioMeter:
             values.append((self.points[RSSI_POINT], received.rssi_dbm))
         return Readout([(stamp, mono, values)], meter=self.meter,
                        points={name: info for name, info in points.items() if name in steps})
+
+    def _profile_for(self, result: WmbusResult) -> MbusProfile | None:
+        """The configured profile, or the one a choosing profile picks for this header (once per header)."""
+        if not self.profile.candidates:
+            return self.profile
+        address = result.meter or (result.link.address if result.link is not None else None)
+        if address is None:
+            return None
+        header = (address.manufacturer, address.version, medium_name(address.device_type))
+        if header not in self._chosen:
+            self._chosen[header] = self.profile.choose(*header)
+        return self._chosen[header]
+
+    def _no_profile(self, result: WmbusResult) -> Readout:
+        address = result.meter or (result.link.address if result.link is not None else None)
+        header = ("?", 0, "?") if address is None else (address.manufacturer, address.version,
+                                                         medium_name(address.device_type))
+        problem = BusError(
+            f"meter {self.meter} ({header[0]}, version {header[1]}, device type {header[2]}) fits none of the "
+            f"profiles {self.profile.name} chooses from ({', '.join(self.profile.choose_from)}): name its profile "
+            "in the config (`retrofit-agent scan --wmbus` suggests one)")
+        notes: list[tuple[str, dict[str, object]]] = []
+        if self.problem != "no_profile":
+            self.problem = "no_profile"
+            notes.append(("wmbus.no_profile", {"meter": self.meter, "manufacturer": header[0], "version": header[1],
+                                               "device_type": header[2], "error": str(problem)}))
+        return Readout(meter=self.meter, error=problem, notes=notes)
 
 
 class RadioListener:

@@ -13,7 +13,13 @@ class Received:
 
     ``telegram`` starts at the L-field, with block CRCs or without (as the
     receiver delivered it: ``parse_link`` finds out). ``rssi_dbm`` is the
-    receiver's signal strength where it reports one; ``mode`` the radio
+    receiver's signal strength where it reports it in dBm (the sticks,
+    calibrated by their maker); ``level`` is an SDR decoder's own signal
+    figure, which is not dBm (rtl_wmbus: an uncalibrated magnitude;
+    rtl_433: dB below the ADC's full scale, gain-dependent), with
+    ``level_scale`` saying which: good for comparing meters heard by the
+    same SDR, never with a stick's RSSI, never sent as the ``rssi`` point.
+    ``mode`` the radio
     mode it names (T1, C1, S1); ``frame_format`` is set when the receiver
     knows it (C1 format B).
     """
@@ -23,3 +29,5 @@ class Received:
     mode: str | None = None
     frame_format: FrameFormat | None = None
     receiver_timestamp: int | None = None
+    level: float | None = None
+    level_scale: str | None = None

@@ -18,6 +18,9 @@ from drivers.wmbus.received import Received
 
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 RTL_433_MODELS = ("Wireless-MBus", "Wireless-MBus-C", "Wireless-MBus-T")
+# What an SDR decoder's signal figure is: neither is dBm (docs/wmbus.md).
+RTL_433_LEVEL = "rtl_433 dB below full scale (not dBm)"
+RTL_WMBUS_LEVEL = "rtl_wmbus uncalibrated magnitude (not dBm)"
 
 
 def hex_telegram(text: str) -> bytes:
@@ -45,13 +48,11 @@ def parse_rtl_433(line: str) -> Received | None:
     data = event.get("data")
     if not isinstance(data, str):
         raise DecodeError("rtl_433 Wireless-MBus event without a 'data' hex string")
-    rssi = event.get("rssi")
+    rssi = event.get("rssi")  # with -M level: dB relative to full scale, not dBm
     mode = event.get("mode")
-    return Received(
-        hex_telegram(data),
-        rssi_dbm=float(rssi) if isinstance(rssi, int | float) else None,
-        mode=str(mode) if mode else None,
-    )
+    level = float(rssi) if isinstance(rssi, int | float) and not isinstance(rssi, bool) else None
+    return Received(hex_telegram(data), mode=str(mode) if mode else None, level=level,
+                    level_scale=RTL_433_LEVEL if level is not None else None)
 
 
 def parse_rtl_wmbus(line: str) -> Received | None:
@@ -61,13 +62,14 @@ def parse_rtl_wmbus(line: str) -> Received | None:
     mode = fields[0].strip() or None
     if fields[1].strip() == "0":
         raise DecodeError(f"rtl_wmbus reports a CRC error for this {mode or ''} telegram".replace("  ", " "))
-    rssi: float | None = None
+    level: float | None = None  # rtl_wmbus's "rssi": the packet's magnitude, uncalibrated
     if len(fields) > 4:
         try:
-            rssi = float(fields[4])
+            level = float(fields[4])
         except ValueError:
-            rssi = None
-    return Received(hex_telegram(fields[-1]), rssi_dbm=rssi, mode=mode)
+            level = None
+    return Received(hex_telegram(fields[-1]), mode=mode, level=level,
+                    level_scale=RTL_WMBUS_LEVEL if level is not None else None)
 
 
 def parse_line(line: str) -> Received | None:

@@ -24,6 +24,7 @@ from drivers.wmbus.received import Received
 from drivers.wmbus.sdr import parse_line
 
 MAX_LINE = 8192  # an SDR line longer than this is no telegram: dropped, counted
+SETTINGS_ANSWER_S = 2.0  # a stick answers a settings query in milliseconds
 
 
 class Receiver(Protocol):
@@ -54,11 +55,38 @@ class SerialStick:
         self._configure = (im871a.set_config_request(modes) if stick == "im871a"
                            else amb8465.set_mode_request(modes))
         self._serial: serial.Serial | None = None
+        self.rssi = True  # AMB8465: whether an RSSI byte follows each telegram (read from the stick)
         self._decoder: im871a.HciDecoder | amb8465.AmberDecoder = self._new_decoder()
         self._rejected_before = 0
+        self._early = b""  # what came before the stick's settings were known: decoded with them
 
     def _new_decoder(self) -> im871a.HciDecoder | amb8465.AmberDecoder:
-        return im871a.HciDecoder() if self.stick == "im871a" else amb8465.AmberDecoder(rssi=True)
+        return im871a.HciDecoder() if self.stick == "im871a" else amb8465.AmberDecoder(rssi=self.rssi)
+
+    def _read_rssi_setting(self, line: serial.Serial) -> bool:
+        """The AMB8465's RSSI_Enable, read (never written: it lives in the module's flash).
+
+        A telegram that comes before the answer is kept and decoded once
+        the setting is known, so none is lost for asking.
+        """
+        line.write(amb8465.get_request(amb8465.RSSI_ENABLE))
+        line.flush()
+        probe = amb8465.AmberDecoder(rssi=False)  # a confirmation never carries an RSSI byte
+        seen = b""
+        deadline = time.monotonic() + SETTINGS_ANSWER_S
+        while (left := deadline - time.monotonic()) > 0:
+            line.timeout = min(left, 0.2)
+            data = line.read(1)
+            if data:
+                data += line.read(line.in_waiting)
+            seen += data
+            for message in probe.feed(data):
+                value = amb8465.setting(message, amb8465.RSSI_ENABLE)
+                if value is not None:
+                    self._early = seen
+                    return value != 0
+        raise BusError(f"{self.where}: the stick did not answer the query of its RSSI_Enable setting within "
+                       f"{SETTINGS_ANSWER_S:g} s (an AMB8465 in command mode at {self.baudrate} baud?)")
 
     @property
     def garbled(self) -> int:
@@ -74,11 +102,16 @@ class SerialStick:
                 raise BusError(f"{self.where}: cannot open the port: {exc}") from None
             try:
                 line.reset_input_buffer()
+                if self.stick == "amb8465":
+                    self.rssi = self._read_rssi_setting(line)
                 line.write(self._configure)
                 line.flush()
             except (serial.SerialException, OSError) as exc:
                 line.close()
                 raise BusError(f"{self.where}: cannot set the receive mode: {exc}") from None
+            except BusError:
+                line.close()
+                raise
             self._serial = line
             self._rejected_before = self.garbled
             self._decoder = self._new_decoder()
@@ -86,12 +119,14 @@ class SerialStick:
 
     def read(self, timeout: float) -> list[Received]:
         line = self._line()
+        data, self._early = self._early, b""  # what came while the settings were asked for: no wait for it
         try:
-            if line.timeout != timeout:
-                line.timeout = timeout
-            data = line.read(1)
-            if data:
-                data += line.read(line.in_waiting)
+            if not data:
+                if line.timeout != timeout:
+                    line.timeout = timeout
+                data = line.read(1)
+                if data:
+                    data += line.read(line.in_waiting)
         except (serial.SerialException, OSError) as exc:
             self.close()
             raise BusError(f"{self.where}: reading failed: {exc}") from None
