@@ -128,6 +128,7 @@ class _Physics:
     supply_dc: int = 550  # 0.1 Cel
     return_dc: int = 400
     set_date_value: int = 0
+    set_date_volume_l: int | None = None  # a water meter's volume at the set date; None: half the volume
 
     def advance(self, rng: random.Random, seconds: float, kind: MeterKind) -> None:
         self.flow_lh = rng.choice((0, 0, 0, 120, 360, 540)) if kind is not MeterKind.HEAT else (
@@ -178,8 +179,9 @@ class SimulatedRadioMeter:
             truth["volume"] = Decimal(p.volume_l).scaleb(-3)
             records += b"\x02\x3b" + p.flow_lh.to_bytes(2, "little", signed=True)  # l/h
             truth["volume_flow"] = Decimal(p.flow_lh).scaleb(-3)
-            records += b"\x44\x13" + (p.volume_l // 2).to_bytes(4, "little")  # at set date
-            truth["volume@1"] = Decimal(p.volume_l // 2).scaleb(-3)
+            at_set_date = p.volume_l // 2 if p.set_date_volume_l is None else p.set_date_volume_l
+            records += b"\x44\x13" + at_set_date.to_bytes(4, "little")  # at set date
+            truth["volume@1"] = Decimal(at_set_date).scaleb(-3)
             records += b"\x42\x6c" + date_g(set_date)
             truth["date@1"] = set_date
         elif kind is MeterKind.HEAT:

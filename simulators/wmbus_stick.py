@@ -121,6 +121,7 @@ class StickServer:
         self.finished = threading.Event()
         self.delivered: list[Delivered] = []
         self.dropped: list[Transmission] = []  # damaged on air: a stick never delivers them
+        self.unheard: list[Transmission] = []  # sent (on ``clock``) before the host set the receive mode
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._line: serial.Serial | None = None
@@ -176,6 +177,8 @@ class StickServer:
             self._answer_configuration(line)
         wall_start = time.monotonic()
         clock = self.clock or (lambda: time.monotonic() - wall_start)
+        if self.clock is not None:  # another clock ran while nobody listened
+            self.unheard = self.channel.run_until(clock())
         end = self.duration_s
         count = 0
         while not self._stop.is_set():
