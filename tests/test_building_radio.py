@@ -14,14 +14,16 @@ import itertools
 import json
 from collections import Counter
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from drivers.core.errors import RetrofitError
-from simulators.building import run_building
+from simulators.building import Building, run_building
 from simulators.building_config import parse_building_config
+from simulators.building_radio import ApartmentRadio
 from simulators.wmbus_meter import MeterKind
 from simulators.wmbus_stick import Delivered
 from tests.support import AgentProcess, Broker, Subscriber, free_port, require_binary, wait_until, write_config
@@ -174,3 +176,36 @@ def test_apartments_need_a_radio_bus_and_a_heat_meter(tmp_path: Path) -> None:
     del lonely["apartments"]
     with pytest.raises(RetrofitError, match="bus radio: no meters transmit to it"):
         parse_building_config(lonely, tmp_path)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_allocators_together_count_the_heat_meters_space_heat_and_water_follows_the_day(tmp_path: Path) -> None:
+    """No I/O: the building on a fake clock, each meter asked for its telegram at chosen moments."""
+    config = parse_building_config(building(tmp_path, security_mode=7, hca_units_per_kwh=2.0), tmp_path)
+    clock = FakeClock()
+    house = Building(config, clock)
+    radio = ApartmentRadio(house, config)
+    allocators = [m for m in radio.meters if m.spec.kind is MeterKind.HCA]
+    cold = [m for m in radio.meters if m.spec.kind is MeterKind.WATER]
+    previous: dict[str, Decimal] = {}
+    for day in range(1, 4):
+        clock.now = house.wall_time(house.physics.start + day * DAY)
+        values = {m.device: m.transmit(0, dt.datetime(2025, 1, 1))[1].values for m in radio.meters}
+        space_kwh = Fraction(house.physics.heat["heat-a"][1].space_j, 3_600_000)
+        counted = sum(int(values[m.device]["hca"]) - m.start_value for m in allocators)
+        assert 2 * space_kwh - len(allocators) <= counted <= 2 * space_kwh  # each allocator cuts to whole units
+        for meter in cold:
+            volume = Decimal(values[meter.device]["volume"])
+            assert volume >= previous.get(meter.device, Decimal(0))
+            previous[meter.device] = volume
+        clock_of_meters = {values[m.device]["date_time"] for m in radio.meters}
+        assert clock_of_meters == {radio.local_clock(house.physics.start + day * DAY).replace(second=0)}
+    litres = sum(float(previous[m.device]) * 1000 - m.start_value for m in cold)
+    assert 0.5 * 3 * 110 * 10 < litres < 1.5 * 3 * 110 * 10  # about 110 l a flat a day
