@@ -56,11 +56,13 @@ from simulators.building_config import (
     RtuBusSpec,
     ScheduledFault,
     TcpBusSpec,
+    WmbusBusSpec,
     iso,
     load_building_config,
     utc_epoch,
 )
 from simulators.building_mbus import BuildingMbusMeter
+from simulators.building_radio import ApartmentRadio, agent_parts
 from simulators.groundtruth import GroundTruthWriter
 from simulators.mbus_meter import MbusLineServer
 from simulators.meters import modbus_profile
@@ -803,6 +805,7 @@ class BuildingHandle:
         self._stop_lock = threading.Lock()
         self._stopped = False
         self.removed_agent_buffer: Path | None = None
+        self.radio = ApartmentRadio(self.building, config) if config.apartments is not None else None
 
     def start(self) -> BuildingHandle:
         self.output.mkdir(parents=True, exist_ok=True)
@@ -824,7 +827,12 @@ class BuildingHandle:
         self._ticker.start()
         return self
 
-    def _start_bus(self, index: int, spec: TcpBusSpec | RtuBusSpec | MbusBusSpec) -> None:
+    def _start_bus(self, index: int, spec: TcpBusSpec | RtuBusSpec | MbusBusSpec | WmbusBusSpec) -> None:
+        if isinstance(spec, WmbusBusSpec):  # the apartments' stick (the config check: their bus)
+            if self.radio is not None:
+                self.radio.start()
+                self.endpoints[spec.id] = str(spec.pty)
+            return
         if isinstance(spec, MbusBusSpec):
             meters = [d for d in self.building.devices.values()
                       if isinstance(d, BuildingMbusMeter) and d.spec.bus == spec.id]
@@ -940,6 +948,8 @@ class BuildingHandle:
                 for fault, count in plan.injected.items():
                     noisy.setdefault(bus_id, {})[fault] = noisy.get(bus_id, {}).get(fault, 0) + count
         meta["injected_noisy"] = noisy  # the scheduled noisy periods' faults
+        if self.radio is not None:
+            meta["apartments"] = self.radio.meta()
         self._days_written = len(meta["days"])
         temporary = self.meta_path.with_name(".meta.json.tmp")
         temporary.write_text(json.dumps(meta, indent=1))
@@ -959,6 +969,8 @@ class BuildingHandle:
         self._stop.set()
         if self._ticker is not None and self._ticker is not threading.current_thread():
             self._ticker.join(timeout=2)
+        if self.radio is not None:
+            self.radio.stop()
         for runtime in self._buses.values():
             if runtime.server is not None:
                 runtime.server.stop()
@@ -984,12 +996,15 @@ def agent_config(config: BuildingConfig, broker_port: int, buffer: Path, gateway
         elif isinstance(bus, RtuBusSpec):
             buses.append({"id": bus.id, "type": "modbus-rtu", "port": str(bus.pty), "baudrate": bus.baudrate,
                           "parity": bus.parity, "timeout": "0.5s"})
-        else:  # a pty takes no parity; a real M-Bus level converter runs 8E1
+        elif isinstance(bus, MbusBusSpec):  # a pty takes no parity; a real M-Bus level converter runs 8E1
             buses.append({"id": bus.id, "type": "mbus", "port": str(bus.pty), "baudrate": bus.baudrate,
                           "parity": "N"})
     devices = [{"id": d.id, "bus": d.bus, "address": d.address, "profile": d.profile,
                 "interval": d.interval or default_interval[d.model],
                 **({"points": list(d.points)} if d.points else {})} for d in config.devices]
+    radio_buses, flats = agent_parts(config, config.building.acceleration)
+    buses += radio_buses
+    devices += flats
     return {
         "gateway": {"id": gateway, "site": site or config.building.name},
         # Commits every second (a gateway's default is a minute): in
@@ -1031,6 +1046,10 @@ def describe(handle: BuildingHandle) -> list[str]:
         speed = (f", {bus.baudrate} 8{bus.parity}1" if isinstance(bus, RtuBusSpec)
                  else f", {bus.baudrate} baud" if isinstance(bus, MbusBusSpec) else "")
         units = ", ".join(f"{d.address}={d.id}({d.profile})" for d in config.devices if d.bus == bus.id)
+        if isinstance(bus, WmbusBusSpec) and config.apartments is not None:
+            speed = f", {bus.stick} {bus.mode}"
+            units = (f"{config.apartments.count} flats x (hca, cold, hot), security mode "
+                     f"{config.apartments.security_mode}, keys {config.apartments.keys}")
         lines.append(f"bus {bus.id} ({bus.type} {where}{speed}): {units}")
     lines.append(f"ground truth: {handle.truth_path}; metadata: {handle.meta_path}")
     if handle.removed_agent_buffer is not None:

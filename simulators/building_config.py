@@ -123,8 +123,20 @@ class MbusBusSpec:
     faults: RandomFaults | None = None  # all but "busy" (a Modbus exception; M-Bus has none)
 
 
-BusSpec = TcpBusSpec | RtuBusSpec | MbusBusSpec  # told apart by their `type`
-BUS_TYPES = ("modbus-tcp", "modbus-rtu", "mbus")
+@dataclass(frozen=True, kw_only=True)
+class WmbusBusSpec:
+    """A radio receiver stick: the apartments' meters transmit to it (simulators/building_radio.py)."""
+
+    id: Identifier
+    type: Literal["wmbus"]
+    stick: Literal["im871a", "amb8465"] = "im871a"
+    # The agent's end of a virtual serial line (socat pty); the stick gets PTY.stick.
+    pty: Path
+    mode: Literal["t1", "c1"] = "t1"
+
+
+BusSpec = TcpBusSpec | RtuBusSpec | MbusBusSpec | WmbusBusSpec  # told apart by their `type`
+BUS_TYPES = ("modbus-tcp", "modbus-rtu", "mbus", "wmbus")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,12 +209,40 @@ class ScheduledFault:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ApartmentsSpec:
+    """The flats: each a heat cost allocator and a cold and a hot water
+    meter, OMS radio meters on a `wmbus` bus. The allocators share the
+    space heat of one heat meter; the water follows a daily profile."""
+
+    count: Annotated[int, Rule(ge=1, le=999)]
+    bus: Identifier  # a `wmbus` bus
+    heat_meter: Identifier  # the heat meter whose space heat the flats' allocators share
+    security_mode: Literal[0, 5, 7] = 5
+    # Where the vendor's key file is written at the start (mode 600); the
+    # agent config made from this file reads it as the bus's keys_file.
+    keys: Path = Path("wmbus-keys.csv")
+    interval: Duration = 900.0  # simulated time between a meter's telegrams
+    jitter: Annotated[float, Rule(ge=0, lt=1)] = 0.1  # relative scatter of each interval
+    first_id: Annotated[int, Rule(ge=1, le=99_999_999 - 3 * 999)] = 40_000_001
+    manufacturer: Annotated[str, Rule(pattern=r"[A-Za-z]{3}")] = "QDS"
+    # A flat's share of the heat scatters this much around 1/count (seeded).
+    share_sd: Annotated[float, Rule(ge=0, le=0.5)] = 0.25
+    hca_units_per_kwh: Annotated[float, Rule(gt=0, le=100)] = 1.0
+    cold_litres_per_day: Annotated[float, Rule(ge=0, le=5000)] = 110.0
+    hot_litres_per_day: Annotated[float, Rule(ge=0, le=5000)] = 50.0
+    # A flat's water use scatters this much around the mean, and each day by daily_sd.
+    occupancy_sd: Annotated[float, Rule(ge=0, le=0.9)] = 0.4
+    daily_sd: Annotated[float, Rule(ge=0, le=0.5)] = 0.15
+
+
+@dataclass(frozen=True, kw_only=True)
 class BuildingConfig:
     building: BuildingSpec
     output: Path = Path("sim-output")
     buses: Annotated[tuple[BusSpec, ...], Rule(min_length=1)]
     devices: Annotated[tuple[DeviceSpec, ...], Rule(min_length=1)]
     faults: tuple[ScheduledFault, ...] = ()
+    apartments: ApartmentsSpec | None = None
 
 
 def utc_epoch(moment: dt.datetime) -> float:
@@ -235,9 +275,13 @@ def parse_building_config(raw: object, base: Path, origin: str = "building confi
     def resolve(path: Path) -> Path:
         return path if path.is_absolute() else base / path
 
-    buses = tuple(replace(b, pty=resolve(b.pty)) if isinstance(b, RtuBusSpec | MbusBusSpec) else b
+    buses = tuple(replace(b, pty=resolve(b.pty)) if isinstance(b, RtuBusSpec | MbusBusSpec | WmbusBusSpec) else b
                   for b in config.buses)
     config = replace(config, output=resolve(config.output), buses=buses)
+    if config.apartments is not None:  # a relative key file goes with the run's output
+        keys = config.apartments.keys
+        config = replace(config, apartments=replace(
+            config.apartments, keys=keys if keys.is_absolute() else config.output / keys))
     _cross_check(config, origin)
     return config
 
@@ -269,6 +313,24 @@ def _cross_check(config: BuildingConfig, origin: str) -> None:
         if (device.bus, device.address) in seen:
             problems.append(f"device {device.id}: address {device.address} is used twice on bus {device.bus}")
         seen.add((device.bus, device.address))
+    radio_buses = [b.id for b in config.buses if isinstance(b, WmbusBusSpec)]
+    for device in config.devices:
+        if device.bus in radio_buses:
+            problems.append(f"device {device.id}: bus {device.bus} is a radio receiver; its meters are the "
+                            "apartments' (the `apartments:` section), wired devices need a wired bus")
+    flats = config.apartments
+    if flats is not None:
+        if flats.bus not in radio_buses:
+            problems.append(f"apartments.bus: {flats.bus!r} is no wmbus bus"
+                            + (f"; wmbus buses: {', '.join(radio_buses)}" if radio_buses else
+                               "; add one, e.g. {id: radio, type: wmbus, stick: im871a, pty: ttyR1}"))
+        heat_ids = [d.id for d in config.devices if isinstance(d, HeatMeterSpec)]
+        if flats.heat_meter not in heat_ids:
+            problems.append(f"apartments.heat_meter: {flats.heat_meter!r} is no heat meter"
+                            + (f"; heat meters: {', '.join(heat_ids)}" if heat_ids else ""))
+    for bus_id in radio_buses:
+        if flats is None or flats.bus != bus_id:
+            problems.append(f"bus {bus_id}: no meters transmit to it; give `apartments:` with bus: {bus_id}")
     pv_ids = [d.id for d in config.devices if isinstance(d, PvInverterSpec)]
     for device in config.devices:
         if isinstance(device, ElectricityMeterSpec) and device.pv is not None and device.pv not in pv_ids:

@@ -128,6 +128,7 @@ class _Physics:
     supply_dc: int = 550  # 0.1 Cel
     return_dc: int = 400
     set_date_value: int = 0
+    set_date_volume_l: int | None = None  # a water meter's volume at the set date; None: half the volume
 
     def advance(self, rng: random.Random, seconds: float, kind: MeterKind) -> None:
         self.flow_lh = rng.choice((0, 0, 0, 120, 360, 540)) if kind is not MeterKind.HEAT else (
@@ -178,8 +179,9 @@ class SimulatedRadioMeter:
             truth["volume"] = Decimal(p.volume_l).scaleb(-3)
             records += b"\x02\x3b" + p.flow_lh.to_bytes(2, "little", signed=True)  # l/h
             truth["volume_flow"] = Decimal(p.flow_lh).scaleb(-3)
-            records += b"\x44\x13" + (p.volume_l // 2).to_bytes(4, "little")  # at set date
-            truth["volume@1"] = Decimal(p.volume_l // 2).scaleb(-3)
+            at_set_date = p.volume_l // 2 if p.set_date_volume_l is None else p.set_date_volume_l
+            records += b"\x44\x13" + at_set_date.to_bytes(4, "little")  # at set date
+            truth["volume@1"] = Decimal(at_set_date).scaleb(-3)
             records += b"\x42\x6c" + date_g(set_date)
             truth["date@1"] = set_date
         elif kind is MeterKind.HEAT:
@@ -396,13 +398,31 @@ class RadioChannel:
         self._rng = random.Random(self.seed)
         self._next = {i: self._rng.uniform(0, m.spec.interval_s) for i, m in enumerate(self.meters)}
         self._last = dict.fromkeys(range(len(self.meters)), 0.0)
+        self._hit: set[int] = set()  # meters whose next telegram an earlier one overlaps
+
+    def next_due(self) -> float:
+        """Channel time of the next transmission."""
+        return min(self._next.values())
 
     def run(self, seconds: float) -> list[Transmission]:
         end = self._now + seconds
+        sent = self.run_until(end)
+        self._now = end
+        return sent
+
+    def run_until(self, t: float) -> list[Transmission]:
+        """Every transmission due up to channel time ``t``, in time order, each
+        built when it is asked for: a receiver paced by another clock (a
+        building's simulated time) calls this as its clock advances, and a
+        meter whose values follow that clock sends what it has at its turn.
+
+        Collisions are found from the schedule, across calls: when a telegram
+        is sent the next one on air is already known.
+        """
         sent: list[Transmission] = []
         while True:
             index, due = min(self._next.items(), key=lambda item: item[1])
-            if due > end:
+            if due > t:
                 break
             meter = self.meters[index]
             moment = EPOCH + timedelta(seconds=due)
@@ -412,12 +432,20 @@ class RadioChannel:
             if self.bit_error_rate and self._rng.random() < self.bit_error_rate:
                 telegram = _flip_bit(telegram, self._rng)
                 damage = "bit_error"
-            sent.append(Transmission(due, meter, telegram, truth, damage))
             interval = meter.spec.interval_s
             self._next[index] = due + interval * (1 + self._rng.uniform(-self.jitter, self.jitter))
-        self._now = end
-        if self.collisions:
-            sent = _mark_collisions(sent)
+            transmission = Transmission(due, meter, telegram, truth, damage)
+            if self.collisions:
+                next_index, next_due = min(self._next.items(), key=lambda item: item[1])
+                overlapped = index in self._hit
+                self._hit.discard(index)
+                if next_due < due + transmission.airtime_s:  # no capture effect: both are lost
+                    self._hit.add(next_index)
+                    overlapped = True
+                if overlapped:
+                    transmission = Transmission(due, meter, telegram, truth, "collision")
+            sent.append(transmission)
+        self._now = max(self._now, t)
         return sent
 
 
@@ -426,14 +454,3 @@ def _flip_bit(telegram: bytes, rng: random.Random) -> bytes:
     position = rng.randrange(1, len(damaged))  # the L-field is left: the length stays
     damaged[position] ^= 1 << rng.randrange(8)
     return bytes(damaged)
-
-
-def _mark_collisions(sent: list[Transmission]) -> list[Transmission]:
-    out = list(sent)
-    for i in range(len(out) - 1):
-        a, b = out[i], out[i + 1]
-        if b.time_s < a.time_s + a.airtime_s:
-            out[i] = Transmission(a.time_s, a.meter, a.telegram, a.truth, "collision")
-            out[i + 1] = Transmission(b.time_s, b.meter, b.telegram, b.truth, "collision")
-    return out
-

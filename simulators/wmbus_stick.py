@@ -10,7 +10,10 @@ a real stick it drops what failed its CRCs (collisions, bit errors);
 ``repeat_every`` delivers every n-th telegram twice (a repeater's copy)
 and ``serial_noise`` puts garbage bytes between frames. An AMB8465 answers
 the host's query of its RSSI_Enable setting; ``rssi=False`` is a module
-set without it (no RSSI byte after a telegram). ``delivered`` is
+set without it (no RSSI byte after a telegram). ``clock`` gives the
+channel another time base than the wall clock (a simulated building's
+accelerated or paced time): each telegram is then built when that clock
+reaches its turn, with the values of that moment. ``delivered`` is
 the ground truth: every intact telegram the host was given, once each.
 A stdout line source (rtl_wmbus lines, for the agent's SDR receiver) is
 ``run_line_source``.
@@ -24,7 +27,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -91,7 +94,8 @@ class StickServer:
     def __init__(self, meters: Sequence[SimulatedRadioMeter], port: str, stick: str = "im871a",
                  duration_s: float | None = None, jitter: float = 0.1, bit_error_rate: float = 0.0,
                  collisions: bool = True, repeat_every: int = 0, serial_noise: float = 0.0, seed: int = 0,
-                 baudrate: int = 57600, rssi: bool = True) -> None:
+                 baudrate: int = 57600, rssi: bool = True, clock: Callable[[], float] | None = None,
+                 poll_s: float = 0.01) -> None:
         if stick not in ("im871a", "amb8465"):
             raise ValueError(f"stick {stick!r}: im871a or amb8465")
         self.meters = list(meters)
@@ -103,6 +107,11 @@ class StickServer:
         self.repeat_every = repeat_every
         self.serial_noise = serial_noise
         self.baudrate = baudrate
+        # The channel's time base: wall seconds since the start, or (a
+        # simulated building) simulated seconds since its start, read every
+        # ``poll_s`` because that clock may run at any pace.
+        self.clock = clock
+        self.poll_s = poll_s
         self.rssi = rssi or stick == "im871a"
         # The AMB8465's user settings the host may read (CMD_GET_REQ): only RSSI_Enable matters here.
         self.settings = {amb8465.RSSI_ENABLE: 1 if self.rssi else 0}
@@ -112,6 +121,7 @@ class StickServer:
         self.finished = threading.Event()
         self.delivered: list[Delivered] = []
         self.dropped: list[Transmission] = []  # damaged on air: a stick never delivers them
+        self.unheard: list[Transmission] = []  # sent (on ``clock``) before the host set the receive mode
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._line: serial.Serial | None = None
@@ -165,29 +175,39 @@ class StickServer:
         assert line is not None
         while not self._stop.is_set() and not self.configured.is_set():
             self._answer_configuration(line)
-        start = time.monotonic()
+        wall_start = time.monotonic()
+        clock = self.clock or (lambda: time.monotonic() - wall_start)
+        if self.clock is not None:  # another clock ran while nobody listened
+            self.unheard = self.channel.run_until(clock())
+        end = self.duration_s
         count = 0
-        for transmission in _schedule(self.channel, self.duration_s, self._stop):
-            while not self._stop.is_set() and (wait := start + transmission.time_s - time.monotonic()) > 0:
-                self._stop.wait(min(wait, 0.2))
-                if line.in_waiting:
-                    self._answer_configuration(line)  # a host that reopened the port sets the mode again
-            if self._stop.is_set():
-                return
-            if not transmission.intact:
-                self.dropped.append(transmission)
-                continue
-            count += 1
-            rssi = round(self._rng.uniform(-95, -50))
-            frame = self._frame(transmission, rssi)
-            copies = 2 if self.repeat_every and count % self.repeat_every == 0 else 1
-            out = b""
-            for _ in range(copies):
-                if self.serial_noise and self._rng.random() < self.serial_noise:
-                    out += bytes(self._rng.randrange(256) for _ in range(self._rng.randrange(1, 8)))
-                out += frame
-            line.write(out)
-            self.delivered.append(Delivered(transmission, self._rng_rssi(rssi), copies))
+        while not self._stop.is_set():
+            now = clock()
+            for transmission in self.channel.run_until(now if end is None else min(now, end)):
+                if not transmission.intact:
+                    self.dropped.append(transmission)
+                    continue
+                count += 1
+                rssi = round(self._rng.uniform(-95, -50))
+                frame = self._frame(transmission, rssi)
+                copies = 2 if self.repeat_every and count % self.repeat_every == 0 else 1
+                out = b""
+                for _ in range(copies):
+                    if self.serial_noise and self._rng.random() < self.serial_noise:
+                        out += bytes(self._rng.randrange(256) for _ in range(self._rng.randrange(1, 8)))
+                    out += frame
+                line.write(out)
+                self.delivered.append(Delivered(transmission, self._rng_rssi(rssi), copies))
+            if end is not None and now >= end:
+                break
+            if self.clock is not None:
+                wait = self.poll_s
+            else:
+                due = self.channel.next_due() if end is None else min(self.channel.next_due(), end)
+                wait = min(0.2, max(0.0, due - clock()))
+            self._stop.wait(wait)
+            if line.in_waiting:
+                self._answer_configuration(line)  # a host that reopened the port sets the mode again
         line.flush()
         self.finished.set()
 
