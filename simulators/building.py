@@ -67,9 +67,16 @@ from simulators.groundtruth import GroundTruthWriter
 from simulators.mbus_meter import MbusLineServer
 from simulators.meters import modbus_profile
 from simulators.modbus_server import FaultPlan, ModbusRtuServer, ModbusTcpServer, Unit
+from simulators.paced_clock import ReaderPacedClock
 from simulators.pty import PtyPair
 
 Clock = Callable[[], float]
+
+
+def _nothing() -> None:
+    pass
+
+
 SCHEMA = "retrofit-sim/building/1"
 
 # ---------------------------------------------------------------- physics of the whole building
@@ -490,9 +497,7 @@ class BuildingDevice(Unit):
                     words[address + offset - start] = word
 
         with self.building.lock:
-            wall = self.building.clock()
-            t = self.building.sim_time(wall)
-            self.building.advance(t)
+            wall, t = self.building.answering()
             physical = self.building.physics.values(self.spec.id)
             exponents = self._exponents(physical)
             for (sf_table, sf_address), sf_exponent in exponents.items():
@@ -542,6 +547,8 @@ class Building:
         self.seed = config.building.seed
         self.acceleration = config.building.acceleration
         self.clock = clock
+        # A clock that waits for the building's reader hears of every request (simulators/paced_clock.py).
+        self._requested: Callable[[], None] = clock.request if isinstance(clock, ReaderPacedClock) else _nothing
         self.lock = threading.RLock()
         self.physics = BuildingPhysics(config)
         self.wall_start = clock()
@@ -587,6 +594,15 @@ class Building:
 
     def wall_time(self, sim: float) -> float:
         return self.wall_start + (sim - self.physics.start) / self.acceleration
+
+    def answering(self) -> tuple[float, float]:
+        """The wall and simulated time of an answer to a reader, simulated up to
+        there (the lock is held)."""
+        self._requested()
+        wall = self.clock()
+        t = self.sim_time(wall)
+        self.advance(t)
+        return wall, t
 
     def restart_clock(self) -> None:
         """Simulated time starts now (called when the servers are up)."""

@@ -75,9 +75,7 @@ class BuildingMbusMeter(SimulatedMbusMeter):
     def _telegrams(self, address: int) -> list[bytes]:
         building = self.building
         with building.lock:
-            wall = building.clock()
-            t = building.sim_time(wall)
-            building.advance(t)
+            wall, t = building.answering()
             telegrams = self.heat_telegrams(address, self.reading_at(t))
             self._made_at = (int(wall * 1000), t)
         return telegrams

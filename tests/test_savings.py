@@ -14,13 +14,27 @@ Why the agent polls every 25 ms of wall time: it chains polls due within
 bursts of readings at one instant rather than more instants. 25 ms is 6
 simulated hours at this speed: four readings a day, the midnights
 interpolated between readings at most 3 hours away.
+
+Why the building's clock waits for the agent (simulators/paced_clock.py):
+verify counts a day as measured only with a reading within 6 simulated hours
+of each midnight (MAX_GAP_S / 2), which is 25 ms of wall time here. A loaded
+2-core CI machine leaves the agent, or this process serving the building,
+unscheduled for longer than that again and again, and the building's days
+ran on unread: CI measured 142 of 180 reporting days, and with three busy
+loops beside it the baseline lost enough days for an insufficient verdict.
+That is the host's scheduling, not the agent's behaviour. So the building's
+time stands from PACE_S after its last answer until the agent's next
+request, the readings' wall-clock stamps are mapped into the building's
+clock the same way, and every day can be required to be measured: a day the
+agent fails to read, a reading lost or a counter broken still shows, and an
+agent that stops reading still never reaches the last day.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -31,6 +45,7 @@ import yaml
 from simulators import platform_store, verify
 from simulators.building import run_building
 from simulators.building_config import parse_building_config
+from simulators.paced_clock import ReaderPacedClock
 from simulators.platform import PlatformIngest
 from tests.support import AgentProcess, Broker, free_port, wait_until
 
@@ -38,6 +53,11 @@ pytest.importorskip("opendsm", reason="the platform extra (pip install '.[platfo
 
 DAY_S = 0.1  # wall seconds per simulated day
 POLL_S = 0.025  # the agent's interval: just above its 20 ms chaining (see the docstring)
+# The building's time stands this long after its last answer (see the docstring). A
+# reading's stamp is at most this much after its answer in the building's time, so two
+# readings are at most 2 * PACE_S apart: 48 ms, 11.5 simulated hours, within the 12 h
+# verify allows. Just under POLL_S: unloaded, the clock seldom has to stand.
+PACE_S = 0.024
 RETROFIT = "2025-10-01"
 REPORTING_DAYS = 180
 
@@ -63,14 +83,21 @@ class Run:
     meta: dict[str, Any]
     wall_s: float
     readings: int
+    stops: int  # how often the building's clock waited for the agent (PACE_S)
+    stood_s: float
 
 
 def run_until(tmp: Path, building: dict[str, Any], sim_seconds: float, point: str) -> Run:
     """Building + agent + broker + platform store until the platform holds
     readings of ``point`` stamped after ``sim_seconds`` of simulated time."""
     config = parse_building_config(building, tmp)
+    clock = ReaderPacedClock(PACE_S)
+
+    def building_ms(reading: dict[str, Any]) -> float:
+        return clock.to_clock(reading["ts"] / 1000) * 1000
+
     with Broker(tmp / "broker") as broker:
-        handle = run_building(config)
+        handle = run_building(config, clock=clock)
         try:
             ingest = PlatformIngest(port=broker.port, meta_path=handle.meta_path, store=tmp / "platform.db").start()
             try:
@@ -80,9 +107,9 @@ def run_until(tmp: Path, building: dict[str, Any], sim_seconds: float, point: st
                 end = handle.building.physics.start + sim_seconds
                 with AgentProcess(agent_yaml, tmp / "agent.log") as agent:
                     last_ms = handle.building.wall_time(end) * 1000
-                    wait_until(lambda: max((r["ts"] for r in ingest.readings() if r["point"] == point), default=0)
-                               >= last_ms, sim_seconds / 86_400 * DAY_S * 2.5 + 30, "the last day at the platform",
-                               interval=0.25)
+                    wait_until(lambda: max((building_ms(r) for r in ingest.readings() if r["point"] == point),
+                                           default=0) >= last_ms,
+                               sim_seconds / 86_400 * DAY_S * 2.5 + 30, "the last day at the platform", interval=0.25)
                 wall = time.monotonic() - started
                 ingest.check()
                 assert "Traceback" not in agent.log.read_text()
@@ -90,15 +117,17 @@ def run_until(tmp: Path, building: dict[str, Any], sim_seconds: float, point: st
                 ingest.stop()
         finally:
             handle.stop()
-    return Run(platform_store.load(tmp / "platform.db"), json.loads(handle.meta_path.read_text()), wall,
-               len(ingest.readings()))
+    received = platform_store.load(tmp / "platform.db")
+    received.readings = [replace(r, ts=round(clock.to_clock(r.ts / 1000) * 1000)) for r in received.readings]
+    return Run(received, json.loads(handle.meta_path.read_text()), wall, len(ingest.readings()), *clock.stood())
 
 
 @pytest.fixture(scope="module")
 def year(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("year")
     run = run_until(tmp, year_building(tmp), (2 + 365 + REPORTING_DAYS + 1) * 86_400, "energy_heat")
-    print(f"\n545 simulated days through the agent: {run.wall_s:.1f} s wall, {run.readings} readings")
+    print(f"\n545 simulated days through the agent: {run.wall_s:.1f} s wall, {run.readings} readings; "
+          f"the building waited for the agent {run.stops} times, {run.stood_s:.1f} s in all")
     return run
 
 
@@ -116,10 +145,11 @@ def test_a_year_of_baseline_and_half_a_year_after_give_the_true_saving_within_it
     assert stream["unexplained"] == 0 and stream["first_id"] == 1
     savings = report["savings"]
     assert savings["baseline"]["first"] == "2024-10-01" and savings["baseline"]["days"] == 365
+    assert savings["sufficiency"]["baseline_coverage"] == 1.0, savings["sufficiency"]  # every day measured
     assert savings["reporting"]["first"] == RETROFIT and savings["reporting"]["days"] == REPORTING_DAYS
     assert savings["sufficiency"]["verdict"] == "sufficient", savings["sufficiency"]
     measured, true = savings["savings"], savings["true"]
-    assert true["days"] == measured["reporting_days_measured"] >= 175
+    assert true["days"] == measured["reporting_days_measured"] == REPORTING_DAYS
     # The simulator's exact avoided energy on the same days: inside the 90 % band, and within 2 % of it.
     low, high = measured["band_kwh"]
     assert low <= true["avoided_kwh"] <= high, (measured, true)
