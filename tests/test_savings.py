@@ -136,10 +136,17 @@ def report_of(run: Run, drop: float = 0.0) -> dict[str, Any]:
                                                                       drop_fraction=drop, seed=7))
 
 
+@pytest.fixture(scope="module")
+def year_report(year: Run) -> dict[str, Any]:
+    """The verification of the whole year (a few seconds of CalTRACK fitting), made once for the tests that read it."""
+    return report_of(year)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_year_of_baseline_and_half_a_year_after_give_the_true_saving_within_its_band(year: Run) -> None:
-    report = report_of(year)
+def test_a_year_of_baseline_and_half_a_year_after_give_the_true_saving_within_its_band(
+        year_report: dict[str, Any]) -> None:
+    report = year_report
     print(verify.render(report))
     [stream] = report["completeness"]["streams"].values()
     assert stream["unexplained"] == 0 and stream["first_id"] == 1
@@ -162,8 +169,9 @@ def test_a_year_of_baseline_and_half_a_year_after_give_the_true_saving_within_it
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_missing_days_move_the_saving_little_until_the_verdict_says_insufficient(year: Run) -> None:
-    full = report_of(year)["savings"]
+def test_missing_days_move_the_saving_little_until_the_verdict_says_insufficient(
+        year: Run, year_report: dict[str, Any]) -> None:
+    full = year_report["savings"]
     five = report_of(year, 0.05)
     fifteen = report_of(year, 0.15)
     print(f"\n5 % of days left out:\n{verify.render(five)}\n15 % left out:\n{verify.render(fifteen)}")
@@ -182,13 +190,13 @@ def test_missing_days_move_the_saving_little_until_the_verdict_says_insufficient
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_the_avoided_energy_is_what_opendsms_own_example_flow_computes(year: Run) -> None:
+def test_the_avoided_energy_is_what_opendsms_own_example_flow_computes(year_report: dict[str, Any]) -> None:
     """OpenDSM's documented daily-model example (its docs, "Daily Model > Example"),
     step by step, on the report's own daily table."""
     import pandas as pd
     from opendsm import eemeter as em
 
-    report = report_of(year)
+    report = year_report
     per_day = report["savings"]["per_day"]
     temperature = report["temperature"]["days"]
     heat = report["building"]["heat"]["days"]
