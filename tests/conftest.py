@@ -8,6 +8,21 @@ import pytest
 from tests.support import Broker, Subscriber, stop_leftovers
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``long(seconds)`` first, the longest first.
+
+    pytest -n hands tests to its workers one at a time in this order
+    (``--dist loadgroup``, pyproject.toml), so the long ones start at once and
+    run beside the many short ones, instead of starting late with nothing
+    left to run beside them. The order changes nothing else."""
+
+    def seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("long")
+        return float(mark.args[0]) if mark else 0.0
+
+    items.sort(key=lambda item: -seconds(item))  # stable: the rest keep their order
+
+
 @pytest.fixture(autouse=True)
 def _nothing_left_running() -> Iterator[None]:
     """Whatever a test started and did not stop (it failed half-way) is

@@ -73,6 +73,7 @@ class DurableSubscriber:
             return {r["id"] for r in self.raw}
 
 
+@pytest.mark.long(31)
 def test_agent_kills_and_broker_restarts_lose_nothing(tmp_path: Path) -> None:
     rng = random.Random(20261128)
     catalogue = load_catalogue()

@@ -106,6 +106,7 @@ def test_each_injected_counter_case_arrives_flagged_with_its_raw_value(
     assert power and all(r["quality"] == "ok" for r in power)
 
 
+@pytest.mark.long(10)
 def test_a_clean_run_raises_no_false_alarm(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
     """Realistic meters (float32 energy that rises by less than its resolution
     per poll) at a fast poll: not one flag."""
@@ -140,6 +141,7 @@ class TimedRoom(MeterModel):
             return {"temperature": temperature, "humidity": 50.0}
 
 
+@pytest.mark.long(10)
 def test_readings_before_ntp_are_restamped_exactly_once(tmp_path: Path) -> None:
     room = TimedRoom()
     server = ModbusTcpServer({10: SimulatedDevice(load_catalogue().get("xy-md02"), room)})

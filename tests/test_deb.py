@@ -191,6 +191,8 @@ def run_agent_until(root: Root, subscriber: Subscriber, log: Path, more_than: in
     assert code == 0, f"the agent exited {code} after SIGTERM:\n{log.read_text()[-3000:]}"
 
 
+# Longer on a fresh machine: build-deb apt-installs its tools, mmdebstrap downloads the root.
+@pytest.mark.long(60)
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_package_installs_offline_upgrades_downgrades_and_purges(tmp_path: Path) -> None:

@@ -164,6 +164,7 @@ def test_the_demo_says_once_when_it_skips_the_plot(tmp_path: Path) -> None:
     assert not (tmp_path / ".demo" / "heat.png").exists()
 
 
+@pytest.mark.long(55)
 def test_the_hand_recipe_after_a_demo_measures_the_true_saving(tmp_path: Path) -> None:
     """The demo, then docs/simulators.md's recipe (Mosquitto, the building, the
     agent with configs/building-agent.yaml, the platform). The recipe's agent

@@ -65,6 +65,7 @@ def sdm_counting() -> tuple[SimulatedDevice, CountingModel]:
     return SimulatedDevice(profile, model), model
 
 
+@pytest.mark.long(17)
 def test_garbled_rtu_frames_never_become_values(tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
     require_binary("socat")
     device, model = sdm_counting()
@@ -87,6 +88,7 @@ def test_garbled_rtu_frames_never_become_values(tmp_path: Path, broker: Broker, 
     print("faults injected:", faults.injected, "readings:", len(readings))
 
 
+@pytest.mark.long(32)
 def test_long_outage_with_a_small_buffer_evicts_gauges_and_reports_every_run(tmp_path: Path) -> None:
     units, models = {}, []
     for unit in range(1, 9):
@@ -421,6 +423,7 @@ def test_an_unplugged_serial_adapter_and_a_closed_socket_recover_within_an_inter
     assert ids == set(range(1, max(ids) + 1))
 
 
+@pytest.mark.long(19)
 def test_a_disk_filling_and_emptying_during_an_outage_never_gives_an_id_two_readings(
         tmp_path: Path, small_disk: Path) -> None:
     """Issue 20's done-when for finding 1 ('database or disk is full' right

@@ -71,6 +71,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.long(13)
 def test_the_fleet_view_shows_fifty_gateways_including_those_gone_offline(tmp_path: Path, broker: Broker) -> None:
     began = time.monotonic()
     version = subprocess.run([sys.executable, "-m", "agent.cli", "--version"], capture_output=True, text=True,

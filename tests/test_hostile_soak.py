@@ -118,6 +118,7 @@ def stack() -> Iterator[ExitStack]:
         yield resources
 
 
+@pytest.mark.long(28)
 def test_hostile_devices_beside_good_ones_publish_nothing_as_ok(tmp_path: Path, broker: Broker,
                                                                 subscriber: Subscriber, stack: ExitStack) -> None:
     require_binary("socat")

@@ -131,6 +131,7 @@ def _scan(*args: str) -> str:
     return result.stdout
 
 
+@pytest.mark.long(15)
 def test_scan_finds_every_meter_by_primary_and_by_secondary_address(tmp_path: Path) -> None:
     require_binary("socat")
     # Two ids share their first six digits, so the wildcard search must resolve a collision.

@@ -13,7 +13,8 @@ import pytest
 
 from tests.support import REPO
 
-pytestmark = pytest.mark.timeout(240)
+# One worker builds the wheel once for every test here (pytest -n with --dist loadgroup).
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("packaging-wheel")]
 
 
 @pytest.fixture(scope="module")

@@ -165,6 +165,7 @@ def faulty_building(tmp_path: Path, tcp_port: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.long(20)
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_every_forwarded_reading_is_proven_and_the_saving_is_measured(tmp_path: Path, broker: Broker) -> None:
@@ -314,6 +315,7 @@ def test_cli_platform_stores_what_arrives_once_per_stream_and_id(tmp_path: Path,
     assert received.events == [{"type": "corrupt", "first_id": 2, "last_id": 3, "count": 2, "stream": "st-1"}]
 
 
+@pytest.mark.long(11)
 def test_cli_verify_reports_from_a_store_with_an_imgw_weather_file_and_says_when_it_skips_the_plot(
         tmp_path: Path) -> None:
     from simulators.platform_store import PlatformStore

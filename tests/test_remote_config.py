@@ -475,6 +475,7 @@ def test_a_good_config_is_applied_by_a_restart_and_survives_the_next_start(
     assert_nothing_lost_or_renumbered(subscriber)
 
 
+@pytest.mark.long(13)
 def test_a_config_that_cuts_the_gateway_off_is_rolled_back_in_time(
         tmp_path: Path, broker: Broker, subscriber: Subscriber, meter: ModbusTcpServer) -> None:
     public = keygen(tmp_path / "platform.key")

@@ -122,6 +122,10 @@ def run_until(tmp: Path, building: dict[str, Any], sim_seconds: float, point: st
     return Run(received, json.loads(handle.meta_path.read_text()), wall, len(ingest.readings()), *clock.stood())
 
 
+# The tests of the year run in one worker, which runs the year once (pytest -n with --dist loadgroup).
+YEAR_GROUP = "savings-year"
+
+
 @pytest.fixture(scope="module")
 def year(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("year")
@@ -144,6 +148,8 @@ def year_report(year: Run) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.xdist_group(YEAR_GROUP)
+@pytest.mark.long(75)  # with the year they share
 def test_a_year_of_baseline_and_half_a_year_after_give_the_true_saving_within_its_band(
         year_report: dict[str, Any]) -> None:
     report = year_report
@@ -169,6 +175,8 @@ def test_a_year_of_baseline_and_half_a_year_after_give_the_true_saving_within_it
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.xdist_group(YEAR_GROUP)
+@pytest.mark.long(75)  # with the year they share
 def test_missing_days_move_the_saving_little_until_the_verdict_says_insufficient(
         year: Run, year_report: dict[str, Any]) -> None:
     full = year_report["savings"]
@@ -190,6 +198,8 @@ def test_missing_days_move_the_saving_little_until_the_verdict_says_insufficient
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.xdist_group(YEAR_GROUP)
+@pytest.mark.long(75)  # with the year they share
 def test_the_avoided_energy_is_what_opendsms_own_example_flow_computes(year_report: dict[str, Any]) -> None:
     """OpenDSM's documented daily-model example (its docs, "Daily Model > Example"),
     step by step, on the report's own daily table."""
@@ -239,6 +249,7 @@ def pv_building(tmp: Path) -> dict[str, Any]:
     }
 
 
+@pytest.mark.long(17)
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_pv_day_has_every_15_minute_period_and_they_add_up_to_the_register_deltas(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ def test_ready_then_regular_watchdog(tmp_path: Path, broker: Broker) -> None:
     assert notify.times_of("STOPPING=1"), "systemd is told when the service stops"
 
 
+@pytest.mark.long(11)
 def test_watchdog_starves_when_a_worker_is_stuck(tmp_path: Path, broker: Broker) -> None:
     """A hung serial driver cannot be produced on this machine, so the bus
     worker is made to hang at a failpoint (agent/failpoints.py); everything

@@ -170,6 +170,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path) -> None:
     assert not root.exists(), "--dry-run created files"
 
 
+@pytest.mark.long(20)
 @pytest.mark.timeout(600)
 def test_install_upgrade_uninstall_in_a_staging_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
