@@ -11,10 +11,11 @@ from tests.support import Broker, Subscriber, stop_leftovers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The tests marked ``long(seconds)`` first, the longest first.
 
-    pytest -n hands tests to its workers one at a time in this order
-    (``--dist loadgroup``, pyproject.toml), so the long ones start at once and
-    run beside the many short ones, instead of starting late with nothing
-    left to run beside them. The order changes nothing else."""
+    pytest -n hands whole files to its workers in the order of their first
+    test here (``--dist loadfile``, pyproject.toml), so the files with long
+    tests start at once and run beside the many short ones, instead of
+    starting late with nothing left to run beside them. The order changes
+    nothing else."""
 
     def seconds(item: pytest.Item) -> float:
         mark = item.get_closest_marker("long")

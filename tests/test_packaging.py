@@ -13,8 +13,7 @@ import pytest
 
 from tests.support import REPO
 
-# One worker builds the wheel once for every test here (pytest -n with --dist loadgroup).
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("packaging-wheel")]
+pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")

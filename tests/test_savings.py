@@ -122,10 +122,6 @@ def run_until(tmp: Path, building: dict[str, Any], sim_seconds: float, point: st
     return Run(received, json.loads(handle.meta_path.read_text()), wall, len(ingest.readings()), *clock.stood())
 
 
-# The tests of the year run in one worker, which runs the year once (pytest -n with --dist loadgroup).
-YEAR_GROUP = "savings-year"
-
-
 @pytest.fixture(scope="module")
 def year(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("year")
@@ -148,7 +144,6 @@ def year_report(year: Run) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xdist_group(YEAR_GROUP)
 @pytest.mark.long(75)  # with the year they share
 def test_a_year_of_baseline_and_half_a_year_after_give_the_true_saving_within_its_band(
         year_report: dict[str, Any]) -> None:
@@ -175,7 +170,6 @@ def test_a_year_of_baseline_and_half_a_year_after_give_the_true_saving_within_it
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xdist_group(YEAR_GROUP)
 @pytest.mark.long(75)  # with the year they share
 def test_missing_days_move_the_saving_little_until_the_verdict_says_insufficient(
         year: Run, year_report: dict[str, Any]) -> None:
@@ -198,7 +192,6 @@ def test_missing_days_move_the_saving_little_until_the_verdict_says_insufficient
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xdist_group(YEAR_GROUP)
 @pytest.mark.long(75)  # with the year they share
 def test_the_avoided_energy_is_what_opendsms_own_example_flow_computes(year_report: dict[str, Any]) -> None:
     """OpenDSM's documented daily-model example (its docs, "Daily Model > Example"),
