@@ -362,42 +362,54 @@ class Buffer:
         conn = self._conn
         new_series = dict(self._new_series)
         try:
-            with self.lock, self._transaction():
-                for sid, ((device, point, unit, kind, meter), attrs) in new_series.items():
-                    conn.execute(
-                        "INSERT INTO series (id, device, point, unit, kind, meter, attrs, crc) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET attrs = excluded.attrs, "
-                        "crc = excluded.crc",
-                        (sid, device, point, unit, kind, meter, attrs,
-                         series_crc(sid, device, point, unit, kind, meter, attrs)))
-                next_id = first
-                watermark = self._acked_through
-                if acked_through is not None:
-                    watermark = max(watermark, min(acked_through, first - 1))
-                spool = max(self.spooled_through, spooled_through or 0)
-                for row in rows:
-                    if not row.count:
-                        continue
-                    self._insert_row(stored_row(next_id, row.count, row.kind, row.ts_min, row.ts_max, row.mono,
-                                                watermark, spool, b"".join(row.parts)))
-                    next_id += row.count
-                if next_id == first:
-                    # No row to carry them: meta does (rarely: acks wait for readings).
-                    if watermark != self._acked_through:
-                        self._put_meta("acked_through", str(watermark))
-                    if spool != self.spooled_through:
-                        self._put_meta("spooled_through", str(spool))
-                conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq in reported])
-                self._insert_events(events)
-                if counters:
-                    self._put_meta("counters", json.dumps([[d, p, v, t] for (d, p), (v, t) in counters.items()]))
-                if meters:
-                    known = json.loads(self._meta.get("meters", "{}"))
-                    known.update(meters)
-                    self._put_meta("meters", json.dumps(known, sort_keys=True))
+            with self.lock:
+                with self._transaction():
+                    for sid, ((device, point, unit, kind, meter), attrs) in new_series.items():
+                        conn.execute(
+                            "INSERT INTO series (id, device, point, unit, kind, meter, attrs, crc) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET attrs = excluded.attrs, "
+                            "crc = excluded.crc",
+                            (sid, device, point, unit, kind, meter, attrs,
+                             series_crc(sid, device, point, unit, kind, meter, attrs)))
+                    next_id = first
+                    watermark = self._acked_through
+                    if acked_through is not None:
+                        watermark = max(watermark, min(acked_through, first - 1))
+                    spool = max(self.spooled_through, spooled_through or 0)
+                    for row in rows:
+                        if not row.count:
+                            continue
+                        self._insert_row(stored_row(next_id, row.count, row.kind, row.ts_min, row.ts_max, row.mono,
+                                                    watermark, spool, b"".join(row.parts)))
+                        next_id += row.count
+                    if next_id == first:
+                        # No row to carry them: meta does (rarely: acks wait for readings).
+                        if watermark != self._acked_through:
+                            self._put_meta("acked_through", str(watermark))
+                        if spool != self.spooled_through:
+                            self._put_meta("spooled_through", str(spool))
+                    conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for seq in reported])
+                    self._insert_events(events)
+                    if counters:
+                        self._put_meta("counters", json.dumps([[d, p, v, t] for (d, p), (v, t) in counters.items()]))
+                    if meters:
+                        known = json.loads(self._meta.get("meters", "{}"))
+                        known.update(meters)
+                        self._put_meta("meters", json.dumps(known, sort_keys=True))
+                # Before the lock goes: the forwarder reads rows under it, and must know their series.
+                self._stored_series(new_series)
         except sqlite3.Error as exc:
             self._meta = self._load_meta_quietly()
             raise StorageError(f"buffer {self.path}: {_why(exc)}") from None
+        self._acked_through = watermark
+        self.spooled_through = spool
+        if next_id == first:
+            return None
+        self._next_id = next_id
+        return first, next_id - 1
+
+    def _stored_series(self, new_series: dict[int, tuple[Series, str]]) -> None:
+        """The series a commit stored, known from now on."""
         for sid, (key, attrs) in new_series.items():
             if self._new_series.get(sid) == (key, attrs):
                 del self._new_series[sid]
@@ -405,12 +417,6 @@ class Buffer:
         if new_series:
             # Readers see a new dict: never one changing under their feet.
             self._series_by_id = {**self._series_by_id, **{sid: key for sid, (key, _) in new_series.items()}}
-        self._acked_through = watermark
-        self.spooled_through = spool
-        if next_id == first:
-            return None
-        self._next_id = next_id
-        return first, next_id - 1
 
     def _load_meta_quietly(self) -> dict[str, str]:
         try:
@@ -697,12 +703,13 @@ class BufferReader:
     def batch_after(self, after_id: int, limit: int) -> list[Row]:
         """Up to ``limit`` readings with ids above ``after_id``, in id order."""
         out: list[Row] = []
-        series = self._buffer.series()
         cursor = after_id
         while len(out) < limit:
             rows = self._buffer.stored_rows(cursor, 8)
             if not rows:
                 break
+            # After the rows: a commit publishes its series before its rows can be read.
+            series = self._buffer.series()
             for row in rows:
                 cursor = row.last_id
                 columns = self._decode(row, series)
