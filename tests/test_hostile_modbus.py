@@ -187,7 +187,9 @@ class Flooder:
     """A device on a serial line that never stops talking."""
 
     def __init__(self, port: Path, data: bytes = b"\x55\xaa\x00\xff") -> None:
-        self._serial = serial.Serial(str(port), timeout=0.1)
+        # A write that blocks (nobody reads the line) gives up now and then, so
+        # stop() ends the thread before it closes the port under a write.
+        self._serial = serial.Serial(str(port), timeout=0.1, write_timeout=0.1)
         self._data = data * 1024
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="flooder")
@@ -200,6 +202,8 @@ class Flooder:
         while not self._stop.is_set():
             try:
                 self._serial.write(self._data)
+            except serial.SerialTimeoutException:
+                continue  # the line is full: try again, or stop
             except (serial.SerialException, OSError):
                 return
             time.sleep(0.001)
