@@ -13,6 +13,8 @@ than ``slack_s``. The reader stamps readings with the real wall clock;
 ``to_clock`` maps such a stamp into this clock's time (continuously: a stamp
 taken while the clock stood maps to where it stood), after which the
 building's usual wall-to-simulated mapping (meta.json) applies unchanged.
+A request is a Modbus or M-Bus read of one of the building's devices; radio
+meters send unasked, so they alone never move this clock on.
 """
 
 from __future__ import annotations
