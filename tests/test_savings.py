@@ -268,6 +268,8 @@ def test_a_pv_day_has_every_15_minute_period_and_they_add_up_to_the_register_del
     assert float(day["self_consumed_kwh"]) == pytest.approx(
         float(day["totals_kwh"]["production"]) - float(day["totals_kwh"]["export"]))
     assert 0 < day["self_consumption_rate"] < 1 and 0 < day["self_sufficiency"] < 1
-    # Under acceleration no reading is within 2 s of its boundary: each period says so, with its offset.
-    assert day["off_boundary"]["production"] == 96
-    assert all(any(f.startswith("production:off_boundary") for f in p["flags"]) for p in periods)
+    # Under acceleration a reading within 2 s of a boundary is rare (2 s are 0.23 ms of wall time, and
+    # the building's clock, which waits for the agent, puts the readings at no fixed phase): nearly every
+    # period says its boundary reading was off, with the offset.
+    flagged = [p for p in periods if any(f.startswith("production:off_boundary") for f in p["flags"])]
+    assert day["off_boundary"]["production"] == len(flagged) >= 90
