@@ -301,6 +301,18 @@ def _resolved_tls(base: Path, tls: TlsConfig | None) -> TlsConfig | None:
                            key_file=_resolve_optional(base, tls.key_file))
 
 
+def read_secret(explicit: Path | None, name: str, key: str) -> str | None:
+    """A secret's text (a broker password, a bearer token): the file ``key``
+    names, else the systemd credential ``name``; None when neither is set."""
+    path = credential(explicit, name)
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{key}: cannot read {path}: {exc}"]) from None
+
+
 def credential(explicit: Path | None, name: str) -> Path | None:
     """A configured file, else systemd's LoadCredential= copy, else nothing.
 

@@ -25,7 +25,7 @@ import ssl
 import threading
 from urllib.parse import urlsplit
 
-from agent.config import HttpConfig, credential
+from agent.config import HttpConfig, credential, read_secret
 from agent.forward import ConnectFailed, Kind, Lost
 from drivers.core.errors import ConfigError
 
@@ -42,7 +42,7 @@ class HttpTransport:
         self._port = parts.port or (443 if self._https else 80)
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.describe = f"{parts.scheme}://{self._host}:{self._port}{parts.path or '/'}"
-        self._token = self._read_token()
+        self._token = read_secret(cfg.token_file, "http-token", "uplink.http.token_file")
         self._context = self._tls_context() if self._https else None
         self._conn: http.client.HTTPConnection | None = None
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -50,15 +50,6 @@ class HttpTransport:
         self._ticket = 0
         self._lost = False
         self.wakeup = threading.Event()
-
-    def _read_token(self) -> str | None:
-        path = credential(self.cfg.token_file, "http-token")
-        if path is None:
-            return None
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"uplink.http.token_file: cannot read {path}: {exc}"]) from None
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.cfg.tls.ca_file) if self.cfg.tls and

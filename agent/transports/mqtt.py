@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import MqttConfig, credential
+from agent.config import MqttConfig, credential, read_secret
 from agent.forward import ConnectFailed, Kind, Lost
 from agent.payload import topic
 from drivers.core.errors import ConfigError
@@ -47,7 +47,7 @@ class MqttTransport:
         self._listeners: dict[str, Callable[[bytes], None]] = {}
         self.connections = 0  # connections made (and subscribed); a listener republishes on a new one
         self.subscription_refused: str | None = None  # the broker's SUBACK refused a listener's topic (ACL)
-        self._password = self._read_password()
+        self._password = read_secret(cfg.password_file, "mqtt-password", "uplink.mqtt.password_file")
         self._client: mqtt.Client | None = None
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._connack: queue.SimpleQueue[mqtt.ReasonCode] = queue.SimpleQueue()
@@ -59,15 +59,6 @@ class MqttTransport:
         """Load password, certificates and key now, so a bad path is a config
         error at start (exit 78), not a dead uplink thread later."""
         self._new_client(b"")
-
-    def _read_password(self) -> str | None:
-        path = credential(self.cfg.password_file, "mqtt-password")
-        if path is None:
-            return None
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"uplink.mqtt.password_file: cannot read {path}: {exc}"]) from None
 
     def _topic(self, kind: Kind, part: int) -> str:
         return self._topics[kind] if part <= 1 else f"{self._topics[kind]}/{part}"
