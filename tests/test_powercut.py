@@ -98,7 +98,7 @@ class Platform:
             return max((i for _, i in self.readings), default=0)
 
 
-@pytest.mark.long(28)
+@pytest.mark.long(43)
 @pytest.mark.parametrize("synchronous", ["full", "normal"])
 def test_power_cuts_never_renumber_lose_or_alter_a_durable_reading(tmp_path: Path, synchronous: str) -> None:
     problem = fuse_problem()
