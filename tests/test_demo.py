@@ -106,7 +106,10 @@ def test_a_view_that_stops_working_ends_the_demo_with_an_error(tmp_path: Path) -
 
 # ---------------------------------------------------------------- the building: demo, then the hand recipe
 
-ACCELERATION = 17_280  # twice the example's: a simulated day in 5 s
+# The example's own pace (a simulated day in 10 s). Twice that left the
+# measured saving 2.04 % off the truth on one loaded run in seven: the delay
+# between a meter's answer and the agent's stamp is simulated energy.
+ACCELERATION = 8_640
 
 
 def building_file_acceleration() -> float:
@@ -164,7 +167,8 @@ def test_the_demo_says_once_when_it_skips_the_plot(tmp_path: Path) -> None:
     assert not (tmp_path / ".demo" / "heat.png").exists()
 
 
-@pytest.mark.long(55)
+@pytest.mark.long(95)
+@pytest.mark.timeout(240)
 def test_the_hand_recipe_after_a_demo_measures_the_true_saving(tmp_path: Path) -> None:
     """The demo, then docs/simulators.md's recipe (Mosquitto, the building, the
     agent with configs/building-agent.yaml, the platform). The recipe's agent
@@ -198,7 +202,7 @@ def test_the_hand_recipe_after_a_demo_measures_the_true_saving(tmp_path: Path) -
                         heat = report.get("heat", {})
                         return all(name in heat and heat[name]["after"]["days"] >= 3 and "saving_measured" in
                                    heat[name] for name in ("heat-a", "heat-b", "heat-c", "building"))
-                    wait_until(enough, 60, "three complete days after the retrofit", interval=1.0)
+                    wait_until(enough, 150, "three complete days after the retrofit", interval=1.0)
             finally:
                 ingest.stop()
         finally:
