@@ -156,8 +156,14 @@ class Slot:
         return (0, -self.interval) if self.aligned else (1, 0.0)
 
     def place(self, wall: float, wall_minus_mono: float) -> None:
-        """The next slot after ``wall`` (and after the one just polled)."""
-        self.target = self.due = next_slot(max(wall, self.target or 0.0), self.interval, self.offset)
+        """The next slot after ``wall`` (and after the one just polled).
+
+        After the first poll (made at once, at start) a slot due within
+        CHAIN_S would be polled straight away, chained: the same values again
+        within the same millisecond, which the platform cannot tell from one
+        reading sent under two ids. That first poll stands for such a slot."""
+        after = max(wall, self.target) if self.target is not None else wall + CHAIN_S
+        self.target = self.due = next_slot(after, self.interval, self.offset)
         self.deadline = self.target - wall_minus_mono
 
     def behind(self, other: Slot) -> None:

@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.health import DeviceHealth, Health
-from agent.pipeline import BusWorker, next_slot
+from agent.pipeline import CHAIN_S, BusWorker, Slot, next_slot
 from drivers.core.protocol import Polled
 from drivers.core.readings import Reading
 from drivers.modbus.link import PymodbusLink, tcp_link
@@ -149,6 +149,22 @@ def test_a_dead_device_costs_its_bus_only_its_timeout_and_other_buses_nothing(tm
 ])
 def test_polls_align_to_wall_clock_multiples(now: float, interval: float, offset: float, expected: float) -> None:
     assert next_slot(now, interval, offset) == pytest.approx(expected)
+
+
+def test_a_slot_just_after_the_first_poll_is_not_polled_again_at_once() -> None:
+    """A first poll (at start) 5 ms before a slot was followed at once by
+    that slot's poll, chained: the same values in the same millisecond under
+    two ids (tests/test_remote_config.py saw ids 1-2 and 3-4 carry one poll)."""
+    slot = Slot(0, 1.0, 0.0)
+    wall = 1000.0 - 0.005
+    slot.place(wall, wall_minus_mono=0.0)
+    assert slot.target == 1001.0, "the first poll stands for the slot 5 ms after it"
+    assert slot.deadline - wall > CHAIN_S
+    slot.place(1001.001, wall_minus_mono=0.0)  # later polls: the next slot, as before
+    assert slot.target == 1002.0
+    far = Slot(0, 1.0, 0.0)
+    far.place(1000.5, wall_minus_mono=0.0)
+    assert far.target == 1001.0, "a slot further than the chaining window is kept"
 
 
 def test_points_are_read_at_their_own_interval_aligned_to_the_clock() -> None:
