@@ -7,7 +7,8 @@ delivery. A new kind of link is one module here and one config record.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import queue
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from agent.config import UplinkConfig
@@ -24,3 +25,14 @@ def open_transport(uplink: UplinkConfig, gateway: str, site: str) -> Transport:
 
     assert uplink.mqtt is not None  # the config requires exactly one
     return MqttTransport(uplink.mqtt, gateway, site)
+
+
+T = TypeVar("T")
+
+
+def drained(pending: queue.SimpleQueue[T]) -> list[T]:
+    """Everything a callback thread queued so far (acknowledgements, refusals), without waiting."""
+    out: list[T] = []
+    while not pending.empty():
+        out.append(pending.get_nowait())
+    return out

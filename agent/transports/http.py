@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from agent.config import HttpConfig, credential, read_secret
 from agent.forward import ConnectFailed, Kind, Lost
+from agent.transports import drained
 from drivers.core.errors import ConfigError
 
 ANSWER_BYTES = 65_536  # what is read of an answer's body (it only says why)
@@ -129,16 +130,10 @@ class HttpTransport:
         return answer.status, why
 
     def acknowledged(self) -> list[int]:
-        out = []
-        while not self._acks.empty():
-            out.append(self._acks.get_nowait())
-        return out
+        return drained(self._acks)
 
     def refused(self) -> list[tuple[int, str]]:
-        out = []
-        while not self._refused.empty():
-            out.append(self._refused.get_nowait())
-        return out
+        return drained(self._refused)
 
     def lost(self) -> bool:
         return self._lost

@@ -28,6 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.config import MqttConfig, credential, read_secret
 from agent.forward import ConnectFailed, Kind, Lost
 from agent.payload import topic
+from agent.transports import drained
 from drivers.core.errors import ConfigError
 
 # A PUBLISH packet beyond its payload: fixed header (up to 5 bytes), topic
@@ -181,10 +182,7 @@ class MqttTransport:
         return info.mid
 
     def acknowledged(self) -> list[int]:
-        out = []
-        while not self._acks.empty():
-            out.append(self._acks.get_nowait())
-        return out
+        return drained(self._acks)
 
     def refused(self) -> list[tuple[int, str]]:
         return []  # MQTT 3.1.1 cannot refuse a message: a broker drops the connection instead
