@@ -35,6 +35,10 @@ from drivers.wmbus.link import FrameFormat, add_crcs, strip_crcs
 C_SND_NR = 0x44
 CI_SHORT = 0x7A
 CI_LONG = 0x72
+CI_NO_HEADER = 0x78
+CI_SHORT_COMPACT = 0x7B
+CI_LONG_COMPACT = 0x73
+CI_NO_HEADER_COMPACT = 0x79
 CI_AFL = 0x90
 DEVICE_TYPES = {"water": 0x07, "warm_water": 0x06, "heat": 0x04, "hca": 0x08}
 IDLE_FILLER = 0x2F
@@ -100,6 +104,9 @@ class RadioMeterSpec:
     interval_s: float = 120.0
     mode: str = "t1"
     ell_encryption: bool = False  # ELL 0x8D with AES-CTR and no TPL header (Kamstrup C1 style)
+    # 0: full frames only; N: a full frame, then N-1 compact frames (CI 0x79/0x7B/0x73:
+    # values without their headers), as Kamstrup's water meters do
+    compact_every: int = 0
 
     @property
     def id_text(self) -> str:
@@ -114,6 +121,7 @@ class Truth:
     kind: MeterKind
     values: dict[str, Decimal | int | date | datetime]
     access_number: int
+    compact: bool = False  # sent as a compact frame: only a known format gives its values
 
 
 @dataclass
@@ -164,55 +172,56 @@ class SimulatedRadioMeter:
         )
         self._physics.set_date_value = self._physics.hca_units // 2
         self._clock = EPOCH
+        self.transmissions = 0
 
     # -- values ---------------------------------------------------------------------
 
-    def _records(self, now: datetime) -> tuple[bytes, dict[str, Decimal | int | date | datetime]]:
+    def _records(self, now: datetime) -> tuple[list[tuple[bytes, bytes]], dict[str, Decimal | int | date | datetime]]:
         p = self._physics
         set_date = date(now.year - 1 if now.month < 6 else now.year, 5, 31)
         moment = now.replace(second=0, microsecond=0)
         kind = self.spec.kind
-        records = bytearray()
+        records: list[tuple[bytes, bytes]] = []  # (DIF..VIFE, data) per record
         truth: dict[str, Decimal | int | date | datetime] = {}
         if kind in (MeterKind.WATER, MeterKind.WARM_WATER):
-            records += b"\x04\x13" + p.volume_l.to_bytes(4, "little")  # volume, litres
+            records.append((b"\x04\x13", p.volume_l.to_bytes(4, "little")))  # volume, litres
             truth["volume"] = Decimal(p.volume_l).scaleb(-3)
-            records += b"\x02\x3b" + p.flow_lh.to_bytes(2, "little", signed=True)  # l/h
+            records.append((b"\x02\x3b", p.flow_lh.to_bytes(2, "little", signed=True)))  # l/h
             truth["volume_flow"] = Decimal(p.flow_lh).scaleb(-3)
             at_set_date = p.volume_l // 2 if p.set_date_volume_l is None else p.set_date_volume_l
-            records += b"\x44\x13" + at_set_date.to_bytes(4, "little")  # at set date
+            records.append((b"\x44\x13", at_set_date.to_bytes(4, "little")))  # at set date
             truth["volume@1"] = Decimal(at_set_date).scaleb(-3)
-            records += b"\x42\x6c" + date_g(set_date)
+            records.append((b"\x42\x6c", date_g(set_date)))
             truth["date@1"] = set_date
         elif kind is MeterKind.HEAT:
-            records += b"\x04\x06" + p.energy_kwh.to_bytes(4, "little")  # kWh
+            records.append((b"\x04\x06", p.energy_kwh.to_bytes(4, "little")))  # kWh
             truth["energy"] = Decimal(p.energy_kwh) * 1000
-            records += b"\x0c\x13" + bcd(p.volume_l, 4)  # litres, BCD
+            records.append((b"\x0c\x13", bcd(p.volume_l, 4)))  # litres, BCD
             truth["volume"] = Decimal(p.volume_l).scaleb(-3)
-            records += b"\x02\x2b" + p.power_w.to_bytes(2, "little", signed=True)  # W
+            records.append((b"\x02\x2b", p.power_w.to_bytes(2, "little", signed=True)))  # W
             truth["power"] = Decimal(p.power_w)
-            records += b"\x02\x3b" + p.flow_lh.to_bytes(2, "little", signed=True)
+            records.append((b"\x02\x3b", p.flow_lh.to_bytes(2, "little", signed=True)))
             truth["volume_flow"] = Decimal(p.flow_lh).scaleb(-3)
-            records += b"\x02\x5a" + p.supply_dc.to_bytes(2, "little", signed=True)  # 0.1 Cel
+            records.append((b"\x02\x5a", p.supply_dc.to_bytes(2, "little", signed=True)))  # 0.1 Cel
             truth["flow_temperature"] = Decimal(p.supply_dc).scaleb(-1)
-            records += b"\x02\x5e" + p.return_dc.to_bytes(2, "little", signed=True)
+            records.append((b"\x02\x5e", p.return_dc.to_bytes(2, "little", signed=True)))
             truth["return_temperature"] = Decimal(p.return_dc).scaleb(-1)
-            records += b"\x44\x06" + (p.energy_kwh // 2).to_bytes(4, "little")
+            records.append((b"\x44\x06", (p.energy_kwh // 2).to_bytes(4, "little")))
             truth["energy@1"] = Decimal(p.energy_kwh // 2) * 1000
-            records += b"\x42\x6c" + date_g(set_date)
+            records.append((b"\x42\x6c", date_g(set_date)))
             truth["date@1"] = set_date
         else:
-            records += b"\x0b\x6e" + bcd(p.hca_units, 3)
+            records.append((b"\x0b\x6e", bcd(p.hca_units, 3)))
             truth["hca"] = p.hca_units
-            records += b"\x4b\x6e" + bcd(p.set_date_value, 3)
+            records.append((b"\x4b\x6e", bcd(p.set_date_value, 3)))
             truth["hca@1"] = p.set_date_value
-            records += b"\x42\x6c" + date_g(set_date)
+            records.append((b"\x42\x6c", date_g(set_date)))
             truth["date@1"] = set_date
-        records += b"\x04\x6d" + datetime_f(moment)
+        records.append((b"\x04\x6d", datetime_f(moment)))
         truth["date_time"] = moment
-        records += b"\x02\xfd\x17\x00\x00"  # error flags: none
+        records.append((b"\x02\xfd\x17", b"\x00\x00"))  # error flags: none
         truth["error_flags"] = 0
-        return bytes(records), truth
+        return records, truth
 
     # -- telegram -------------------------------------------------------------------
 
@@ -224,21 +233,28 @@ class SimulatedRadioMeter:
             + bytes([spec.version, DEVICE_TYPES[spec.kind.value]])
         )
 
-    def _tpl_header(self, configuration: int, extension: bytes) -> bytes:
+    def _tpl_header(self, configuration: int, extension: bytes, compact: bool = False) -> bytes:
         head = bytes([self.access_number, 0x00]) + configuration.to_bytes(2, "little") + extension
         if self.spec.long_header:
             address = self._link_address()
-            return bytes([CI_LONG]) + address[2:6] + address[0:2] + address[6:8] + head
-        return bytes([CI_SHORT]) + head
+            ci = CI_LONG_COMPACT if compact else CI_LONG
+            return bytes([ci]) + address[2:6] + address[0:2] + address[6:8] + head
+        return bytes([CI_SHORT_COMPACT if compact else CI_SHORT]) + head
+
+    def _compact_now(self) -> bool:
+        every = self.spec.compact_every
+        return every > 0 and self.transmissions % every != 0
 
     def build(self, now: datetime) -> tuple[bytes, Truth]:
         """The CRC-less telegram (L-field first) for this transmission, and its truth."""
-        records, values = self._records(now)
+        parts, values = self._records(now)
+        compact = self._compact_now()
+        records = compact_records(parts) if compact else b"".join(head + data for head, data in parts)
         mode = self.spec.security_mode
         if self.spec.ell_encryption:
-            application, afl = self._ell(records), b""
+            application, afl = self._ell(records, compact), b""
         elif mode == 0:
-            application = self._tpl_header(0x0000, b"") + records
+            application = self._tpl_header(0x0000, b"", compact) + records
             afl = b""
         else:
             plain = b"\x2f\x2f" + records
@@ -248,37 +264,37 @@ class SimulatedRadioMeter:
                 raise ValueError("more than 15 encrypted blocks do not fit the configuration field")
             assert self.spec.key is not None
             if mode == 5:
-                header = self._tpl_header(0x0500 | blocks << 4, b"")
+                header = self._tpl_header(0x0500 | blocks << 4, b"", compact)
                 iv = self._link_address() + bytes([self.access_number]) * 8
                 application = header + crypto.cbc_encrypt(self.spec.key, iv, plain)
                 afl = b""
             else:
-                application, afl = self._mode7(plain, blocks)
+                application, afl = self._mode7(plain, blocks, compact)
         link = bytes([C_SND_NR]) + self._link_address()
         body = link + afl + application
         telegram = bytes([len(body)]) + body
-        truth = Truth(self.spec.id_text, self.spec.kind, values, self.access_number)
+        truth = Truth(self.spec.id_text, self.spec.kind, values, self.access_number, compact)
         return telegram, truth
 
-    def _ell(self, records: bytes) -> bytes:
-        """ELL (CI 0x8D): CC, access number, session number; then CTR-encrypted CRC + CI 0x78."""
+    def _ell(self, records: bytes, compact: bool) -> bytes:
+        """ELL (CI 0x8D): CC, access number, session number; then CTR-encrypted CRC + CI 0x78 (0x79)."""
         assert self.spec.key is not None
         communication_control = 0x20  # slow response delay, nothing else
         session = (1 << 29) | (self.message_counter & 0x1FFFFFFF)  # ENC = 1: AES-CTR
         session_bytes = session.to_bytes(4, "little")
-        inner = bytes([0x78]) + records
+        inner = bytes([CI_NO_HEADER_COMPACT if compact else CI_NO_HEADER]) + records
         payload = crc16_en13757(inner).to_bytes(2, "little") + inner
         counter = self._link_address() + bytes([communication_control]) + session_bytes + bytes(3)
         encrypted = crypto.ctr_crypt(self.spec.key, counter, payload)
         return bytes([0x8D, communication_control, self.access_number]) + session_bytes + encrypted
 
-    def _mode7(self, plain: bytes, blocks: int) -> tuple[bytes, bytes]:
+    def _mode7(self, plain: bytes, blocks: int, compact: bool) -> tuple[bytes, bytes]:
         assert self.spec.key is not None
         counter = self.message_counter.to_bytes(4, "little")
         meter_id = bcd(self.spec.identification, 4)
         kenc = crypto.kdf_a(self.spec.key, crypto.DC_ENCRYPTION_FROM_METER, counter, meter_id)
         kmac = crypto.kdf_a(self.spec.key, crypto.DC_MAC_FROM_METER, counter, meter_id)
-        header = self._tpl_header(0x0700 | blocks << 4, b"\x10")  # CFE: KDF-A, key id 0
+        header = self._tpl_header(0x0700 | blocks << 4, b"\x10", compact)  # CFE: KDF-A, key id 0
         tpdu = header + crypto.cbc_encrypt(kenc, bytes(16), plain)
         message_control = 0x25  # message counter present, AES-CMAC 8 bytes
         mac = crypto.cmac(kmac, bytes([message_control]) + counter + tpdu)[:8]
@@ -296,11 +312,25 @@ class SimulatedRadioMeter:
         telegram, truth = self.build(now)
         self.access_number = (self.access_number + 1) & 0xFF
         self.message_counter += 1
+        self.transmissions += 1
         out = self.on_air(telegram) if self.spec.with_crcs else telegram
         return out, truth
 
 
 # -- receivers' framing ---------------------------------------------------------------------
+
+
+def compact_records(parts: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """A compact frame's application data (EN 13757-3): format signature, full-frame CRC, values.
+
+    The signature is the CRC-16 of the records' headers run together, the
+    frame CRC that of the full records; both least significant byte first.
+    """
+    headers = b"".join(head for head, _ in parts)
+    full = b"".join(head + data for head, data in parts)
+    values = b"".join(data for _, data in parts)
+    return (crc16_en13757(headers).to_bytes(2, "little") + crc16_en13757(full).to_bytes(2, "little")
+            + values)
 
 
 def strip_to_crcless(meter: SimulatedRadioMeter, telegram: bytes) -> bytes:

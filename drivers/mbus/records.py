@@ -190,6 +190,51 @@ def decode_records(data: bytes, msb_first: bool = False) -> RecordBlock:
     return RecordBlock(tuple(records), more_follow, manufacturer_data)
 
 
+@dataclass(frozen=True)
+class RecordLayout:
+    """Where each record's header (DIF..VIFE) and data lie, without their meaning.
+
+    ``headers`` and ``data`` pair up record by record; idle fillers are
+    left out and ``tail`` is the manufacturer-data DIF (0x0F/0x1F) and all
+    after it. A compact frame (EN 13757-3, CI 0x79) is a full frame with
+    its headers taken out, so this is what builds one and rebuilds one.
+    """
+
+    headers: tuple[bytes, ...]
+    data: tuple[bytes, ...]
+    tail: bytes
+
+    @property
+    def format(self) -> bytes:
+        """The headers run together: what a compact frame's format signature is the CRC of."""
+        return b"".join(self.headers)
+
+
+def record_layout(data: bytes) -> RecordLayout:
+    """Split a run of records into headers and data fields; DecodeError as decode_records."""
+    reader = _Reader(bytes(data))
+    headers: list[bytes] = []
+    fields: list[bytes] = []
+    tail = b""
+    while not reader.at_end():
+        start = reader.pos
+        reader.record_index = len(headers)
+        dif = reader.byte("DIF")
+        if dif == DIF_IDLE_FILLER:
+            continue
+        if dif in (DIF_MANUFACTURER_DATA, DIF_MORE_RECORDS_FOLLOW):
+            tail = reader.data[start:]
+            break
+        if dif & 0x0F == 0x0F:
+            raise DecodeError(f"record {len(headers)}: special DIF 0x{dif:02X} is reserved")
+        header = _read_header(reader, dif, False)
+        header_end = reader.pos
+        _read_data_field(reader, header.data_field)
+        headers.append(reader.data[start:header_end])
+        fields.append(reader.data[header_end : reader.pos])
+    return RecordLayout(tuple(headers), tuple(fields), tail)
+
+
 def _manufacturer_record(index: int, dif: int, payload: bytes) -> DataRecord:
     function = (
         RecordFunction.MORE_RECORDS_FOLLOW

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from drivers.core.errors import ConfigError, DecodeError
+from drivers.wmbus.compact import KNOWN_FORMATS, FormatBook
 from drivers.wmbus.crypto import MeterKey
 from drivers.wmbus.decode import decode_wmbus
 from drivers.wmbus.keys import EMPTY, KeyRing, load_key_file
@@ -21,6 +22,8 @@ from drivers.wmbus.sdr import parse_line
 
 
 def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
+    """A compact frame decodes when its format is known or an earlier line's full frame showed it."""
+    formats = FormatBook(KNOWN_FORMATS)
     for number, line in enumerate(lines, start=1):
         try:
             received = parse_line(line)
@@ -29,7 +32,7 @@ def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
             continue
         if received is None:
             continue
-        result = decode_wmbus(received.telegram, keys, received.frame_format)
+        result = decode_wmbus(received.telegram, keys, received.frame_format, formats)
         out: dict[str, object] = {"line": number}
         out.update(result.to_json())
         if received.rssi_dbm is not None:

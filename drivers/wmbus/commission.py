@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from drivers.core.errors import BusError, UsageError
 from drivers.core.ports import check_serial_port
+from drivers.wmbus.compact import KNOWN_FORMATS, FormatBook
 from drivers.wmbus.config import AnyWmbusBus, WmbusSdrBus
 from drivers.wmbus.decode import WmbusResult, decode_wmbus
 from drivers.wmbus.keys import KeyRing, load_bus_keys, load_key_file
@@ -95,6 +96,7 @@ def scan_radio(args: argparse.Namespace, bus: AnyWmbusBus) -> bool:
     receiver = open_receiver(bus)
     mode = "/".join(sorted(bus.modes))
     repeats = RepeatFilter()
+    formats = FormatBook(KNOWN_FORMATS)
     meters: dict[str, HeardMeter] = {}
     broken = 0
     print(f"listening on {bus.describe()} for {seconds:g} s ({len(keys)} key(s) to try) ...", flush=True)
@@ -102,7 +104,7 @@ def scan_radio(args: argparse.Namespace, bus: AnyWmbusBus) -> bool:
     try:
         while (left := deadline - time.monotonic()) > 0:
             for received in receiver.read(min(left, 1.0)):
-                result = decode_wmbus(received.telegram, keys, received.frame_format)
+                result = decode_wmbus(received.telegram, keys, received.frame_format, formats)
                 heard = heard_meter(result, received, mode, keys)
                 if heard is None or result.link is None:
                     broken += 1

@@ -19,6 +19,7 @@ from drivers.core.errors import DecodeError
 from drivers.mbus.decode_json import record_to_json
 from drivers.mbus.records import DataRecord, decode_records
 from drivers.mbus.telegram import APPLICATION_ERRORS
+from drivers.wmbus.compact import KNOWN_FORMATS, FormatBook, UnknownFormat
 from drivers.wmbus.keys import EMPTY, KeyRing
 from drivers.wmbus.link import FrameFormat, LinkAddress, LinkFrame, parse_link
 from drivers.wmbus.transport import (
@@ -51,6 +52,7 @@ class WmbusResult:
     manufacturer_data: bytes = b""
     error: str | None = None
     notes: tuple[str, ...] = field(default=())
+    awaiting_format: bool = False  # a compact frame whose format no full frame has shown yet
 
     @property
     def meter(self) -> LinkAddress | None:
@@ -71,9 +73,17 @@ _NOT_DECODED = Security(SecurityState.NONE)
 
 
 def decode_wmbus(
-    frame: bytes, keys: KeyRing = EMPTY, frame_format: FrameFormat | None = None
+    frame: bytes,
+    keys: KeyRing = EMPTY,
+    frame_format: FrameFormat | None = None,
+    formats: FormatBook | None = None,
 ) -> WmbusResult:
-    """Decode one telegram (from its L-field, with or without block CRCs)."""
+    """Decode one telegram (from its L-field, with or without block CRCs).
+
+    ``formats`` remembers the record formats of full frames, so that a
+    meter's later compact frames can be read; without one, only the
+    formats known up front are.
+    """
     try:
         link = parse_link(frame, frame_format)
     except DecodeError as exc:
@@ -85,24 +95,37 @@ def decode_wmbus(
     result = WmbusResult(link, layers.security, layers.ell, layers.afl, layers.tpl)
     if not layers.security.readable or layers.tpl is None:
         return result
-    return _application(result, layers.tpl.ci, layers.application)
+    return _application(result, layers.tpl.ci, layers.application,
+                        FormatBook(KNOWN_FORMATS) if formats is None else formats)
 
 
 def _replace(result: WmbusResult, **changes: object) -> WmbusResult:
     return replace(result, **changes)  # type: ignore[arg-type]
 
 
-def _application(result: WmbusResult, ci: int, data: bytes) -> WmbusResult:
-    if ci in FULL_FRAME:
+def _application(result: WmbusResult, ci: int, data: bytes, formats: FormatBook) -> WmbusResult:
+    notes: tuple[str, ...] = ()
+    if ci in COMPACT_FRAME:
+        try:
+            data = formats.expand(data)
+        except UnknownFormat as exc:
+            return _replace(result, error=str(exc), awaiting_format=True)
+        except DecodeError as exc:
+            return _replace(result, error=str(exc))
+        notes = ("compact frame, rebuilt from a known format",)
+    if ci in FULL_FRAME or notes:
         try:
             block = decode_records(data)
         except DecodeError as exc:
             return _replace(result, error=str(exc))
+        if not notes:
+            formats.learn(data)
         return _replace(
             result,
             records=block.records,
             more_records_follow=block.more_records_follow,
             manufacturer_data=block.manufacturer_data,
+            notes=result.notes + notes,
         )
     if ci in NO_APPLICATION:
         return result  # a transport-only message (ACC-NR, acknowledgement): no data
@@ -113,15 +136,6 @@ def _application(result: WmbusResult, ci: int, data: bytes) -> WmbusResult:
     if ci in ALARM:
         alarm = data[0] if data else None
         return _replace(result, notes=(f"alarm 0x{alarm:02X}" if alarm is not None else "alarm",))
-    if ci in COMPACT_FRAME:
-        signature = data[:2][::-1].hex().upper() if len(data) >= 2 else "?"
-        return _replace(
-            result,
-            error=(
-                f"compact frame (CI 0x{ci:02X}, format signature {signature}): its records are "
-                "described only by an earlier full frame; not supported, wait for a full frame"
-            ),
-        )
     if ci in FORMAT_FRAME:
         return _replace(result, error=f"format frame (CI 0x{ci:02X}) carries no values")
     if 0xA0 <= ci <= 0xB7:

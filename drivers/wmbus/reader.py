@@ -26,12 +26,13 @@ from drivers.core.protocol import Clock, Heard, PointInfo, Readout
 from drivers.mbus.points import point_steps, point_values
 from drivers.mbus.profile import MbusProfile
 from drivers.mbus.telegram import medium_name
+from drivers.wmbus.compact import KNOWN_FORMATS, FormatBook
 from drivers.wmbus.decode import WmbusResult, decode_wmbus
 from drivers.wmbus.keys import KeyRing
 from drivers.wmbus.link import RepeatFilter
 from drivers.wmbus.received import Received
 from drivers.wmbus.stick import Receiver
-from drivers.wmbus.transport import COMPACT_FRAME, SecurityState
+from drivers.wmbus.transport import SecurityState
 
 RSSI_POINT = "rssi"
 SECURITY_EVENTS = {
@@ -169,6 +170,7 @@ class RadioListener:
         self._meters = dict(meters)
         self._keys = keys
         self._repeats = repeats or RepeatFilter()
+        self._formats = FormatBook(KNOWN_FORMATS)  # compact frames: formats the full frames showed
         self._pending: deque[Received] = deque()
         self.telegrams = 0  # every telegram the receiver handed over
         self.broken = 0  # link layer unreadable (CRC, length)
@@ -201,7 +203,7 @@ class RadioListener:
     def _take(self, received: Received, clock: Clock) -> Heard | None:
         self.telegrams += 1
         stamp, mono = clock.stamp()
-        result = decode_wmbus(received.telegram, self._keys, received.frame_format)
+        result = decode_wmbus(received.telegram, self._keys, received.frame_format, self._formats)
         if result.link is None:
             self.broken += 1
             return None
@@ -212,8 +214,7 @@ class RadioListener:
         meter = self._meters.get(sender)
         if meter is None:
             return Heard(sender, None)
-        tpl = result.tpl
-        if result.error is not None and tpl is not None and tpl.ci in COMPACT_FRAME and result.security.readable:
+        if result.awaiting_format:
             self.compact += 1  # heard, but its values need an earlier full frame: not a failure
             return None
         return Heard(sender, meter.device_id, meter.readout(result, received, stamp, mono))
