@@ -428,7 +428,7 @@ def test_error_vifes_flag_the_record(raw: str, note: str) -> None:
         "02 6F 0100",  # reserved primary VIF
         "02 FD 7C 0100",  # reserved FD code
         "02 FB 40 0100",  # reserved FB code
-        "02 93 3E 0100",  # reserved combinable VIFE
+        "02 93 FC 00 0100",  # reserved code of the second combinable VIFE table
         "02 7B 0100",  # extension VIF without its VIFE
     ],
 )
@@ -438,6 +438,23 @@ def test_unknown_codes_give_one_flagged_record(raw: str) -> None:
     assert record.quantity == "unknown"
     assert record.value == 1
     assert record.raw == bytes.fromhex(raw).hex(" ").upper()
+
+
+def test_a_gas_meters_volume_at_base_conditions_is_a_known_volume() -> None:
+    # EN 13757-3:2018 combinable VIFE 0x3E, value at base conditions (it was
+    # taken for a reserved code and the gas meter's total came out unknown)
+    record = _one(bytes.fromhex("0C933E84278406"))
+    assert not record.unknown
+    assert record.quantity == "volume" and record.base_value == Decimal("6842.784")
+    assert record.notes == ("value_at_base_conditions",)
+
+
+def test_a_vife_of_the_second_combinable_table_names_the_phase() -> None:
+    # VIF FD, VIFE 48 (volts in 0.1 V steps, extension bit set), then FC 02: at phase L2
+    record = _one(bytes.fromhex("02FDC8FC02E608"))
+    assert not record.unknown
+    assert record.notes == ("at_phase_l2",)
+    assert record.quantity == "voltage" and record.value == Decimal("227.8")  # 0x08E6 = 2278 steps of 0.1 V
 
 
 def test_manufacturer_specific_vif_and_vife() -> None:

@@ -31,6 +31,7 @@ from drivers.mbus.vif import (
     VIF_FD_EXTENSION,
     VIF_MANUFACTURER,
     VIF_PLAIN_TEXT,
+    VIFE_EXTENSION_TABLE,
     VIFE_MANUFACTURER,
     ValueKind,
     ValueMeaning,
@@ -39,6 +40,7 @@ from drivers.mbus.vif import (
     fb_meaning,
     fd_meaning,
     primary_meaning,
+    second_table_extension,
 )
 
 MAX_DIFES = 10
@@ -105,11 +107,17 @@ class DataRecord:
 
 @dataclass(frozen=True)
 class RecordBlock:
-    """All records of one telegram and what its special DIFs said."""
+    """All records of one telegram and what its special DIFs said.
+
+    ``undecoded`` is what a lenient decode could not read, from the first
+    record that broke, and ``problem`` says why; both empty otherwise.
+    """
 
     records: tuple[DataRecord, ...]
     more_records_follow: bool
     manufacturer_data: bytes
+    undecoded: bytes = b""
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,11 +167,15 @@ class _Reader:
         return chunk
 
 
-def decode_records(data: bytes, msb_first: bool = False) -> RecordBlock:
+def decode_records(data: bytes, msb_first: bool = False, lenient: bool = False) -> RecordBlock:
     """Decode the variable data records that follow a telegram's header.
 
     ``msb_first`` is for CI 0x76 telegrams, whose multi-byte fields arrive
-    most significant byte first.
+    most significant byte first. ``lenient`` keeps the records before one
+    that breaks and returns the rest as ``undecoded`` instead of raising:
+    for a wireless telegram, whose bytes its CRCs or its decryption check
+    already vouch for, a manufacturer's odd tail should not cost the
+    standard records in front of it.
     """
     reader = _Reader(bytes(data))
     records: list[DataRecord] = []
@@ -172,21 +184,26 @@ def decode_records(data: bytes, msb_first: bool = False) -> RecordBlock:
     while not reader.at_end():
         start = reader.pos
         reader.record_index = len(records)
-        dif = reader.byte("DIF")
-        if dif == DIF_IDLE_FILLER:
-            continue
-        if dif in (DIF_MANUFACTURER_DATA, DIF_MORE_RECORDS_FOLLOW):
-            manufacturer_data = reader.take(len(reader.data) - reader.pos, "manufacturer data")
-            more_follow = dif == DIF_MORE_RECORDS_FOLLOW
-            records.append(_manufacturer_record(len(records), dif, manufacturer_data))
-            break
-        if dif & 0x0F == 0x0F:
-            raise DecodeError(
-                f"record {len(records)}: special DIF 0x{dif:02X} is reserved or a master "
-                "request (global readout) and cannot occur in a meter's answer"
-            )
-        header = _read_header(reader, dif, msb_first)
-        records.append(_read_record(reader, len(records), start, header, msb_first))
+        try:
+            dif = reader.byte("DIF")
+            if dif == DIF_IDLE_FILLER:
+                continue
+            if dif in (DIF_MANUFACTURER_DATA, DIF_MORE_RECORDS_FOLLOW):
+                manufacturer_data = reader.take(len(reader.data) - reader.pos, "manufacturer data")
+                more_follow = dif == DIF_MORE_RECORDS_FOLLOW
+                records.append(_manufacturer_record(len(records), dif, manufacturer_data))
+                break
+            if dif & 0x0F == 0x0F:
+                raise DecodeError(
+                    f"record {len(records)}: special DIF 0x{dif:02X} is reserved or a master "
+                    "request (global readout) and cannot occur in a meter's answer"
+                )
+            header = _read_header(reader, dif, msb_first)
+            records.append(_read_record(reader, len(records), start, header, msb_first))
+        except DecodeError as exc:
+            if not lenient:
+                raise
+            return RecordBlock(tuple(records), more_follow, manufacturer_data, reader.data[start:], str(exc))
     return RecordBlock(tuple(records), more_follow, manufacturer_data)
 
 
@@ -382,12 +399,20 @@ def _interpret_vib(header: _Header) -> _Meaning:
     unknown = not meaning.known
     additive_exponent: int | None = None
     invalid = False
+    second_table = False
     for position, vife in enumerate(vifes):
-        if vife & 0x7F == VIFE_MANUFACTURER:
+        if second_table:
+            extension = second_table_extension(vife)
+            second_table = False
+        elif vife & 0x7F == VIFE_EXTENSION_TABLE:
+            second_table = True
+            continue
+        elif vife & 0x7F == VIFE_MANUFACTURER:
             rest = bytes(vifes[position + 1 :])
             notes.append("manufacturer_specific_vife" + (f" {rest.hex()}" if rest else ""))
             break
-        extension = combinable_extension(vife)
+        else:
+            extension = combinable_extension(vife)
         notes.append(extension.note)
         if not extension.known:
             unknown = True

@@ -352,6 +352,9 @@ _ANNOTATIONS: dict[int, str] = {
     0x3A: "uncorrected_unit",
     0x3B: "accumulation_of_positive_contributions",
     0x3C: "accumulation_of_negative_contributions",
+    0x3D: "non_metric_unit",
+    0x3E: "value_at_base_conditions",  # a gas meter's volume converted to base conditions
+    0x3F: "obis_declaration",
     0x40: "lower_limit_value",
     0x48: "upper_limit_value",
     0x41: "number_of_lower_limit_exceeds",
@@ -379,6 +382,27 @@ for _code in (0x6A, 0x6B, 0x6E, 0x6F):
     _ANNOTATIONS[_code] = f"date_time_of_{_edge}_of_{_first}"
 
 VIFE_MANUFACTURER = 0x7F  # the following VIFEs and the data are manufacturer specific
+VIFE_EXTENSION_TABLE = 0x7C  # EN 13757-3:2018: the next VIFE is from the second combinable table
+
+# The second combinable table (after 0x7C/0xFC): where an electricity value
+# was measured, which direction a value counts.
+_SECOND_TABLE: dict[int, str] = {
+    0x01: "at_phase_l1",
+    0x02: "at_phase_l2",
+    0x03: "at_phase_l3",
+    0x04: "at_neutral",
+    0x05: "between_phases_l1_l2",
+    0x06: "between_phases_l2_l3",
+    0x07: "between_phases_l3_l1",
+    0x08: "at_quadrant_q1",
+    0x09: "at_quadrant_q2",
+    0x0A: "at_quadrant_q3",
+    0x0B: "at_quadrant_q4",
+    0x0C: "delta_between_import_and_export",
+    0x10: "accumulation_of_absolute_values",
+    0x11: "direction_to_meter",
+    0x12: "direction_from_meter",
+}
 
 
 @dataclass(frozen=True)
@@ -424,6 +448,15 @@ def combinable_extension(code: int) -> Extension:
     if note.startswith("duration_of"):
         unit, factor = _TIME_UNITS[code & 0x03]
         return Extension(note, becomes=ValueMeaning("", unit, 0, "s", Decimal(factor)))
+    return Extension(note)
+
+
+def second_table_extension(code: int) -> Extension:
+    """A VIFE of the second combinable table (it follows 0x7C/0xFC)."""
+    code &= 0x7F
+    note = _SECOND_TABLE.get(code)
+    if note is None:
+        return Extension(f"reserved_second_table_vife_0x{code:02x}", known=False)
     return Extension(note)
 
 

@@ -114,11 +114,15 @@ def _application(result: WmbusResult, ci: int, data: bytes, formats: FormatBook)
             return _replace(result, error=str(exc))
         notes = ("compact frame, rebuilt from a known format",)
     if ci in FULL_FRAME or notes:
-        try:
-            block = decode_records(data)
-        except DecodeError as exc:
-            return _replace(result, error=str(exc))
-        if not notes:
+        block = decode_records(data, lenient=True)
+        if block.problem is not None and not block.records:
+            return _replace(result, error=block.problem)
+        if block.problem is not None:
+            notes += (
+                (f"the last {len(block.undecoded)} byte(s) are not records this decoder can read "
+                 f"({block.problem}); the {len(block.records)} record(s) before them are read"),
+            )
+        elif not notes:
             formats.learn(data)
         return _replace(
             result,

@@ -57,6 +57,7 @@ APPLICATION_ERROR = frozenset({0x6E, 0x6F, 0x70})
 ALARM = frozenset({0x71, 0x74, 0x75})
 
 CHECK_BYTES = b"\x2f\x2f"
+RECEIVER_DECRYPTED = "already decrypted by the receiver (its check holds without decrypting)"
 
 # AFL message control: authentication type -> MAC length (AES-CMAC-128 truncated)
 _AFL_MAC_LENGTHS = {0: 0, 3: 2, 4: 4, 5: 8, 6: 12, 7: 16}
@@ -195,9 +196,10 @@ def unwrap(link: LinkFrame, keys: KeyRing) -> Unwrapped:
             opened = _open_ell(link, ell, cursor.rest(), keys)
             if isinstance(opened, Security):
                 return Unwrapped(ell, None, None, opened, b"")
-            cursor = _Cursor(opened)
+            plain, reason = opened
+            cursor = _Cursor(plain)
             ell_security = Security(
-                SecurityState.DECRYPTED, layer="ell", encrypted_bytes=len(opened) + 2
+                SecurityState.DECRYPTED, layer="ell", encrypted_bytes=len(plain) + 2, reason=reason
             )
         else:
             ell_security = PLAIN
@@ -253,8 +255,11 @@ def _read_ell(cursor: _Cursor) -> ExtendedLinkLayer:
 
 def _open_ell(
     link: LinkFrame, ell: ExtendedLinkLayer, encrypted: bytes, keys: KeyRing
-) -> bytes | Security:
-    """AES-128-CTR of the ELL; the payload CRC inside tells a wrong key."""
+) -> tuple[bytes, str | None] | Security:
+    """AES-128-CTR of the ELL; the payload CRC inside tells a wrong key.
+
+    The plain payload, with why it needed no decrypting (None when it did).
+    """
     if ell.encryption != 1:
         return Security(
             SecurityState.UNSUPPORTED,
@@ -265,6 +270,8 @@ def _open_ell(
         raise DecodeError("encrypted ELL payload shorter than its CRC and a CI field")
     key = keys.key_for(link.address.identification)
     if key is None:
+        if _ell_plain(encrypted):
+            return encrypted[2:], RECEIVER_DECRYPTED
         return Security(
             SecurityState.NO_KEY,
             layer="ell",
@@ -280,13 +287,20 @@ def _open_ell(
     )
     plain = crypto.ctr_crypt(key, counter, encrypted)
     if int.from_bytes(plain[:2], "little") != crc16_en13757(plain[2:]):
+        if _ell_plain(encrypted):
+            return encrypted[2:], RECEIVER_DECRYPTED
         return Security(
             SecurityState.WRONG_KEY,
             layer="ell",
             encrypted_bytes=len(encrypted),
             reason="ELL payload CRC does not match after decryption",
         )
-    return plain[2:]
+    return plain[2:], None
+
+
+def _ell_plain(payload: bytes) -> bool:
+    """Did the receiver decrypt it already? (a stick holding the key does: its CRC holds as it is)."""
+    return int.from_bytes(payload[:2], "little") == crc16_en13757(payload[2:])
 
 
 # --- authentication and fragmentation layer ---------------------------------------------
@@ -406,6 +420,8 @@ def _open_mode7(
         ), b""
     master = keys.key_for(meter.identification)
     if master is None:
+        if _already_plain(body):
+            return _decrypted_by_receiver(7, length), body
         return Security(
             SecurityState.NO_KEY, 7, "tpl", length, f"no key for meter {meter.identification}"
         ), b""
@@ -420,11 +436,15 @@ def _open_mode7(
     if afl is not None and afl.mac:
         expected = crypto.cmac(mac_key, afl.authenticated + tpdu)[: len(afl.mac)]
         if expected != afl.mac:
+            if _already_plain(body):  # a receiver that decrypted cannot mend the MAC
+                return _decrypted_by_receiver(7, length), body
             return Security(
                 SecurityState.WRONG_KEY, 7, "tpl", length, "AFL MAC does not match"
             ), b""
     plain = crypto.cbc_decrypt(encryption_key, bytes(16), body[:length])
     if plain[:2] != CHECK_BYTES:
+        if _already_plain(body):
+            return _decrypted_by_receiver(7, length), body
         return Security(
             SecurityState.WRONG_KEY, 7, "tpl", length, "decrypted data does not start with 2F2F"
         ), b""
