@@ -138,3 +138,25 @@ def test_wmbus_decode_reads_a_compact_frame_after_the_full_frame_on_an_earlier_l
         assert "error" not in output, output
         volume = next(r for r in output["records"] if r["quantity"] == "volume" and r["storage"] == 0)
         assert Decimal(volume["base_value"]) == truth.values["volume"]
+
+
+def test_wmbus_decode_holds_a_compact_frame_until_a_later_line_shows_its_format() -> None:
+    # A capture that starts mid-cycle: two compact frames, then the meter's
+    # full frame; a fourth line is a compact frame of a kind never sent full.
+    water = _meter(MeterKind.WATER, every=3)
+    hca = _meter(MeterKind.HCA, every=3)
+    sent = [water.transmit(120, START + timedelta(minutes=2 * step)) for step in range(4)]
+    hca.transmit(120, START)
+    orphan = hca.transmit(120, START + timedelta(minutes=2))
+    lines = [sent[1], sent[2], sent[3], orphan]  # compact, compact, full, compact (no format ever)
+    assert [truth.compact for _, truth in lines] == [True, True, False, True]
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "wmbus", "decode"],
+                          input="\n".join(t.hex() for t, _ in lines) + "\n", capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    outputs = {o["line"]: o for o in map(json.loads, done.stdout.splitlines())}
+    assert sorted(outputs) == [1, 2, 3, 4]
+    for number in (1, 2, 3):
+        volume = next(r for r in outputs[number]["records"] if r["quantity"] == "volume" and r["storage"] == 0)
+        assert Decimal(volume["base_value"]) == lines[number - 1][1].values["volume"]
+    assert outputs[4]["records"] == [] and "full frame" in outputs[4]["error"]

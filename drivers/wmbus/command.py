@@ -16,14 +16,24 @@ from pathlib import Path
 from drivers.core.errors import ConfigError, DecodeError
 from drivers.wmbus.compact import KNOWN_FORMATS, FormatBook
 from drivers.wmbus.crypto import MeterKey
-from drivers.wmbus.decode import decode_wmbus
+from drivers.wmbus.decode import WmbusResult, decode_wmbus
 from drivers.wmbus.keys import EMPTY, KeyRing, load_key_file
+from drivers.wmbus.received import Received
 from drivers.wmbus.sdr import parse_line
+
+MAX_HELD = 10_000  # compact frames held for a later full frame; beyond, they are printed as they come
 
 
 def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
-    """A compact frame decodes when its format is known or an earlier line's full frame showed it."""
+    """One JSON line per telegram, in input order, except for compact frames.
+
+    A compact frame is read with the format of a full frame of the same
+    kind. When no earlier line showed it, the compact frame is held and
+    printed (with its own line number) as soon as a later line's full
+    frame teaches its format, or at the end, with the error, if none does.
+    """
     formats = FormatBook(KNOWN_FORMATS)
+    held: list[tuple[int, Received]] = []
     for number, line in enumerate(lines, start=1):
         try:
             received = parse_line(line)
@@ -32,14 +42,33 @@ def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
             continue
         if received is None:
             continue
+        taught = formats.taught
         result = decode_wmbus(received.telegram, keys, received.frame_format, formats)
-        out: dict[str, object] = {"line": number}
-        out.update(result.to_json())
-        if received.rssi_dbm is not None:
-            out["rssi_dbm"] = received.rssi_dbm
-        if received.level is not None:
-            out["signal_level"] = {"value": received.level, "scale": received.level_scale}
-        yield json.dumps(out, ensure_ascii=False)
+        if result.awaiting_format and len(held) < MAX_HELD:
+            held.append((number, received))
+            continue
+        yield _line(number, received, result)
+        if held and formats.taught != taught:
+            still: list[tuple[int, Received]] = []
+            for earlier, waiting in held:
+                again = decode_wmbus(waiting.telegram, keys, waiting.frame_format, formats)
+                if again.awaiting_format:
+                    still.append((earlier, waiting))
+                else:
+                    yield _line(earlier, waiting, again)
+            held = still
+    for earlier, waiting in held:
+        yield _line(earlier, waiting, decode_wmbus(waiting.telegram, keys, waiting.frame_format, formats))
+
+
+def _line(number: int, received: Received, result: WmbusResult) -> str:
+    out: dict[str, object] = {"line": number}
+    out.update(result.to_json())
+    if received.rssi_dbm is not None:
+        out["rssi_dbm"] = received.rssi_dbm
+    if received.level is not None:
+        out["signal_level"] = {"value": received.level, "scale": received.level_scale}
+    return json.dumps(out, ensure_ascii=False)
 
 
 def keys_from_options(key_hex: str | None, key_file: Path | None) -> KeyRing:

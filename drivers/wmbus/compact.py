@@ -58,6 +58,7 @@ class FormatBook:
         self._capacity = capacity
         self._formats: OrderedDict[int, tuple[tuple[bytes, int], ...]] = OrderedDict()
         self._known: dict[int, tuple[tuple[bytes, int], ...]] = {}
+        self.taught = 0  # formats learnt that were new: a caller holding compact frames retries then
         for format_bytes in known:
             self._known[signature_of(format_bytes)] = _layout_of_format(format_bytes)
 
@@ -80,6 +81,8 @@ class FormatBook:
         if any(_is_variable(header) for header, _ in shape):
             return None
         signature = signature_of(layout.format)
+        if signature not in self._formats and signature not in self._known:
+            self.taught += 1
         self._formats[signature] = shape
         self._formats.move_to_end(signature)
         while len(self._formats) > self._capacity:
