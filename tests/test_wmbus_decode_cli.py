@@ -93,3 +93,19 @@ def test_unreadable_lines_and_files_are_reported_without_a_traceback(tmp_path: P
     assert "at least 11 bytes" in outputs[1]["error"]
     missing = _run(str(tmp_path / "nope.txt"))
     assert missing.returncode == 1 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_wired_mbus_frame_pasted_into_wmbus_decode_is_decoded_as_one() -> None:
+    # libmbus's Itron BM+m capture (tests/data/mbus, BSD licence): its
+    # normalised XML states volume 54.321 m3. A wired long frame starts
+    # 68 L L 68; read as a radio telegram it was "L-field 104" and an error.
+    frame = (Path(__file__).parent / "data/mbus/frames/ACW_Itron-BM-plus-m.hex").read_text().split()
+    wireless = _building(1)[0].transmit(600, datetime(2025, 3, 1, 12, 0))[0].hex()
+    done = _run(stdin=" ".join(frame) + "\n" + wireless + "\n")
+    assert done.returncode == 0, done.stderr
+    wired, radio = (json.loads(line) for line in done.stdout.splitlines())
+    assert wired["wired"] is True and "error" not in wired
+    assert wired["header"]["identification"] == "11490378"
+    volume = next(r for r in wired["records"] if r["quantity"] == "volume" and r["storage"] == 0)
+    assert Decimal(volume["base_value"]) == Decimal("54.321")
+    assert "wired" not in radio and "error" not in radio

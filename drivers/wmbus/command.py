@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from drivers.core.errors import ConfigError, DecodeError
+from drivers.mbus.decode_json import telegram_to_json
 from drivers.wmbus.compact import KNOWN_FORMATS, FormatBook
 from drivers.wmbus.crypto import MeterKey
 from drivers.wmbus.decode import WmbusResult, decode_wmbus
@@ -42,6 +43,9 @@ def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
             continue
         if received is None:
             continue
+        if is_wired_long_frame(received.telegram):
+            yield _wired_line(number, received.telegram)
+            continue
         taught = formats.taught
         result = decode_wmbus(received.telegram, keys, received.frame_format, formats)
         if result.awaiting_format and len(held) < MAX_HELD:
@@ -59,6 +63,24 @@ def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
             held = still
     for earlier, waiting in held:
         yield _line(earlier, waiting, decode_wmbus(waiting.telegram, keys, waiting.frame_format, formats))
+
+
+def is_wired_long_frame(data: bytes) -> bool:
+    """68 L L 68 ... checksum 16, whole and summing up: a wired M-Bus answer pasted here."""
+    return (len(data) >= 9 and data[0] == 0x68 and data[3] == 0x68 and data[1] == data[2]
+            and len(data) == data[1] + 6 and data[-1] == 0x16 and sum(data[4:-2]) & 0xFF == data[-2])
+
+
+def _wired_line(number: int, frame: bytes) -> str:
+    """A wired M-Bus long frame, decoded as `mbus decode` does, in this command's shape."""
+    out: dict[str, object] = {"line": number, "wired": True}
+    try:
+        out.update(telegram_to_json(frame))
+    except DecodeError as exc:
+        out["error"] = f"wired M-Bus frame: {exc}"
+    out["security"] = {"mode": 0, "state": "none", "layer": None, "encrypted_bytes": 0,
+                       "reason": "a wired M-Bus frame (68 L L 68 ... 16)"}
+    return json.dumps(out, ensure_ascii=False)
 
 
 def _line(number: int, received: Received, result: WmbusResult) -> str:
