@@ -26,6 +26,9 @@ _CONVERT: dict[tuple[str, str], Decimal] = {
     ("Wh", "GJ"): Decimal("0.0000036"),
     ("J/h", "W"): Decimal(1) / Decimal(3600),
     ("W", "kW"): Decimal("0.001"),
+    ("s", "min"): Decimal(1) / Decimal(60),
+    ("s", "h"): Decimal(1) / Decimal(3600),
+    ("s", "d"): Decimal(1) / Decimal(86400),
 }
 
 
@@ -81,10 +84,24 @@ def _numeric(record: DataRecord) -> Decimal | None:
     return None
 
 
+# Record notes that make a record a different value of the same quantity
+# (energy exported, not imported; one phase's voltage): a point takes such a
+# record only when it names the qualifier.
+DISTINGUISHING = frozenset({
+    "accumulation_of_negative_contributions", "accumulation_of_absolute_values", "at_neutral",
+    "at_phase_l1", "at_phase_l2", "at_phase_l3", "between_phases_l1_l2", "between_phases_l2_l3",
+    "between_phases_l3_l1", "direction_to_meter", "direction_from_meter", "delta_between_import_and_export",
+    "lower_limit_value", "upper_limit_value", "future_value",
+})
+
+
 def _matches(point: MbusPoint, record: DataRecord) -> bool:
-    return (record.quantity == point.quantity and record.storage == point.storage
+    if not (record.quantity == point.quantity and record.storage == point.storage
             and record.tariff == point.tariff and record.subunit == point.subunit
-            and record.function.value == point.function)
+            and record.function.value == point.function):
+        return False
+    notes = set(record.notes)
+    return set(point.qualifiers) <= notes and not (notes & DISTINGUISHING) - set(point.qualifiers)
 
 
 

@@ -71,6 +71,11 @@ class MbusPoint:
     tariff: Annotated[int, Rule(ge=0)] = 0
     subunit: Annotated[int, Rule(ge=0)] = 0
     function: Literal["instantaneous", "maximum", "minimum", "error_state"] = "instantaneous"
+    # VIFE qualifiers the record must carry, as the decoder names them
+    # (accumulation_of_negative_contributions: exported energy; at_phase_l1:
+    # a phase's voltage). A record qualified so is taken only by a point
+    # that asks for it: an import point never picks up the export record.
+    qualifiers: tuple[str, ...] = ()
     # The unit sent to the platform (the record is converted to it); absent:
     # the record's own base unit, as the meter sends it (Wh, J, m3, ...).
     unit: str | None = None

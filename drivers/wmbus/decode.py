@@ -36,6 +36,7 @@ from drivers.wmbus.transport import (
     TransportHeader,
     unwrap,
 )
+from drivers.wmbus.vendors import vendor_data
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,15 @@ def _application(result: WmbusResult, ci: int, data: bytes, formats: FormatBook)
             )
         elif not notes:
             formats.learn(data)
+        records = block.records
+        meter = result.meter
+        extra = vendor_data(meter, ci, data, block.manufacturer_data, len(records)) if meter else None
+        if extra is not None:
+            records += extra.records
+            notes += (extra.note,)
         return _replace(
             result,
-            records=block.records,
+            records=records,
             more_records_follow=block.more_records_follow,
             manufacturer_data=block.manufacturer_data,
             notes=result.notes + notes,
@@ -143,9 +150,14 @@ def _application(result: WmbusResult, ci: int, data: bytes, formats: FormatBook)
     if ci in FORMAT_FRAME:
         return _replace(result, error=f"format frame (CI 0x{ci:02X}) carries no values")
     if 0xA0 <= ci <= 0xB7:
+        meter = result.meter
+        extra = vendor_data(meter, ci, data, b"", 0) if meter else None
+        if extra is not None and extra.records:
+            return _replace(result, records=extra.records, notes=result.notes + (extra.note,))
         return _replace(
             result,
-            error=f"manufacturer-specific application layer (CI 0x{ci:02X}): not decoded",
+            error=extra.note if extra is not None else (
+                f"manufacturer-specific application layer (CI 0x{ci:02X}): not decoded"),
         )
     return _replace(result, error=f"CI 0x{ci:02X} is not a meter message this decoder reads")
 
