@@ -19,7 +19,7 @@ import pytest
 
 from drivers.wmbus import amb8465, im871a
 from simulators.pty import PtyPair
-from simulators.wmbus_meter import MeterKind, SimulatedRadioMeter, generate_keys, write_key_file
+from simulators.wmbus_meter import MeterKind, RadioMeterSpec, SimulatedRadioMeter, generate_keys, write_key_file
 from simulators.wmbus_stick import Delivered, StickServer, device_entries, radio_meters
 from tests.support import REPO, AgentProcess, Broker, Subscriber, require_binary, running, wait_until, write_config
 
@@ -192,6 +192,39 @@ def test_an_amb8465_set_without_rssi_output_loses_no_telegram(tmp_path: Path, br
     got = Counter((r["device"], r["point"], _number(r["value"])) for r in subscriber.unique_readings().values())
     assert got == expected
     assert b"".join(server.requests).startswith(amb8465.get_request(amb8465.RSSI_ENABLE))
+
+
+def test_compact_frames_through_the_agent_arrive_with_the_values_the_meters_sent(
+        tmp_path: Path, broker: Broker, subscriber: Subscriber) -> None:
+    """Meters that send a full frame and then two compact frames (values
+    without headers, as Kamstrup's do), one of them inside an ELL with
+    AES-CTR: every compact frame the stick delivers after a full frame of
+    its kind gives the same readings a full frame would (they were dropped)."""
+    require_binary("socat")
+    keys = generate_keys(6, seed=31)
+    meters = [SimulatedRadioMeter(RadioMeterSpec(
+        33_000_001 + n, (MeterKind.WATER, MeterKind.HEAT, MeterKind.HCA)[n % 3], security_mode=(0, 5)[n % 2],
+        ell_encryption=n == 4, key=keys[n], interval_s=0.4, compact_every=3), seed=31) for n in range(6)]
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    write_key_file(meters, credentials / "wmbus-keys")
+    entries = device_entries(meters, "radio")
+    devices = {str(e["address"]): str(e["id"]) for e in entries}
+    config = write_config(tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
+                          buses=[{"id": "radio", "type": "wmbus", "stick": "im871a",
+                                  "port": str(tmp_path / "tty.agent"), "modes": ["T1"]}],
+                          devices=entries)
+    with (PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as line,
+          running(StickServer(meters, str(line.meter_end), "im871a", duration_s=3.0, collisions=False)) as server,
+          AgentProcess(config, tmp_path / "agent.log", env={"CREDENTIALS_DIRECTORY": str(credentials)})):
+        wait_until(server.finished.is_set, 30, "three seconds on air")
+        expected = expected_readings(server.delivered, devices)
+        wait_until(lambda: len(subscriber.unique_readings()) >= sum(expected.values()), 20,
+                   f"{sum(expected.values())} readings at the subscriber")
+    compact = [d for d in server.delivered if d.transmission.truth.compact]
+    assert len(compact) >= 20 and len(compact) >= len(server.delivered) // 2
+    got = Counter((r["device"], r["point"], _number(r["value"])) for r in subscriber.unique_readings().values())
+    assert got == expected
 
 
 def test_an_sdr_decoders_lines_through_the_agent_arrive_complete_and_exact(
