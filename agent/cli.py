@@ -452,7 +452,10 @@ def _bus_from_config(args: argparse.Namespace) -> BusRecord | None:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    from drivers.profile import SITE_PROFILE_DIR, load_catalogue
+
     bus = _bus_from_config(args)
+    args.catalogue = load_catalogue([SITE_PROFILE_DIR])  # for the profile a scan suggests per device
     protocol = _named(args, bus)
     if bus is not None and args.timeout:  # a scan may wait less per unit than polling does
         bus = protocol.commissioning.with_timeout(bus, args.timeout)

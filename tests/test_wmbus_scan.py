@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from simulators.pty import PtyPair
-from simulators.wmbus_meter import write_key_file
+from simulators.wmbus_meter import MeterKind, RadioMeterSpec, SimulatedRadioMeter, write_key_file
 from simulators.wmbus_stick import StickServer, radio_meters
 from tests.support import REPO, require_binary, running
 
@@ -75,3 +75,25 @@ def test_scan_with_nothing_heard_says_so_and_fails(tmp_path: Path) -> None:
     result = _scan("--sdr-command", "sleep 5", "--seconds", "0.5")
     assert result.returncode == 1
     assert "0 meter(s) heard" in result.stdout
+
+
+def test_scan_suggests_a_vendors_profile_for_its_meters_and_the_oms_one_for_the_rest(tmp_path: Path) -> None:
+    """The suggestion is oms-auto's choice from the header: a Diehl Sharky
+    (DME, version 0x40) and a Kamstrup Multical 403 (KAM, 0x34) get their
+    vendors' profiles, a meter of another make the generic OMS one (the scan
+    suggested by device type only)."""
+    require_binary("socat")
+    sharky = SimulatedRadioMeter(RadioMeterSpec(61_000_001, MeterKind.HEAT, manufacturer="DME", version=0x40,
+                                                interval_s=0.3))
+    multical = SimulatedRadioMeter(RadioMeterSpec(61_000_002, MeterKind.HEAT, manufacturer="KAM", version=0x34,
+                                                  interval_s=0.3))
+    other = SimulatedRadioMeter(RadioMeterSpec(61_000_003, MeterKind.HEAT, manufacturer="ZRI", version=0x34,
+                                               interval_s=0.3))
+    with (PtyPair(tmp_path / "tty.stick", tmp_path / "tty.scan") as line,
+          running(StickServer([sharky, multical, other], str(line.meter_end), "im871a", duration_s=30,
+                              collisions=False))):
+        result = _scan("--serial", str(tmp_path / "tty.scan"), "--stick", "im871a", "--seconds", "2")
+    assert result.returncode == 0, result.stderr
+    rows = _rows(result.stdout)
+    assert {meter: row[-2] for meter, row in rows.items()} == {
+        "61000001": "diehl-sharky", "61000002": "kamstrup-multical-heat", "61000003": "oms-heat"}

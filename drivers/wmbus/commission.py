@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from drivers.core.errors import BusError, UsageError
+from drivers.core.errors import BusError, ProfileError, UsageError
 from drivers.core.ports import check_serial_port
+from drivers.mbus.profile import MbusProfile
 from drivers.wmbus.compact import KNOWN_FORMATS, FormatBook
 from drivers.wmbus.config import AnyWmbusBus, WmbusSdrBus
 from drivers.wmbus.decode import WmbusResult, decode_wmbus
@@ -38,6 +41,33 @@ def suggested_profile(medium: str) -> str:
     return PROFILE_BY_MEDIUM.get(medium, "mbus")
 
 
+class _Catalogue(Protocol):
+    def get(self, name: str) -> object: ...
+
+
+def profile_chooser(catalogue: _Catalogue | None) -> Callable[[str, int, str], str]:
+    """Per meter header, the profile `oms-auto` would take (a vendor's first), else the table's.
+
+    The catalogue is the caller's (bundled and site profiles): this package
+    may not load it.
+    """
+    auto: object = None
+    if catalogue is not None:
+        try:
+            auto = catalogue.get("oms-auto")
+        except (ProfileError, KeyError):  # a site copy that does not load: the scan suggests by device type
+            auto = None
+
+    def choose(manufacturer: str, version: int, medium: str) -> str:
+        if isinstance(auto, MbusProfile):
+            chosen = auto.choose(manufacturer, version, medium)
+            if chosen is not None:
+                return chosen.name
+        return suggested_profile(medium)
+
+    return choose
+
+
 @dataclass
 class HeardMeter:
     identification: str
@@ -52,13 +82,14 @@ class HeardMeter:
     rssi_dbm: float | None = None
     level: float | None = None  # an SDR's own figure, not dBm: shown with a ~
     error: str | None = None
+    profile: str = ""
 
     def row(self) -> list[str]:
         rssi = (f"{self.rssi_dbm:.0f}" if self.rssi_dbm is not None
                 else f"~{self.level:.0f}" if self.level is not None else "-")
         security = "none" if not self.security_mode else f"mode {self.security_mode}"
         return [self.identification, self.manufacturer, self.medium, str(self.version), self.mode.upper(), rssi,
-                security, self.state, "yes" if self.key else "no", suggested_profile(self.medium),
+                security, self.state, "yes" if self.key else "no", self.profile or suggested_profile(self.medium),
                 str(self.telegrams)]
 
 
@@ -97,6 +128,7 @@ def scan_radio(args: argparse.Namespace, bus: AnyWmbusBus) -> bool:
     mode = "/".join(sorted(bus.modes))
     repeats = RepeatFilter()
     formats = FormatBook(KNOWN_FORMATS)
+    choose = profile_chooser(getattr(args, "catalogue", None))
     meters: dict[str, HeardMeter] = {}
     broken = 0
     print(f"listening on {bus.describe()} for {seconds:g} s ({len(keys)} key(s) to try) ...", flush=True)
@@ -111,6 +143,7 @@ def scan_radio(args: argparse.Namespace, bus: AnyWmbusBus) -> bool:
                     continue
                 if repeats.is_repeat(result.link, time.monotonic()):
                     continue
+                heard.profile = choose(heard.manufacturer, heard.version, heard.medium)
                 known = meters.get(heard.identification)
                 heard.telegrams = (known.telegrams if known else 0) + 1
                 meters[heard.identification] = heard
