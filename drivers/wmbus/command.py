@@ -52,6 +52,8 @@ def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
             held.append((number, received))
             continue
         yield _line(number, received, result)
+        if held:
+            formats.digest()
         if held and formats.taught != taught:
             still: list[tuple[int, Received]] = []
             for earlier, waiting in held:

@@ -51,7 +51,10 @@ class FormatBook:
     """Compact-frame formats by signature: known ones, and what full frames taught.
 
     Bounded: at most ``capacity`` learnt formats, the least recently used
-    forgotten first (a building has a handful of meter families).
+    forgotten first (a building has a handful of meter families). A full
+    frame is only remembered (the latest per meter); its format is worked
+    out when a compact frame asks for one not known yet, so that the many
+    full frames of meters that never send compact ones cost nothing.
     """
 
     def __init__(self, known: Iterable[bytes] = (), capacity: int = 256) -> None:
@@ -59,11 +62,25 @@ class FormatBook:
         self._formats: OrderedDict[int, tuple[tuple[bytes, int], ...]] = OrderedDict()
         self._known: dict[int, tuple[tuple[bytes, int], ...]] = {}
         self.taught = 0  # formats learnt that were new: a caller holding compact frames retries then
+        self._unread: OrderedDict[str, bytes] = OrderedDict()  # latest full frame's records per meter
         for format_bytes in known:
             self._known[signature_of(format_bytes)] = _layout_of_format(format_bytes)
 
     def __len__(self) -> int:
         return len(self._formats)
+
+    def remember(self, meter: str, records: bytes) -> None:
+        """Keep a meter's latest full frame, to learn its format from when a compact frame needs it."""
+        self._unread[meter] = records
+        self._unread.move_to_end(meter)
+        while len(self._unread) > self._capacity:
+            self._unread.popitem(last=False)
+
+    def digest(self) -> None:
+        """Learn the formats of every full frame remembered since the last time."""
+        while self._unread:
+            _, records = self._unread.popitem(last=False)
+            self.learn(records)
 
     def learn(self, records: bytes) -> int | None:
         """Keep the format of a full frame's records; its signature, None when it has none.
@@ -105,6 +122,9 @@ class FormatBook:
         frame_crc = int.from_bytes(data[start + 2 : start + 4], "little")
         values = data[start + 4 :]
         shape = self._formats.get(signature) or self._known.get(signature)
+        if shape is None and self._unread:
+            self.digest()
+            shape = self._formats.get(signature)
         if shape is None:
             raise UnknownFormat(signature)
         needed = sum(length for _, length in shape)

@@ -123,10 +123,10 @@ def _application(result: WmbusResult, ci: int, data: bytes, formats: FormatBook)
                 (f"the last {len(block.undecoded)} byte(s) are not records this decoder can read "
                  f"({block.problem}); the {len(block.records)} record(s) before them are read"),
             )
-        elif not notes:
-            formats.learn(data)
         records = block.records
         meter = result.meter
+        if block.problem is None and not notes and meter is not None:
+            formats.remember(meter.raw.hex(), data)
         extra = vendor_data(meter, ci, data, block.manufacturer_data, len(records)) if meter else None
         if extra is not None:
             records += extra.records
