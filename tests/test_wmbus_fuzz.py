@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from drivers.core.errors import ConfigError, DecodeError
 from drivers.wmbus import KeyRing, decode_wmbus, parse_key_lines, parse_link
 from drivers.wmbus.amb8465 import AmberDecoder
+from drivers.wmbus.compact import FormatBook
 from drivers.wmbus.im871a import HciDecoder
 from drivers.wmbus.link import FrameFormat, add_crcs
 from drivers.wmbus.sdr import parse_line
@@ -116,3 +117,46 @@ def test_key_files_raise_only_config_error(lines: list[str]) -> None:
         parse_key_lines(lines)
     except ConfigError:
         pass
+
+
+def _with_payload(header: str, payload: bytes) -> bytes:
+    body = bytes.fromhex(header) + payload
+    return bytes([len(body) & 0xFF]) + body
+
+
+# Headers that reach the manufacturer hooks and the compact-frame path:
+# Apator AT-WMBUS-16-2 (APA, version 5, water, CI 7A then 2F2F 0F), E-ITN
+# (APA, version 4, HCA, CI A0 / B6), the legacy APT M-field, a compact frame.
+HOOK_HEADERS = ["4401060100004105077A2A0000002F2F0F", "440106010000420408A0",
+                "440106010000420408B6", "441486010000420408A0", "44A51101000045000479"]
+
+
+@SETTINGS
+@given(st.sampled_from(HOOK_HEADERS), st.binary(max_size=200))
+def test_random_payloads_behind_vendor_and_compact_headers_never_escape(header: str, payload: bytes) -> None:
+    result = decode_wmbus(_with_payload(header, payload), KeyRing())
+    assert result.error is None or not result.records  # an error never comes with values
+    for record in result.records:
+        assert record.quantity
+
+
+def _compact_pair() -> tuple[bytes, bytes]:
+    """A heat meter's full frame and the format signature its compact frames carry."""
+    meter = SimulatedRadioMeter(RadioMeterSpec(50_000_100, MeterKind.HEAT, compact_every=2), seed=1)
+    full, _ = meter.transmit(60, datetime(2025, 1, 1))
+    compact, truth = meter.transmit(60, datetime(2025, 1, 1, 0, 1))
+    assert truth.compact and compact[10] == 0x7B
+    return full, compact[15:17]  # L C M A | 7B ACC ST CF CF | signature
+
+
+FULL, SIGNATURE = _compact_pair()
+
+
+@SETTINGS
+@given(st.binary(max_size=120))
+def test_random_values_in_a_compact_frame_of_a_known_format_never_escape(values: bytes) -> None:
+    book = FormatBook()
+    assert decode_wmbus(FULL, KeyRing(), None, book).error is None
+    result = decode_wmbus(_with_payload("4443040100105001047B2B000000", SIGNATURE + values), KeyRing(), None, book)
+    assert not result.awaiting_format  # the format is known: its CRC decides
+    assert result.error is None or not result.records
