@@ -668,3 +668,15 @@ def test_frame_errors_surface_through_the_decoder() -> None:
     broken = good[:-2] + bytes([(good[-2] + 1) & 0xFF]) + good[-1:]
     with pytest.raises(FrameError, match="checksum"):
         decode_telegram(broken)
+
+
+def test_the_most_negative_binary_value_is_the_meters_no_value_marker_not_a_reading() -> None:
+    # A new meter's set-date volume before its first set date: 0x80000000,
+    # which read as a number is -2,147,483.648 m3 (meters and their
+    # maintainers use it as "no value"); it was published as a valid volume.
+    record = _one(bytes.fromhex("4413 00000080"))
+    assert record.invalid and record.value is None and record.base_value is None
+    assert any("no value" in note for note in record.notes)
+    # one more than the marker is a real (if odd) number
+    assert _one(bytes.fromhex("4413 01000080")).value == Decimal("-2147483.647")
+    assert _one(bytes.fromhex("025B 0080")).invalid  # 16 bits: -32768 Cel is no temperature either

@@ -521,6 +521,10 @@ def _value(coding: DataCoding, field: bytes, meaning: _Meaning) -> tuple[RecordV
         number = datafield.real32(field)
     elif kind in (ValueKind.SCALED, ValueKind.NUMBER):
         number = datafield.signed_int(field)
+        if field and number == -(1 << (8 * len(field) - 1)):
+            # 0x80..00, the most negative number: what meters send for a value
+            # they do not have (a set-date value before the first set date).
+            return None, f"{len(field) * 8}-bit value 0x80{'00' * (len(field) - 1)}: the meter's 'no value' marker"
     else:
         number = datafield.unsigned_int(field)
     if isinstance(number, Invalid):
