@@ -80,3 +80,19 @@ def test_a_telegram_whose_first_record_is_already_broken_is_an_error_with_no_rec
     result = decode_wmbus(broken)
     assert result.records == ()
     assert result.error is not None and "int32" in result.error
+
+
+def test_a_telegram_a_byte_or_two_short_of_its_l_field_is_read_as_far_as_it_goes() -> None:
+    # A receiver that counts its RSSI byte in the L-field and strips the
+    # byte hands over telegrams one byte "short"; they were all errors.
+    meter = SimulatedRadioMeter(RadioMeterSpec(52_000_005, MeterKind.WATER, security_mode=5, key=KEY))
+    telegram, truth = meter.transmit(60, NOW)
+    for short in (1, 2):
+        claimed = bytes([telegram[0] + short]) + telegram[1:]
+        result = decode_wmbus(claimed, KeyRing.single(KEY))
+        assert result.error is None
+        assert _volume(result.records) == truth.values["volume"]
+        assert any(f"{short} byte(s) shorter" in note for note in result.notes)
+    three_short = bytes([telegram[0] + 3]) + telegram[1:]
+    result = decode_wmbus(three_short, KeyRing.single(KEY))
+    assert result.records == () and result.error is not None and "shorter than its L-field" in result.error

@@ -93,7 +93,11 @@ def decode_wmbus(
         layers = unwrap(link, keys)
     except DecodeError as exc:
         return WmbusResult(link, _NOT_DECODED, error=str(exc))
-    result = WmbusResult(link, layers.security, layers.ell, layers.afl, layers.tpl)
+    notes: tuple[str, ...] = ()
+    if link.missing:
+        notes = ((f"telegram {link.missing} byte(s) shorter than its L-field says (a receiver that counts its "
+                  "RSSI byte in L, or dropped the last byte): read as far as it goes"),)
+    result = WmbusResult(link, layers.security, layers.ell, layers.afl, layers.tpl, notes=notes)
     if not layers.security.readable or layers.tpl is None:
         return result
     return _application(result, layers.tpl.ci, layers.application,

@@ -28,6 +28,7 @@ HEADER_LENGTH = 10  # L C M M A A A A A A
 BLOCK_LENGTH = 16  # data bytes per block after the first, format A
 FORMAT_B_FIRST_CRC_END = 126  # format B: block 1 + block 2 end here, then their CRC
 FORMAT_B_SECOND_BLOCK_START = 128
+SHORT_TOLERANCE = 2  # bytes a CRC-less telegram may fall short of its L-field
 
 C_FIELDS: dict[int, str] = {
     0x00: "ACK",
@@ -80,7 +81,11 @@ class LinkFrame:
     ``payload`` starts at the CI field. ``frame_format`` is A or B when the
     CRCs were present (they tell the format), None when the receiver had
     already stripped them. ``trailing`` counts bytes after the L-field's end
-    that were ignored (some receivers append RSSI bytes).
+    that were ignored (some receivers append RSSI bytes); ``missing`` the
+    bytes short of the L-field's count in a telegram without CRCs (a
+    receiver that counts its RSSI byte in L and strips it, or drops the last
+    byte): up to SHORT_TOLERANCE are accepted, the rest decoded as far as it
+    goes, its records checked as always.
     """
 
     c_field: int
@@ -88,6 +93,7 @@ class LinkFrame:
     payload: bytes
     frame_format: FrameFormat | None
     trailing: int = 0
+    missing: int = 0  # bytes the L-field announces that did not come (at most SHORT_TOLERANCE)
 
     @property
     def message_type(self) -> str:
@@ -190,6 +196,7 @@ def parse_link(frame: bytes, frame_format: FrameFormat | None = None) -> LinkFra
     detected: FrameFormat | None = None
     body = frame
     trailing = 0
+    missing = 0
     if frame_format is not None:
         end = with_a_crcs if frame_format is FrameFormat.A else l_field + 1
         if len(frame) < end:
@@ -213,6 +220,8 @@ def parse_link(frame: bytes, frame_format: FrameFormat | None = None) -> LinkFra
     elif len(frame) >= l_field + 1:
         trailing = len(frame) - (l_field + 1)
         body = frame[: l_field + 1]
+    elif l_field + 1 - len(frame) <= SHORT_TOLERANCE:
+        missing = l_field + 1 - len(frame)
     else:
         raise FrameError(
             f"telegram shorter than its L-field says: L={l_field} announces {l_field} bytes "
@@ -228,6 +237,7 @@ def parse_link(frame: bytes, frame_format: FrameFormat | None = None) -> LinkFra
         payload=body[10:],
         frame_format=detected,
         trailing=trailing,
+        missing=missing,
     )
 
 
