@@ -41,7 +41,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from drivers.core.errors import RetrofitError
-from simulators import counters
+from simulators import counters, flats
 from simulators.platform_store import Received
 
 REPORT_SCHEMA = "retrofit-sim/verify/1"
@@ -124,7 +124,7 @@ class Prepared:
 
 
 def prepare(received: Received, time_map: TimeMap, meta: Mapping[str, Any] | None = None,
-            drop: Iterable[LocalDay] = ()) -> Prepared:
+            drop: Iterable[LocalDay] = (), units: Mapping[str, Decimal] = ENERGY_UNITS) -> Prepared:
     """Apply the clock corrections, leave out salvaged copies and readings of
     an earlier run, map ts to the building's time and group counters by series."""
     out = Prepared()
@@ -133,7 +133,7 @@ def prepare(received: Received, time_map: TimeMap, meta: Mapping[str, Any] | Non
     dropped = sorted((d.start, d.end) for d in drop)
     seen: set[tuple[str, str, int, Decimal | None]] = set()
     for reading in received.readings:
-        factor = ENERGY_UNITS.get(reading.unit)
+        factor = units.get(reading.unit)
         if factor is None:
             continue
         if meta and reading.ts < meta["wall_start_ms"]:
@@ -575,6 +575,9 @@ def verify(received: Received, meta: Mapping[str, Any] | None, options: VerifyOp
                              "days": {d.date: temperature.get(d.date) for d in all_days}}
     report["analysed"] = target
     retrofit = options.retrofit or ((meta or {}).get("retrofit") or {}).get("at_iso")
+    flats_section = _flats(received, time_map, meta, drop, all_days, zone, temperature, retrofit, options)
+    if flats_section:
+        report["flats"] = flats_section
     if retrofit is None:
         report["savings"] = {"why_no_savings": "no retrofit date (give --retrofit YYYY-MM-DD)"}
         return report
@@ -630,6 +633,36 @@ def pv_report(prepared: Prepared, days: Sequence[LocalDay], meta: Mapping[str, A
             result.pop("intervals")
         out["days"][day.date] = result
     return out
+
+
+# The flats' meters' units (simulators/flats.py): HCA units and water volume.
+FLAT_UNITS = {"HCA": Decimal(1), "m3": Decimal(1)}
+
+
+def _flats(received: Received, time_map: TimeMap, meta: Mapping[str, Any] | None, drop: Sequence[LocalDay],
+           days: Sequence[LocalDay], zone: ZoneInfo, temperature: Mapping[str, float | None], retrofit: str | None,
+           options: VerifyOptions) -> dict[str, Any]:
+    """Each flat's allocator and water meters before and after the retrofit (simulators/flats.py)."""
+    prepared = prepare(received, time_map, meta, drop, FLAT_UNITS)
+    meters = flats.flat_meters(prepared.rows, meta)
+    if not meters:
+        return {}
+    daily = {m.device: {d: v.kwh for d, v in daily_energy(counters.build_series(prepared.rows[(m.device, m.point)]),
+                                                          days, zone, options.max_gap).items()}
+             for m in meters}
+    dates = [d.date for d in days]
+    if retrofit is None:
+        baseline, reporting = dates, []
+    else:
+        first = _retrofit_day(retrofit, zone)
+        baseline = [d for d in dates if d < first][-options.baseline_days:]
+        reporting = [d for d in dates if d >= first]
+        if options.reporting_days is not None:
+            reporting = reporting[:options.reporting_days]
+    base_c = float((meta or {}).get("base_temperature", flats.BASE_TEMPERATURE_C))
+    section = flats.report(meters, daily, flats.degree_days(temperature, base_c), baseline, reporting)
+    section["base_temperature"] = base_c
+    return section
 
 
 def _retrofit_day(moment: str, zone: ZoneInfo) -> str:
@@ -736,6 +769,8 @@ def render(report: Mapping[str, Any]) -> str:
                          f"{'inside' if true.get('true_inside_band') else 'OUTSIDE'} the 90 % band")
     elif savings.get("why_no_savings"):
         lines.append(f"  saving: {savings['why_no_savings']}")
+    if report.get("flats"):
+        lines += flats.render(report["flats"])
     return "\n".join(lines)
 
 
