@@ -12,7 +12,7 @@ decrypted it" forms are made here with the standard's own construction."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from drivers.wmbus import KeyRing, SecurityState, decode_wmbus
@@ -96,3 +96,32 @@ def test_a_telegram_a_byte_or_two_short_of_its_l_field_is_read_as_far_as_it_goes
     three_short = bytes([telegram[0] + 3]) + telegram[1:]
     result = decode_wmbus(three_short, KeyRing.single(KEY))
     assert result.records == () and result.error is not None and "shorter than its L-field" in result.error
+
+
+# A water meter's telegram from the simulated building (tests/test_flats.py's,
+# seed 5: meter 40000005, its generated key below), CRC-less as a stick hands
+# it over, whose last two bytes happen to be a valid format B CRC of the rest.
+LOOKS_LIKE_FORMAT_B = bytes.fromhex(
+    "3e4493440500004001077a57003005753f58d9d9500f50c54a3029f3b402912c0d849ea0876aba78ef69573a3a14a854dac8b86b"
+    "dfa7b9766c8810df8c6467")
+ITS_KEY = "74d37ff136eac13f553223a63841460d"
+
+
+def test_a_sticks_telegram_whose_last_bytes_pass_for_a_format_b_crc_is_not_cut_short() -> None:
+    # From the stick (CRCs removed) it lost two bytes as "a format B CRC" and
+    # failed: "3 encrypted blocks (48 bytes), the telegram has 46 bytes".
+    from drivers.wmbus import MeterKey, im871a
+    from drivers.wmbus.link import FrameFormat, parse_link
+
+    assert parse_link(LOOKS_LIKE_FORMAT_B).frame_format is FrameFormat.B  # the ambiguity, without knowledge
+    decoder = im871a.HciDecoder()
+    (message,) = decoder.feed(im871a.telegram_indication(LOOKS_LIKE_FORMAT_B, rssi_raw=100, timestamp=0))
+    received = im871a.to_received(message)
+    assert received is not None and received.crcs is False
+    result = decode_wmbus(received.telegram, KeyRing.single(MeterKey.from_hex(ITS_KEY)), received.frame_format,
+                          crcs=received.crcs)
+    assert result.error is None and result.security.state is SecurityState.DECRYPTED  # its 2F2F check held
+    # the simulator's water meter layout, whole: volume, flow, set-date volume and date, clock, error flags
+    assert [(r.quantity, r.storage) for r in result.records] == [
+        ("volume", 0), ("volume_flow", 0), ("volume", 1), ("time_point", 1), ("time_point", 0), ("error_flags", 0)]
+    assert next(r.value for r in result.records if r.quantity == "time_point" and r.storage == 1) == date(2024, 5, 31)

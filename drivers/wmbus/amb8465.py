@@ -132,7 +132,8 @@ def transparent_telegram(telegram: bytes, rssi_raw: int | None = None) -> bytes:
 def to_received(message: AmberMessage) -> Received | None:
     if message.command != CMD_DATA_IND:
         return None
-    return Received(bytes([len(message.payload)]) + message.payload, rssi_dbm=message.rssi_dbm)
+    return Received(bytes([len(message.payload)]) + message.payload, rssi_dbm=message.rssi_dbm,
+                    crcs=False)  # the stick checks and removes them
 
 
 class AmberDecoder:

@@ -47,7 +47,7 @@ def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
             yield _wired_line(number, received.telegram)
             continue
         taught = formats.taught
-        result = decode_wmbus(received.telegram, keys, received.frame_format, formats)
+        result = decode_wmbus(received.telegram, keys, received.frame_format, formats, received.crcs)
         if result.awaiting_format and len(held) < MAX_HELD:
             held.append((number, received))
             continue
@@ -57,14 +57,14 @@ def decode_lines(lines: Iterable[str], keys: KeyRing = EMPTY) -> Iterator[str]:
         if held and formats.taught != taught:
             still: list[tuple[int, Received]] = []
             for earlier, waiting in held:
-                again = decode_wmbus(waiting.telegram, keys, waiting.frame_format, formats)
+                again = decode_wmbus(waiting.telegram, keys, waiting.frame_format, formats, waiting.crcs)
                 if again.awaiting_format:
                     still.append((earlier, waiting))
                 else:
                     yield _line(earlier, waiting, again)
             held = still
     for earlier, waiting in held:
-        yield _line(earlier, waiting, decode_wmbus(waiting.telegram, keys, waiting.frame_format, formats))
+        yield _line(earlier, waiting, decode_wmbus(waiting.telegram, keys, waiting.frame_format, formats, waiting.crcs))
 
 
 def is_wired_long_frame(data: bytes) -> bool:

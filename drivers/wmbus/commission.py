@@ -136,7 +136,7 @@ def scan_radio(args: argparse.Namespace, bus: AnyWmbusBus) -> bool:
     try:
         while (left := deadline - time.monotonic()) > 0:
             for received in receiver.read(min(left, 1.0)):
-                result = decode_wmbus(received.telegram, keys, received.frame_format, formats)
+                result = decode_wmbus(received.telegram, keys, received.frame_format, formats, received.crcs)
                 heard = heard_meter(result, received, mode, keys)
                 if heard is None or result.link is None:
                     broken += 1

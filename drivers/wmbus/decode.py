@@ -78,6 +78,7 @@ def decode_wmbus(
     keys: KeyRing = EMPTY,
     frame_format: FrameFormat | None = None,
     formats: FormatBook | None = None,
+    crcs: bool | None = None,
 ) -> WmbusResult:
     """Decode one telegram (from its L-field, with or without block CRCs).
 
@@ -86,7 +87,7 @@ def decode_wmbus(
     formats known up front are.
     """
     try:
-        link = parse_link(frame, frame_format)
+        link = parse_link(frame, frame_format, crcs)
     except DecodeError as exc:
         return WmbusResult(None, _NOT_DECODED, error=str(exc))
     try:

@@ -149,6 +149,7 @@ def to_received(message: HciMessage) -> Received | None:
         bytes([len(message.payload)]) + message.payload,
         rssi_dbm=message.rssi_dbm,
         receiver_timestamp=message.timestamp,
+        crcs=False,  # the stick checks and removes them
     )
 
 

@@ -179,12 +179,13 @@ def _looks_like(frame: bytes, frame_format: FrameFormat) -> bool:
     return _bad_block(frame, blocks) is None
 
 
-def parse_link(frame: bytes, frame_format: FrameFormat | None = None) -> LinkFrame:
+def parse_link(frame: bytes, frame_format: FrameFormat | None = None, crcs: bool | None = None) -> LinkFrame:
     """Check and strip the link layer of one telegram (starting at the L-field).
 
     ``frame_format`` is given when the receiver knows it (a stick set to
     C1 format B); otherwise the CRCs are looked for: the length a format A
-    frame with CRCs would have, or a valid format B CRC at the end.
+    frame with CRCs would have, or a valid format B CRC at the end. With
+    ``crcs=False`` (a receiver that removed them) they are not looked for.
     """
     frame = bytes(frame)
     if len(frame) < HEADER_LENGTH + 1:
@@ -207,6 +208,17 @@ def parse_link(frame: bytes, frame_format: FrameFormat | None = None) -> LinkFra
         trailing = len(frame) - end
         body = strip_crcs(frame[:end], frame_format)
         detected = frame_format
+    elif crcs is False:
+        if len(frame) >= l_field + 1:
+            trailing = len(frame) - (l_field + 1)
+            body = frame[: l_field + 1]
+        elif l_field + 1 - len(frame) <= SHORT_TOLERANCE:
+            missing = l_field + 1 - len(frame)
+        else:
+            raise FrameError(
+                f"telegram shorter than its L-field says: L={l_field} announces {l_field} bytes "
+                f"after it, {len(frame) - 1} came"
+            )
     elif len(frame) >= with_a_crcs and _first_block_ok(frame):
         # The header block's CRC holds: format A with CRCs, every block must hold.
         trailing = len(frame) - with_a_crcs

@@ -203,7 +203,8 @@ class RadioListener:
     def _take(self, received: Received, clock: Clock) -> Heard | None:
         self.telegrams += 1
         stamp, mono = clock.stamp()
-        result = decode_wmbus(received.telegram, self._keys, received.frame_format, self._formats)
+        result = decode_wmbus(received.telegram, self._keys, received.frame_format, self._formats,
+                              received.crcs)
         if result.link is None:
             self.broken += 1
             return None

@@ -21,7 +21,10 @@ class Received:
     same SDR, never with a stick's RSSI, never sent as the ``rssi`` point.
     ``mode`` the radio
     mode it names (T1, C1, S1); ``frame_format`` is set when the receiver
-    knows it (C1 format B).
+    knows it (C1 format B). ``crcs`` is False when the receiver is known to
+    have removed the block CRCs (the sticks do, rtl_433 does): then nothing
+    in the telegram is taken for a CRC, which a telegram's last two bytes
+    would pass for by chance once in 65,536 (and lose two bytes).
     """
 
     telegram: bytes
@@ -31,3 +34,4 @@ class Received:
     receiver_timestamp: int | None = None
     level: float | None = None
     level_scale: str | None = None
+    crcs: bool | None = None

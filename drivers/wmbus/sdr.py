@@ -51,7 +51,7 @@ def parse_rtl_433(line: str) -> Received | None:
     rssi = event.get("rssi")  # with -M level: dB relative to full scale, not dBm
     mode = event.get("mode")
     level = float(rssi) if isinstance(rssi, int | float) and not isinstance(rssi, bool) else None
-    return Received(hex_telegram(data), mode=str(mode) if mode else None, level=level,
+    return Received(hex_telegram(data), mode=str(mode) if mode else None, level=level, crcs=False,
                     level_scale=RTL_433_LEVEL if level is not None else None)
 
 
