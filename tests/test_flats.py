@@ -124,7 +124,7 @@ def test_the_simulated_buildings_metadata_names_the_flats_meters_and_their_true_
                                                                   ("flat-01-hca", "hca", 0.25)]
 
 
-@pytest.mark.long(20)
+@pytest.mark.long(10)
 @pytest.mark.timeout(120)
 def test_a_simulated_blocks_flats_through_the_agent_and_the_platform_are_verified_flat_by_flat(
         tmp_path: Path) -> None:
@@ -135,8 +135,9 @@ def test_a_simulated_blocks_flats_through_the_agent_and_the_platform_are_verifie
     require_binary("socat")
     day = 86_400
     config = parse_building_config({
-        "building": {"name": "flats", "seed": 5, "start": "2025-01-12T00:00:00Z", "acceleration": day / 4,
-                     "step": "60s", "weather": {"mean": -2.0, "daily_sd": 2.0},
+        # Two simulated days a second, the physics in 15-minute steps.
+        "building": {"name": "flats", "seed": 5, "start": "2025-01-12T00:00:00Z", "acceleration": 2 * day,
+                     "step": "15m", "weather": {"mean": -2.0, "daily_sd": 2.0},
                      "retrofit": {"at": "2025-01-18T00:00:00Z", "heat_loss_reduction": 0.35}},
         "output": str(tmp_path / "out"),
         "buses": [{"id": "plant", "type": "modbus-tcp", "port": free_port()},
