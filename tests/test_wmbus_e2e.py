@@ -164,32 +164,40 @@ def test_a_meter_that_cannot_be_opened_is_one_event_and_never_a_reading(
     assert all(key not in text for key in _secrets(meters))
 
 
-def test_an_amb8465_set_without_rssi_output_loses_no_telegram(tmp_path: Path, broker: Broker,
-                                                              subscriber: Subscriber) -> None:
-    """RSSI_Enable off: no RSSI byte after a telegram. The agent reads the
-    setting from the stick and decodes accordingly (a decoder that assumed
-    the byte would lose every frame); the devices simply have no rssi point."""
+def through_a_stick(tmp_path: Path, broker: Broker, subscriber: Subscriber, meters: list[SimulatedRadioMeter],
+                    stick: str, **server: Any) -> tuple[StickServer, Counter[Any], Counter[Any]]:
+    """Meters on air for three seconds behind a simulated stick, the agent reading it: (the stick's
+    server, the readings its delivered telegrams must give, the readings the subscriber got)."""
     require_binary("socat")
-    meters = radio_meters(8, interval_s=0.5, seed=23)
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     write_key_file(meters, credentials / "wmbus-keys")
     entries = device_entries(meters, "radio")
     devices = {str(e["address"]): str(e["id"]) for e in entries}
     config = write_config(tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
-                          buses=[{"id": "radio", "type": "wmbus", "stick": "amb8465",
+                          buses=[{"id": "radio", "type": "wmbus", "stick": stick,
                                   "port": str(tmp_path / "tty.agent"), "modes": ["T1"]}],
                           devices=entries)
     with (PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as line,
-          running(StickServer(meters, str(line.meter_end), "amb8465", duration_s=3.0, collisions=False,
-                              rssi=False)) as server,
+          running(StickServer(meters, str(line.meter_end), stick, duration_s=3.0, collisions=False,
+                              **server)) as stick_server,
           AgentProcess(config, tmp_path / "agent.log", env={"CREDENTIALS_DIRECTORY": str(credentials)})):
-        wait_until(server.finished.is_set, 30, "three seconds on air")
-        expected = expected_readings(server.delivered, devices)
+        wait_until(stick_server.finished.is_set, 30, "three seconds on air")
+        expected = expected_readings(stick_server.delivered, devices)
         wait_until(lambda: len(subscriber.unique_readings()) >= sum(expected.values()), 20,
                    f"{sum(expected.values())} readings at the subscriber")
-    assert len(server.delivered) >= 30 and all(d.rssi_dbm is None for d in server.delivered)
     got = Counter((r["device"], r["point"], _number(r["value"])) for r in subscriber.unique_readings().values())
+    return stick_server, expected, got
+
+
+def test_an_amb8465_set_without_rssi_output_loses_no_telegram(tmp_path: Path, broker: Broker,
+                                                              subscriber: Subscriber) -> None:
+    """RSSI_Enable off: no RSSI byte after a telegram. The agent reads the
+    setting from the stick and decodes accordingly (a decoder that assumed
+    the byte would lose every frame); the devices simply have no rssi point."""
+    meters = radio_meters(8, interval_s=0.5, seed=23)
+    server, expected, got = through_a_stick(tmp_path, broker, subscriber, meters, "amb8465", rssi=False)
+    assert len(server.delivered) >= 30 and all(d.rssi_dbm is None for d in server.delivered)
     assert got == expected
     assert b"".join(server.requests).startswith(amb8465.get_request(amb8465.RSSI_ENABLE))
 
@@ -200,30 +208,13 @@ def test_compact_frames_through_the_agent_arrive_with_the_values_the_meters_sent
     without headers, as Kamstrup's do), one of them inside an ELL with
     AES-CTR: every compact frame the stick delivers after a full frame of
     its kind gives the same readings a full frame would (they were dropped)."""
-    require_binary("socat")
     keys = generate_keys(6, seed=31)
     meters = [SimulatedRadioMeter(RadioMeterSpec(
         33_000_001 + n, (MeterKind.WATER, MeterKind.HEAT, MeterKind.HCA)[n % 3], security_mode=(0, 5)[n % 2],
         ell_encryption=n == 4, key=keys[n], interval_s=0.4, compact_every=3), seed=31) for n in range(6)]
-    credentials = tmp_path / "credentials"
-    credentials.mkdir()
-    write_key_file(meters, credentials / "wmbus-keys")
-    entries = device_entries(meters, "radio")
-    devices = {str(e["address"]): str(e["id"]) for e in entries}
-    config = write_config(tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
-                          buses=[{"id": "radio", "type": "wmbus", "stick": "im871a",
-                                  "port": str(tmp_path / "tty.agent"), "modes": ["T1"]}],
-                          devices=entries)
-    with (PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as line,
-          running(StickServer(meters, str(line.meter_end), "im871a", duration_s=3.0, collisions=False)) as server,
-          AgentProcess(config, tmp_path / "agent.log", env={"CREDENTIALS_DIRECTORY": str(credentials)})):
-        wait_until(server.finished.is_set, 30, "three seconds on air")
-        expected = expected_readings(server.delivered, devices)
-        wait_until(lambda: len(subscriber.unique_readings()) >= sum(expected.values()), 20,
-                   f"{sum(expected.values())} readings at the subscriber")
+    server, expected, got = through_a_stick(tmp_path, broker, subscriber, meters, "im871a")
     compact = [d for d in server.delivered if d.transmission.truth.compact]
     assert len(compact) >= 20 and len(compact) >= len(server.delivered) // 2
-    got = Counter((r["device"], r["point"], _number(r["value"])) for r in subscriber.unique_readings().values())
     assert got == expected
 
 

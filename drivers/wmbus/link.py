@@ -209,16 +209,7 @@ def parse_link(frame: bytes, frame_format: FrameFormat | None = None, crcs: bool
         body = strip_crcs(frame[:end], frame_format)
         detected = frame_format
     elif crcs is False:
-        if len(frame) >= l_field + 1:
-            trailing = len(frame) - (l_field + 1)
-            body = frame[: l_field + 1]
-        elif l_field + 1 - len(frame) <= SHORT_TOLERANCE:
-            missing = l_field + 1 - len(frame)
-        else:
-            raise FrameError(
-                f"telegram shorter than its L-field says: L={l_field} announces {l_field} bytes "
-                f"after it, {len(frame) - 1} came"
-            )
+        body, trailing, missing = _as_counted(frame, l_field)
     elif len(frame) >= with_a_crcs and _first_block_ok(frame):
         # The header block's CRC holds: format A with CRCs, every block must hold.
         trailing = len(frame) - with_a_crcs
@@ -229,16 +220,8 @@ def parse_link(frame: bytes, frame_format: FrameFormat | None = None, crcs: bool
         detected = FrameFormat.B
     elif len(frame) == with_a_crcs:
         strip_crcs(frame, FrameFormat.A)  # a damaged header block: raises, naming it
-    elif len(frame) >= l_field + 1:
-        trailing = len(frame) - (l_field + 1)
-        body = frame[: l_field + 1]
-    elif l_field + 1 - len(frame) <= SHORT_TOLERANCE:
-        missing = l_field + 1 - len(frame)
     else:
-        raise FrameError(
-            f"telegram shorter than its L-field says: L={l_field} announces {l_field} bytes "
-            f"after it, {len(frame) - 1} came"
-        )
+        body, trailing, missing = _as_counted(frame, l_field)
     if len(body) < HEADER_LENGTH + 1:
         raise FrameError(
             f"L-field {body[0]} leaves no CI field: a telegram has at least L C M A CI"
@@ -250,6 +233,18 @@ def parse_link(frame: bytes, frame_format: FrameFormat | None = None, crcs: bool
         frame_format=detected,
         trailing=trailing,
         missing=missing,
+    )
+
+
+def _as_counted(frame: bytes, l_field: int) -> tuple[bytes, int, int]:
+    """A CRC-less telegram as its L-field counts it: (body, bytes after it, bytes short of it)."""
+    if len(frame) >= l_field + 1:
+        return frame[: l_field + 1], len(frame) - (l_field + 1), 0
+    if l_field + 1 - len(frame) <= SHORT_TOLERANCE:
+        return frame, 0, l_field + 1 - len(frame)
+    raise FrameError(
+        f"telegram shorter than its L-field says: L={l_field} announces {l_field} bytes "
+        f"after it, {len(frame) - 1} came"
     )
 
 
