@@ -79,7 +79,7 @@ def _wired_line(number: int, frame: bytes) -> str:
     try:
         out.update(telegram_to_json(frame))
     except DecodeError as exc:
-        out["error"] = f"wired M-Bus frame: {exc}"
+        out.update({"header": {}, "records": [], "error": f"wired M-Bus frame: {exc}"})
     out["security"] = {"mode": 0, "state": "none", "layer": None, "encrypted_bytes": 0,
                        "reason": "a wired M-Bus frame (68 L L 68 ... 16)"}
     return json.dumps(out, ensure_ascii=False)
