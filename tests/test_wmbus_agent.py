@@ -259,3 +259,19 @@ def _await(line: serial.Serial, request: bytes) -> bytes:
         seen += line.read(64)
     assert request in seen, "the host asked for the setting"
     return b""
+
+
+def test_a_compact_frame_before_its_format_keeps_the_meter_alive_without_values() -> None:
+    """After a restart a Kamstrup-style meter sends compact frames until its
+    next full frame: heard (no silence, no failure), no values; then values."""
+    meter = SimulatedRadioMeter(RadioMeterSpec(11111111, MeterKind.WATER, compact_every=3))
+    meter.transmit(120, datetime(2025, 3, 1, 12))  # the full frame before the restart: not heard
+    telegrams = [meter.transmit(120, datetime(2025, 3, 1, 12, n))[0] for n in range(1, 5)]  # compact, compact, full, compact
+    radio = RadioMeter("flat-1-water", "11111111", 120, _profile("oms-water"))
+    listener = _listener(telegrams, {"11111111": radio}, KeyRing())
+    heard = [listener.receive(0.1, FixedClock()) for _ in range(4)]
+    readouts = [h.readout for h in heard if h is not None and h.readout is not None]
+    assert len(readouts) == 4
+    assert [bool(r.answers) for r in readouts] == [False, False, True, True]
+    assert all(r.error is None and r.meter == "11111111" for r in readouts)
+    assert listener.compact == 2

@@ -216,8 +216,10 @@ class RadioListener:
         if meter is None:
             return Heard(sender, None)
         if result.awaiting_format:
-            self.compact += 1  # heard, but its values need an earlier full frame: not a failure
-            return None
+            # Heard, alive, its values waiting for the meter's next full frame
+            # (after a restart): no values, and no silence or failure either.
+            self.compact += 1
+            return Heard(sender, meter.device_id, Readout(meter=meter.meter))
         return Heard(sender, meter.device_id, meter.readout(result, received, stamp, mono))
 
     def close(self) -> None:
