@@ -111,7 +111,8 @@ def _replace(result: WmbusResult, **changes: object) -> WmbusResult:
 
 def _application(result: WmbusResult, ci: int, data: bytes, formats: FormatBook) -> WmbusResult:
     notes: tuple[str, ...] = ()
-    if ci in COMPACT_FRAME:
+    compact = ci in COMPACT_FRAME
+    if compact:
         try:
             data = formats.expand(data)
         except UnknownFormat as exc:
@@ -119,7 +120,7 @@ def _application(result: WmbusResult, ci: int, data: bytes, formats: FormatBook)
         except DecodeError as exc:
             return _replace(result, error=str(exc))
         notes = ("compact frame, rebuilt from a known format",)
-    if ci in FULL_FRAME or notes:
+    if ci in FULL_FRAME or compact:
         block = decode_records(data, lenient=True)
         if block.problem is not None and not block.records:
             return _replace(result, error=block.problem)
@@ -130,7 +131,7 @@ def _application(result: WmbusResult, ci: int, data: bytes, formats: FormatBook)
             )
         records = block.records
         meter = result.meter
-        if block.problem is None and not notes and meter is not None:
+        if block.problem is None and not compact and meter is not None:
             formats.remember(meter.raw.hex(), data)
         extra = vendor_data(meter, ci, data, block.manufacturer_data, len(records)) if meter else None
         if extra is not None:
@@ -151,7 +152,7 @@ def _application(result: WmbusResult, ci: int, data: bytes, formats: FormatBook)
         return _replace(result, error=f"meter reports an application error: {reason}")
     if ci in ALARM:
         alarm = data[0] if data else None
-        return _replace(result, notes=(f"alarm 0x{alarm:02X}" if alarm is not None else "alarm",))
+        return _replace(result, notes=result.notes + (f"alarm 0x{alarm:02X}" if alarm is not None else "alarm",))
     if ci in FORMAT_FRAME:
         return _replace(result, error=f"format frame (CI 0x{ci:02X}) carries no values")
     if 0xA0 <= ci <= 0xB7:
