@@ -16,9 +16,11 @@ EN 13757-3 has no records for them:
   month, year packed in 16 bits) and the previous and current season's
   average room temperature (a whole degree and 256ths).
 
-The layouts are as Apator's data sheets describe them and as telegrams of
-those meters show; the register lengths of the AT-WMBUS-16-2 are those seen
-in the field. A hook turns the bytes into ordinary records (the standard
+The E-ITN layout is as Apator's data sheet I-PL-021-2016 describes it. The
+AT-WMBUS-16-2's register lengths are not published by Apator: they are those
+observed in field telegrams (the open-source wmbusmeters project's analysis
+of them was read to learn them; no code of it is used), and a register of
+unknown length stops the walk rather than guess. A hook turns the bytes into ordinary records (the standard
 decoder's quantity names, a note naming the layout), so that a profile maps
 them like any other record. A hook that does not find what it expects
 gives no record and a note saying why: never a guessed value.
