@@ -75,3 +75,16 @@ def test_an_export_record_before_the_import_one_is_never_taken_for_the_import() 
     assert values["energy_export"] == 0.08
     assert values["voltage_l2"] == 236
     assert "voltage_l1" not in values and "voltage_l3" not in values
+
+
+def test_profiles_show_tells_an_export_point_from_an_import_one() -> None:
+    # Without its qualifier the two rows read the same (energy, storage 0, tariff 0).
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "agent.cli", "profiles", "show", "apator-amiplus"],
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    rows = {line.split()[0]: line for line in shown.splitlines() if line.startswith(("energy_", "power_"))}
+    assert rows["energy_export"].endswith("[accumulation_of_negative_contributions]")
+    assert "[" not in rows["energy_import"]
+    assert rows["power_import_max"].endswith("[maximum]")

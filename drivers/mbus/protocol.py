@@ -61,7 +61,9 @@ class MbusProtocol(BusProtocol[MbusBus, MbusProfile]):
                      "whose detect block fits the telegram header (manufacturer, version, device type) best")]
         lines = [f"{'point':26} {'quantity':24} {'storage':>7} {'tariff':>6} {'subunit':>7} {'unit':5} kind"]
         lines += [f"{mp.name:26} {mp.quantity:24} {mp.storage:>7} {mp.tariff:>6} {mp.subunit:>7} "
-                  f"{mp.unit or '(sent)':5} {mp.kind}  {mp.description}" for mp in profile.points]
+                  f"{mp.unit or '(sent)':5} {mp.kind}  {mp.description}"
+                  + (f" [{mp.function}]" if mp.function != "instantaneous" else "")
+                  + (f" [{', '.join(mp.qualifiers)}]" if mp.qualifiers else "") for mp in profile.points]
         if profile.all_records:
             lines.append("(every record of the telegram becomes a point, in its base unit; the points above are "
                          "the counters it knows by name)")
