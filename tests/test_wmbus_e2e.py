@@ -79,11 +79,12 @@ def _secrets(meters: list[SimulatedRadioMeter]) -> list[str]:
     return keys + [k.upper() for k in keys]
 
 
-@pytest.mark.parametrize("stick", ["im871a", "amb8465"])
-def test_a_hundred_radio_meters_arrive_complete_and_exact(tmp_path: Path, broker: Broker, subscriber: Subscriber,
-                                                         stick: str) -> None:
+def through_a_stick(tmp_path: Path, broker: Broker, subscriber: Subscriber, meters: list[SimulatedRadioMeter],
+                    stick: str, seconds: float = 3.0, **server: Any) -> tuple[StickServer, Counter[Any], Counter[Any]]:
+    """Meters on air for ``seconds`` behind a simulated stick (no collisions unless ``server`` says so),
+    the agent reading it: (the stick's server, the readings its delivered telegrams must give, the
+    readings the subscriber got)."""
     require_binary("socat")
-    meters = radio_meters(100, interval_s=2.0, seed=17)
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     write_key_file(meters, credentials / "wmbus-keys")
@@ -93,17 +94,27 @@ def test_a_hundred_radio_meters_arrive_complete_and_exact(tmp_path: Path, broker
                           buses=[{"id": "radio", "type": "wmbus", "stick": stick,
                                   "port": str(tmp_path / "tty.agent"), "modes": ["T1"]}],
                           devices=entries)
-    log = tmp_path / "agent.log"
     with (PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as line,
-          running(StickServer(meters, str(line.meter_end), stick, duration_s=6.0, bit_error_rate=0.03,
-                              repeat_every=5, serial_noise=0.05, seed=3)) as server,
-          AgentProcess(config, log, env={"CREDENTIALS_DIRECTORY": str(credentials)})):
-        wait_until(server.finished.is_set, 40, "the simulated meters' six seconds on air")
-        expected = expected_readings(server.delivered, devices)
+          running(StickServer(meters, str(line.meter_end), stick, duration_s=seconds,
+                              **{"collisions": False, **server})) as stick_server,
+          AgentProcess(config, tmp_path / "agent.log", env={"CREDENTIALS_DIRECTORY": str(credentials)})):
+        wait_until(stick_server.finished.is_set, 10 + 5 * seconds, f"{seconds:g} seconds on air")
+        expected = expected_readings(stick_server.delivered, devices)
         wait_until(lambda: len(subscriber.unique_readings()) >= sum(expected.values()), 20,
                    f"{sum(expected.values())} readings at the subscriber")
+    got = Counter((r["device"], r["point"], _number(r["value"])) for r in subscriber.unique_readings().values())
+    return stick_server, expected, got
+
+
+@pytest.mark.parametrize("stick", ["im871a", "amb8465"])
+def test_a_hundred_radio_meters_arrive_complete_and_exact(tmp_path: Path, broker: Broker, subscriber: Subscriber,
+                                                         stick: str) -> None:
+    meters = radio_meters(100, interval_s=2.0, seed=17)
+    devices = {str(e["address"]): str(e["id"]) for e in device_entries(meters, "radio")}
+    server, expected, got = through_a_stick(tmp_path, broker, subscriber, meters, stick, seconds=6.0,
+                                            collisions=True, bit_error_rate=0.03, repeat_every=5,
+                                            serial_noise=0.05, seed=3)
     readings = subscriber.unique_readings()
-    got = Counter((r["device"], r["point"], _number(r["value"])) for r in readings.values())
     assert got == expected
     # 100 meters every 2 s for 6 s: about 300 telegrams, more than half lost
     # to collisions at this (unrealistic) density and 3 % to bit errors.
@@ -121,7 +132,7 @@ def test_a_hundred_radio_meters_arrive_complete_and_exact(tmp_path: Path, broker
     mode = (im871a.set_config_request(["t1"]) if stick == "im871a"
             else amb8465.get_request(amb8465.RSSI_ENABLE) + amb8465.set_mode_request(["t1"]))
     assert b"".join(server.requests) == mode
-    text = log.read_text() + (tmp_path / "agent.status.json").read_text()
+    text = (tmp_path / "agent.log").read_text() + (tmp_path / "agent.status.json").read_text()
     leaked = [key for key in _secrets(meters) if key in text]
     assert leaked == []
 
@@ -162,32 +173,6 @@ def test_a_meter_that_cannot_be_opened_is_one_event_and_never_a_reading(
     text = (tmp_path / "agent.log").read_text()
     assert wrong.secret().hex() not in text and wrong.secret().hex().upper() not in text
     assert all(key not in text for key in _secrets(meters))
-
-
-def through_a_stick(tmp_path: Path, broker: Broker, subscriber: Subscriber, meters: list[SimulatedRadioMeter],
-                    stick: str, **server: Any) -> tuple[StickServer, Counter[Any], Counter[Any]]:
-    """Meters on air for three seconds behind a simulated stick, the agent reading it: (the stick's
-    server, the readings its delivered telegrams must give, the readings the subscriber got)."""
-    require_binary("socat")
-    credentials = tmp_path / "credentials"
-    credentials.mkdir()
-    write_key_file(meters, credentials / "wmbus-keys")
-    entries = device_entries(meters, "radio")
-    devices = {str(e["address"]): str(e["id"]) for e in entries}
-    config = write_config(tmp_path / "agent.yaml", broker_port=broker.port, buffer=tmp_path / "buffer.db",
-                          buses=[{"id": "radio", "type": "wmbus", "stick": stick,
-                                  "port": str(tmp_path / "tty.agent"), "modes": ["T1"]}],
-                          devices=entries)
-    with (PtyPair(tmp_path / "tty.stick", tmp_path / "tty.agent") as line,
-          running(StickServer(meters, str(line.meter_end), stick, duration_s=3.0, collisions=False,
-                              **server)) as stick_server,
-          AgentProcess(config, tmp_path / "agent.log", env={"CREDENTIALS_DIRECTORY": str(credentials)})):
-        wait_until(stick_server.finished.is_set, 30, "three seconds on air")
-        expected = expected_readings(stick_server.delivered, devices)
-        wait_until(lambda: len(subscriber.unique_readings()) >= sum(expected.values()), 20,
-                   f"{sum(expected.values())} readings at the subscriber")
-    got = Counter((r["device"], r["point"], _number(r["value"])) for r in subscriber.unique_readings().values())
-    return stick_server, expected, got
 
 
 def test_an_amb8465_set_without_rssi_output_loses_no_telegram(tmp_path: Path, broker: Broker,
