@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 # pyserial lets termios.error through when a port refuses settings.
 from termios import error as TermiosError  # noqa: N812 - an exception class, named as one
+from typing import Protocol
 
 from drivers.core.errors import PortUnavailable
 
@@ -97,6 +98,23 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TermiosError) and len(exc.args) == 2:
         return str(exc.args[1])
     return str(exc) or type(exc).__name__
+
+
+def close_quietly(line: Closable | None) -> None:
+    """Close a serial line that may already be gone (unplugged): a failing close is no news.
+
+    pyserial's SerialException is an OSError.
+    """
+    if line is None:
+        return
+    try:
+        line.close()
+    except OSError:
+        pass
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
 
 
 def port_in_use(port: str) -> bool:

@@ -21,6 +21,7 @@ import time
 import serial
 
 from drivers.core.errors import BusError, DecodeError, MismatchedReply
+from drivers.core.ports import close_quietly
 from drivers.mbus.frame import (
     MAX_FRAME_LENGTH,
     NETWORK_LAYER_ADDRESS,
@@ -81,12 +82,8 @@ class MbusLink:
         return self._serial
 
     def close(self) -> None:
-        if self._serial is not None:
-            try:
-                self._serial.close()
-            except (serial.SerialException, OSError):
-                pass
-            self._serial = None
+        close_quietly(self._serial)
+        self._serial = None
 
     def _drain(self, line: serial.Serial) -> None:
         """Drop what arrived since the last answer, but never more than

@@ -19,6 +19,7 @@ from typing import Protocol
 import serial
 
 from drivers.core.errors import BusError, DecodeError, FrameError
+from drivers.core.ports import close_quietly
 from drivers.wmbus import amb8465, im871a
 from drivers.wmbus.received import Received
 from drivers.wmbus.sdr import parse_line
@@ -141,12 +142,8 @@ class SerialStick:
         return out
 
     def close(self) -> None:
-        if self._serial is not None:
-            try:
-                self._serial.close()
-            except (serial.SerialException, OSError):
-                pass
-            self._serial = None
+        close_quietly(self._serial)
+        self._serial = None
 
 
 class CommandReceiver:
